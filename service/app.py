@@ -1,0 +1,151 @@
+"""The application factory: wires settings, database, storage, Vapi client and background work."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import structlog
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy import select
+
+from service import __version__
+from service.auth import ApiKeyAuthenticator, require_scope
+from service.calls import status as call_status
+from service.calls.controllers import CallController
+from service.calls.service import CallService
+from service.db.engine import Database
+from service.db.models import Call
+from service.errors import EXCEPTION_HANDLERS
+from service.health.controllers import HealthController
+from service.listen.session import ListenConfig, ListenSession
+from service.listen.supervisor import ListenSupervisor
+from service.recordings.controllers import RecordingController
+from service.recordings.service import RecordingService
+from service.recordings.storage import RecordingStorage, build_storage
+from service.settings import Settings
+from service.vapi.client import VapiClient
+from service.webhooks.controllers import VapiWebhookController
+from service.webhooks.service import WebhookService
+
+log = structlog.get_logger(__name__)
+
+
+def _constant(value: Any) -> Provide:
+    def provide() -> Any:
+        return value
+
+    return Provide(provide, use_cache=True, sync_to_thread=False)
+
+
+async def resume_live_calls(db: Database, supervisor: ListenSupervisor) -> int:
+    """After a restart, listen again to every call that is still live."""
+    async with db.read() as session:
+        call_ids = (
+            await session.scalars(
+                select(Call.id).where(Call.status.in_(call_status.LIVE), Call.listen_url.is_not(None))
+            )
+        ).all()
+    for call_id in call_ids:
+        supervisor.ensure_listening(call_id)
+    return len(call_ids)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    storage: RecordingStorage | None = None,
+) -> Litestar:
+    """Build the app. ``http_client`` and ``storage`` replace the external systems (tests, embedding)."""
+    db = Database(settings.database_url)
+    storage = storage or build_storage(settings.storage_url)
+    owns_http_client = http_client is None
+    http = http_client or httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        headers={"User-Agent": f"switchboard/{__version__}"},
+    )
+    vapi = VapiClient(
+        http,
+        base_url=settings.vapi_base_url,
+        api_key=settings.vapi_api_key.get_secret_value() if settings.vapi_api_key else None,
+        public_key=settings.vapi_public_key.get_secret_value() if settings.vapi_public_key else None,
+        timeout=settings.vapi_timeout_seconds,
+    )
+    recordings = RecordingService(db, storage)
+    listen_config = ListenConfig(
+        sample_rate=settings.listen_sample_rate,
+        channels=settings.listen_channels,
+        connect_timeout=settings.listen_connect_timeout_seconds,
+        max_frame_bytes=settings.listen_max_frame_bytes,
+    )
+    supervisor = ListenSupervisor(
+        lambda call_id: ListenSession(
+            call_id, db=db, storage=storage, recordings=recordings, vapi=vapi, config=listen_config
+        )
+    )
+    calls = CallService(db, vapi, settings, supervisor)
+    webhooks = WebhookService(db, supervisor)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.webhook_secret is None and settings.webhook_hmac_secret is None:
+            log.warning(
+                "NO WEBHOOK SECRET CONFIGURED: anyone who can reach /webhooks/vapi can forge call events; "
+                "set SWITCHBOARD_WEBHOOK_SECRET"
+            )
+        resumed = await resume_live_calls(db, supervisor)
+        log.info(
+            "switchboard started", resumed_listen_sessions=resumed, database="sqlite" if db.is_sqlite else "postgresql"
+        )
+        try:
+            yield
+        finally:
+            await supervisor.close(settings.shutdown_timeout_seconds)
+            if owns_http_client:
+                await http.aclose()
+            await storage.close()
+            await db.dispose()
+            log.info("switchboard stopped")
+
+    api = Router(path="/", guards=[require_scope], route_handlers=[CallController, RecordingController])
+    return Litestar(
+        route_handlers=[api, VapiWebhookController, HealthController],
+        dependencies={
+            "settings": _constant(settings),
+            "db": _constant(db),
+            "storage": _constant(storage),
+            "calls": _constant(calls),
+            "webhooks": _constant(webhooks),
+            "recordings": _constant(recordings),
+        },
+        state=State(
+            {
+                "authenticator": ApiKeyAuthenticator(
+                    settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+                ),
+                "supervisor": supervisor,
+                "db": db,
+            }
+        ),
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Switchboard",
+            version=__version__,
+            description="Call tracking, durable recordings, live control and rules for Vapi calls.",
+            path="/schema",
+            components=Components(
+                security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")}
+            ),
+            security=[{"apiKey": []}],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,1 @@
+"""Calls: placing, tracking and controlling Vapi calls, and their timelines."""

@@ -1,0 +1,149 @@
+"""HTTP surface of the calls slice: thin handlers, one service call each."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+
+from service.auth import current_principal
+from service.calls.schemas import (
+    CallCreate,
+    CallOut,
+    CallPage,
+    EventOut,
+    EventPage,
+    InjectionOut,
+    Monitor,
+    RecordingSummary,
+    SayIn,
+)
+from service.calls.service import CallFilters, CallService
+from service.db.models import Call, CallEvent, Injection
+from service.recordings.audio import SAMPLE_BYTES
+
+Calls = NamedDependency[CallService]
+
+Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size")]
+Cursor = Annotated[str | None, QueryParameter(description="nextCursor of the previous page")]
+
+
+def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
+    monitor = Monitor(listen=call.listen_url is not None, control=call.control_url is not None)
+    if show_monitor_urls:
+        monitor.listen_url, monitor.control_url = call.listen_url, call.control_url
+    recording = None
+    if call.recording is not None:
+        rate = call.recording.sample_rate * call.recording.channels * SAMPLE_BYTES
+        recording = RecordingSummary(
+            status=call.recording.status,
+            duration_seconds=round(call.recording.bytes / rate, 3) if rate else 0.0,
+            bytes=call.recording.bytes,
+        )
+    return CallOut(
+        id=call.id,
+        type=call.type,
+        status=call.status,
+        ended_reason=call.ended_reason,
+        assistant_id=call.assistant_id,
+        phone_number_id=call.phone_number_id,
+        customer=call.customer or {},
+        metadata=call.call_metadata or {},
+        monitor=monitor,
+        created_at=call.created_at,
+        updated_at=call.updated_at,
+        started_at=call.started_at,
+        ended_at=call.ended_at,
+        recording=recording,
+    )
+
+
+def event_out(event: CallEvent) -> EventOut:
+    return EventOut(
+        seq=event.seq, source=event.source, type=event.type, occurred_at=event.occurred_at, payload=event.payload
+    )
+
+
+def injection_out(injection: Injection) -> InjectionOut:
+    return InjectionOut(
+        id=injection.id,
+        type=injection.type,
+        status=injection.status,
+        sent_at=injection.sent_at,
+        error=injection.error,
+        created_at=injection.created_at,
+    )
+
+
+class CallController(Controller):
+    path = "/v1/calls"
+    tags = ["calls"]
+
+    @post(
+        "/",
+        operation_id="createCall",
+        summary="Place an outbound call",
+        status_code=HTTP_201_CREATED,
+        opt={"scope": "calls:write"},
+    )
+    async def create_call(self, request: Request[Any, Any, Any], data: JSONBody[CallCreate], calls: Calls) -> CallOut:
+        call = await calls.place_call(data)
+        return call_out(call, show_monitor_urls=current_principal(request).is_admin)
+
+    @get("/", operation_id="listCalls", summary="List calls, newest first", opt={"scope": "calls:read"})
+    async def list_calls(
+        self,
+        request: Request[Any, Any, Any],
+        calls: Calls,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+        status: Annotated[str | None, QueryParameter(description="Call status")] = None,
+        assistant_id: Annotated[str | None, QueryParameter(name="assistantId")] = None,
+        customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,
+        created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
+        created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
+    ) -> CallPage:
+        filters = CallFilters(status, assistant_id, customer_number, created_after, created_before)
+        page, next_cursor = await calls.list_calls(filters, limit=limit, cursor=cursor)
+        admin = current_principal(request).is_admin
+        return CallPage(data=[call_out(call, show_monitor_urls=admin) for call in page], next_cursor=next_cursor)
+
+    @get("/{call_id:str}", operation_id="getCall", summary="Get one call", opt={"scope": "calls:read"})
+    async def get_call(self, request: Request[Any, Any, Any], call_id: FromPath[str], calls: Calls) -> CallOut:
+        call = await calls.get_call(call_id)
+        return call_out(call, show_monitor_urls=current_principal(request).is_admin)
+
+    @get(
+        "/{call_id:str}/events",
+        operation_id="listCallEvents",
+        summary="A call's timeline, oldest first",
+        opt={"scope": "calls:read"},
+    )
+    async def list_events(
+        self,
+        call_id: FromPath[str],
+        calls: Calls,
+        limit: Limit = 200,
+        cursor: Cursor = None,
+        after_seq: Annotated[int, QueryParameter(name="afterSeq", ge=0)] = 0,
+        event_type: Annotated[list[str] | None, QueryParameter(name="type")] = None,
+        source: Annotated[str | None, QueryParameter(name="source")] = None,
+    ) -> EventPage:
+        events, next_cursor = await calls.list_events(
+            call_id, after_seq=after_seq, limit=limit, types=event_type or (), source=source, cursor=cursor
+        )
+        return EventPage(data=[event_out(event) for event in events], next_cursor=next_cursor)
+
+    @post(
+        "/{call_id:str}/say",
+        operation_id="sayInCall",
+        summary="Make the assistant say something now",
+        status_code=HTTP_202_ACCEPTED,
+        opt={"scope": "calls:write"},
+    )
+    async def say(self, call_id: FromPath[str], data: JSONBody[SayIn], calls: Calls) -> InjectionOut:
+        return injection_out(await calls.say(call_id, data))

@@ -1,0 +1,236 @@
+"""Placing, reading and controlling calls. One method, one unit of work."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from service.calls import status as call_status
+from service.calls.events import NewEvent, append_events, list_events
+from service.calls.redact import redact
+from service.calls.schemas import CallCreate, SayIn
+from service.calls.tracking import lock_or_create_call, merge_vapi_call
+from service.db.engine import Database
+from service.db.models import Call, CallEvent, Injection, utcnow
+from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError
+from service.settings import Settings
+from service.vapi.client import VapiClient
+
+if TYPE_CHECKING:
+    from service.listen.supervisor import ListenSupervisor
+
+log = structlog.get_logger(__name__)
+
+# Vapi's default subscription, kept when the caller does not choose one.
+VAPI_DEFAULT_SERVER_MESSAGES = (
+    "conversation-update",
+    "end-of-call-report",
+    "function-call",
+    "hang",
+    "speech-update",
+    "status-update",
+    "tool-calls",
+    "transfer-destination-request",
+    "handoff-destination-request",
+    "user-interrupted",
+    "assistant.started",
+)
+# What Switchboard itself needs to track calls and run rules.
+REQUIRED_SERVER_MESSAGES = ("status-update", "end-of-call-report", "speech-update", "hang")
+FINAL_TRANSCRIPTS = 'transcript[transcriptType="final"]'
+
+
+def build_vapi_request(body: CallCreate, settings: Settings) -> dict[str, Any]:
+    """The ``POST /call`` body: the caller's request plus what Switchboard needs from the call."""
+    overrides = dict(body.assistant_overrides)
+    overrides["monitorPlan"] = {
+        **(overrides.get("monitorPlan") or {}),
+        "listenEnabled": True,
+        "controlEnabled": True,
+    }
+    if body.metadata:
+        overrides["metadata"] = {**(overrides.get("metadata") or {}), **body.metadata}
+    if settings.webhook_url:
+        server = {**(overrides.get("server") or {}), "url": settings.webhook_url}
+        if settings.webhook_secret is not None:
+            server["headers"] = {
+                **(server.get("headers") or {}),
+                settings.webhook_secret_header: settings.webhook_secret.get_secret_value(),
+            }
+        overrides["server"] = server
+        messages = list(overrides.get("serverMessages") or VAPI_DEFAULT_SERVER_MESSAGES)
+        messages += [message for message in REQUIRED_SERVER_MESSAGES if message not in messages]
+        if "transcript" not in messages and FINAL_TRANSCRIPTS not in messages:
+            messages.append(FINAL_TRANSCRIPTS)
+        overrides["serverMessages"] = messages
+    return {
+        "assistantId": body.assistant_id,
+        "phoneNumberId": body.phone_number_id,
+        "customer": msgspec.to_builtins(body.customer),
+        "assistantOverrides": overrides,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class CallFilters:
+    status: str | None = None
+    assistant_id: str | None = None
+    customer_number: str | None = None
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+
+
+def encode_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts, default=str).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidInputError("the cursor is not valid: pass back nextCursor unchanged") from None
+    if not isinstance(parts, list):
+        raise InvalidInputError("the cursor is not valid: pass back nextCursor unchanged")
+    return parts
+
+
+class CallService:
+    """Everything the calls API does; controllers call exactly one method each."""
+
+    def __init__(self, db: Database, vapi: VapiClient, settings: Settings, supervisor: ListenSupervisor) -> None:
+        self._db = db
+        self._vapi = vapi
+        self._settings = settings
+        self._supervisor = supervisor
+
+    async def place_call(self, body: CallCreate) -> Call:
+        """Create the call at Vapi, then track it. Vapi failing means nothing is written here."""
+        vapi_call = await self._vapi.create_call(build_vapi_request(body, self._settings))
+        async with self._db.write() as session:
+            call, _ = await lock_or_create_call(session, vapi_call["id"], origin="api")
+            merge_vapi_call(call, vapi_call)
+            call.origin = "api"
+            call.customer = {**call.customer, **msgspec.to_builtins(body.customer)}
+            call.customer_number = body.customer.number
+            call.call_metadata = dict(body.metadata)
+            await append_events(session, call.id, [NewEvent("switchboard", "call.created", redact(vapi_call))])
+        log.info("call placed", call_id=call.id, status=call.status)
+        if call.listen_url and call_status.is_live(call.status):
+            self._supervisor.ensure_listening(call.id)
+        return await self.get_call(call.id)
+
+    async def get_call(self, call_id: str) -> Call:
+        async with self._db.read() as session:
+            call = await session.scalar(select(Call).where(Call.id == call_id).options(selectinload(Call.recording)))
+        if call is None:
+            raise NotFoundError(f"no call with id {call_id!r}")
+        return call
+
+    async def list_calls(
+        self, filters: CallFilters, *, limit: int, cursor: str | None
+    ) -> tuple[list[Call], str | None]:
+        """Newest first, keyset-paginated on ``(created_at, id)``."""
+        query = select(Call).options(selectinload(Call.recording))
+        if filters.status:
+            query = query.where(Call.status == filters.status)
+        if filters.assistant_id:
+            query = query.where(Call.assistant_id == filters.assistant_id)
+        if filters.customer_number:
+            query = query.where(Call.customer_number == filters.customer_number)
+        if filters.created_after:
+            query = query.where(Call.created_at >= filters.created_after)
+        if filters.created_before:
+            query = query.where(Call.created_at < filters.created_before)
+        if cursor:
+            parts = decode_cursor(cursor)
+            try:
+                created_at, call_id = dt.datetime.fromisoformat(parts[0]), str(parts[1])
+            except (IndexError, TypeError, ValueError):
+                raise InvalidInputError("the cursor is not valid: pass back nextCursor unchanged") from None
+            query = query.where(tuple_(Call.created_at, Call.id) < (created_at, call_id))
+        query = query.order_by(Call.created_at.desc(), Call.id.desc()).limit(limit + 1)
+        async with self._db.read() as session:
+            calls = list((await session.scalars(query)).all())
+        next_cursor = None
+        if len(calls) > limit:
+            calls = calls[:limit]
+            last = calls[-1]
+            next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
+        return calls, next_cursor
+
+    async def list_events(
+        self,
+        call_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        types: Sequence[str],
+        source: str | None,
+        cursor: str | None,
+    ) -> tuple[list[CallEvent], str | None]:
+        if cursor:
+            parts = decode_cursor(cursor)
+            if not parts or not isinstance(parts[0], int):
+                raise InvalidInputError("the cursor is not valid: pass back nextCursor unchanged")
+            after_seq = max(after_seq, parts[0])
+        async with self._db.read() as session:
+            await self._require_call(session, call_id)
+            events = await list_events(
+                session, call_id, after_seq=after_seq, limit=limit + 1, types=types, source=source
+            )
+        next_cursor = None
+        if len(events) > limit:
+            events = events[:limit]
+            next_cursor = encode_cursor(events[-1].seq)
+        return events, next_cursor
+
+    async def say(self, call_id: str, body: SayIn) -> Injection:
+        """Post a ``say`` to the live call and journal it; a refused POST is stored as ``failed``."""
+        message = {"type": "say", **msgspec.to_builtins(body)}
+        return await self._inject(call_id, message)
+
+    async def _inject(self, call_id: str, message: dict[str, Any]) -> Injection:
+        async with self._db.read() as session:
+            call = await self._require_call(session, call_id)
+        if not call_status.is_live(call.status) or not call.control_url:
+            raise ConflictError(f"call {call_id!r} is not live (status {call.status}); nothing was sent")
+        error: str | None = None
+        try:
+            await self._vapi.send_control(call.control_url, message, authenticated=call.control_auth)
+        except DomainError as exc:
+            error = exc.detail
+        async with self._db.write() as session:
+            injection = Injection(
+                call_id=call_id,
+                type=message["type"],
+                body=message,
+                status="failed" if error else "sent",
+                sent_at=None if error else utcnow(),
+                error=error,
+            )
+            session.add(injection)
+            await session.flush()
+            event_type = "injection.failed" if error else "injection.sent"
+            payload = {"injectionId": str(injection.id), "message": message, "error": error}
+            await append_events(session, call_id, [NewEvent("switchboard", event_type, payload)])
+        log.info(
+            "control message sent" if not error else "control message failed", call_id=call_id, type=message["type"]
+        )
+        return injection
+
+    async def _require_call(self, session: AsyncSession, call_id: str) -> Call:
+        call = await session.get(Call, call_id)
+        if call is None:
+            raise NotFoundError(f"no call with id {call_id!r}")
+        return call

@@ -1,0 +1,110 @@
+"""The ``switchboard`` command: serve, migrate, openapi, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from service.settings import ConfigurationError, Settings, load_settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.db.migrate import upgrade
+    from service.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.should_auto_migrate:
+        upgrade(settings.database_url)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="on")
+    return 0
+
+
+def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from service.db.migrate import upgrade
+    from service.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    upgrade(settings.database_url)
+    print("database is up to date", file=sys.stderr)
+    return 0
+
+
+def openapi_document() -> str:
+    """The OpenAPI document as stable, sorted JSON (what ``openapi/openapi.json`` holds)."""
+    from service.app import create_app
+
+    settings = Settings(_env_file=None, database_url="sqlite+aiosqlite:///:memory:", storage_url="memory://")  # type: ignore[call-arg]
+    schema = create_app(settings).openapi_schema.to_schema()
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def _openapi(args: argparse.Namespace, _settings: Settings | None) -> int:
+    document = openapi_document()
+    if args.out:
+        Path(args.out).write_text(document)
+    else:
+        sys.stdout.write(document)
+    return 0
+
+
+def _simulate(args: argparse.Namespace, _settings: Settings | None) -> int:
+    from service.logging import configure_logging
+    from service.simulator import run_simulator
+
+    configure_logging("info")
+    run_simulator(
+        host=args.host,
+        port=args.port,
+        server_url=args.server_url,
+        secret=args.secret,
+        pace=args.pace,
+        talk_seconds=args.talk_seconds,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API, webhook receiver and listen sessions")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_serve, needs_settings=True)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(handler=_migrate, needs_settings=True)
+
+    openapi = commands.add_parser("openapi", help="write the OpenAPI document")
+    openapi.add_argument("--out", help="file to write (default: standard output)")
+    openapi.set_defaults(handler=_openapi, needs_settings=False)
+
+    simulate = commands.add_parser("simulate", help="run the built-in Vapi simulator")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8001)
+    simulate.add_argument("--server-url", help="where to POST server messages (webhooks)")
+    simulate.add_argument("--secret", help="sent as X-Vapi-Secret with every server message")
+    simulate.add_argument("--pace", type=float, default=1.0, help="audio speed: 1 = real time, 10 = ten times faster")
+    simulate.add_argument("--talk-seconds", type=float, default=None, help="how long each call talks")
+    simulate.set_defaults(handler=_simulate, needs_settings=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings() if args.needs_settings else None
+        return int(args.handler(args, settings))
+    except ConfigurationError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

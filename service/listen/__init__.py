@@ -1,0 +1,1 @@
+"""Listen sessions: one supervised task per live call, recording its audio and events."""

@@ -1,0 +1,1 @@
+"""Recordings: where the audio lives, and how it is served (PCM, WAV, per channel, ranges)."""

@@ -1,0 +1,127 @@
+"""Recording metadata and downloads (PCM, WAV, one channel, byte ranges), streamed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from litestar import Controller, Request, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+
+from service.errors import DomainError
+from service.recordings.audio import RangeNotSatisfiableError, parse_range
+from service.recordings.schemas import Gap, RecordingOut, SegmentOut
+from service.recordings.service import Download, RecordingService, RecordingView, pcm_download, wav_download
+from service.recordings.storage import RecordingStorage
+
+Recordings = NamedDependency[RecordingService]
+Storage = NamedDependency[RecordingStorage]
+
+CHANNELS = {"customer": 0, "assistant": 1}
+Channel = Annotated[
+    Literal["customer", "assistant"] | None,
+    QueryParameter(description="One mono channel: customer (0) or assistant (1)"),
+]
+
+
+class RangeError(DomainError):
+    status_code = 416
+    slug = "range-not-satisfiable"
+    title = "Range not satisfiable"
+
+
+def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
+    recording = view.recording
+    return RecordingOut(
+        call_id=call_id,
+        status=recording.status,
+        encoding=recording.encoding,
+        sample_rate=recording.sample_rate,
+        channels=recording.channels,
+        bytes=view.bytes,
+        duration_seconds=view.duration_seconds,
+        sha256=recording.sha256,
+        gaps=[Gap(gap["atSeconds"], gap["durationSeconds"], gap["reason"]) for gap in recording.gaps],
+        segments=[
+            SegmentOut(
+                index=segment.index,
+                bytes=extent.bytes,
+                status=segment.status,
+                started_at=segment.started_at,
+                ended_at=segment.ended_at,
+            )
+            for segment, extent in zip(recording.segments, view.extents, strict=True)
+        ],
+        error=recording.error,
+        started_at=recording.started_at,
+        completed_at=recording.completed_at,
+    )
+
+
+def ranged_stream(download: Download, range_header: str | None, *, media_type: str, filename: str) -> Stream:
+    total = download.total
+    try:
+        selected = parse_range(range_header, total)
+    except RangeNotSatisfiableError:
+        raise RangeError(f"the file has {total} bytes", contentRange=f"bytes */{total}") from None
+    start, end = selected or (0, total)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(end - start),
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    if selected:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+    return Stream(
+        download.stream(start, end), media_type=media_type, headers=headers, status_code=206 if selected else 200
+    )
+
+
+class RecordingController(Controller):
+    path = "/v1/calls/{call_id:str}"
+    tags = ["recordings"]
+    opt = {"scope": "recordings:read"}
+
+    @get("/recording", operation_id="getRecording", summary="A call's recording: status, format, gaps")
+    async def get_recording(self, call_id: FromPath[str], recordings: Recordings) -> RecordingOut:
+        return recording_out(call_id, await recordings.view(call_id))
+
+    @get(
+        "/recording.pcm",
+        operation_id="downloadRecordingPcm",
+        summary="The raw PCM received, in order (Range supported)",
+        media_type="audio/L16",
+    )
+    async def download_pcm(
+        self,
+        request: Request,
+        call_id: FromPath[str],
+        recordings: Recordings,
+        storage: Storage,
+    ) -> Stream:
+        download = pcm_download(await recordings.view(call_id), storage)
+        return ranged_stream(
+            download, request.headers.get("range"), media_type="application/octet-stream", filename=f"{call_id}.pcm"
+        )
+
+    @get(
+        "/recording.wav",
+        operation_id="downloadRecordingWav",
+        summary="The recording as WAV, gaps filled with silence (Range supported)",
+        media_type="audio/wav",
+    )
+    async def download_wav(
+        self,
+        request: Request,
+        call_id: FromPath[str],
+        recordings: Recordings,
+        storage: Storage,
+        channel: Channel = None,
+    ) -> Stream:
+        view = await recordings.view(call_id)
+        download = wav_download(view, storage, channel=CHANNELS[channel] if channel else None)
+        suffix = f"-{channel}" if channel else ""
+        return ranged_stream(
+            download, request.headers.get("range"), media_type="audio/wav", filename=f"{call_id}{suffix}.wav"
+        )

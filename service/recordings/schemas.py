@@ -1,0 +1,37 @@
+"""The recordings API contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+
+class Gap(msgspec.Struct, rename="camel"):
+    at_seconds: float
+    duration_seconds: float
+    reason: str
+
+
+class SegmentOut(msgspec.Struct, rename="camel"):
+    index: int
+    bytes: int
+    status: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+
+
+class RecordingOut(msgspec.Struct, rename="camel"):
+    call_id: str
+    status: str
+    encoding: str
+    sample_rate: int
+    channels: int
+    bytes: int
+    duration_seconds: float
+    sha256: str | None
+    gaps: list[Gap]
+    segments: list[SegmentOut]
+    error: str | None
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None

@@ -1,0 +1,200 @@
+"""Recording bookkeeping in the database: segments, gaps, finalisation, and download plans."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from service.db.engine import Database
+from service.db.models import Call, Recording, RecordingSegment, utcnow
+from service.errors import NotFoundError
+from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
+from service.recordings.storage import RecordingStorage
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSegment:
+    recording_id: uuid.UUID
+    segment_id: uuid.UUID
+    index: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingView:
+    """A recording with the live size of segments still being written."""
+
+    recording: Recording
+    extents: list[SegmentExtent]
+
+    @property
+    def bytes(self) -> int:
+        return sum(extent.bytes for extent in self.extents)
+
+    @property
+    def byte_rate(self) -> int:
+        return self.recording.sample_rate * self.recording.channels * SAMPLE_BYTES
+
+    @property
+    def duration_seconds(self) -> float:
+        return round(self.bytes / self.byte_rate, 3) if self.byte_rate else 0.0
+
+
+class RecordingService:
+    def __init__(self, db: Database, storage: RecordingStorage) -> None:
+        self._db = db
+        self._storage = storage
+
+    async def open_segment(
+        self, call_id: str, *, sample_rate: int, channels: int, gap_seconds: float, gap_reason: str
+    ) -> OpenSegment:
+        """Start a new segment (one per listen connection), recording the gap that precedes it."""
+        async with self._db.write() as session:
+            recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
+            if recording is None:
+                recording = Recording(
+                    call_id=call_id, sample_rate=sample_rate, channels=channels, started_at=utcnow(), gaps=[]
+                )
+                session.add(recording)
+                await session.flush()
+            segments = list(recording.segments)
+            byte_rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
+            frame = recording.channels * SAMPLE_BYTES
+            gap_bytes = int(gap_seconds * byte_rate) // frame * frame if segments else 0
+            if gap_bytes:
+                timeline_bytes = sum(s.gap_before_bytes + s.bytes for s in segments)
+                recording.gaps = [
+                    *recording.gaps,
+                    {
+                        "atSeconds": round(timeline_bytes / byte_rate, 3),
+                        "durationSeconds": round(gap_bytes / byte_rate, 3),
+                        "reason": gap_reason,
+                    },
+                ]
+            index = len(segments)
+            segment = RecordingSegment(
+                recording_id=recording.id,
+                index=index,
+                storage_key=f"{call_id}/{index:04d}.pcm",
+                gap_before_bytes=gap_bytes,
+            )
+            session.add(segment)
+            recording.status = "recording"
+            await session.flush()
+            return OpenSegment(recording.id, segment.id, index, segment.storage_key)
+
+    async def close_segment(self, segment: OpenSegment, *, size: int, sha256: str) -> None:
+        async with self._db.write() as session:
+            row = await session.get(RecordingSegment, segment.segment_id)
+            if row is not None:
+                row.bytes, row.sha256, row.status, row.ended_at = size, sha256, "closed", utcnow()
+
+    async def finalize(self, call_id: str, *, error: str | None = None) -> Recording | None:
+        """Mark the recording ``completed`` / ``partial`` / ``failed`` with its size and checksum."""
+        async with self._db.read() as session:
+            segments = list(
+                (
+                    await session.scalars(
+                        select(RecordingSegment)
+                        .join(Recording)
+                        .where(Recording.call_id == call_id)
+                        .order_by(RecordingSegment.index)
+                    )
+                ).all()
+            )
+        # Hash outside the write transaction: it may read stored audio.
+        sha256 = await self._checksum(segments)
+        async with self._db.write() as session:
+            recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
+            if recording is None:
+                return None
+            recording.bytes = sum(segment.bytes for segment in segments)
+            recording.sha256 = sha256
+            if recording.bytes == 0 and error:
+                recording.status = "failed"
+            elif recording.gaps or error:
+                recording.status = "partial"
+            else:
+                recording.status = "completed"
+            recording.error = error
+            recording.completed_at = utcnow()
+            return recording
+
+    async def _checksum(self, segments: list[RecordingSegment]) -> str:
+        if len(segments) == 1 and segments[0].sha256:
+            return segments[0].sha256
+        digest = hashlib.sha256()
+        for segment in segments:
+            async for chunk in self._storage.read(segment.storage_key, 0, segment.bytes):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    async def view(self, call_id: str) -> RecordingView:
+        """The call's recording; open segments report what storage holds so far."""
+        async with self._db.read() as session:
+            call = await session.scalar(select(Call).where(Call.id == call_id).options(selectinload(Call.recording)))
+        if call is None:
+            raise NotFoundError(f"no call with id {call_id!r}")
+        if call.recording is None:
+            raise NotFoundError(f"call {call_id!r} has no recording yet", recordingStatus="none")
+        extents = []
+        for segment in call.recording.segments:
+            size = segment.bytes if segment.status == "closed" else await self._storage.size(segment.storage_key)
+            extents.append(SegmentExtent(segment.storage_key, size, segment.gap_before_bytes))
+        return RecordingView(call.recording, extents)
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A downloadable view of a recording: an optional header, then a timeline of pieces."""
+
+    storage: RecordingStorage
+    prefix: bytes
+    pieces: list[Piece]
+    channel: int | None
+    channels: int
+
+    @property
+    def total(self) -> int:
+        return len(self.prefix) + sum(piece.length for piece in self.pieces)
+
+    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of the download."""
+        prefix = len(self.prefix)
+        if start < prefix:
+            yield self.prefix[start : min(end, prefix)]
+        if end > prefix:
+            async for chunk in stream_timeline(
+                self.storage,
+                self.pieces,
+                max(start - prefix, 0),
+                end - prefix,
+                channel=self.channel,
+                channels=self.channels,
+            ):
+                yield chunk
+
+
+def pcm_download(view: RecordingView, storage: RecordingStorage) -> Download:
+    """Exactly the bytes received, in order, nothing added."""
+    channels = view.recording.channels
+    pieces = timeline(view.extents, channels=channels, fill_gaps=False, mono=False)
+    return Download(storage, b"", pieces, None, channels)
+
+
+def wav_download(view: RecordingView, storage: RecordingStorage, *, channel: int | None) -> Download:
+    """A WAV whose timeline matches the call: gaps filled with silence; optionally one channel."""
+    channels = view.recording.channels
+    mono = channel is not None and channels > 1
+    pieces = timeline(view.extents, channels=channels, fill_gaps=True, mono=mono)
+    header = wav_header(
+        sum(piece.length for piece in pieces),
+        sample_rate=view.recording.sample_rate,
+        channels=1 if mono else channels,
+    )
+    return Download(storage, header, pieces, channel if mono else None, channels)

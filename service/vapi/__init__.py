@@ -1,0 +1,1 @@
+"""Talking to Vapi: its REST API and the per-call control URL."""

@@ -1,0 +1,113 @@
+"""A small client for the Vapi endpoints Switchboard uses, over one pooled ``httpx.AsyncClient``.
+
+Transport failures and Vapi error answers become :class:`~service.errors.UpstreamError` (502) or
+:class:`~service.errors.UpstreamTimeoutError` (504). Monitor URLs are capabilities: they are never put
+in an exception message or a log line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from service.errors import UpstreamError, UpstreamTimeoutError
+
+ERROR_BODY_LIMIT = 300
+
+
+class ControlNotDeliveredError(UpstreamError):
+    """The control request surely did not reach the call (connection refused): safe to retry."""
+
+
+def _vapi_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:ERROR_BODY_LIMIT]
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("error") or body
+        if isinstance(message, list):
+            message = "; ".join(str(item) for item in message)
+        return str(message)[:ERROR_BODY_LIMIT]
+    return str(body)[:ERROR_BODY_LIMIT]
+
+
+class VapiClient:
+    """Create and fetch calls, and post control messages into live calls."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str | None,
+        public_key: str | None,
+        timeout: float,
+    ) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._public_key = public_key
+        self._timeout = timeout
+
+    def _api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def monitor_headers(self, *, authenticated: bool) -> dict[str, str]:
+        """Headers for the listen handshake or a control POST when the call's monitor auth is on."""
+        if authenticated and self._public_key:
+            return {"Authorization": f"Bearer {self._public_key}"}
+        return {}
+
+    async def _request(self, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
+        try:
+            response = await self._http.request(
+                method, self._base_url + path, json=json, headers=self._api_headers(), timeout=self._timeout
+            )
+        except httpx.TimeoutException:
+            raise UpstreamTimeoutError(f"Vapi did not answer {method} {path} within {self._timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"could not reach Vapi for {method} {path}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise UpstreamError(
+                f"Vapi answered {method} {path} with {response.status_code}: {_vapi_message(response)}",
+                vapiStatus=response.status_code,
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            raise UpstreamError(f"Vapi answered {method} {path} with a body that is not JSON") from None
+        if not isinstance(body, dict):
+            raise UpstreamError(f"Vapi answered {method} {path} with JSON that is not an object")
+        return body
+
+    async def create_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``POST /call``; returns Vapi's Call object."""
+        call = await self._request("POST", "/call", json=request)
+        if not isinstance(call.get("id"), str):
+            raise UpstreamError("Vapi's answer to POST /call has no call id")
+        return call
+
+    async def get_call(self, call_id: str) -> dict[str, Any]:
+        """``GET /call/{id}``."""
+        return await self._request("GET", f"/call/{call_id}")
+
+    async def send_control(self, control_url: str, message: dict[str, Any], *, authenticated: bool) -> None:
+        """POST one control message to a live call. Any 2xx is acceptance (the body is undocumented)."""
+        kind = message.get("type", "?")
+        try:
+            response = await self._http.post(
+                control_url,
+                json=message,
+                headers=self.monitor_headers(authenticated=authenticated),
+                timeout=self._timeout,
+            )
+        except httpx.ConnectError:
+            raise ControlNotDeliveredError(f"control {kind!r}: connection to the call refused") from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeoutError(f"control {kind!r}: no answer within {self._timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"control {kind!r}: {type(exc).__name__}") from None
+        if not response.is_success:
+            raise UpstreamError(f"control {kind!r} refused with {response.status_code}: {_vapi_message(response)}")

@@ -1,0 +1,1 @@
+"""Vapi's server messages (webhooks): authenticated, stored as events, applied to calls."""

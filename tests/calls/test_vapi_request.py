@@ -1,0 +1,60 @@
+from service.calls.schemas import CallCreate, Customer
+from service.calls.service import FINAL_TRANSCRIPTS, build_vapi_request
+from service.settings import Settings
+
+
+def _settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+def _body(**overrides: object) -> CallCreate:
+    return CallCreate(
+        assistant_id="asst",
+        phone_number_id="pn",
+        customer=Customer(number="+14155550123", name="Ada"),
+        metadata={"crmId": "42"},
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def test_points_vapi_at_switchboard_with_the_secret_and_needed_messages() -> None:
+    request = build_vapi_request(
+        _body(), _settings(public_url="https://sb.example.com/", webhook_secret="s3cret")
+    )
+    overrides = request["assistantOverrides"]
+    assert overrides["server"] == {
+        "url": "https://sb.example.com/webhooks/vapi",
+        "headers": {"X-Vapi-Secret": "s3cret"},
+    }
+    for needed in ("status-update", "end-of-call-report", "speech-update", FINAL_TRANSCRIPTS):
+        assert needed in overrides["serverMessages"]
+    assert "conversation-update" in overrides["serverMessages"], "Vapi's defaults are kept"
+    assert overrides["monitorPlan"] == {"listenEnabled": True, "controlEnabled": True}
+    assert overrides["metadata"] == {"crmId": "42"}
+    assert request["customer"] == {"number": "+14155550123", "name": "Ada"}
+
+
+def test_callers_overrides_are_kept_and_extended() -> None:
+    body = _body(
+        assistant_overrides={
+            "serverMessages": ["transcript"],
+            "monitorPlan": {"listenAuthenticationEnabled": True, "listenEnabled": False},
+            "variableValues": {"x": 1},
+        }
+    )
+    overrides = build_vapi_request(body, _settings(public_url="https://sb.example.com"))["assistantOverrides"]
+    assert overrides["serverMessages"][0] == "transcript"
+    assert FINAL_TRANSCRIPTS not in overrides["serverMessages"], "all transcripts already include finals"
+    assert overrides["monitorPlan"] == {
+        "listenAuthenticationEnabled": True,
+        "listenEnabled": True,
+        "controlEnabled": True,
+    }
+    assert overrides["variableValues"] == {"x": 1}
+    assert "headers" not in overrides["server"], "no secret configured, no header"
+
+
+def test_without_public_url_the_server_setting_is_left_to_vapi() -> None:
+    overrides = build_vapi_request(_body(), _settings())["assistantOverrides"]
+    assert "server" not in overrides
+    assert "serverMessages" not in overrides

@@ -1,0 +1,104 @@
+"""Shared fixtures: real databases (a SQLite file and a throwaway PostgreSQL database), the app."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.db.migrate import upgrade
+from service.db.models import metadata
+from service.settings import Settings
+
+# An admin connection to PostgreSQL; each test session creates and drops its own database there.
+POSTGRES_ADMIN_DSN = os.environ.get("SWITCHBOARD_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+# CI sets this so that an unreachable PostgreSQL fails the run instead of skipping its half.
+REQUIRE_POSTGRES = os.environ.get("SWITCHBOARD_TEST_REQUIRE_POSTGRES") == "1"
+ADMIN_KEY = "test-admin-key"
+WEBHOOK_SECRET = "test-webhook-secret"
+VAPI_KEY = "test-vapi-private-key"
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'switchboard.db'}"
+    upgrade(url)
+    return url
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run set-up coroutines in their own loop and thread, whatever loop the caller is in."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
+
+
+async def _admin(sql: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    name = f"switchboard_test_{uuid.uuid4().hex[:12]}"
+    try:
+        run_blocking(_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required but unreachable at {POSTGRES_ADMIN_DSN}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_DSN}: {exc}")
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    url = f"{base}/{name}"
+    upgrade(url)
+    yield url
+    run_blocking(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _empty_tables(url: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        for table in reversed(metadata.sorted_tables):
+            await connection.execute(text(f'DELETE FROM "{table.name}"'))
+    await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each database-backed test runs on both backends, starting from empty tables."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    run_blocking(_empty_tables(url))
+    return url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "storage_url": "memory://",
+        "admin_api_key": ADMIN_KEY,
+        "webhook_secret": WEBHOOK_SECRET,
+        "vapi_api_key": VAPI_KEY,
+        "listen_connect_timeout_seconds": 5.0,
+        "shutdown_timeout_seconds": 5.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+def webhook_headers() -> dict[str, str]:
+    return {"X-Vapi-Secret": WEBHOOK_SECRET}

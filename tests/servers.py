@@ -1,0 +1,42 @@
+"""Running an ASGI app on a real loopback socket inside the test event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+
+
+def bind_loopback() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
+@asynccontextmanager
+async def serve(app: Any, sock: socket.socket) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn (lifespan included) on ``sock`` until the block exits."""
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, ws="websockets"))
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("server stopped during start-up")
+                await asyncio.sleep(0.01)
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+        sock.close()

@@ -1,0 +1,31 @@
+import pytest
+
+from service.settings import ConfigurationError, load_settings
+
+
+def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SWITCHBOARD_DATABASE_URL", "SWITCHBOARD_STORAGE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(_env_file=None)
+    assert settings.database_url == "sqlite+aiosqlite:///./data/switchboard.db"
+    assert settings.storage_url == "file://./data/recordings"
+    assert settings.is_sqlite and settings.should_auto_migrate
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SWITCHBOARD_STORAGE_URL", "ftp://x", "unknown storage scheme 'ftp'"),
+        ("SWITCHBOARD_DATABASE_URL", "mysql://x/y", "unsupported database URL scheme 'mysql'"),
+        ("SWITCHBOARD_VAPI_BASE_URL", "not a url", "not an http(s) URL"),
+        ("SWITCHBOARD_RULES_FILE", "/nonexistent/rules.yaml", "does not exist"),
+    ],
+)
+def test_bad_configuration_is_refused_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(_env_file=None)
+    assert message in str(caught.value)
+    assert variable in str(caught.value) or variable == "SWITCHBOARD_RULES_FILE"

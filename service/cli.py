@@ -21,7 +21,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.should_auto_migrate:
         upgrade(settings.database_url)
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="on")
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="on", ws="websockets-sansio"
+    )
     return 0
 
 
@@ -39,7 +41,7 @@ def openapi_document() -> str:
     """The OpenAPI document as stable, sorted JSON (what ``openapi/openapi.json`` holds)."""
     from service.app import create_app
 
-    settings = Settings(_env_file=None, database_url="sqlite+aiosqlite:///:memory:", storage_url="memory://")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url="sqlite+aiosqlite:///:memory:", storage_url="memory://")
     schema = create_app(settings).openapi_schema.to_schema()
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 

@@ -99,6 +99,8 @@ def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response
         return problem(exc.status_code, exc.slug, exc.title, exc.detail, **exc.extra)
     if isinstance(exc, HTTPException):
         status = exc.status_code
+        if status >= 500:
+            log.error("request failed", path=request.url.path, exc_info=exc)
         slug, title = _HTTP_TITLES.get(status, ("http-error", "HTTP error"))
         extra: dict[str, Any] = {}
         if isinstance(exc, ValidationException) and exc.extra:

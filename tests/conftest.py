@@ -11,17 +11,19 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db.migrate import upgrade
 from service.db.models import metadata
+from service.logging import configure_logging
 from service.settings import Settings
 
 # An admin connection to PostgreSQL; each test session creates and drops its own database there.
 POSTGRES_ADMIN_DSN = os.environ.get("SWITCHBOARD_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 # CI sets this so that an unreachable PostgreSQL fails the run instead of skipping its half.
 REQUIRE_POSTGRES = os.environ.get("SWITCHBOARD_TEST_REQUIRE_POSTGRES") == "1"
+configure_logging("info")
+
 ADMIN_KEY = "test-admin-key"
 WEBHOOK_SECRET = "test-webhook-secret"
 VAPI_KEY = "test-vapi-private-key"
@@ -68,7 +70,7 @@ async def _empty_tables(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as connection:
         for table in reversed(metadata.sorted_tables):
-            await connection.execute(text(f'DELETE FROM "{table.name}"'))
+            await connection.execute(table.delete())
     await engine.dispose()
 
 
@@ -91,7 +93,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "shutdown_timeout_seconds": 5.0,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

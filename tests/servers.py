@@ -12,7 +12,9 @@ import uvicorn
 
 
 def bind_loopback() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without
+    # it, Nagle plus delayed ACKs add ~40 ms to keep-alive responses.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
@@ -26,7 +28,7 @@ def url_of(sock: socket.socket) -> str:
 @asynccontextmanager
 async def serve(app: Any, sock: socket.socket) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn (lifespan included) on ``sock`` until the block exits."""
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, ws="websockets"))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, ws="websockets-sansio"))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
     try:
         async with asyncio.timeout(10):
@@ -38,5 +40,7 @@ async def serve(app: Any, sock: socket.socket) -> AsyncIterator[str]:
         yield url_of(sock)
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
-        sock.close()
+        try:
+            await asyncio.wait_for(task, timeout=30)
+        finally:
+            sock.close()

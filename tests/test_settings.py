@@ -9,7 +9,8 @@ def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = load_settings(_env_file=None)
     assert settings.database_url == "sqlite+aiosqlite:///./data/switchboard.db"
     assert settings.storage_url == "file://./data/recordings"
-    assert settings.is_sqlite and settings.should_auto_migrate
+    assert settings.is_sqlite
+    assert settings.should_auto_migrate
 
 
 @pytest.mark.parametrize(

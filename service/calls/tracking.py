@@ -32,7 +32,8 @@ def parse_timestamp(value: Any) -> dt.datetime | None:
 def _monitor_plan(vapi_call: dict[str, Any]) -> dict[str, Any]:
     for holder in (vapi_call.get("assistantOverrides"), vapi_call.get("assistant")):
         if isinstance(holder, dict) and isinstance(holder.get("monitorPlan"), dict):
-            return holder["monitorPlan"]
+            plan: dict[str, Any] = holder["monitorPlan"]
+            return plan
     return {}
 
 
@@ -94,7 +95,7 @@ async def lock_or_create_call(session: AsyncSession, call_id: str, *, origin: st
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(Call).values(id=call_id, origin=origin, status="queued").on_conflict_do_nothing()
     result = await session.execute(statement)
-    created = bool(result.rowcount)
+    created = bool(result.rowcount)  # type: ignore[attr-defined]  # a CursorResult for inserts
     query = select(Call).where(Call.id == call_id).execution_options(populate_existing=True)
     if dialect == "postgresql":
         query = query.with_for_update()

@@ -45,7 +45,7 @@ def ensure_sqlite_directory(url: str) -> None:
     """Create the folder of a SQLite file so that the embedded default works on a fresh machine."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 class Database:

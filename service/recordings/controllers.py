@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, get
 from litestar.di import NamedDependency
@@ -12,11 +12,9 @@ from litestar.response import Stream
 from service.errors import DomainError
 from service.recordings.audio import RangeNotSatisfiableError, parse_range
 from service.recordings.schemas import Gap, RecordingOut, SegmentOut
-from service.recordings.service import Download, RecordingService, RecordingView, pcm_download, wav_download
-from service.recordings.storage import RecordingStorage
+from service.recordings.service import Download, RecordingService, RecordingView
 
 Recordings = NamedDependency[RecordingService]
-Storage = NamedDependency[RecordingStorage]
 
 CHANNELS = {"customer": 0, "assistant": 1}
 Channel = Annotated[
@@ -95,12 +93,11 @@ class RecordingController(Controller):
     )
     async def download_pcm(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         call_id: FromPath[str],
         recordings: Recordings,
-        storage: Storage,
     ) -> Stream:
-        download = pcm_download(await recordings.view(call_id), storage)
+        download = await recordings.pcm_download(call_id)
         return ranged_stream(
             download, request.headers.get("range"), media_type="application/octet-stream", filename=f"{call_id}.pcm"
         )
@@ -113,14 +110,12 @@ class RecordingController(Controller):
     )
     async def download_wav(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         call_id: FromPath[str],
         recordings: Recordings,
-        storage: Storage,
         channel: Channel = None,
     ) -> Stream:
-        view = await recordings.view(call_id)
-        download = wav_download(view, storage, channel=CHANNELS[channel] if channel else None)
+        download = await recordings.wav_download(call_id, channel=CHANNELS[channel] if channel else None)
         suffix = f"-{channel}" if channel else ""
         return ranged_stream(
             download, request.headers.get("range"), media_type="audio/wav", filename=f"{call_id}{suffix}.wav"

@@ -56,13 +56,15 @@ class RecordingService:
         """Start a new segment (one per listen connection), recording the gap that precedes it."""
         async with self._db.write() as session:
             recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
+            segments: list[RecordingSegment] = []
             if recording is None:
                 recording = Recording(
                     call_id=call_id, sample_rate=sample_rate, channels=channels, started_at=utcnow(), gaps=[]
                 )
                 session.add(recording)
                 await session.flush()
-            segments = list(recording.segments)
+            else:
+                segments = list(recording.segments)
             byte_rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
             frame = recording.channels * SAMPLE_BYTES
             gap_bytes = int(gap_seconds * byte_rate) // frame * frame if segments else 0
@@ -133,6 +135,12 @@ class RecordingService:
             async for chunk in self._storage.read(segment.storage_key, 0, segment.bytes):
                 digest.update(chunk)
         return digest.hexdigest()
+
+    async def pcm_download(self, call_id: str) -> Download:
+        return pcm_download(await self.view(call_id), self._storage)
+
+    async def wav_download(self, call_id: str, *, channel: int | None) -> Download:
+        return wav_download(await self.view(call_id), self._storage, channel=channel)
 
     async def view(self, call_id: str) -> RecordingView:
         """The call's recording; open segments report what storage holds so far."""

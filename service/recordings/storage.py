@@ -10,7 +10,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from service.settings import ConfigurationError
@@ -25,6 +25,7 @@ class SegmentWriter(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
 class RecordingStorage(Protocol):
     async def open_writer(self, key: str) -> SegmentWriter:
         """Open ``key`` for appending (created if missing; existing bytes are kept)."""

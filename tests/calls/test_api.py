@@ -81,7 +81,11 @@ async def test_place_call_stores_it_and_returns_201(client: AsyncTestClient[Any]
 @pytest.mark.parametrize(
     ("answer", "status", "slug"),
     [
-        (lambda request: httpx.Response(400, json={"message": ["customer.number must be E.164"]}), 502, "upstream-error"),
+        (
+            lambda request: httpx.Response(400, json={"message": ["customer.number must be E.164"]}),
+            502,
+            "upstream-error",
+        ),
         (lambda request: httpx.Response(503, text="upstream down"), 502, "upstream-error"),
         (lambda request: (_ for _ in ()).throw(httpx.ConnectError("refused")), 502, "upstream-error"),
         (lambda request: (_ for _ in ()).throw(httpx.ReadTimeout("slow")), 504, "upstream-timeout"),

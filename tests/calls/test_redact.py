@@ -1,8 +1,10 @@
+from typing import Any
+
 from service.calls.redact import REDACTED, redact
 
 
 def test_monitor_urls_and_server_headers_are_redacted() -> None:
-    message = {
+    message: dict[str, Any] = {
         "type": "status-update",
         "call": {
             "id": "c1",

@@ -18,9 +18,7 @@ def _body(**overrides: object) -> CallCreate:
 
 
 def test_points_vapi_at_switchboard_with_the_secret_and_needed_messages() -> None:
-    request = build_vapi_request(
-        _body(), _settings(public_url="https://sb.example.com/", webhook_secret="s3cret")
-    )
+    request = build_vapi_request(_body(), _settings(public_url="https://sb.example.com/", webhook_secret="s3cret"))
     overrides = request["assistantOverrides"]
     assert overrides["server"] == {
         "url": "https://sb.example.com/webhooks/vapi",

@@ -1,0 +1,39 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+
+
+def test_openapi_command_writes_the_document(tmp_path: Path) -> None:
+    out = tmp_path / "openapi.json"
+    assert main(["openapi", "--out", str(out)]) == 0
+    assert '"operationId": "createCall"' in out.read_text()
+
+
+def test_bad_configuration_exits_2_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SWITCHBOARD_STORAGE_URL", "gopher://nowhere")
+    assert main(["migrate"]) == 2
+    error = capsys.readouterr().err
+    assert "SWITCHBOARD_STORAGE_URL" in error
+    assert "unknown storage scheme 'gopher'" in error
+
+
+def test_migrate_creates_the_embedded_database(tmp_path: Path) -> None:
+    database = tmp_path / "nested" / "switchboard.db"
+    env = {"SWITCHBOARD_DATABASE_URL": f"sqlite+aiosqlite:///{database}", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert database.is_file()
+    assert "database is up to date" in result.stderr

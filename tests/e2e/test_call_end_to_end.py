@@ -3,76 +3,23 @@ database (SQLite file and PostgreSQL), real files for the recording."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import wave
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from vapi.types.client_inbound_message_say import ClientInboundMessageSay
 
-from service.app import create_app
 from service.recordings.audio import extract_channel
-from service.simulator import CallScript, SimulatorServer, Utterance, VapiSimulator
-from tests.conftest import ADMIN_KEY, VAPI_KEY, make_settings
-from tests.servers import bind_loopback, serve, url_of
-
-CALL = {
-    "assistantId": "asst-e2e",
-    "phoneNumberId": "pn-e2e",
-    "customer": {"number": "+14155550123", "name": "Ada"},
-    "metadata": {"crmId": "crm-7"},
-}
-SCRIPT = CallScript(
-    ring_after=0.5,
-    answer_after=0.5,
-    talk_seconds=8.0,
-    turns=(
-        Utterance("assistant", "Hello, how can I help?", at=0.2),
-        Utterance("user", "I want to cancel my plan.", at=2.0),
-    ),
-)
-
-
-@dataclass
-class Stack:
-    client: httpx.AsyncClient
-    sim: VapiSimulator
+from tests.harness import CALL, Stack, running_stack
 
 
 @pytest.fixture
 async def stack(database_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SCRIPT)
-    async with SimulatorServer(sim) as simulator:
-        sock = bind_loopback()
-        settings = make_settings(
-            database_url,
-            storage_url=f"file://{tmp_path / 'recordings'}",
-            vapi_base_url=simulator.base_url,
-            public_url=url_of(sock),
-        )
-        async with (
-            serve(create_app(settings), sock) as base_url,
-            httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client,
-        ):
-            yield Stack(client, sim)
-
-
-async def wait_for_recording(client: httpx.AsyncClient, call_id: str) -> dict[str, Any]:
-    async def finished() -> dict[str, Any] | None:
-        response = await client.get(f"/v1/calls/{call_id}/recording")
-        body: dict[str, Any] = response.json()
-        return body if response.status_code == 200 and body["status"] in ("completed", "partial", "failed") else None
-
-    import asyncio
-
-    async with asyncio.timeout(20):
-        while (recording := await finished()) is None:
-            await asyncio.sleep(0.05)
-    return recording
+    async with running_stack(database_url, tmp_path) as running:
+        yield running
 
 
 async def test_a_call_is_placed_recorded_and_downloadable(stack: Stack) -> None:
@@ -81,6 +28,7 @@ async def test_a_call_is_placed_recorded_and_downloadable(stack: Stack) -> None:
     assert created.status_code == 201, created.text
     call_id = created.json()["id"]
     assert created.json()["monitor"]["listen"] is True
+    assert created.json()["monitor"]["listenUrl"].endswith("/listen"), "admin keys see monitor URLs"
 
     await sim.wait_for_status(call_id, "in-progress")
     said = await client.post(f"/v1/calls/{call_id}/say", json={"content": "This call is recorded."})
@@ -91,15 +39,13 @@ async def test_a_call_is_placed_recorded_and_downloadable(stack: Stack) -> None:
     ClientInboundMessageSay.model_validate(control[0])
 
     await sim.wait_for_status(call_id, "ended")
-    recording = await wait_for_recording(client, call_id)
+    recording = await stack.wait_for_recording(call_id)
     sent = sim.audio_sent(call_id)
     assert len(sent) > 0
     assert recording["status"] == "completed"
     assert recording["bytes"] == len(sent)
     assert (recording["sampleRate"], recording["channels"], recording["encoding"]) == (16000, 2, "pcm_s16le")
     assert recording["gaps"] == []
-    import hashlib
-
     assert recording["sha256"] == hashlib.sha256(sent).hexdigest()
 
     pcm = await client.get(f"/v1/calls/{call_id}/recording.pcm")
@@ -126,7 +72,11 @@ async def test_a_call_is_placed_recorded_and_downloadable(stack: Stack) -> None:
     assert call["status"] == "ended"
     assert call["endedReason"] == "customer-ended-call"
     assert call["metadata"] == {"crmId": "crm-7"}
-    assert call["recording"] == {"status": "completed", "durationSeconds": recording["durationSeconds"], "bytes": len(sent)}
+    assert call["recording"] == {
+        "status": "completed",
+        "durationSeconds": recording["durationSeconds"],
+        "bytes": len(sent),
+    }
 
     events = (await client.get(f"/v1/calls/{call_id}/events", params={"limit": 500})).json()["data"]
     seqs = [event["seq"] for event in events]

@@ -1,0 +1,27 @@
+"""A loopback imitation of Vapi for tests, benchmarks and demos (``switchboard simulate``).
+
+Public API: ``VapiSimulator`` (state, ASGI app, Python test API), ``SimulatorServer`` (run it in-process on
+loopback), ``run_simulator`` (run it as a process), ``CallScript`` / ``Utterance`` (what happens on a call),
+``LoopbackServer`` (serve any small ASGI app on loopback in the running loop).
+"""
+
+from service.simulator.audio import FRAME_BYTES, FRAME_SECONDS, read_stamp, split_channels
+from service.simulator.log import ListenRecord, LogEntry
+from service.simulator.script import CallScript, Utterance
+from service.simulator.server import LoopbackServer, SimulatorServer, run_simulator
+from service.simulator.simulator import VapiSimulator
+
+__all__ = [
+    "FRAME_BYTES",
+    "FRAME_SECONDS",
+    "CallScript",
+    "ListenRecord",
+    "LogEntry",
+    "LoopbackServer",
+    "SimulatorServer",
+    "Utterance",
+    "VapiSimulator",
+    "read_stamp",
+    "run_simulator",
+    "split_channels",
+]

@@ -1,0 +1,411 @@
+"""State of a simulated call and its rendering in Vapi's wire format (the ``Call`` object)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from service.simulator.audio import FrameSource, call_tag
+from service.simulator.script import CallScript
+
+if TYPE_CHECKING:
+    from service.simulator.listen import ListenConnection
+
+DEFAULT_SERVER_MESSAGES: frozenset[str] = frozenset(
+    {
+        "conversation-update",
+        "end-of-call-report",
+        "function-call",
+        "hang",
+        "speech-update",
+        "status-update",
+        "tool-calls",
+        "transfer-destination-request",
+        "handoff-destination-request",
+        "user-interrupted",
+        "assistant.started",
+    }
+)
+"""Vapi's default ``serverMessages`` subscription (no ``transcript``)."""
+
+FINAL_TRANSCRIPTS_ONLY = 'transcript[transcriptType="final"]'
+DEFAULT_SERVER_TIMEOUT_SECONDS = 20.0
+COST_PER_MINUTE = 0.05
+TWILIO_ACCOUNT_SID = "AC" + "51" * 16
+"""The (fake) Twilio account the simulator's phone number belongs to."""
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 with milliseconds and ``Z``, as Vapi writes timestamps."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the Unix epoch."""
+    return int(moment.timestamp() * 1000)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where and how a call's server messages go."""
+
+    url: str | None
+    headers: dict[str, str]
+    timeout: float
+    subscription: frozenset[str]
+
+    def wants(self, message_type: str, *, transcript_type: str | None = None) -> bool:
+        """Whether the call subscribed to this message (``transcript[transcriptType="final"]`` aware)."""
+        if message_type == "transcript":
+            return "transcript" in self.subscription or (
+                transcript_type == "final" and FINAL_TRANSCRIPTS_ONLY in self.subscription
+            )
+        return message_type in self.subscription
+
+
+def resolve_delivery(request: Mapping[str, Any], *, server_url: str | None, secret: str | None) -> Delivery:
+    """Apply Vapi's precedence: the assistant's (override) server, else the org's server URL + secret."""
+    overrides = _mapping(request.get("assistantOverrides"))
+    assistant = _mapping(request.get("assistant"))
+    server = _mapping(overrides.get("server")) or _mapping(assistant.get("server"))
+    url: str | None = None
+    headers: dict[str, str] = {}
+    timeout = DEFAULT_SERVER_TIMEOUT_SECONDS
+    if isinstance(server.get("url"), str):
+        url = server["url"]
+        headers = {str(k): str(v) for k, v in _mapping(server.get("headers")).items()}
+        if isinstance(server.get("timeoutSeconds"), int | float):
+            timeout = float(server["timeoutSeconds"])
+    else:
+        legacy = overrides if isinstance(overrides.get("serverUrl"), str) else assistant
+        if isinstance(legacy.get("serverUrl"), str):
+            url = legacy["serverUrl"]
+            if isinstance(legacy.get("serverUrlSecret"), str):
+                headers = {"X-Vapi-Secret": legacy["serverUrlSecret"]}
+        elif server_url is not None:
+            url = server_url
+            if secret is not None:
+                headers = {"X-Vapi-Secret": secret}
+    listed = overrides.get("serverMessages", assistant.get("serverMessages"))
+    subscription = frozenset(str(item) for item in listed) if isinstance(listed, list) else DEFAULT_SERVER_MESSAGES
+    return Delivery(url=url, headers=headers, timeout=timeout, subscription=subscription)
+
+
+def validate_create_call(body: object, *, phone: bool) -> list[str]:
+    """Vapi-style validation messages for a create-call body (empty when valid)."""
+    if not isinstance(body, Mapping):
+        return ["body must be a JSON object"]
+    errors = [f"property {key} should not exist" for key in body if key not in CREATE_CALL_PROPERTIES]
+    if not any(body.get(key) for key in ("assistantId", "assistant", "squadId", "squad", "workflowId", "workflow")):
+        errors.append(
+            "Couldn't Get Assistant. Need Either `assistant`, `assistantId`, `squad`, `squadId`, "
+            "`workflow`, Or `workflowId`."
+        )
+    if phone:
+        if not (body.get("phoneNumberId") or body.get("phoneNumber")):
+            errors.append("Couldn't Get Phone Number. Need Either `phoneNumberId` Or `phoneNumber`.")
+        customer = body.get("customer")
+        if body.get("customers") or body.get("customerId"):
+            pass
+        elif not isinstance(customer, Mapping):
+            errors.append("Couldn't Get Customer. Need Either `customer`, `customers` Or `customerId`.")
+        elif not (customer.get("number") or customer.get("sipUri")) or (
+            customer.get("number") is not None and not _looks_e164(customer["number"])
+        ):
+            errors.append("customer.number must be a valid phone number in the E.164 format.")
+    for key in ("assistantOverrides", "assistant", "customer", "phoneNumber", "schedulePlan"):
+        if key in body and body[key] is not None and not isinstance(body[key], Mapping):
+            errors.append(f"{key} must be an object")
+    return errors
+
+
+def _looks_e164(number: object) -> bool:
+    return isinstance(number, str) and number.startswith("+") and number[1:].isdigit() and 2 <= len(number) <= 16
+
+
+CREATE_CALL_PROPERTIES: frozenset[str] = frozenset(
+    {
+        "assistantVersion",
+        "squadVersion",
+        "transport",
+        "customers",
+        "name",
+        "schedulePlan",
+        "assistantId",
+        "assistant",
+        "assistantOverrides",
+        "squadId",
+        "squad",
+        "squadOverrides",
+        "workflowId",
+        "workflow",
+        "workflowOverrides",
+        "phoneNumberId",
+        "phoneNumber",
+        "customerId",
+        "customer",
+    }
+)
+"""Top-level properties of ``CreateOutboundCallDto`` (vapi-server-sdk 3.0.0); Vapi rejects others."""
+
+
+@dataclass(slots=True)
+class Spans:
+    """Frame intervals [start, end) in which something holds (a speaker speaks, a channel is muted)."""
+
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, start: int, end: int) -> None:
+        """Add the interval [start, end)."""
+        if end > start:
+            self.spans.append((start, end))
+
+    def open(self, start: int) -> None:
+        """Start an interval with no end yet."""
+        self.spans.append((start, 1 << 62))
+
+    def close(self, end: int) -> None:
+        """End the open interval(s) at ``end``."""
+        self.spans = [(a, min(b, end)) if b == 1 << 62 else (a, b) for a, b in self.spans]
+
+    def busy_until(self) -> int:
+        """End of the last interval (0 when empty)."""
+        return max((b for _, b in self.spans), default=0)
+
+    def __contains__(self, index: int) -> bool:
+        return any(start <= index < end for start, end in self.spans)
+
+
+@dataclass(eq=False)
+class SimCall:
+    """One simulated call: its request, lifecycle state, audio timeline and listeners."""
+
+    id: str
+    org_id: str
+    request: dict[str, Any]
+    script: CallScript
+    delivery: Delivery
+    http_base: str
+    ws_base: str
+    frames: FrameSource
+    created_at: datetime = field(default_factory=now_utc)
+    status: str = "queued"
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    ended_reason: str | None = None
+    destination: dict[str, Any] | None = None
+    provider_call_id: str = field(default_factory=lambda: "CA" + secrets.token_hex(16))
+    tag: int = 0
+    # audio timeline: frame n covers [audio_t0 + n*frame_dt, audio_t0 + (n+1)*frame_dt) in loop time
+    audio_t0: float | None = None
+    end_frame: int | None = None
+    user_speech: Spans = field(default_factory=Spans)
+    assistant_speech: Spans = field(default_factory=Spans)
+    user_muted: Spans = field(default_factory=Spans)
+    assistant_muted: Spans = field(default_factory=Spans)
+    turn: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    openai_messages: list[dict[str, Any]] = field(default_factory=list)
+    connections: set[ListenConnection] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.tag = call_tag(self.id)
+        if self.updated_at is None:
+            self.updated_at = self.created_at
+
+    @classmethod
+    def create(
+        cls,
+        request: dict[str, Any],
+        *,
+        org_id: str,
+        script: CallScript,
+        delivery: Delivery,
+        http_base: str,
+        ws_base: str,
+        frames: FrameSource,
+    ) -> SimCall:
+        """A new queued call for a create-call request."""
+        return cls(
+            id=str(uuid.uuid4()),
+            org_id=org_id,
+            request=request,
+            script=script,
+            delivery=delivery,
+            http_base=http_base,
+            ws_base=ws_base,
+            frames=frames,
+        )
+
+    # -- derived views -------------------------------------------------------------------------------
+
+    @property
+    def overrides(self) -> Mapping[str, Any]:
+        """``assistantOverrides`` of the request (empty mapping when absent)."""
+        return _mapping(self.request.get("assistantOverrides"))
+
+    @property
+    def monitor_plan(self) -> Mapping[str, Any]:
+        """``monitorPlan`` from the overrides or the inline assistant."""
+        return _mapping(self.overrides.get("monitorPlan")) or _mapping(
+            _mapping(self.request.get("assistant")).get("monitorPlan")
+        )
+
+    @property
+    def listen_auth(self) -> bool:
+        """Whether the listen handshake needs the public key."""
+        return bool(self.monitor_plan.get("listenAuthenticationEnabled"))
+
+    @property
+    def control_auth(self) -> bool:
+        """Whether control requests need the public key."""
+        return bool(self.monitor_plan.get("controlAuthenticationEnabled"))
+
+    @property
+    def ended(self) -> bool:
+        """Whether the call has reached its final status."""
+        return self.status == "ended"
+
+    @property
+    def listen_url(self) -> str:
+        """The call's listen WebSocket URL."""
+        return f"{self.ws_base}/{self.id}/listen"
+
+    @property
+    def control_url(self) -> str:
+        """The call's control URL."""
+        return f"{self.http_base}/{self.id}/control"
+
+    @property
+    def customer(self) -> dict[str, Any] | None:
+        """The customer as given in the request."""
+        customer = self.request.get("customer")
+        return dict(customer) if isinstance(customer, Mapping) else None
+
+    @property
+    def phone_number(self) -> dict[str, Any]:
+        """The org phone number the call is placed from (inline, or a stand-in for ``phoneNumberId``)."""
+        inline = self.request.get("phoneNumber")
+        if isinstance(inline, Mapping):
+            return dict(inline)
+        return {
+            "id": self.request.get("phoneNumberId"),
+            "orgId": self.org_id,
+            "provider": "twilio",
+            "number": "+15550100000",
+            "twilioAccountSid": TWILIO_ACCOUNT_SID,
+            "name": "Switchboard simulator",
+            "status": "active",
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.created_at),
+        }
+
+    @property
+    def duration_seconds(self) -> float:
+        """Seconds from answer to end (0 when never answered)."""
+        if self.started_at is None or self.ended_at is None:
+            return 0.0
+        return max(0.0, (self.ended_at - self.started_at).total_seconds())
+
+    @property
+    def cost(self) -> float:
+        """A plausible cost in USD."""
+        return round(self.duration_seconds / 60 * COST_PER_MINUTE, 4)
+
+    def transcript_text(self) -> str:
+        """The conversation as Vapi's artifact transcript renders it (``AI: …`` / ``User: …`` lines)."""
+        lines = []
+        for message in self.messages:
+            if message["role"] in ("bot", "user"):
+                speaker = "AI" if message["role"] == "bot" else "User"
+                lines.append(f"{speaker}: {message['message']}")
+        return "\n".join(lines) + ("\n" if lines else "")
+
+    def artifact(self) -> dict[str, Any]:
+        """The call's artifact (messages and transcript)."""
+        return {
+            "messages": [dict(m) for m in self.messages],
+            "messagesOpenAIFormatted": [dict(m) for m in self.openai_messages],
+            "transcript": self.transcript_text(),
+        }
+
+    def to_vapi(self) -> dict[str, Any]:
+        """The call as Vapi's REST API returns it (``Call``)."""
+        call: dict[str, Any] = {
+            "id": self.id,
+            "orgId": self.org_id,
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at or self.created_at),
+            "type": "outboundPhoneCall",
+            "status": self.status,
+            "cost": self.cost,
+            "monitor": {"listenUrl": self.listen_url, "controlUrl": self.control_url},
+            "phoneCallProvider": "twilio",
+            "phoneCallProviderId": self.provider_call_id,
+            "phoneCallTransport": "pstn",
+            "transport": {
+                "provider": "twilio",
+                "accountSid": TWILIO_ACCOUNT_SID,
+                "callSid": self.provider_call_id,
+            },
+        }
+        for key in (
+            "assistantId",
+            "assistant",
+            "assistantOverrides",
+            "squadId",
+            "squad",
+            "workflowId",
+            "workflow",
+            "phoneNumberId",
+            "phoneNumber",
+            "customerId",
+            "customer",
+            "name",
+            "schedulePlan",
+        ):
+            if self.request.get(key) is not None:
+                call[key] = self.request[key]
+        if self.started_at is not None:
+            call["startedAt"] = iso(self.started_at)
+        if self.ended_at is not None:
+            call["endedAt"] = iso(self.ended_at)
+        if self.ended_reason is not None:
+            call["endedReason"] = self.ended_reason
+        if self.destination is not None:
+            call["destination"] = self.destination
+        if self.ended:
+            call["messages"] = [dict(m) for m in self.messages]
+            call["artifact"] = self.artifact()
+            call["analysis"] = {"summary": self.summary()}
+        return call
+
+    def summary(self) -> str:
+        """A stand-in for Vapi's LLM call summary."""
+        turns = sum(1 for m in self.messages if m["role"] in ("bot", "user"))
+        return f"Simulated call with {turns} turns, ended by {self.ended_reason or 'nobody yet'}."
+
+    # -- audio ---------------------------------------------------------------------------------------
+
+    def frame(self, index: int) -> bytes:
+        """Audio frame ``index`` of this call's timeline."""
+        return self.frames.frame(
+            self.tag,
+            index,
+            user=index in self.user_speech and index not in self.user_muted,
+            assistant=index in self.assistant_speech and index not in self.assistant_muted,
+        )

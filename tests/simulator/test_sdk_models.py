@@ -1,0 +1,198 @@
+"""Everything the simulator sends validates against the official vapi-server-sdk models.
+
+The SDK models are Fern-generated pydantic models that accept extra fields and make enums open
+(``Union[Literal[...], Any]``), so validation alone would accept misspelt keys and unknown values. The tests
+therefore also check that no unexpected extra keys appear and that enum values are among the SDK's literals.
+Each message is validated against its own model, not the ``ServerMessage`` envelope: the envelope's union of
+every server message type costs ~15 s more to build, for no extra check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import typing
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+
+from service.simulator import SimulatorServer
+from service.simulator.lifecycle import END_CALL_REASON, SAY_THEN_END_REASON, TRANSFER_REASON
+from tests.simulator.conftest import ALL_MESSAGES, LONG_SCRIPT, WebhookReceiver, place_call, with_overrides
+
+# Fields Vapi has sent in end-of-call reports for a long time that the SDK model no longer lists.
+LEGACY_REPORT_FIELDS = {"durationSeconds", "durationMs", "durationMinutes", "summary", "transcript", "messages"}
+
+
+@pytest.fixture(scope="session")
+def sdk() -> SimpleNamespace:
+    """The SDK models, imported once per session (the models that reference Call take seconds to build)."""
+    import pydantic
+    from vapi import types as vapi_types
+
+    names = [
+        "Call",
+        "CallStatus",
+        "CallEndedReason",
+        "ServerMessageStatusUpdate",
+        "ServerMessageSpeechUpdate",
+        "ServerMessageTranscript",
+        "ServerMessageConversationUpdate",
+        "ServerMessageEndOfCallReport",
+        "ServerMessageHang",
+        "ServerMessageModelOutput",
+        "ServerMessageAssistantSpeech",
+        "ServerMessageTransferUpdate",
+        "ClientInboundMessageSay",
+        "ClientInboundMessageAddMessage",
+        "ClientInboundMessageControl",
+        "ClientInboundMessageEndCall",
+        "ClientInboundMessageTransfer",
+        "ClientInboundMessageAppendContext",
+        "ClientInboundMessageSendTransportMessage",
+        "ClientInboundMessageMessage",
+        "AssistantOverridesServerMessagesItem",
+    ]
+    namespace = SimpleNamespace(**{name: getattr(vapi_types, name) for name in names})
+    namespace.control_union = pydantic.TypeAdapter(vapi_types.ClientInboundMessageMessage)
+    return namespace
+
+
+def _literals(alias: Any) -> set[str]:
+    """The literal values of a Fern open enum ``Union[Literal[...], Any]``."""
+    values: set[str] = set()
+    for arg in typing.get_args(alias):
+        if typing.get_origin(arg) is typing.Literal:
+            values.update(typing.get_args(arg))
+    return values
+
+
+def _extras(model: Any) -> set[str]:
+    return set(model.model_extra or {})
+
+
+def _check_call(sdk: SimpleNamespace, payload: dict[str, Any]) -> Any:
+    call = sdk.Call.model_validate(payload)
+    assert _extras(call) == set(), _extras(call)
+    assert call.status in _literals(sdk.CallStatus)
+    if call.ended_reason is not None:
+        assert call.ended_reason in _literals(sdk.CallEndedReason)
+    assert call.monitor is not None
+    assert _extras(call.monitor) == set()
+    assert call.monitor.listen_url == payload["monitor"]["listenUrl"]
+    assert call.monitor.control_url == payload["monitor"]["controlUrl"]
+    assert call.created_at.tzinfo is not None
+    return call
+
+
+MODEL_FOR_TYPE = {
+    "status-update": "ServerMessageStatusUpdate",
+    "speech-update": "ServerMessageSpeechUpdate",
+    "transcript": "ServerMessageTranscript",
+    "conversation-update": "ServerMessageConversationUpdate",
+    "end-of-call-report": "ServerMessageEndOfCallReport",
+    "hang": "ServerMessageHang",
+    "model-output": "ServerMessageModelOutput",
+    "assistant.speechStarted": "ServerMessageAssistantSpeech",
+    "transfer-update": "ServerMessageTransferUpdate",
+}
+
+
+async def test_server_messages_and_calls_validate(
+    sdk: SimpleNamespace, simulator: SimulatorServer, vapi: httpx.AsyncClient, receiver: WebhookReceiver
+) -> None:
+    assert set(ALL_MESSAGES) <= _literals(sdk.AssistantOverridesServerMessagesItem)
+    sim = simulator.sim
+    sim.script = dataclasses.replace(LONG_SCRIPT, hang_at=0.5, send_queued_status=True)
+    created = await place_call(vapi, with_overrides(serverMessages=ALL_MESSAGES))
+    _check_call(sdk, created)
+    await sim.wait_for_status(created["id"], "in-progress")
+    control = created["monitor"]["controlUrl"]
+    await vapi.post(control, json={"type": "say", "content": "Let me check that.", "interruptAssistantEnabled": True})
+    await vapi.post(control, json={"type": "add-message", "message": {"role": "user", "content": "Hurry."}})
+    await vapi.post(control, json={"type": "transfer", "destination": {"type": "number", "number": "+15550001111"}})
+    await sim.wait_idle(created["id"])
+    fetched = (await vapi.get(f"/call/{created['id']}")).json()
+    parsed_call = _check_call(sdk, fetched)
+    assert parsed_call.ended_reason == TRANSFER_REASON
+    assert parsed_call.artifact is not None
+    assert parsed_call.artifact.transcript
+
+    seen: set[str] = set()
+    for item in receiver.received:
+        assert set(item.body) == {"message"}
+        payload = item.body["message"]
+        message = getattr(sdk, MODEL_FOR_TYPE[payload["type"]]).model_validate(payload)
+        seen.add(payload["type"])
+        allowed = LEGACY_REPORT_FIELDS if payload["type"] == "end-of-call-report" else set()
+        assert _extras(message) <= allowed, (payload["type"], _extras(message))
+        assert message.type == payload["type"]
+        assert message.call is not None
+        assert message.call.id == created["id"]
+        assert message.call.monitor.listen_url == created["monitor"]["listenUrl"]
+        assert message.timestamp is not None
+        assert message.phone_number is not None
+        if payload["type"] == "status-update":
+            assert message.status in _literals(sdk.CallStatus)
+        if payload["type"] == "end-of-call-report":
+            assert message.ended_reason in _literals(sdk.CallEndedReason)
+            assert message.artifact.messages
+            assert message.analysis.summary
+            assert message.started_at is not None
+            assert message.ended_at is not None
+        if payload["type"] in ("conversation-update", "end-of-call-report"):
+            messages = message.messages if payload["type"] == "conversation-update" else message.artifact.messages
+            assert all(type(m).__name__ in ("UserMessage", "BotMessage", "SystemMessage") for m in messages)
+            assert all(_extras(m) <= {"source"} for m in messages)
+    assert seen == set(MODEL_FOR_TYPE)
+
+
+@pytest.mark.parametrize(
+    ("reason", "control"),
+    [
+        (END_CALL_REASON, {"type": "end-call"}),
+        (SAY_THEN_END_REASON, {"type": "say", "content": "Goodbye.", "endCallAfterSpoken": True}),
+    ],
+)
+async def test_ended_reasons_are_sdk_values(
+    sdk: SimpleNamespace, simulator: SimulatorServer, vapi: httpx.AsyncClient, reason: str, control: dict[str, Any]
+) -> None:
+    assert reason in _literals(sdk.CallEndedReason)
+    simulator.sim.script = LONG_SCRIPT
+    call = await place_call(vapi)
+    await simulator.sim.wait_for_status(call["id"], "in-progress")
+    await vapi.post(call["monitor"]["controlUrl"], json=control)
+    ended = await asyncio.wait_for(simulator.sim.wait_for_status(call["id"], "ended"), 5)
+    assert ended.ended_reason == reason
+    _check_call(sdk, ended.to_vapi())
+
+
+CONTROL_EXAMPLES = [
+    ("ClientInboundMessageSay", {"type": "say", "content": "Hi", "endCallAfterSpoken": False}),
+    ("ClientInboundMessageAddMessage", {"type": "add-message", "message": {"role": "system", "content": "x"}}),
+    ("ClientInboundMessageControl", {"type": "control", "control": "mute-assistant"}),
+    ("ClientInboundMessageEndCall", {"type": "end-call"}),
+    (
+        "ClientInboundMessageTransfer",
+        {"type": "transfer", "destination": {"type": "number", "number": "+15550001111"}, "content": "Hold on"},
+    ),
+    ("ClientInboundMessageAppendContext", {"type": "append-context", "kind": "instructions", "content": "x"}),
+    (
+        "ClientInboundMessageSendTransportMessage",
+        {"type": "send-transport-message", "message": {"transport": "twilio", "twiml": "<Response/>"}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "message"), CONTROL_EXAMPLES)
+def test_control_messages_the_simulator_accepts_are_sdk_messages(
+    sdk: SimpleNamespace, model: str, message: dict[str, Any]
+) -> None:
+    from service.simulator.control import validate_control
+
+    assert validate_control(message) == []
+    getattr(sdk, model).model_validate(message)
+    parsed = sdk.control_union.validate_python(message)
+    assert parsed.type == message["type"]

@@ -13,19 +13,20 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from sqlalchemy import select
 
 from service import __version__
 from service.auth import ApiKeyAuthenticator, require_scope
-from service.calls import status as call_status
 from service.calls.controllers import CallController
 from service.calls.service import CallService
 from service.db.engine import Database
-from service.db.models import Call
 from service.errors import EXCEPTION_HANDLERS
 from service.health.controllers import HealthController
+from service.listen.controllers import live_listen
+from service.listen.leases import LeaseKeeper, replica_id
+from service.listen.relay import LiveRelay
 from service.listen.session import ListenConfig, ListenSession
 from service.listen.supervisor import ListenSupervisor
+from service.metrics import Metrics, MetricsController
 from service.recordings.controllers import RecordingController
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage, build_storage
@@ -42,19 +43,6 @@ def _constant(value: Any) -> Provide:
         return value
 
     return Provide(provide, use_cache=True, sync_to_thread=False)
-
-
-async def resume_live_calls(db: Database, supervisor: ListenSupervisor) -> int:
-    """After a restart, listen again to every call that is still live."""
-    async with db.read() as session:
-        call_ids = (
-            await session.scalars(
-                select(Call.id).where(Call.status.in_(call_status.LIVE), Call.listen_url.is_not(None))
-            )
-        ).all()
-    for call_id in call_ids:
-        supervisor.ensure_listening(call_id)
-    return len(call_ids)
 
 
 def create_app(
@@ -79,19 +67,36 @@ def create_app(
         timeout=settings.vapi_timeout_seconds,
     )
     recordings = RecordingService(db, storage)
+    metrics = Metrics()
     listen_config = ListenConfig(
         sample_rate=settings.listen_sample_rate,
         channels=settings.listen_channels,
         connect_timeout=settings.listen_connect_timeout_seconds,
+        idle_timeout=settings.listen_idle_timeout_seconds,
         max_frame_bytes=settings.listen_max_frame_bytes,
     )
-    supervisor = ListenSupervisor(
-        lambda call_id: ListenSession(
-            call_id, db=db, storage=storage, recordings=recordings, vapi=vapi, config=listen_config
+
+    def new_session(call_id: str, relay: LiveRelay) -> ListenSession:
+        return ListenSession(
+            call_id,
+            db=db,
+            storage=storage,
+            recordings=recordings,
+            vapi=vapi,
+            config=listen_config,
+            metrics=metrics,
+            relay=relay,
+            reconcile=calls.reconcile,
         )
+
+    supervisor = ListenSupervisor(
+        new_session,
+        leases=LeaseKeeper(db, owner=replica_id(), ttl_seconds=settings.listen_lease_seconds),
+        metrics=metrics,
+        maintain_interval=settings.listen_lease_seconds / 3,
     )
     calls = CallService(db, vapi, settings, supervisor)
-    webhooks = WebhookService(db, supervisor)
+    webhooks = WebhookService(db, supervisor, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -100,9 +105,11 @@ def create_app(
                 "NO WEBHOOK SECRET CONFIGURED: anyone who can reach /webhooks/vapi can forge call events; "
                 "set SWITCHBOARD_WEBHOOK_SECRET"
             )
-        resumed = await resume_live_calls(db, supervisor)
+        await supervisor.start()
         log.info(
-            "switchboard started", resumed_listen_sessions=resumed, database="sqlite" if db.is_sqlite else "postgresql"
+            "switchboard started",
+            listen_sessions=supervisor.active,
+            database="sqlite" if db.is_sqlite else "postgresql",
         )
         try:
             yield
@@ -114,9 +121,9 @@ def create_app(
             await db.dispose()
             log.info("switchboard stopped")
 
-    api = Router(path="/", guards=[require_scope], route_handlers=[CallController, RecordingController])
+    api = Router(path="/", guards=[require_scope], route_handlers=[CallController, RecordingController, live_listen])
     return Litestar(
-        route_handlers=[api, VapiWebhookController, HealthController],
+        route_handlers=[api, VapiWebhookController, HealthController, MetricsController],
         dependencies={
             "settings": _constant(settings),
             "db": _constant(db),
@@ -124,6 +131,8 @@ def create_app(
             "calls": _constant(calls),
             "webhooks": _constant(webhooks),
             "recordings": _constant(recordings),
+            "metrics": _constant(metrics),
+            "supervisor": _constant(supervisor),
         },
         state=State(
             {

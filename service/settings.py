@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     # Listen sessions: how long a session keeps trying to (re)connect before it gives up.
     listen_connect_timeout_seconds: float = Field(default=120.0, gt=0)
+    # A socket silent this long after the call was answered is treated as dropped.
+    listen_idle_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Replicas: a live call's recording lease lasts this long and is renewed every third of it.
+    listen_lease_seconds: float = Field(default=6.0, ge=1)
     listen_max_frame_bytes: int = Field(default=1024 * 1024, gt=0)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
 

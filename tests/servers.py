@@ -28,7 +28,9 @@ def url_of(sock: socket.socket) -> str:
 @asynccontextmanager
 async def serve(app: Any, sock: socket.socket) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn (lifespan included) on ``sock`` until the block exits."""
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, ws="websockets-sansio"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, ws="websockets-sansio")
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
     try:
         async with asyncio.timeout(10):

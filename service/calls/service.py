@@ -195,6 +195,24 @@ class CallService:
             next_cursor = encode_cursor(events[-1].seq)
         return events, next_cursor
 
+    async def reconcile(self, call_id: str) -> str:
+        """Bring the stored call in line with Vapi's ``GET /call/{id}`` (webhooks can be lost); its status."""
+        vapi_call = await self._vapi.get_call(call_id)
+        async with self._db.write() as session:
+            call, _ = await lock_or_create_call(session, call_id, origin="import")
+            before = call.status
+            merge_vapi_call(call, vapi_call)
+            if call.status != before:
+                await append_events(
+                    session,
+                    call_id,
+                    [NewEvent("switchboard", "call.reconciled", {"from": before, "to": call.status})],
+                )
+            status = call.status
+        if status == "ended":
+            self._supervisor.call_ended(call_id)
+        return status
+
     async def say(self, call_id: str, body: SayIn) -> Injection:
         """Post a ``say`` to the live call and journal it; a refused POST is stored as ``failed``."""
         message = {"type": "say", **msgspec.to_builtins(body)}

@@ -49,6 +49,9 @@ class Call(TimestampedMixin, DefaultBase):
     ended_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
     # Last allocated event sequence number; bumped atomically to give events a per-call order.
     last_event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Which replica records the call, until when: a lease renewed every few seconds (see listen.leases).
+    listen_owner: Mapped[str | None] = mapped_column(String(64))
+    listen_lease_until: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
     recording: Mapped[Recording | None] = relationship(
         back_populates="call", uselist=False, lazy="noload", cascade="all, delete-orphan"

@@ -1,27 +1,37 @@
 """One listen session: connect to a call's listenUrl and keep its audio and events.
 
-Binary frames go to a :class:`RecordingWriter` (one storage segment per connection); text frames
-become ``listen`` events. A connection that drops while the call is live is reconnected with
-backoff and jitter, and the lost interval becomes a gap. A normal close means the call ended.
+Binary frames go to a :class:`RecordingWriter` (one storage segment per connection) and to the live
+relay; text frames become ``listen`` events. A connection that drops, or goes silent after the call
+was answered, is reconnected with backoff and jitter, and the lost interval becomes a gap. A normal
+close usually means the call ended: the session waits briefly for Vapi's end webhook, else asks Vapi
+(``GET /call/{id}``) before reconnecting. Database outages do not stop the recording: events wait in
+a bounded buffer and are written when the database is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
 
+from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events
 from service.db.engine import Database
 from service.db.models import Call
+from service.listen.relay import LiveRelay
 from service.listen.writer import RecordingWriter
+from service.metrics import Metrics
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage
 from service.vapi.client import VapiClient
@@ -30,8 +40,10 @@ log = structlog.get_logger(__name__)
 
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
-# After Vapi reports the end, how long the socket may take to close by itself.
-END_GRACE_SECONDS = 5.0
+# After the socket closes normally, how long to wait for Vapi's end webhook before asking Vapi.
+END_GRACE_SECONDS = 3.0
+PENDING_EVENTS_LIMIT = 10_000
+Outcome = Literal["closed", "dropped", "idle", "stopped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,7 @@ class ListenConfig:
     sample_rate: int
     channels: int
     connect_timeout: float
+    idle_timeout: float
     max_frame_bytes: int
 
 
@@ -64,6 +77,16 @@ def text_frame_event(text: str) -> NewEvent:
     return NewEvent("listen", kind if isinstance(kind, str) and kind else "listen.message", payload)
 
 
+def announced_format(payload: Any) -> tuple[int, int] | None:
+    """``(sampleRate, channels)`` if a text frame announces the audio format."""
+    if not isinstance(payload, dict):
+        return None
+    rate, channels = payload.get("sampleRate"), payload.get("channels")
+    if isinstance(rate, int) and isinstance(channels, int) and 8000 <= rate <= 48000 and channels in (1, 2):
+        return rate, channels
+    return None
+
+
 class ListenSession:
     """Records one call. :meth:`run` returns when the call ended, the session gave up, or it was stopped."""
 
@@ -76,6 +99,9 @@ class ListenSession:
         recordings: RecordingService,
         vapi: VapiClient,
         config: ListenConfig,
+        metrics: Metrics,
+        relay: LiveRelay,
+        reconcile: Callable[[str], Awaitable[str | None]],
     ) -> None:
         self.call_id = call_id
         self._db = db
@@ -83,23 +109,43 @@ class ListenSession:
         self._recordings = recordings
         self._vapi = vapi
         self._config = config
+        self._metrics = metrics
+        self._relay = relay
+        self._reconcile = reconcile
         self._ended = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._socket: ClientConnection | None = None
+        self._answered = False
+        self._pending: collections.deque[NewEvent] = collections.deque(maxlen=PENDING_EVENTS_LIMIT)
+        self._storage_error: str | None = None
+        self._audio_seen = False
 
     def call_ended(self) -> None:
-        """Vapi reported the end: stop reconnecting; let the socket close by itself (briefly)."""
+        """Vapi reported the end: stop reconnecting."""
         self._ended.set()
 
+    def call_answered(self) -> None:
+        self._answered = True
+
     def stop(self) -> None:
-        """Shutdown: close the socket now and leave the recording open for whoever resumes it."""
+        """Shutdown or lost lease: close the socket now and leave the recording for whoever resumes it."""
         self._stopping.set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception as exc:
+            self._metrics.listen_failures.labels(reason="crashed").inc()
+            await self._journal("listen.failed", {"reason": f"session crashed: {type(exc).__name__}"})
+            raise
+        finally:
+            await self._flush_pending()
+
+    async def _run(self) -> None:
         async with self._db.read() as session:
             call = await session.get(Call, self.call_id)
         if call is None or not call.listen_url or call.status == "ended":
             return
+        self._answered = call.status in call_status.ANSWERED
         listen_url = call.listen_url
         headers = self._vapi.monitor_headers(authenticated=call.listen_auth)
         disconnected_at: float | None = None
@@ -111,27 +157,61 @@ class ListenSession:
                 error = str(exc)
                 break
             if socket is None:
-                if not (self._ended.is_set() or self._stopping.is_set()):
-                    error = f"could not connect to the listen socket within {self._config.connect_timeout:g} s"
+                if self._stopping.is_set() or self._ended.is_set() or await self._reconcile_ended():
+                    break
+                error = f"could not connect to the listen socket within {self._config.connect_timeout:g} s"
                 break
-            gap = time.monotonic() - disconnected_at if disconnected_at is not None else 0.0
-            closed_normally = await self._record(socket, gap_seconds=gap)
-            if closed_normally or self._ended.is_set() or self._stopping.is_set():
+            if disconnected_at is not None:
+                self._metrics.listen_reconnects.inc()
+            gap = time.monotonic() - disconnected_at if disconnected_at is not None else None
+            outcome = await self._record(socket, gap_seconds=gap)
+            if self._stopping.is_set() or self._ended.is_set():
+                break
+            if outcome == "closed" and (await self._wait_for_end(END_GRACE_SECONDS) or await self._reconcile_ended()):
                 break
             disconnected_at = time.monotonic()
-            await self._journal("listen.disconnected", {"reason": "connection dropped"})
+            await self._journal("listen.disconnected", {"reason": outcome})
+            log.info("listen socket lost, reconnecting", call_id=self.call_id, reason=outcome)
         if self._stopping.is_set() and not self._ended.is_set():
-            log.info("listen session stopped", call_id=self.call_id)
+            log.info("listen session handed over", call_id=self.call_id)
             return
+        await self._finish(error or self._storage_error)
+
+    async def _finish(self, error: str | None) -> None:
         recording = await self._recordings.finalize(self.call_id, error=error)
         if error:
-            log.warning("listen session gave up", call_id=self.call_id, reason=error)
+            self._metrics.listen_failures.labels(reason="gave-up").inc()
+            log.warning("listen session ended with an error", call_id=self.call_id, reason=error)
             await self._journal("listen.failed", {"reason": error})
         if recording is not None:
             await self._journal(
                 "recording.completed",
                 {"status": recording.status, "bytes": recording.bytes, "sha256": recording.sha256},
             )
+
+    async def _reconcile_ended(self) -> bool:
+        """Ask Vapi whether the call ended (its end webhook may have been lost: Vapi does not retry)."""
+        try:
+            status = await self._reconcile(self.call_id)
+        except Exception as exc:  # Vapi unreachable: decide with what we know
+            log.warning("could not reconcile call with Vapi", call_id=self.call_id, error=type(exc).__name__)
+            return False
+        if status == "ended":
+            self._ended.set()
+        return status == "ended"
+
+    async def _wait_for_end(self, seconds: float) -> bool:
+        """Wait for the end webhook (on this replica, or seen in the database from another one)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if await self._wait(self._ended, min(0.5, deadline - time.monotonic())):
+                return True
+            async with self._db.read() as session:
+                status = await session.scalar(select(Call.status).where(Call.id == self.call_id))
+            if status == "ended":
+                self._ended.set()
+                return True
+        return self._ended.is_set()
 
     async def _connect(self, url: str, headers: dict[str, str]) -> ClientConnection | None:
         """Connect with backoff until it works, the call ends, we stop, or time runs out."""
@@ -157,73 +237,111 @@ class ListenSession:
             attempt += 1
             if time.monotonic() + delay > deadline:
                 return None
+            if attempt % 5 == 0 and await self._reconcile_ended():
+                return None
             log.info("listen connect failed, retrying", call_id=self.call_id, reason=reason, delay=round(delay, 2))
-            await self._sleep(delay)
+            await self._wait(self._stopping, delay)
         return None
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, waking early when the call ends or the session stops."""
-        waiters = [asyncio.ensure_future(self._ended.wait()), asyncio.ensure_future(self._stopping.wait())]
+    @staticmethod
+    async def _wait(event: asyncio.Event, seconds: float) -> bool:
+        """Wait up to ``seconds`` for ``event``; True if it is set."""
         try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            async with asyncio.timeout(max(seconds, 0)):
+                await event.wait()
+        except TimeoutError:
+            pass
+        return event.is_set()
 
-    async def _record(self, socket: ClientConnection, *, gap_seconds: float) -> bool:
-        """Pump one connection into a new segment; True when the socket closed normally."""
+    async def _record(self, socket: ClientConnection, *, gap_seconds: float | None) -> Outcome:
+        """Pump one connection into a new segment."""
         segment = await self._recordings.open_segment(
             self.call_id,
             sample_rate=self._config.sample_rate,
             channels=self._config.channels,
             gap_seconds=gap_seconds,
-            gap_reason="listen socket dropped",
+            gap_reason="listen socket dropped" if gap_seconds is not None else "not recorded (restart or takeover)",
         )
-        writer = RecordingWriter(await self._storage.open_writer(segment.key))
+        if segment.gap_seconds > 0:
+            self._metrics.listen_gaps.inc()
+        writer = RecordingWriter(await self._storage.open_writer(segment.key), metrics=self._metrics, name=self.call_id)
         await self._journal("listen.connected", {"segment": segment.index})
         log.info("listening", call_id=self.call_id, segment=segment.index)
-        closer = asyncio.create_task(self._close_when_told(socket), name=f"listen-closer:{self.call_id}")
-        closed_normally = True
+        idle = asyncio.Event()
+        ticker = asyncio.create_task(self._tick(socket, writer, idle), name=f"listen-tick:{self.call_id}")
+        outcome: Outcome = "closed"
+        relay = self._relay
         try:
             async for message in socket:
                 if isinstance(message, bytes):
                     await writer.append(message)
                 else:
-                    await self._journal_event(text_frame_event(message))
+                    await self._on_text(message, segment.index == 0 and writer.bytes_received == 0)
+                if relay:
+                    relay.publish(message)
         except ConnectionClosedError:
-            closed_normally = False
+            outcome = "dropped"
         finally:
-            closer.cancel()
-            await asyncio.gather(closer, return_exceptions=True)
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
             await writer.close()
-            await self._recordings.close_segment(segment, size=writer.bytes, sha256=writer.sha256)
-        return closed_normally
+            self._audio_seen = self._audio_seen or writer.bytes_received > 0
+            self._storage_error = self._storage_error or writer.error
+            await self._recordings.close_segment(segment, size=writer.bytes_written, sha256=writer.sha256)
+        if self._stopping.is_set():
+            return "stopped"
+        return "idle" if idle.is_set() else outcome
 
-    async def _close_when_told(self, socket: ClientConnection) -> None:
-        """Close the socket at shutdown, or when the call ended but the socket lingers."""
-        ended = asyncio.ensure_future(self._ended.wait())
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            done, _ = await asyncio.wait([ended, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if stopping not in done:
-                await self._sleep_unless_stopping(END_GRACE_SECONDS)
-            await socket.close()
-        finally:
-            ended.cancel()
-            stopping.cancel()
-            await asyncio.gather(ended, stopping, return_exceptions=True)
+    async def _on_text(self, text: str, may_set_format: bool) -> None:
+        self._metrics.listen_text_frames.inc()
+        event = text_frame_event(text)
+        fmt = announced_format(event.payload) if may_set_format else None
+        if fmt and await self._recordings.set_format(self.call_id, sample_rate=fmt[0], channels=fmt[1]):
+            log.info("listen socket announced its format", call_id=self.call_id, sample_rate=fmt[0], channels=fmt[1])
+        await self._journal_event(event)
 
-    async def _sleep_unless_stopping(self, seconds: float) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            pass
+    async def _tick(self, socket: ClientConnection, writer: RecordingWriter, idle: asyncio.Event) -> None:
+        """Once a second: flush sparse audio, retry buffered events, and notice a silent socket.
+
+        A socket that sends nothing for ``idle_timeout`` after the call was answered is treated as
+        dropped. Stopping closes the socket at once.
+        """
+        last_activity, last_count = time.monotonic(), -1
+        while not await self._wait(self._stopping, 1.0):
+            await writer.flush_if_due()
+            await self._flush_pending()
+            count = writer.frames + len(writer._buffer)
+            if count != last_count:
+                last_activity, last_count = time.monotonic(), count
+                self._answered = self._answered or count > 0
+            elif self._answered and time.monotonic() - last_activity > self._config.idle_timeout:
+                log.warning("listen socket silent, reconnecting", call_id=self.call_id)
+                idle.set()
+                break
+        await socket.close()
 
     async def _journal(self, kind: str, payload: dict[str, Any]) -> None:
         await self._journal_event(NewEvent("switchboard", kind, payload))
 
     async def _journal_event(self, event: NewEvent) -> None:
-        async with self._db.write() as session:
-            await append_events(session, self.call_id, [event])
+        """Store an event now, or buffer it (bounded) while the database is unavailable."""
+        self._pending.append(event)
+        await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        events = list(self._pending)
+        try:
+            async with self._db.write() as session:
+                await append_events(session, self.call_id, events)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning(
+                "events buffered: database unavailable",
+                call_id=self.call_id,
+                pending=len(events),
+                error=type(exc).__name__,
+            )
+            return
+        for _ in events:
+            self._pending.popleft()

@@ -1,30 +1,54 @@
 """The owner of every listen session: one named task per live call, bounded, accounted for at shutdown.
 
 Modelled on aiojobs' scheduler and Litestar's channels plugin: spawn with a limit, failures always
-reach a handler (logged, journalled), ``close()`` refuses new work, asks sessions to stop, waits
-within a timeout, cancels the rest and awaits everything.
+reach a handler (logged, journalled, counted), ``close()`` refuses new work, asks sessions to stop,
+waits within a timeout, cancels the rest and awaits everything.
+
+With several replicas, a session runs only where the call's lease was taken (see ``leases``). A
+maintenance task renews the leases of running sessions, stops sessions whose lease was lost, and
+adopts live calls that nobody records (new calls first seen elsewhere, calls of a dead replica, calls
+still live after a restart).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import structlog
 
+from service.listen.leases import LeaseKeeper
+from service.listen.relay import LiveRelay
 from service.listen.session import ListenSession
+from service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
+SessionFactory = Callable[[str, LiveRelay], ListenSession]
+
 
 class ListenSupervisor:
-    def __init__(self, session_factory: Callable[[str], ListenSession], *, limit: int = 1000) -> None:
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        *,
+        leases: LeaseKeeper,
+        metrics: Metrics,
+        maintain_interval: float,
+        limit: int = 1000,
+    ) -> None:
         self._session_factory = session_factory
+        self._leases = leases
+        self._metrics = metrics
+        self._maintain_interval = maintain_interval
         self._limit = limit
         self._sessions: dict[str, ListenSession] = {}
+        self._relays: dict[str, LiveRelay] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._maintainer: asyncio.Task[None] | None = None
         self._closing = False
-        self.failures = 0
+        metrics.track_active_sessions(lambda: len(self._tasks))
 
     @property
     def active(self) -> int:
@@ -33,34 +57,83 @@ class ListenSupervisor:
     def is_listening(self, call_id: str) -> bool:
         return call_id in self._tasks
 
+    def relay(self, call_id: str) -> LiveRelay | None:
+        """The live relay of a call recorded by this replica."""
+        return self._relays.get(call_id)
+
+    async def start(self) -> None:
+        """Adopt calls left live (restart) and keep leases renewed from now on."""
+        await self._adopt_unowned()
+        self._maintainer = asyncio.create_task(self._maintain(), name="listen-maintainer")
+
     def ensure_listening(self, call_id: str) -> None:
-        """Start a session for the call unless one is running (idempotent)."""
+        """Start a session for the call unless one runs here (idempotent); it runs only under a lease."""
         if self._closing or call_id in self._tasks:
             return
         if len(self._tasks) >= self._limit:
-            log.error("listen session limit reached; call not recorded", call_id=call_id, limit=self._limit)
+            log.error("listen session limit reached; call left to other replicas", call_id=call_id, limit=self._limit)
             return
-        session = self._session_factory(call_id)
-        self._sessions[call_id] = session
-        self._tasks[call_id] = asyncio.create_task(self._run(session), name=f"listen:{call_id}")
+        self._tasks[call_id] = asyncio.create_task(self._run(call_id), name=f"listen:{call_id}")
+
+    def call_answered(self, call_id: str) -> None:
+        session = self._sessions.get(call_id)
+        if session is not None:
+            session.call_answered()
 
     def call_ended(self, call_id: str) -> None:
         session = self._sessions.get(call_id)
         if session is not None:
             session.call_ended()
 
-    async def _run(self, session: ListenSession) -> None:
+    async def _run(self, call_id: str) -> None:
+        acquired = False
         try:
+            acquired = await self._leases.acquire(call_id)
+            if not acquired or self._closing:
+                return
+            relay = LiveRelay()
+            session = self._session_factory(call_id, relay)
+            self._sessions[call_id], self._relays[call_id] = session, relay
             await session.run()
         except asyncio.CancelledError:
             raise
         except Exception:
-            # One session's crash never touches another; it is reported and its slot freed.
-            self.failures += 1
-            log.exception("listen session crashed", call_id=session.call_id)
+            # One session's crash never touches another: reported (the session journals it too), slot freed.
+            log.exception("listen session crashed", call_id=call_id)
         finally:
-            self._sessions.pop(session.call_id, None)
-            self._tasks.pop(session.call_id, None)
+            self._sessions.pop(call_id, None)
+            relay_ = self._relays.pop(call_id, None)
+            if relay_ is not None:
+                self._metrics.fanout_dropped.inc(relay_.dropped)
+                relay_.close()
+            self._tasks.pop(call_id, None)
+            if acquired:
+                with contextlib.suppress(Exception):  # an expired lease frees the call anyway
+                    await self._leases.release(call_id)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self._maintain_interval)
+            try:
+                await self._renew()
+                await self._adopt_unowned()
+            except Exception as exc:  # the database may be briefly away; sessions keep recording
+                log.warning("lease maintenance failed", error=type(exc).__name__)
+
+    async def _renew(self) -> None:
+        running = set(self._sessions)
+        if not running:
+            return
+        kept = await self._leases.renew(running)
+        for call_id in running - kept:
+            session = self._sessions.get(call_id)
+            if session is not None:
+                log.warning("listen lease lost; another replica records the call now", call_id=call_id)
+                session.stop()
+
+    async def _adopt_unowned(self) -> None:
+        for call_id in await self._leases.unowned_live_calls():
+            self.ensure_listening(call_id)
 
     async def wait_idle(self, call_id: str, timeout: float) -> None:
         """Wait for a call's session to finish (tests and graceful paths)."""
@@ -70,8 +143,11 @@ class ListenSupervisor:
                 await asyncio.shield(task)
 
     async def close(self, timeout: float) -> None:
-        """Stop accepting, ask every session to stop, wait up to ``timeout``, cancel the rest."""
+        """Stop accepting, ask every session to stop (handing calls over), wait, cancel the rest."""
         self._closing = True
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            await asyncio.gather(self._maintainer, return_exceptions=True)
         for session in list(self._sessions.values()):
             session.stop()
         tasks = list(self._tasks.values())

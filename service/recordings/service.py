@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ class OpenSegment:
     segment_id: uuid.UUID
     index: int
     key: str
+    gap_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +53,15 @@ class RecordingService:
         self._storage = storage
 
     async def open_segment(
-        self, call_id: str, *, sample_rate: int, channels: int, gap_seconds: float, gap_reason: str
+        self, call_id: str, *, sample_rate: int, channels: int, gap_seconds: float | None, gap_reason: str
     ) -> OpenSegment:
-        """Start a new segment (one per listen connection), recording the gap that precedes it."""
+        """Start a new segment (one per listen connection), recording the gap that precedes it.
+
+        ``gap_seconds=None`` means the caller does not know how long audio was lost (a restart or a
+        takeover from another replica): it is estimated from where the previous segment's audio ends.
+        Segments still ``open`` belong to a session that died (the caller holds the call's lease): they
+        are closed at the size storage holds, cut to whole frames.
+        """
         async with self._db.write() as session:
             recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
             segments: list[RecordingSegment] = []
@@ -67,7 +75,15 @@ class RecordingService:
                 segments = list(recording.segments)
             byte_rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
             frame = recording.channels * SAMPLE_BYTES
-            gap_bytes = int(gap_seconds * byte_rate) // frame * frame if segments else 0
+            for stale in (segment for segment in segments if segment.status == "open"):
+                size = await self._storage.size(stale.storage_key)
+                stale.bytes, stale.status = size - size % frame, "closed"
+                stale.ended_at = stale.started_at + dt.timedelta(seconds=stale.bytes / byte_rate)
+            if segments and gap_seconds is None:
+                last = segments[-1]
+                audio_end = last.started_at + dt.timedelta(seconds=last.bytes / byte_rate)
+                gap_seconds = max(0.0, (utcnow() - audio_end).total_seconds())
+            gap_bytes = int((gap_seconds or 0.0) * byte_rate) // frame * frame if segments else 0
             if gap_bytes:
                 timeline_bytes = sum(s.gap_before_bytes + s.bytes for s in segments)
                 recording.gaps = [
@@ -88,7 +104,16 @@ class RecordingService:
             session.add(segment)
             recording.status = "recording"
             await session.flush()
-            return OpenSegment(recording.id, segment.id, index, segment.storage_key)
+            return OpenSegment(recording.id, segment.id, index, segment.storage_key, gap_bytes / byte_rate)
+
+    async def set_format(self, call_id: str, *, sample_rate: int, channels: int) -> bool:
+        """Adopt a format the listen socket announced, as long as no audio has been stored yet."""
+        async with self._db.write() as session:
+            recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
+            if recording is None or recording.bytes or any(s.bytes for s in recording.segments):
+                return False
+            recording.sample_rate, recording.channels = sample_rate, channels
+            return True
 
     async def close_segment(self, segment: OpenSegment, *, size: int, sha256: str) -> None:
         async with self._db.write() as session:

@@ -14,6 +14,7 @@ from service.calls.redact import redact
 from service.calls.tracking import apply_status, lock_or_create_call, merge_vapi_call, parse_timestamp
 from service.db.engine import Database
 from service.errors import DomainError
+from service.metrics import Metrics
 
 if TYPE_CHECKING:
     from service.listen.supervisor import ListenSupervisor
@@ -54,13 +55,15 @@ def parse_message(raw: bytes) -> dict[str, Any]:
 class WebhookService:
     """Applies one server message in one transaction, then tells the listen supervisor."""
 
-    def __init__(self, db: Database, supervisor: ListenSupervisor) -> None:
+    def __init__(self, db: Database, supervisor: ListenSupervisor, metrics: Metrics) -> None:
         self._db = db
         self._supervisor = supervisor
+        self._metrics = metrics
 
     async def ingest(self, raw: bytes) -> IngestResult:
         message = parse_message(raw)
         kind: str = message["type"]
+        self._metrics.webhooks.labels(type=kind).inc()
         vapi_call: dict[str, Any] | None = message.get("call")
         if vapi_call is None:
             # Messages not tied to a call (rare: phone-number level requests) have no timeline.
@@ -89,4 +92,6 @@ class WebhookService:
             self._supervisor.call_ended(call_id)
         elif listen_url and call_status.is_live(status):
             self._supervisor.ensure_listening(call_id)
+            if status in call_status.ANSWERED:
+                self._supervisor.call_answered(call_id)
         return IngestResult(stored=True, call_id=call_id, seq=rows[0].seq)

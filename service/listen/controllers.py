@@ -1,0 +1,53 @@
+"""``WS /v1/calls/{id}/listen``: live fan-out of a call's listen-socket frames, from the one upstream
+connection this replica already holds for recording."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath
+
+from service.listen.supervisor import ListenSupervisor
+
+# Close codes in the private range (4000-4999), echoing HTTP where one fits.
+CLOSE_NOT_RECORDED_HERE = 4404
+CLOSE_TOO_SLOW = 4408
+
+
+@websocket(
+    "/v1/calls/{call_id:str}/listen",
+    opt={"scope": "recordings:read"},
+    name="listenLive",
+    description=(
+        "Live audio and events of a call: the same binary (PCM) and text (JSON) frames as Vapi's listen "
+        "socket. API key in the Authorization header or ?token=. A listener that falls more than ~2 s "
+        f"behind is closed with {CLOSE_TOO_SLOW}; a call not recorded by this replica is closed with "
+        f"{CLOSE_NOT_RECORDED_HERE}."
+    ),
+)
+async def live_listen(
+    socket: WebSocket[Any, Any, Any], call_id: FromPath[str], supervisor: NamedDependency[ListenSupervisor]
+) -> None:
+    await socket.accept()
+    relay = supervisor.relay(call_id)
+    if relay is None:
+        await socket.close(code=CLOSE_NOT_RECORDED_HERE, reason="call is not live or not recorded by this replica")
+        return
+    subscription = relay.subscribe()
+    try:
+        while (frame := await subscription.next()) is not None:
+            if isinstance(frame, bytes):
+                await socket.send_bytes(frame)
+            else:
+                await socket.send_text(frame)
+    except WebSocketDisconnect:
+        return
+    finally:
+        subscription.close()
+    if subscription.dropped:
+        await socket.close(code=CLOSE_TOO_SLOW, reason="listener too slow; reconnect")
+    else:
+        await socket.close(code=1000, reason="call ended")

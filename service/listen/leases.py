@@ -1,0 +1,88 @@
+"""Which replica records which live call: a lease on the call row, renewed while recording.
+
+Any number of ``serve`` processes share one database. A replica may record a call only while it holds
+the call's lease (``call.listen_owner`` / ``call.listen_lease_until``). Leases are taken with one
+conditional UPDATE (free, expired, or already ours), renewed in bulk every few seconds, and released
+when a session ends; a dead replica's leases simply expire and other replicas take its calls over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Collection
+
+from sqlalchemy import or_, select, update
+
+from service.calls import status as call_status
+from service.db.engine import Database
+from service.db.models import Call, utcnow
+
+
+def replica_id() -> str:
+    """A name unique to this process, readable in the database: host, pid, random suffix."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class LeaseKeeper:
+    def __init__(self, db: Database, *, owner: str, ttl_seconds: float) -> None:
+        self._db = db
+        self.owner = owner
+        self._ttl = dt.timedelta(seconds=ttl_seconds)
+
+    async def acquire(self, call_id: str) -> bool:
+        """Take the call's lease if it is free, expired, or already ours."""
+        now = utcnow()
+        async with self._db.write() as session:
+            result = await session.execute(
+                update(Call)
+                .where(
+                    Call.id == call_id,
+                    or_(Call.listen_owner.is_(None), Call.listen_owner == self.owner, Call.listen_lease_until < now),
+                )
+                .values(listen_owner=self.owner, listen_lease_until=now + self._ttl)
+                .execution_options(synchronize_session=False)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def renew(self, call_ids: Collection[str]) -> set[str]:
+        """Extend our leases on ``call_ids``; returns the ones we still hold."""
+        if not call_ids:
+            return set()
+        now = utcnow()
+        async with self._db.write() as session:
+            result = await session.execute(
+                update(Call)
+                .where(Call.id.in_(list(call_ids)), Call.listen_owner == self.owner)
+                .values(listen_lease_until=now + self._ttl)
+                .returning(Call.id)
+                .execution_options(synchronize_session=False)
+            )
+            return set(result.scalars().all())
+
+    async def release(self, call_id: str) -> None:
+        async with self._db.write() as session:
+            await session.execute(
+                update(Call)
+                .where(Call.id == call_id, Call.listen_owner == self.owner)
+                .values(listen_owner=None, listen_lease_until=None)
+                .execution_options(synchronize_session=False)
+            )
+
+    async def unowned_live_calls(self, limit: int = 500) -> list[str]:
+        """Live calls with a listen URL that nobody records (never leased, released, or expired)."""
+        now = utcnow()
+        async with self._db.read() as session:
+            rows = await session.scalars(
+                select(Call.id)
+                .where(
+                    Call.status.in_(call_status.LIVE),
+                    Call.listen_url.is_not(None),
+                    or_(Call.listen_owner.is_(None), Call.listen_lease_until < now),
+                )
+                .order_by(Call.created_at)
+                .limit(limit)
+            )
+            return list(rows.all())

@@ -1,0 +1,59 @@
+"""Prometheus metrics, one registry per app (so that tests and embedded apps never share counters).
+
+The listen path updates counters once per flushed batch (about a second of audio), not per frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.listen_sessions_active = Gauge(
+            "switchboard_listen_sessions_active", "Listen sessions running in this process", registry=r
+        )
+        self.listen_bytes = Counter("switchboard_listen_bytes", "PCM bytes received from listen sockets", registry=r)
+        self.listen_frames = Counter(
+            "switchboard_listen_frames", "Binary frames received from listen sockets", registry=r
+        )
+        self.listen_text_frames = Counter("switchboard_listen_text_frames", "Text frames received", registry=r)
+        self.listen_reconnects = Counter("switchboard_listen_reconnects", "Listen socket reconnections", registry=r)
+        self.listen_gaps = Counter("switchboard_listen_gaps", "Gaps recorded in recordings", registry=r)
+        self.listen_failures = Counter(
+            "switchboard_listen_session_failures", "Listen sessions that crashed or gave up", ["reason"], registry=r
+        )
+        self.storage_write_seconds = Histogram(
+            "switchboard_storage_write_seconds",
+            "Time to write one batch of audio to storage",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.storage_write_errors = Counter(
+            "switchboard_storage_write_errors", "Failed writes of audio to storage", registry=r
+        )
+        self.fanout_listeners = Gauge("switchboard_fanout_listeners", "Live fan-out listeners connected", registry=r)
+        self.fanout_dropped = Counter(
+            "switchboard_fanout_listeners_dropped", "Fan-out listeners dropped for being too slow", registry=r
+        )
+        self.webhooks = Counter("switchboard_webhooks", "Vapi server messages received", ["type"], registry=r)
+
+    def track_active_sessions(self, count: Callable[[], int]) -> None:
+        self.listen_sessions_active.set_function(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsController(Controller):
+    tags = ["service"]
+
+    @get("/metrics", operation_id="metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -13,6 +13,7 @@ import httpx
 from litestar import Litestar
 
 from service.app import create_app
+from service.recordings.storage import RecordingStorage
 from service.simulator import CallScript, SimulatorServer, Utterance, VapiSimulator
 from tests.conftest import ADMIN_KEY, VAPI_KEY, make_settings
 from tests.servers import bind_loopback, serve, url_of
@@ -46,6 +47,18 @@ class Stack:
         call_id: str = response.json()["id"]
         return call_id
 
+    @property
+    def base_url(self) -> str:
+        return str(self.client.base_url)
+
+    async def events(self, call_id: str) -> list[dict[str, Any]]:
+        response = await self.client.get(f"/v1/calls/{call_id}/events", params={"limit": 500})
+        data: list[dict[str, Any]] = response.json()["data"]
+        return data
+
+    async def pcm(self, call_id: str) -> bytes:
+        return (await self.client.get(f"/v1/calls/{call_id}/recording.pcm")).content
+
     async def wait_for_recording(self, call_id: str, timeout: float = 20) -> dict[str, Any]:
         """The recording once finalised (completed, partial or failed)."""
         async with asyncio.timeout(timeout):
@@ -58,23 +71,46 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_stack(
-    database_url: str, tmp_path: Path, *, script: CallScript = SHORT_SCRIPT, pace: float = 8, **settings: Any
+async def running_switchboard(
+    database_url: str,
+    tmp_path: Path,
+    simulator: SimulatorServer,
+    *,
+    storage: RecordingStorage | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Stack]:
-    sim = VapiSimulator(api_key=VAPI_KEY, pace=pace, script=script)
-    async with SimulatorServer(sim) as simulator:
-        sock = bind_loopback()
-        app = create_app(
-            make_settings(
-                database_url,
-                storage_url=f"file://{tmp_path / 'recordings'}",
-                vapi_base_url=simulator.base_url,
-                public_url=url_of(sock),
-                **settings,
-            )
-        )
-        async with (
-            serve(app, sock) as base_url,
-            httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client,
-        ):
-            yield Stack(client, sim, app)
+    """Switchboard on loopback, pointed at ``simulator``; recordings under ``tmp_path``."""
+    sock = bind_loopback()
+    app = create_app(
+        make_settings(
+            database_url,
+            storage_url=f"file://{tmp_path / 'recordings'}",
+            vapi_base_url=simulator.base_url,
+            public_url=url_of(sock),
+            **settings,
+        ),
+        storage=storage,
+    )
+    async with (
+        serve(app, sock) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client,
+    ):
+        yield Stack(client, simulator.sim, app)
+
+
+@asynccontextmanager
+async def running_stack(
+    database_url: str,
+    tmp_path: Path,
+    *,
+    script: CallScript = SHORT_SCRIPT,
+    pace: float = 8,
+    storage: RecordingStorage | None = None,
+    **settings: Any,
+) -> AsyncIterator[Stack]:
+    """The simulator and Switchboard, both on loopback."""
+    async with (
+        SimulatorServer(VapiSimulator(api_key=VAPI_KEY, pace=pace, script=script)) as simulator,
+        running_switchboard(database_url, tmp_path, simulator, storage=storage, **settings) as stack,
+    ):
+        yield stack

@@ -75,7 +75,6 @@ class RecordingWriter:
                 await self._write(data)
             except Exception as exc:  # any storage failure ends storing, never the call
                 self.error = f"storage write failed: {type(exc).__name__}: {exc}"[:500]
-                self._metrics.storage_write_errors.inc()
                 log.error("recording storage failed; audio is no longer stored", error=self.error)
                 continue
             self._digest.update(data)

@@ -79,12 +79,14 @@ class RecordingService:
                 size = await self._storage.size(stale.storage_key)
                 stale.bytes, stale.status = size - size % frame, "closed"
                 stale.ended_at = stale.started_at + dt.timedelta(seconds=stale.bytes / byte_rate)
+            # After a restart or takeover some audio was surely lost, even when the estimate says none.
+            unknown_gap = gap_seconds is None
             if segments and gap_seconds is None:
                 last = segments[-1]
                 audio_end = last.started_at + dt.timedelta(seconds=last.bytes / byte_rate)
                 gap_seconds = max(0.0, (utcnow() - audio_end).total_seconds())
             gap_bytes = int((gap_seconds or 0.0) * byte_rate) // frame * frame if segments else 0
-            if gap_bytes:
+            if segments and (gap_bytes or unknown_gap):
                 timeline_bytes = sum(s.gap_before_bytes + s.bytes for s in segments)
                 recording.gaps = [
                     *recording.gaps,

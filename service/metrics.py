@@ -23,7 +23,7 @@ from prometheus_client import (
 class Metrics:
     def __init__(self) -> None:
         # No "_created" timestamp series: they double the output and no dashboard uses them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.listen_sessions_active = Gauge(

@@ -1,21 +1,61 @@
-"""Where recording segments live: local files (default) or memory (tests).
+"""Where recording segments live: local files (the default), an object store (S3 or any S3-compatible
+store, through obstore), or memory (tests; the same object-store code over obstore's MemoryStore).
 
-A segment is written once, front to back, by one writer (the listen session that owns it), and read
-by any number of downloads, also while it is still being written.
+A segment is written once, front to back, by one writer (the listen session that owns the call's lease),
+and read by any number of downloads, also while it is still being written.
+
+Keys are relative paths such as ``{call_id}/0001.pcm``: non-empty, ``/``-separated, no empty, ``.`` or
+``..`` part (an empty key would otherwise address the whole store). A missing key has size 0 and reads
+as nothing. Every storage failure surfaces as `StorageError`; a bad key is a programming error
+(`ValueError`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from collections.abc import AsyncIterator
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
+
+import obstore
+from obstore.exceptions import BaseError as ObstoreError
+from obstore.store import MemoryStore, S3Store
 
 from service.settings import ConfigurationError
 
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore, RetryConfig
+
+T = TypeVar("T")
+
 READ_CHUNK_BYTES = 256 * 1024
+CHUNK_DIGITS = 8  # zero-padded so that names sort like numbers: 10**8 one-second chunks is three years
+STORAGE_THREADS = 16
+READ_AHEAD_CHUNKS = 4  # chunk GETs in flight per download: bounded memory, no per-chunk round-trip stall
+
+# obstore retries 5xx, connection errors and timeouts itself, with backoff and jitter. Its defaults
+# (10 retries, up to 3 minutes) would stall a listen session's write for minutes; bounded here instead,
+# and the caller (RecordingWriter) retries a failed write() a few more times.
+S3_RETRY: RetryConfig = {
+    "max_retries": 3,
+    "retry_timeout": timedelta(seconds=10),
+    "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=1), "base": 2},
+}
+
+
+class StorageError(Exception):
+    """A storage operation failed (store unreachable, denied, closed…); retrying may help.
+
+    The message names the operation and the key and never carries credentials; the library's own
+    exception is chained as ``__cause__`` for logs.
+    """
 
 
 class SegmentWriter(Protocol):
@@ -34,26 +74,38 @@ class RecordingStorage(Protocol):
         """Bytes stored under ``key`` (0 when missing)."""
 
     def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Stream bytes ``[start, end)`` of ``key``."""
+        """Stream bytes ``[start, end)`` of ``key`` (clipped to what is stored; nothing when missing)."""
 
     async def check(self) -> None:
-        """Raise when the storage is not usable (readiness)."""
+        """Raise `StorageError` when the storage is not usable (readiness)."""
 
     async def close(self) -> None: ...
 
 
+def _check_key(key: str) -> str:
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid storage key {key!r}: use non-empty '/'-separated parts, no '.' or '..'")
+    return key
+
+
 class _FileWriter:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        except OSError as exc:
+            raise StorageError(f"cannot open {path} for writing: {exc.strerror}") from exc
 
     async def write(self, data: bytes) -> None:
         # Writes are batched by the caller (~1 s of audio), so one write into the page cache per
         # second per call: cheap enough for the event loop, and it survives kill -9.
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise StorageError(f"write failed: {exc.strerror}") from exc
 
     async def close(self) -> None:
         if self._fd >= 0:
@@ -62,14 +114,14 @@ class _FileWriter:
 
 
 class LocalStorage:
-    """Segments as files under a root folder."""
+    """Segments as plain append-only files under a root folder: the embedded default, and the fastest."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        path = (self.root / _check_key(key)).resolve()
+        if not path.is_relative_to(self.root.resolve()):  # a symlink inside the root may point out
             raise ValueError(f"storage key escapes the storage root: {key!r}")
         return path
 
@@ -83,8 +135,11 @@ class LocalStorage:
             return 0
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        path = self._path(key)
-        with path.open("rb") as handle:
+        try:
+            handle = self._path(key).open("rb")
+        except FileNotFoundError:
+            return
+        with handle:
             handle.seek(start)
             remaining = end - start
             while remaining > 0:
@@ -95,57 +150,171 @@ class LocalStorage:
                 yield chunk
 
     async def check(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"recordings folder {self.root} cannot be created: {exc.strerror}") from exc
         if not os.access(self.root, os.W_OK):
-            raise OSError(f"recordings folder {self.root} is not writable")
+            raise StorageError(f"recordings folder {self.root} is not writable")
 
     async def close(self) -> None:
         return None
 
 
-class _MemoryWriter:
-    def __init__(self, buffer: bytearray) -> None:
-        self._buffer = buffer
+_CHUNK_NAME = re.compile(rf"\d{{{CHUNK_DIGITS}}}")
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def _describe(exc: Exception) -> str:
+    """The first line of a library error, without any ``user:password@`` an endpoint URL might carry."""
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {_USERINFO.sub('//', first_line)[:300]}"
+
+
+def _chunk_list(store: ObjectStore, key: str) -> list[tuple[str, int]]:
+    # list_with_delimiter lists one level: the chunks of ``key``, not those of a nested ``key/x``.
+    listing = obstore.list_with_delimiter(store, key)
+    chunks = [
+        (meta["path"], meta["size"])
+        for meta in listing["objects"]
+        if _CHUNK_NAME.fullmatch(meta["path"].rpartition("/")[2])
+    ]
+    return sorted(chunks)
+
+
+def _get_range(store: ObjectStore, path: str, start: int, end: int) -> bytes:
+    return bytes(obstore.get_range(store, path, start=start, end=end))
+
+
+def _probe(store: ObjectStore) -> None:
+    # One LIST page under the store's prefix: fails when the endpoint is down, the bucket is missing
+    # or the credentials are refused.
+    next(iter(obstore.list(store, chunk_size=1)), None)
+
+
+class _ChunkWriter:
+    """Appends to a segment by PUTting the next numbered chunk object.
+
+    The chunk number only advances after a successful PUT, so retrying a failed ``write()`` rewrites
+    the same chunk: a PUT that succeeded but whose answer was lost is overwritten with the same bytes.
+    """
+
+    def __init__(self, storage: ObjectStorage, key: str, next_index: int) -> None:
+        self._storage = storage
+        self._key = key
+        self._next_index = next_index
 
     async def write(self, data: bytes) -> None:
-        self._buffer += data
+        if not data:
+            return
+        if self._next_index >= 10**CHUNK_DIGITS:
+            raise StorageError(f"segment {self._key!r} has too many chunks")
+        path = f"{self._key}/{self._next_index:0{CHUNK_DIGITS}d}"
+        await self._storage._call(f"write {path}", obstore.put, self._storage.store, path, data, use_multipart=False)
+        self._next_index += 1
 
     async def close(self) -> None:
-        return None
+        return None  # every write() is already a complete object
 
 
-class MemoryStorage:
-    """Segments in a dict; for tests."""
+class ObjectStorage:
+    """Segments as numbered chunk objects in an obstore store (S3, S3-compatible, memory).
 
-    def __init__(self) -> None:
-        self.objects: dict[str, bytearray] = {}
+    Objects cannot be appended to, and a kill -9 must lose at most the last second of audio, so each
+    ``write()`` (about a second of audio) is stored as its own immutable object ``{key}/{n:08d}``. A
+    segment's bytes are its chunks concatenated in name order; ``size`` sums a listing and ``read``
+    fetches only the chunks (or parts of chunks) a range covers. PUTs are atomic, so a reader that
+    runs while the writer appends sees a consistent prefix of the segment (the chunks listed when its
+    read began). One writer per key at a time, which the call's lease guarantees.
+
+    Every obstore call is a *synchronous* call in a thread pool owned by this object and shut down in
+    `close`: obstore 0.12.1's async API aborts the interpreter at exit now and then (SIGABRT), while
+    the synchronous API does not; tests/recordings/test_storage.py proves it over repeated runs.
+    """
+
+    def __init__(self, store: ObjectStore, *, threads: int = STORAGE_THREADS) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="switchboard-storage")
+        self._closed = False
+
+    async def _call(self, operation: str, function: Callable[..., T], *args: object, **kwargs: object) -> T:
+        if self._closed:
+            raise StorageError(f"{operation}: storage is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
+        except (ObstoreError, OSError) as exc:  # obstore raises FileNotFoundError for missing objects
+            raise StorageError(f"{operation} failed: {_describe(exc)}") from exc
+
+    async def _chunks(self, key: str) -> list[tuple[str, int]]:
+        return await self._call(f"list {key}", _chunk_list, self.store, _check_key(key))
 
     async def open_writer(self, key: str) -> SegmentWriter:
-        return _MemoryWriter(self.objects.setdefault(key, bytearray()))
+        chunks = await self._chunks(key)
+        next_index = int(chunks[-1][0].rpartition("/")[2]) + 1 if chunks else 0
+        return _ChunkWriter(self, key, next_index)
 
     async def size(self, key: str) -> int:
-        return len(self.objects.get(key, b""))
+        return sum(size for _, size in await self._chunks(key))
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        data = bytes(self.objects.get(key, b"")[start:end])
-        for offset in range(0, len(data), READ_CHUNK_BYTES):
-            yield data[offset : offset + READ_CHUNK_BYTES]
+        pieces: list[tuple[str, int, int]] = []  # (chunk path, start, end) within the chunk
+        offset = 0
+        for path, size in await self._chunks(key):
+            if offset >= end:
+                break
+            low, high = max(start - offset, 0), min(end - offset, size)
+            if low < high:
+                pieces.append((path, low, high))
+            offset += size
+        in_flight: deque[asyncio.Future[bytes]] = deque()
+        try:
+            for path, low, high in pieces:
+                in_flight.append(
+                    asyncio.ensure_future(self._call(f"read {path}", _get_range, self.store, path, low, high))
+                )
+                if len(in_flight) >= READ_AHEAD_CHUNKS:
+                    yield await in_flight.popleft()
+            while in_flight:
+                yield await in_flight.popleft()
+        finally:
+            for future in in_flight:  # a download stopped early: drop what was fetched ahead
+                future.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def check(self) -> None:
-        return None
+        await self._call("check", _probe, self.store)
 
     async def close(self) -> None:
-        return None
+        """Wait for the PUTs in flight, then stop the threads: the last chunk is stored before exit."""
+        if not self._closed:
+            self._closed = True
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
 
 
 def build_storage(url: str) -> RecordingStorage:
-    """The storage named by ``SWITCHBOARD_STORAGE_URL``."""
+    """The storage named by ``SWITCHBOARD_STORAGE_URL``.
+
+    ``s3://BUCKET/PREFIX`` takes everything else from obstore's standard ``AWS_*`` environment
+    variables (credentials, region, ``AWS_ENDPOINT_URL`` for S3-compatible stores, ``AWS_ALLOW_HTTP``
+    for a plain-http endpoint). Client options are deliberately not passed here: obstore would then
+    ignore ``AWS_ALLOW_HTTP`` and the other client settings from the environment.
+    """
     parts = urlsplit(url)
     if parts.scheme == "file":
         # file://./data/recordings (relative) and file:///srv/recordings (absolute) both work.
         return LocalStorage(Path(parts.netloc + parts.path).expanduser())
     if parts.scheme == "memory":
-        return MemoryStorage()
+        return ObjectStorage(MemoryStore())
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ConfigurationError(f"storage URL {url!r} names no bucket: use s3://BUCKET/PREFIX")
+        try:
+            return ObjectStorage(S3Store.from_url(url, retry_config=S3_RETRY))
+        except ObstoreError as exc:
+            raise ConfigurationError(f"S3 storage cannot be configured: {_describe(exc)}") from exc
     raise ConfigurationError(
-        f"storage scheme {parts.scheme!r} is not available in this version; use file:// or memory://"
+        f"unknown storage scheme {parts.scheme!r} in SWITCHBOARD_STORAGE_URL: use file://PATH, "
+        "s3://BUCKET/PREFIX or memory://"
     )

@@ -16,7 +16,7 @@ from service.recordings.audio import (
     timeline,
     wav_header,
 )
-from service.recordings.storage import MemoryStorage
+from service.recordings.storage import RecordingStorage, build_storage
 
 
 def test_wav_header_parses_with_the_wave_module() -> None:
@@ -64,7 +64,7 @@ def test_timeline_fills_gaps_only_when_asked() -> None:
     assert timeline(segments, channels=2, fill_gaps=True, mono=True) == [Piece(4, "a"), Piece(8), Piece(6, "b")]
 
 
-async def _collect(storage: MemoryStorage, pieces: list[Piece], start: int, end: int, channel: int | None) -> bytes:
+async def _collect(storage: RecordingStorage, pieces: list[Piece], start: int, end: int, channel: int | None) -> bytes:
     return b"".join([chunk async for chunk in stream_timeline(storage, pieces, start, end, channel=channel)])
 
 
@@ -78,8 +78,11 @@ async def _collect(storage: MemoryStorage, pieces: list[Piece], start: int, end:
 async def test_any_range_of_the_timeline_equals_the_same_slice_of_the_whole(
     first: bytes, second: bytes, gap_frames: int, channel: int | None, data: st.DataObject
 ) -> None:
-    storage = MemoryStorage()
-    storage.objects = {"a": bytearray(first), "b": bytearray(second)}
+    storage = build_storage("memory://")
+    for key, content in (("a", first), ("b", second)):
+        writer = await storage.open_writer(key)
+        for offset in range(0, len(content), 10):  # several chunk objects, split mid-frame
+            await writer.write(content[offset : offset + 10])
     segments = [SegmentExtent("a", len(first)), SegmentExtent("b", len(second), gap_before_bytes=gap_frames * 4)]
     pieces = timeline(segments, channels=2, fill_gaps=True, mono=channel is not None)
     whole_stereo = first + bytes(gap_frames * 4) + second
@@ -88,4 +91,7 @@ async def test_any_range_of_the_timeline_equals_the_same_slice_of_the_whole(
     assert total == len(whole)
     start = data.draw(st.integers(0, total))
     end = data.draw(st.integers(start, total))
-    assert await _collect(storage, pieces, start, end, channel) == whole[start:end]
+    try:
+        assert await _collect(storage, pieces, start, end, channel) == whole[start:end]
+    finally:
+        await storage.close()

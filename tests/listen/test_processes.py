@@ -1,0 +1,110 @@
+"""Process-level guarantees: kill -9 of ``switchboard serve`` mid-call, and replicas taking over.
+
+Marked slow: real child processes and calls of several seconds. CI runs them in their own group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.listen.writer import FLUSH_BYTES
+from service.simulator import CallScript, SimulatorServer, VapiSimulator
+from tests.conftest import ADMIN_KEY, VAPI_KEY
+from tests.harness import CALL
+from tests.processes import free_port, serve_env, serve_process
+
+pytestmark = pytest.mark.slow
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+FRAME = 1280
+
+
+async def recording_when_final(client: httpx.AsyncClient, base_url: str, call_id: str) -> dict[str, object]:
+    async with asyncio.timeout(40):
+        while True:
+            response = await client.get(f"{base_url}/v1/calls/{call_id}/recording", headers=AUTH)
+            if response.status_code == 200 and response.json()["status"] in ("completed", "partial", "failed"):
+                body: dict[str, object] = response.json()
+                return body
+            await asyncio.sleep(0.1)
+
+
+async def test_kill_9_mid_call_keeps_what_came_before_and_after(database_url: str, tmp_path: Path) -> None:
+    pace = 2.0
+    script = CallScript(ring_after=0.2, answer_after=0.2, talk_seconds=24.0, turns=())
+    async with SimulatorServer(VapiSimulator(api_key=VAPI_KEY, pace=pace, script=script)) as simulator:
+        sim = simulator.sim
+        port = free_port()
+        env = serve_env(database_url, tmp_path / "recordings", simulator.base_url, port)
+        async with httpx.AsyncClient() as client:
+            async with serve_process(env, port, tmp_path / "first.log") as first:
+                created = await client.post(f"{first.base_url}/v1/calls", json=CALL, headers=AUTH)
+                assert created.status_code == 201, created.text
+                call_id = created.json()["id"]
+                await sim.wait_for_status(call_id, "in-progress")
+                async with asyncio.timeout(15):
+                    while len(sim.audio_sent(call_id)) < 6 * 64_000:
+                        await asyncio.sleep(0.02)
+                first.kill()
+            async with serve_process(env, port, tmp_path / "second.log") as second:
+                await sim.wait_for_status(call_id, "ended", timeout=40)
+                recording = await recording_when_final(client, second.base_url, call_id)
+                pcm = (await client.get(f"{second.base_url}/v1/calls/{call_id}/recording.pcm", headers=AUTH)).content
+
+    before, *after = sim.audio_sent_per_connection(call_id)
+    assert after, "the restarted service listened again"
+    kept_before = len(pcm) - sum(len(part) for part in after)
+    assert pcm[:kept_before] == before[:kept_before], "nothing before the kill was corrupted"
+    assert pcm[kept_before:] == b"".join(after), "everything after the restart was kept"
+    lost = len(before) - kept_before
+    assert 0 <= lost <= FLUSH_BYTES + 2 * FRAME, f"lost {lost} bytes at the kill: more than one flush"
+    assert recording["status"] == "partial"
+    assert recording["gaps"]
+
+
+async def test_a_dead_replicas_calls_are_taken_over_within_seconds(postgresql_url: str, tmp_path: Path) -> None:
+    script = CallScript(ring_after=0.2, answer_after=0.2, talk_seconds=40.0, turns=())
+    async with SimulatorServer(VapiSimulator(api_key=VAPI_KEY, pace=2.0, script=script)) as simulator:
+        sim = simulator.sim
+        storage = tmp_path / "recordings"
+        port_a, port_b = free_port(), free_port()
+        env_a = serve_env(postgresql_url, storage, simulator.base_url, port_a)
+        env_b = serve_env(postgresql_url, storage, simulator.base_url, port_b)
+        async with (
+            httpx.AsyncClient() as client,
+            serve_process(env_a, port_a, tmp_path / "a.log") as replica_a,
+            serve_process(env_b, port_b, tmp_path / "b.log") as replica_b,
+        ):
+            call_ids = []
+            for _ in range(3):
+                created = await client.post(f"{replica_a.base_url}/v1/calls", json=CALL, headers=AUTH)
+                assert created.status_code == 201, created.text
+                call_ids.append(created.json()["id"])
+            for call_id in call_ids:
+                await sim.wait_for_status(call_id, "in-progress")
+            await asyncio.sleep(2)
+            for call_id in call_ids:
+                assert len(sim.listen_records(call_id)) == 1, "each live call is recorded by exactly one replica"
+
+            replica_a.kill()
+            killed_at = asyncio.get_running_loop().time()
+            async with asyncio.timeout(10):
+                while not all(len(sim.listen_records(call_id)) >= 2 for call_id in call_ids):
+                    await asyncio.sleep(0.05)
+            takeover = asyncio.get_running_loop().time() - killed_at
+            assert takeover < 10
+
+            for call_id in call_ids:
+                await sim.wait_for_status(call_id, "ended", timeout=60)
+            for call_id in call_ids:
+                recording = await recording_when_final(client, replica_b.base_url, call_id)
+                pcm = (await client.get(f"{replica_b.base_url}/v1/calls/{call_id}/recording.pcm", headers=AUTH)).content
+                before, *after = sim.audio_sent_per_connection(call_id)
+                kept_before = len(pcm) - sum(len(part) for part in after)
+                assert pcm[:kept_before] == before[:kept_before]
+                assert pcm[kept_before:] == b"".join(after)
+                assert recording["status"] == "partial"
+                assert len(recording["segments"]) == 1 + len(after)  # type: ignore[arg-type]

@@ -94,3 +94,9 @@ async def test_a_call_is_placed_recorded_and_downloadable(stack: Stack) -> None:
     assert ("switchboard", "recording.completed") in types
     assert ("vapi", "end-of-call-report") in types
     assert any(source == "listen" for source, _ in types), "listen-socket text frames are kept"
+
+    metrics = (await client.get("/metrics")).text
+    assert f"switchboard_listen_bytes_total {float(len(sent))}" in metrics
+    assert f"switchboard_listen_frames_total {float(len(sent) // 1280)}" in metrics
+    assert "switchboard_listen_sessions_active 0.0" in metrics
+    assert 'switchboard_webhooks_total{type="end-of-call-report"} 1.0' in metrics

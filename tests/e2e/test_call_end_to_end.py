@@ -8,11 +8,14 @@ import io
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vapi.types.client_inbound_message_say import ClientInboundMessageSay
 
+from service.logging import configure_logging
 from service.recordings.audio import extract_channel
+from tests.conftest import ADMIN_KEY, VAPI_KEY, WEBHOOK_SECRET
 from tests.harness import CALL, Stack, running_stack
 
 
@@ -100,3 +103,37 @@ async def test_a_call_is_placed_recorded_and_downloadable(stack: Stack) -> None:
     assert f"switchboard_listen_frames_total {float(len(sent) // 1280)}" in metrics
     assert "switchboard_listen_sessions_active 0.0" in metrics
     assert 'switchboard_webhooks_total{type="end-of-call-report"} 1.0' in metrics
+
+
+async def test_secrets_never_reach_the_logs(stack: Stack, capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging("debug")  # the most verbose level
+    try:
+        call_id, call = await _call_with_failures(stack)
+    finally:
+        configure_logging("info")
+    logs = "".join(capfd.readouterr())
+    assert call_id in logs, "the logs do talk about the call"
+    secrets = {
+        "listen URL": call["monitor"]["listenUrl"],
+        "control URL": call["monitor"]["controlUrl"],
+        "admin key": ADMIN_KEY,
+        "webhook secret": WEBHOOK_SECRET,
+        "Vapi key": VAPI_KEY,
+    }
+    for name, secret in secrets.items():
+        assert secret not in logs, f"the {name} leaked into the logs"
+
+
+async def _call_with_failures(stack: Stack) -> tuple[str, dict[str, Any]]:
+    """A call with a failed say and a dropped listen socket: the paths that log the most."""
+    client, sim = stack.client, stack.sim
+    call_id = await stack.place_call()
+    call: dict[str, Any] = (await client.get(f"/v1/calls/{call_id}")).json()
+    await sim.wait_for_status(call_id, "in-progress")
+    sim.set_control_fault(call_id, status=500, count=1)
+    failed = await client.post(f"/v1/calls/{call_id}/say", json={"content": "hello"})
+    assert failed.json()["status"] == "failed"
+    sim.drop_listen(call_id)
+    await sim.wait_for_status(call_id, "ended", timeout=30)
+    await stack.wait_for_recording(call_id)
+    return call_id, call

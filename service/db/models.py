@@ -75,8 +75,13 @@ class CallEvent(BigIntBase):
     occurred_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True))
     received_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     payload: Mapped[Any] = mapped_column(JsonB)
+    # Duplicate webhook deliveries carry the same key and are stored once (see webhooks.service).
+    dedupe_key: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (UniqueConstraint("call_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("call_id", "seq"),
+        UniqueConstraint("call_id", "dedupe_key", name="uq_call_event_dedupe_key"),
+    )
 
 
 class Recording(TimestampedMixin, UUIDv7Base):
@@ -134,6 +139,109 @@ class Injection(TimestampedMixin, UUIDv7Base):
     origin: Mapped[str] = mapped_column(String(16), default="api")
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+
+
+class ApiKey(TimestampedMixin, UUIDv7Base):
+    """An API key: only a SHA-256 of it is stored (keys are 32 random bytes, so no slow hash is needed);
+    ``prefix`` (the first characters) finds the row and is shown in listings."""
+
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JsonB)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+
+
+class IdempotencyRecord(DefaultBase):
+    """The first response to a request sent with an ``Idempotency-Key``, replayed for retries."""
+
+    # Who asked (the API key's name or id) and for what route: one key may be reused on another route.
+    principal: Mapped[str] = mapped_column(String(100), primary_key=True)
+    route: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="in_flight")  # in_flight | done
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[Any] = mapped_column(JsonB, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), index=True)
+
+
+class WebhookEndpoint(TimestampedMixin, UUIDv7Base):
+    """Where Switchboard sends its own events (outbound webhooks, signed per Standard Webhooks)."""
+
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JsonB)
+    secret: Mapped[str] = mapped_column(String(128))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookDelivery(TimestampedMixin, UUIDv7Base):
+    """One event for one endpoint: the durable outbox row, retried until delivered or abandoned."""
+
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_endpoint.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(64))  # the webhook-id header, stable across retries
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | abandoned
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+
+    __table_args__ = (
+        Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+        Index("ix_webhook_delivery_endpoint_id", "endpoint_id", "created_at"),
+    )
+
+
+class WebhookDeliveryAttempt(UUIDv7Base):
+    """One HTTP attempt of a delivery: the delivery log."""
+
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_delivery.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Rule(TimestampedMixin, DefaultBase):
+    """A rule stored through the API (rules from the YAML file live in memory only)."""
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JsonB)
+
+
+class RuleFiring(TimestampedMixin, UUIDv7Base):
+    """One firing of a rule for one occurrence of its milestone on one call.
+
+    The unique key is the exactly-once guarantee: the row is written before the control POST, so a
+    rule never speaks twice for one occurrence, across restarts and replicas. Delayed firings wait
+    here (``status = scheduled``, ``due_at``) and survive restarts.
+    """
+
+    rule_name: Mapped[str] = mapped_column(String(100))
+    call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"))
+    occurrence: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="scheduled")  # scheduled|firing|fired|failed|skipped
+    due_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    fired_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    injection_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("injection.id", ondelete="SET NULL"))
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonB, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("rule_name", "call_id", "occurrence"),
+        Index("ix_rule_firing_due", "status", "due_at"),
+        Index("ix_rule_firing_call_id", "call_id", "created_at"),
+    )
 
 
 metadata = DefaultBase.metadata

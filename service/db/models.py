@@ -141,8 +141,6 @@ class Injection(TimestampedMixin, UUIDv7Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-
-
 class ApiKey(TimestampedMixin, UUIDv7Base):
     """An API key: only a SHA-256 of it is stored (keys are 32 random bytes, so no slow hash is needed);
     ``prefix`` (the first characters) finds the row and is shown in listings."""
@@ -203,9 +201,7 @@ class WebhookDelivery(TimestampedMixin, UUIDv7Base):
 class WebhookDeliveryAttempt(UUIDv7Base):
     """One HTTP attempt of a delivery: the delivery log."""
 
-    delivery_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("webhook_delivery.id", ondelete="CASCADE"), index=True
-    )
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_delivery.id", ondelete="CASCADE"), index=True)
     attempted_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)

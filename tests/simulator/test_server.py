@@ -37,9 +37,7 @@ async def test_shutdown_mid_call_closes_everything(receiver: WebhookReceiver) ->
 def test_run_simulator_process_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     code = "from service.simulator import run_simulator; run_simulator(port=0, pace=20, talk_seconds=1)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
-    )
+    process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         assert process.stderr is not None
         line = process.stderr.readline()

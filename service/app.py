@@ -15,7 +15,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service import __version__
-from service.auth import ApiKeyAuthenticator, require_scope
+from service.apikeys.service import ApiKeyService
+from service.auth import require_scope
 from service.calls.controllers import CallController
 from service.calls.service import CallService
 from service.db.engine import Database
@@ -67,6 +68,9 @@ def create_app(
         timeout=settings.vapi_timeout_seconds,
     )
     recordings = RecordingService(db, storage)
+    api_keys = ApiKeyService(
+        db, admin_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+    )
     metrics = Metrics()
     listen_config = ListenConfig(
         sample_rate=settings.listen_sample_rate,
@@ -136,9 +140,7 @@ def create_app(
         },
         state=State(
             {
-                "authenticator": ApiKeyAuthenticator(
-                    settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
-                ),
+                "api_keys": api_keys,
                 "supervisor": supervisor,
                 "db": db,
             }

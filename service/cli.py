@@ -37,6 +37,44 @@ def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _apikeys(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from service.apikeys.service import ApiKeyService
+    from service.db.engine import Database
+    from service.db.migrate import upgrade
+    from service.errors import DomainError
+
+    if settings.should_auto_migrate:
+        upgrade(settings.database_url)
+
+    async def run() -> int:
+        db = Database(settings.database_url)
+        keys = ApiKeyService(db, admin_key=None)
+        try:
+            if args.action == "create":
+                row, key = await keys.create(args.name, args.scopes)
+                print(f"created key {row.prefix}… ({row.id}) with scopes {','.join(row.scopes)}", file=sys.stderr)
+                print("it is shown once: store it now", file=sys.stderr)
+                print(key)
+            elif args.action == "list":
+                for row in await keys.list():
+                    state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+                    used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
+                    print(f"{row.id}  {row.prefix}…  {row.name:<24} {','.join(row.scopes):<40} {state:<18} used {used}")
+            else:
+                row = await keys.revoke(args.key)
+                print(f"revoked {row.prefix}… ({row.name})", file=sys.stderr)
+        except DomainError as exc:
+            print(f"switchboard: {exc.detail}", file=sys.stderr)
+            return 1
+        finally:
+            await db.dispose()
+        return 0
+
+    return asyncio.run(run())
+
+
 def openapi_document() -> str:
     """The OpenAPI document as stable, sorted JSON (what ``openapi/openapi.json`` holds)."""
     from service.app import create_app
@@ -82,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(handler=_migrate, needs_settings=True)
+
+    apikeys = commands.add_parser("apikeys", help="create, list and revoke API keys")
+    actions = apikeys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a key; prints it once, alone on the last line")
+    create.add_argument("--name", required=True)
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: calls:read, calls:write, recordings:read, rules:read, rules:write, "
+        "webhooks:write, admin",
+    )
+    actions.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
+    revoke.add_argument("key", help="the key's id or its prefix as listed (sb_xxxxxxx)")
+    apikeys.set_defaults(handler=_apikeys, needs_settings=True)
 
     openapi = commands.add_parser("openapi", help="write the OpenAPI document")
     openapi.add_argument("--out", help="file to write (default: standard output)")

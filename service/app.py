@@ -22,6 +22,7 @@ from service.calls.service import CallService
 from service.db.engine import Database
 from service.errors import EXCEPTION_HANDLERS
 from service.health.controllers import HealthController
+from service.idempotency.service import IdempotencyService
 from service.listen.controllers import live_listen
 from service.listen.leases import LeaseKeeper, replica_id
 from service.listen.relay import LiveRelay
@@ -136,6 +137,7 @@ def create_app(
             "webhooks": _constant(webhooks),
             "recordings": _constant(recordings),
             "metrics": _constant(metrics),
+            "idempotency": _constant(IdempotencyService(db)),
             "supervisor": _constant(supervisor),
         },
         state=State(

@@ -91,12 +91,23 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Re
     return Response(body, status_code=status, media_type=PROBLEM_JSON)
 
 
+def problem_body(exc: DomainError) -> dict[str, Any]:
+    """The problem document of a domain error, as stored for idempotent replays."""
+    return {
+        "type": PROBLEM_BASE + exc.slug,
+        "title": exc.title,
+        "status": exc.status_code,
+        "detail": exc.detail,
+        **exc.extra,
+    }
+
+
 def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """The one exception handler: every 4xx/5xx leaves the service as a problem document."""
     if isinstance(exc, DomainError):
         if exc.status_code >= 500:
             log.warning("request failed", path=request.url.path, error=exc.slug, detail=exc.detail)
-        return problem(exc.status_code, exc.slug, exc.title, exc.detail, **exc.extra)
+        return Response(problem_body(exc), status_code=exc.status_code, media_type=PROBLEM_JSON)
     if isinstance(exc, HTTPException):
         status = exc.status_code
         if status >= 500:

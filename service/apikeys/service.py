@@ -37,6 +37,11 @@ class Principal:
     key_id: uuid.UUID | None = None
 
     @property
+    def identity(self) -> str:
+        """Stable per key: idempotency keys are scoped to it."""
+        return str(self.key_id) if self.key_id else self.name
+
+    @property
     def is_admin(self) -> bool:
         return "admin" in self.scopes
 

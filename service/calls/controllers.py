@@ -5,16 +5,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from service.auth import current_principal
 from service.calls.schemas import (
     CallCreate,
+    CallImport,
     CallOut,
     CallPage,
+    ControlIn,
     EventOut,
     EventPage,
     InjectionOut,
@@ -22,11 +24,20 @@ from service.calls.schemas import (
     RecordingSummary,
     SayIn,
 )
-from service.calls.service import CallFilters, CallService
+from service.calls.service import CallFilters, CallService, metadata_filters
 from service.db.models import Call, CallEvent, Injection
+from service.idempotency.service import HEADER, IdempotencyService
 from service.recordings.audio import SAMPLE_BYTES
 
 Calls = NamedDependency[CallService]
+Idempotency = NamedDependency[IdempotencyService]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name=HEADER,
+        description="Retries with the same key and body get the first response; another body gets 422.",
+    ),
+]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size")]
 Cursor = Annotated[str | None, QueryParameter(description="nextCursor of the previous page")]
@@ -90,8 +101,38 @@ class CallController(Controller):
         status_code=HTTP_201_CREATED,
         opt={"scope": "calls:write"},
     )
-    async def create_call(self, request: Request[Any, Any, Any], data: JSONBody[CallCreate], calls: Calls) -> CallOut:
-        call = await calls.place_call(data)
+    async def create_call(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[CallCreate],
+        calls: Calls,
+        idempotency: Idempotency,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[CallOut]:
+        principal = current_principal(request)
+
+        async def place() -> CallOut:
+            return call_out(await calls.place_call(data), show_monitor_urls=principal.is_admin)
+
+        result = await idempotency.run(
+            principal=principal.identity,
+            route="POST /v1/calls",
+            key=idempotency_key,
+            request=data,
+            status=HTTP_201_CREATED,
+            handler=place,
+        )
+        return result.to_response()
+
+    @post(
+        "/import",
+        operation_id="importCall",
+        summary="Track a call placed elsewhere (fetched from Vapi)",
+        status_code=HTTP_201_CREATED,
+        opt={"scope": "calls:write"},
+    )
+    async def import_call(self, request: Request[Any, Any, Any], data: JSONBody[CallImport], calls: Calls) -> CallOut:
+        call = await calls.import_call(data.vapi_call_id)
         return call_out(call, show_monitor_urls=current_principal(request).is_admin)
 
     @get("/", operation_id="listCalls", summary="List calls, newest first", opt={"scope": "calls:read"})
@@ -107,7 +148,9 @@ class CallController(Controller):
         created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
         created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
     ) -> CallPage:
-        filters = CallFilters(status, assistant_id, customer_number, created_after, created_before)
+        filters = CallFilters(
+            status, assistant_id, customer_number, created_after, created_before, metadata_filters(request.query_params)
+        )
         page, next_cursor = await calls.list_calls(filters, limit=limit, cursor=cursor)
         admin = current_principal(request).is_admin
         return CallPage(data=[call_out(call, show_monitor_urls=admin) for call in page], next_cursor=next_cursor)
@@ -145,5 +188,53 @@ class CallController(Controller):
         status_code=HTTP_202_ACCEPTED,
         opt={"scope": "calls:write"},
     )
-    async def say(self, call_id: FromPath[str], data: JSONBody[SayIn], calls: Calls) -> InjectionOut:
-        return injection_out(await calls.say(call_id, data))
+    async def say(
+        self,
+        request: Request[Any, Any, Any],
+        call_id: FromPath[str],
+        data: JSONBody[SayIn],
+        calls: Calls,
+        idempotency: Idempotency,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[InjectionOut]:
+        async def say() -> InjectionOut:
+            return injection_out(await calls.say(call_id, data))
+
+        result = await idempotency.run(
+            principal=current_principal(request).identity,
+            route=f"POST /v1/calls/{call_id}/say",
+            key=idempotency_key,
+            request=data,
+            status=HTTP_202_ACCEPTED,
+            handler=say,
+        )
+        return result.to_response()
+
+    @post(
+        "/{call_id:str}/control",
+        operation_id="controlCall",
+        summary="Send a control message (add-message, control, end-call, transfer, append-context)",
+        status_code=HTTP_202_ACCEPTED,
+        opt={"scope": "calls:write"},
+    )
+    async def control(
+        self,
+        request: Request[Any, Any, Any],
+        call_id: FromPath[str],
+        data: JSONBody[ControlIn],
+        calls: Calls,
+        idempotency: Idempotency,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[InjectionOut]:
+        async def control() -> InjectionOut:
+            return injection_out(await calls.control(call_id, data))
+
+        result = await idempotency.run(
+            principal=current_principal(request).identity,
+            route=f"POST /v1/calls/{call_id}/control",
+            key=idempotency_key,
+            request=data,
+            status=HTTP_202_ACCEPTED,
+            handler=control,
+        )
+        return result.to_response()

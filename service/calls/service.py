@@ -6,24 +6,24 @@ import base64
 import binascii
 import datetime as dt
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from sqlalchemy import select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events, list_events
 from service.calls.redact import redact
-from service.calls.schemas import CallCreate, SayIn
+from service.calls.schemas import CallCreate, ControlIn, SayIn
 from service.calls.tracking import lock_or_create_call, merge_vapi_call
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, Injection, utcnow
-from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError
+from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
 from service.settings import Settings
 from service.vapi.client import VapiClient
 
@@ -89,6 +89,35 @@ class CallFilters:
     customer_number: str | None = None
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        """The filters as WHERE clauses on a query that selects from ``call``."""
+        if self.status:
+            query = query.where(Call.status == self.status)
+        if self.assistant_id:
+            query = query.where(Call.assistant_id == self.assistant_id)
+        if self.customer_number:
+            query = query.where(Call.customer_number == self.customer_number)
+        if self.created_after:
+            query = query.where(Call.created_at >= self.created_after)
+        if self.created_before:
+            query = query.where(Call.created_at < self.created_before)
+        for key, value in self.metadata.items():
+            query = query.where(Call.call_metadata[key].as_string() == value)
+        return query
+
+
+def metadata_filters(query_params: Mapping[str, str]) -> dict[str, str]:
+    """``metadata.<key>=<value>`` query parameters as ``{key: value}``."""
+    filters = {}
+    for name, value in query_params.items():
+        if name.startswith("metadata."):
+            key = name.removeprefix("metadata.")
+            if not key or len(key) > 100:
+                raise InvalidInputError(f"bad metadata filter {name!r}: use metadata.<key>=<value>")
+            filters[key] = value
+    return filters
 
 
 def encode_cursor(*parts: Any) -> str:
@@ -141,17 +170,7 @@ class CallService:
         self, filters: CallFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Call], str | None]:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
-        query = select(Call).options(selectinload(Call.recording))
-        if filters.status:
-            query = query.where(Call.status == filters.status)
-        if filters.assistant_id:
-            query = query.where(Call.assistant_id == filters.assistant_id)
-        if filters.customer_number:
-            query = query.where(Call.customer_number == filters.customer_number)
-        if filters.created_after:
-            query = query.where(Call.created_at >= filters.created_after)
-        if filters.created_before:
-            query = query.where(Call.created_at < filters.created_before)
+        query = filters.apply(select(Call).options(selectinload(Call.recording)))
         if cursor:
             parts = decode_cursor(cursor)
             try:
@@ -213,12 +232,32 @@ class CallService:
             self._supervisor.call_ended(call_id)
         return status
 
+    async def import_call(self, vapi_call_id: str) -> Call:
+        """Track a call placed elsewhere: fetch it from Vapi and listen to it if it is live."""
+        try:
+            vapi_call = await self._vapi.get_call(vapi_call_id)
+        except UpstreamError as exc:
+            if exc.extra.get("vapiStatus") == 404:
+                raise NotFoundError(f"Vapi has no call with id {vapi_call_id!r}") from None
+            raise
+        async with self._db.write() as session:
+            call, created = await lock_or_create_call(session, vapi_call["id"], origin="import")
+            merge_vapi_call(call, vapi_call)
+            kind = "call.imported" if created else "call.refreshed"
+            await append_events(session, call.id, [NewEvent("switchboard", kind, redact(vapi_call))])
+        if call.listen_url and call_status.is_live(call.status):
+            self._supervisor.ensure_listening(call.id)
+        return await self.get_call(call.id)
+
     async def say(self, call_id: str, body: SayIn) -> Injection:
         """Post a ``say`` to the live call and journal it; a refused POST is stored as ``failed``."""
-        message = {"type": "say", **msgspec.to_builtins(body)}
-        return await self._inject(call_id, message)
+        return await self.inject(call_id, {"type": "say", **msgspec.to_builtins(body)}, origin="api")
 
-    async def _inject(self, call_id: str, message: dict[str, Any]) -> Injection:
+    async def control(self, call_id: str, body: ControlIn) -> Injection:
+        """Any other control message (add-message, control, end-call, transfer, append-context)."""
+        return await self.inject(call_id, msgspec.to_builtins(body), origin="api")
+
+    async def inject(self, call_id: str, message: dict[str, Any], *, origin: str) -> Injection:
         async with self._db.read() as session:
             call = await self._require_call(session, call_id)
         if not call_status.is_live(call.status) or not call.control_url:
@@ -231,6 +270,7 @@ class CallService:
         async with self._db.write() as session:
             injection = Injection(
                 call_id=call_id,
+                origin=origin,
                 type=message["type"],
                 body=message,
                 status="failed" if error else "sent",

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 import obstore
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from obstore.store import ObjectStore, RetryConfig
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 READ_CHUNK_BYTES = 256 * 1024
 CHUNK_DIGITS = 8  # zero-padded so that names sort like numbers: 10**8 one-second chunks is three years
@@ -237,7 +238,7 @@ class ObjectStorage:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="switchboard-storage")
         self._closed = False
 
-    async def _call(self, operation: str, function: Callable[..., T], *args: object, **kwargs: object) -> T:
+    async def _call(self, operation: str, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._closed:
             raise StorageError(f"{operation}: storage is closed")
         loop = asyncio.get_running_loop()

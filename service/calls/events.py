@@ -19,6 +19,7 @@ class NewEvent:
     type: str
     payload: Any
     occurred_at: dt.datetime | None = None
+    dedupe_key: str | None = None
 
 
 async def append_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[CallEvent]:
@@ -48,6 +49,7 @@ async def append_events(session: AsyncSession, call_id: str, events: Sequence[Ne
             occurred_at=event.occurred_at or now,
             received_at=now,
             payload=event.payload,
+            dedupe_key=event.dedupe_key,
         )
         for index, event in enumerate(events)
     ]

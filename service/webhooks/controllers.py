@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -12,7 +13,7 @@ from litestar.status_codes import HTTP_200_OK
 from service.errors import AuthenticationError
 from service.settings import Settings
 from service.webhooks.service import WebhookService
-from service.webhooks.verify import secret_header_ok
+from service.webhooks.verify import authenticated
 
 AppSettings = NamedDependency[Settings]
 Webhooks = NamedDependency[WebhookService]
@@ -21,6 +22,7 @@ Webhooks = NamedDependency[WebhookService]
 class WebhookAck(msgspec.Struct, rename="camel"):
     stored: bool
     seq: int | None = None
+    duplicate: bool = False
 
 
 class VapiWebhookController(Controller):
@@ -32,7 +34,10 @@ class VapiWebhookController(Controller):
         operation_id="receiveVapiWebhook",
         summary="Receive a Vapi server message",
         status_code=HTTP_200_OK,
-        description="Vapi's server URL. Authenticated by the shared secret header when one is configured.",
+        description=(
+            "Vapi's server URL. Authenticated by the shared secret header and/or an HMAC signature "
+            "(x-signature, x-timestamp). A message delivered twice (same raw body) is stored once."
+        ),
     )
     async def receive(
         self,
@@ -40,11 +45,15 @@ class VapiWebhookController(Controller):
         settings: AppSettings,
         webhooks: Webhooks,
     ) -> WebhookAck:
-        if settings.webhook_secret is not None and not secret_header_ok(
+        raw = await request.body()
+        if not authenticated(
             request.headers,
-            header=settings.webhook_secret_header,
-            secret=settings.webhook_secret.get_secret_value(),
+            raw,
+            secret_header=settings.webhook_secret_header,
+            secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+            hmac_secret=settings.webhook_hmac_secret.get_secret_value() if settings.webhook_hmac_secret else None,
+            now=time.time(),
         ):
-            raise AuthenticationError("missing or wrong webhook secret")
-        result = await webhooks.ingest(await request.body())
-        return WebhookAck(stored=result.stored, seq=result.seq)
+            raise AuthenticationError("missing or wrong webhook secret or signature")
+        result = await webhooks.ingest(raw)
+        return WebhookAck(stored=result.stored, seq=result.seq, duplicate=result.duplicate)

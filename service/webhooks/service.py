@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events
 from service.calls.redact import redact
 from service.calls.tracking import apply_status, lock_or_create_call, merge_vapi_call, parse_timestamp
 from service.db.engine import Database
+from service.db.models import CallEvent
 from service.errors import DomainError
 from service.metrics import Metrics
 
@@ -33,6 +38,13 @@ class IngestResult:
     stored: bool
     call_id: str | None
     seq: int | None = None
+    duplicate: bool = False
+
+
+def dedupe_key(raw: bytes) -> str:
+    """Duplicate deliveries of one server message (a retry by Vapi's backoff plan, a proxy replay)
+    carry the same bytes; every distinct message differs at least in its ``timestamp``."""
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def parse_message(raw: bytes) -> dict[str, Any]:
@@ -70,8 +82,24 @@ class WebhookService:
             log.info("webhook without a call ignored", type=kind)
             return IngestResult(stored=False, call_id=None)
         at = parse_timestamp(message.get("timestamp"))
+        key = dedupe_key(raw)
+        try:
+            return await self._apply(message, vapi_call, at, key)
+        except IntegrityError:
+            # A concurrent duplicate won the race for the unique (call, dedupe key).
+            return IngestResult(stored=False, call_id=vapi_call["id"], duplicate=True)
+
+    async def _apply(
+        self, message: dict[str, Any], vapi_call: dict[str, Any], at: dt.datetime | None, key: str
+    ) -> IngestResult:
+        kind: str = message["type"]
         async with self._db.write() as session:
             call, created = await lock_or_create_call(session, vapi_call["id"], origin="webhook")
+            seen = await session.scalar(
+                select(CallEvent.seq).where(CallEvent.call_id == call.id, CallEvent.dedupe_key == key)
+            )
+            if seen is not None:
+                return IngestResult(stored=False, call_id=call.id, seq=seen, duplicate=True)
             before = call.status
             merge_vapi_call(call, vapi_call)
             if kind == "status-update" and isinstance(message.get("status"), str):
@@ -81,7 +109,7 @@ class WebhookService:
             if kind == "end-of-call-report":
                 apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
                 call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
-            events = [NewEvent("vapi", kind, redact(message), at)]
+            events = [NewEvent("vapi", kind, redact(message), at, dedupe_key=key)]
             if call.status != before:
                 events.append(NewEvent("switchboard", "call.status_changed", {"from": before, "to": call.status}, at))
             rows = await append_events(session, call.id, events)

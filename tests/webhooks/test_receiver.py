@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,11 +26,15 @@ async def client(database_url: str) -> AsyncIterator[AsyncTestClient[Any]]:
         yield test_client
 
 
+_clock = itertools.count(1764150000000)
+
+
 def message(kind: str, call_id: str = "call-1", **fields: Any) -> dict[str, Any]:
+    """A server message; each has its own timestamp, as Vapi's do (duplicates are byte-identical)."""
     return {
         "message": {
             "type": kind,
-            "timestamp": 1764150000000,
+            "timestamp": next(_clock),
             "call": {"id": call_id, "type": "inboundPhoneCall", "customer": {"number": "+14155550100"}},
             **fields,
         }
@@ -56,7 +61,7 @@ async def test_first_webhook_creates_the_call_and_stores_the_event(
 ) -> None:
     response = await post(client, message("status-update", status="ringing"))
     assert response.status_code == 200, response.text
-    assert response.json() == {"stored": True, "seq": 1}
+    assert response.json() == {"stored": True, "seq": 1, "duplicate": False}
     call = (await client.get("/v1/calls/call-1")).json()
     assert call["status"] == "ringing"
     assert call["type"] == "inboundPhoneCall"
@@ -164,3 +169,13 @@ async def test_events_pagination_and_filters(client: AsyncTestClient[Any]) -> No
     assert after["nextCursor"] is None
     none = (await client.get("/v1/calls/call-1/events", params={"source": "listen"})).json()
     assert none["data"] == []
+
+
+async def test_duplicate_deliveries_are_stored_once(client: AsyncTestClient[Any]) -> None:
+    body = msgspec.json.encode(message("status-update", status="ringing"))
+    first = await post(client, body)
+    again = await post(client, body)
+    assert first.json() == {"stored": True, "seq": 1, "duplicate": False}
+    assert again.json() == {"stored": False, "seq": 1, "duplicate": True}
+    events = (await client.get("/v1/calls/call-1/events", params={"source": "vapi"})).json()["data"]
+    assert len(events) == 1

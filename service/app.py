@@ -29,7 +29,7 @@ from service.listen.relay import LiveRelay
 from service.listen.session import ListenConfig, ListenSession
 from service.listen.supervisor import ListenSupervisor
 from service.metrics import Metrics, MetricsController
-from service.recordings.controllers import RecordingController
+from service.recordings.controllers import RecordingController, list_recordings
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage, build_storage
 from service.settings import Settings
@@ -126,7 +126,11 @@ def create_app(
             await db.dispose()
             log.info("switchboard stopped")
 
-    api = Router(path="/", guards=[require_scope], route_handlers=[CallController, RecordingController, live_listen])
+    api = Router(
+        path="/",
+        guards=[require_scope],
+        route_handlers=[CallController, RecordingController, list_recordings, live_listen],
+    )
     return Litestar(
         route_handlers=[api, VapiWebhookController, HealthController, MetricsController],
         dependencies={

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,8 +22,9 @@ from service.calls.tracking import lock_or_create_call, merge_vapi_call
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, Injection, utcnow
 from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
+from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.settings import Settings
-from service.vapi.client import VapiClient
+from service.vapi.client import ControlNotDeliveredError, VapiClient
 
 if TYPE_CHECKING:
     from service.listen.supervisor import ListenSupervisor
@@ -49,6 +48,8 @@ VAPI_DEFAULT_SERVER_MESSAGES = (
 # What Switchboard itself needs to track calls and run rules.
 REQUIRED_SERVER_MESSAGES = ("status-update", "end-of-call-report", "speech-update", "hang")
 FINAL_TRANSCRIPTS = 'transcript[transcriptType="final"]'
+# First pause before retrying a control POST whose connection was refused (doubles per attempt).
+CONTROL_RETRY_SECONDS = 0.1
 
 
 def build_vapi_request(body: CallCreate, settings: Settings) -> dict[str, Any]:
@@ -120,20 +121,6 @@ def metadata_filters(query_params: Mapping[str, str]) -> dict[str, str]:
     return filters
 
 
-def encode_cursor(*parts: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(parts, default=str).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> list[Any]:
-    try:
-        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):
-        raise InvalidInputError("the cursor is not valid: pass back nextCursor unchanged") from None
-    if not isinstance(parts, list):
-        raise InvalidInputError("the cursor is not valid: pass back nextCursor unchanged")
-    return parts
-
-
 class CallService:
     """Everything the calls API does; controllers call exactly one method each."""
 
@@ -176,7 +163,7 @@ class CallService:
             try:
                 created_at, call_id = dt.datetime.fromisoformat(parts[0]), str(parts[1])
             except (IndexError, TypeError, ValueError):
-                raise InvalidInputError("the cursor is not valid: pass back nextCursor unchanged") from None
+                raise InvalidInputError(BAD_CURSOR) from None
             query = query.where(tuple_(Call.created_at, Call.id) < (created_at, call_id))
         query = query.order_by(Call.created_at.desc(), Call.id.desc()).limit(limit + 1)
         async with self._db.read() as session:
@@ -201,7 +188,7 @@ class CallService:
         if cursor:
             parts = decode_cursor(cursor)
             if not parts or not isinstance(parts[0], int):
-                raise InvalidInputError("the cursor is not valid: pass back nextCursor unchanged")
+                raise InvalidInputError(BAD_CURSOR)
             after_seq = max(after_seq, parts[0])
         async with self._db.read() as session:
             await self._require_call(session, call_id)
@@ -257,16 +244,29 @@ class CallService:
         """Any other control message (add-message, control, end-call, transfer, append-context)."""
         return await self.inject(call_id, msgspec.to_builtins(body), origin="api")
 
-    async def inject(self, call_id: str, message: dict[str, Any], *, origin: str) -> Injection:
+    async def inject(self, call_id: str, message: dict[str, Any], *, origin: str, attempts: int = 1) -> Injection:
+        """POST a control message to the live call and journal it (``Injection`` + timeline event).
+
+        With ``attempts`` > 1 (rules), only a refused connection is retried, briefly: that request surely
+        did not arrive. Any other failure is final, because control messages are not idempotent.
+        """
         async with self._db.read() as session:
             call = await self._require_call(session, call_id)
         if not call_status.is_live(call.status) or not call.control_url:
             raise ConflictError(f"call {call_id!r} is not live (status {call.status}); nothing was sent")
         error: str | None = None
-        try:
-            await self._vapi.send_control(call.control_url, message, authenticated=call.control_auth)
-        except DomainError as exc:
-            error = exc.detail
+        for attempt in range(max(1, attempts)):  # retry of refused connections: added for rules
+            try:
+                await self._vapi.send_control(call.control_url, message, authenticated=call.control_auth)
+                error = None
+                break
+            except ControlNotDeliveredError as exc:
+                error = exc.detail
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(CONTROL_RETRY_SECONDS * 2**attempt)
+            except DomainError as exc:
+                error = exc.detail
+                break
         async with self._db.write() as session:
             injection = Injection(
                 call_id=call_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, get
@@ -9,9 +10,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
+from service.calls.service import CallFilters, metadata_filters
+from service.db.models import Call, Recording
 from service.errors import DomainError
-from service.recordings.audio import RangeNotSatisfiableError, parse_range
-from service.recordings.schemas import Gap, RecordingOut, SegmentOut
+from service.recordings.audio import SAMPLE_BYTES, RangeNotSatisfiableError, parse_range
+from service.recordings.schemas import Gap, RecordingListItem, RecordingOut, RecordingPage, SegmentOut
 from service.recordings.service import Download, RecordingService, RecordingView
 
 Recordings = NamedDependency[RecordingService]
@@ -120,3 +123,56 @@ class RecordingController(Controller):
         return ranged_stream(
             download, request.headers.get("range"), media_type="audio/wav", filename=f"{call_id}{suffix}.wav"
         )
+
+
+def recording_item(recording: Recording, call: Call) -> RecordingListItem:
+    rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
+    return RecordingListItem(
+        call_id=call.id,
+        status=recording.status,
+        encoding=recording.encoding,
+        sample_rate=recording.sample_rate,
+        channels=recording.channels,
+        bytes=recording.bytes,
+        duration_seconds=round(recording.bytes / rate, 3) if rate else 0.0,
+        sha256=recording.sha256,
+        gaps=[Gap(gap["atSeconds"], gap["durationSeconds"], gap["reason"]) for gap in recording.gaps],
+        started_at=recording.started_at,
+        completed_at=recording.completed_at,
+        assistant_id=call.assistant_id,
+        customer=call.customer or {},
+        metadata=call.call_metadata or {},
+    )
+
+
+@get(
+    "/v1/recordings",
+    operation_id="listRecordings",
+    summary="Recordings across calls, newest first",
+    description="Also filters on call metadata: metadata.<key>=<value> (repeatable).",
+    tags=["recordings"],
+    opt={"scope": "recordings:read"},
+)
+async def list_recordings(
+    request: Request[Any, Any, Any],
+    recordings: Recordings,
+    limit: Annotated[int, QueryParameter(ge=1, le=500, description="Page size")] = 50,
+    cursor: Annotated[str | None, QueryParameter(description="nextCursor of the previous page")] = None,
+    status: Annotated[str | None, QueryParameter(description="none|recording|completed|partial|failed")] = None,
+    assistant_id: Annotated[str | None, QueryParameter(name="assistantId")] = None,
+    customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,
+    min_duration_seconds: Annotated[float | None, QueryParameter(name="minDurationSeconds", ge=0)] = None,
+    created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
+    created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
+) -> RecordingPage:
+    filters = CallFilters(
+        assistant_id=assistant_id,
+        customer_number=customer_number,
+        created_after=created_after,
+        created_before=created_before,
+        metadata=metadata_filters(request.query_params),
+    )
+    rows, next_cursor = await recordings.search(
+        filters, status=status, min_duration_seconds=min_duration_seconds, limit=limit, cursor=cursor
+    )
+    return RecordingPage(data=[recording_item(recording, call) for recording, call in rows], next_cursor=next_cursor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import msgspec
 
@@ -35,3 +36,25 @@ class RecordingOut(msgspec.Struct, rename="camel"):
     error: str | None
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
+
+
+class RecordingListItem(msgspec.Struct, rename="camel"):
+    call_id: str
+    status: str
+    encoding: str
+    sample_rate: int
+    channels: int
+    bytes: int
+    duration_seconds: float
+    sha256: str | None
+    gaps: list[Gap]
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    assistant_id: str | None
+    customer: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+class RecordingPage(msgspec.Struct, rename="camel"):
+    data: list[RecordingListItem]
+    next_cursor: str | None

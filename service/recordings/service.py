@@ -8,12 +8,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import selectinload
 
+from service.calls.service import CallFilters
 from service.db.engine import Database
 from service.db.models import Call, Recording, RecordingSegment, utcnow
-from service.errors import NotFoundError
+from service.errors import InvalidInputError, NotFoundError
+from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
 from service.recordings.storage import RecordingStorage
 
@@ -162,6 +164,39 @@ class RecordingService:
             async for chunk in self._storage.read(segment.storage_key, 0, segment.bytes):
                 digest.update(chunk)
         return digest.hexdigest()
+
+    async def search(
+        self,
+        filters: CallFilters,
+        *,
+        status: str | None,
+        min_duration_seconds: float | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[tuple[Recording, Call]], str | None]:
+        """Recordings across calls, newest first, keyset-paginated on ``(created_at, id)``."""
+        query = filters.apply(select(Recording, Call).join(Call, Recording.call_id == Call.id))
+        if status:
+            query = query.where(Recording.status == status)
+        if min_duration_seconds is not None:
+            byte_rate = Recording.sample_rate * Recording.channels * SAMPLE_BYTES
+            query = query.where(Recording.bytes >= min_duration_seconds * byte_rate)
+        if cursor:
+            parts = decode_cursor(cursor)
+            try:
+                created_at, recording_id = dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
+            except (IndexError, TypeError, ValueError):
+                raise InvalidInputError(BAD_CURSOR) from None
+            query = query.where(tuple_(Recording.created_at, Recording.id) < (created_at, recording_id))
+        query = query.order_by(Recording.created_at.desc(), Recording.id.desc()).limit(limit + 1)
+        async with self._db.read() as session:
+            rows = [(row[0], row[1]) for row in (await session.execute(query)).all()]
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1][0]
+            next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
+        return rows, next_cursor
 
     async def pcm_download(self, call_id: str) -> Download:
         return pcm_download(await self.view(call_id), self._storage)

@@ -1,0 +1,26 @@
+"""Opaque cursors for keyset pagination (``?limit=&cursor=`` → ``{"data": […], "nextCursor": …}``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from service.errors import InvalidInputError
+
+BAD_CURSOR = "the cursor is not valid: pass back nextCursor unchanged"
+
+
+def encode_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts, default=str).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(BAD_CURSOR) from None
+    if not isinstance(parts, list):
+        raise InvalidInputError(BAD_CURSOR)
+    return parts

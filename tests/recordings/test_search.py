@@ -20,7 +20,7 @@ async def test_recordings_are_found_by_status_duration_and_metadata(database_url
         await asyncio.gather(*(stack.sim.wait_for_status(i, "ended", timeout=30) for i in (short_id, long_id)))
         await asyncio.gather(*(stack.wait_for_recording(i) for i in (short_id, long_id)))
 
-        async def found(**params: object) -> list[str]:
+        async def found(**params: str | int) -> list[str]:
             response = await stack.client.get("/v1/recordings", params=params)
             assert response.status_code == 200, response.text
             return [item["callId"] for item in response.json()["data"]]

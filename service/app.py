@@ -160,9 +160,15 @@ def create_app(
             description="Call tracking, durable recordings, live control and rules for Vapi calls.",
             path="/schema",
             components=Components(
-                security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")}
+                security_schemes={
+                    "apiKey": SecurityScheme(
+                        type="http", scheme="bearer", description="API key; the role list is the scope needed"
+                    ),
+                    "vapiSecret": SecurityScheme(
+                        type="apiKey", security_scheme_in="header", name="X-Vapi-Secret", description="Webhook secret"
+                    ),
+                }
             ),
-            security=[{"apiKey": []}],
         ),
         debug=False,
     )

@@ -1,6 +1,6 @@
 """Authentication and scopes for ``/v1``.
 
-Every ``/v1`` route declares the scope it needs in ``opt={"scope": …}``; one guard checks it.
+Every ``/v1`` route declares the scope it needs with ``**scoped("calls:read")``; one guard checks it.
 Missing or unknown key → 401, key without the scope → 403. WebSocket routes also accept the key
 as ``?token=`` (browsers cannot set headers on a WebSocket).
 """
@@ -15,6 +15,12 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from service.apikeys.service import ApiKeyService, Principal
+
+
+def scoped(scope: str) -> dict[str, Any]:
+    """Route keyword arguments for a ``/v1`` route: the scope the guard checks, also shown in OpenAPI
+    (as the role list of the bearer requirement, which OpenAPI 3.1 allows)."""
+    return {"opt": {"scope": scope}, "security": [{"apiKey": [scope]}]}
 
 
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:

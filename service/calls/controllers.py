@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from service.auth import current_principal
+from service.auth import current_principal, scoped
 from service.calls.schemas import (
     CallCreate,
     CallImport,
@@ -99,7 +99,7 @@ class CallController(Controller):
         operation_id="createCall",
         summary="Place an outbound call",
         status_code=HTTP_201_CREATED,
-        opt={"scope": "calls:write"},
+        **scoped("calls:write"),
     )
     async def create_call(
         self,
@@ -129,13 +129,13 @@ class CallController(Controller):
         operation_id="importCall",
         summary="Track a call placed elsewhere (fetched from Vapi)",
         status_code=HTTP_201_CREATED,
-        opt={"scope": "calls:write"},
+        **scoped("calls:write"),
     )
     async def import_call(self, request: Request[Any, Any, Any], data: JSONBody[CallImport], calls: Calls) -> CallOut:
         call = await calls.import_call(data.vapi_call_id)
         return call_out(call, show_monitor_urls=current_principal(request).is_admin)
 
-    @get("/", operation_id="listCalls", summary="List calls, newest first", opt={"scope": "calls:read"})
+    @get("/", operation_id="listCalls", summary="List calls, newest first", **scoped("calls:read"))
     async def list_calls(
         self,
         request: Request[Any, Any, Any],
@@ -155,7 +155,7 @@ class CallController(Controller):
         admin = current_principal(request).is_admin
         return CallPage(data=[call_out(call, show_monitor_urls=admin) for call in page], next_cursor=next_cursor)
 
-    @get("/{call_id:str}", operation_id="getCall", summary="Get one call", opt={"scope": "calls:read"})
+    @get("/{call_id:str}", operation_id="getCall", summary="Get one call", **scoped("calls:read"))
     async def get_call(self, request: Request[Any, Any, Any], call_id: FromPath[str], calls: Calls) -> CallOut:
         call = await calls.get_call(call_id)
         return call_out(call, show_monitor_urls=current_principal(request).is_admin)
@@ -164,7 +164,7 @@ class CallController(Controller):
         "/{call_id:str}/events",
         operation_id="listCallEvents",
         summary="A call's timeline, oldest first",
-        opt={"scope": "calls:read"},
+        **scoped("calls:read"),
     )
     async def list_events(
         self,
@@ -186,7 +186,7 @@ class CallController(Controller):
         operation_id="sayInCall",
         summary="Make the assistant say something now",
         status_code=HTTP_202_ACCEPTED,
-        opt={"scope": "calls:write"},
+        **scoped("calls:write"),
     )
     async def say(
         self,
@@ -215,7 +215,7 @@ class CallController(Controller):
         operation_id="controlCall",
         summary="Send a control message (add-message, control, end-call, transfer, append-context)",
         status_code=HTTP_202_ACCEPTED,
-        opt={"scope": "calls:write"},
+        **scoped("calls:write"),
     )
     async def control(
         self,

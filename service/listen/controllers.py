@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath
 
+from service.auth import scoped
 from service.listen.supervisor import ListenSupervisor
 
 # Close codes in the private range (4000-4999), echoing HTTP where one fits.
@@ -19,7 +20,7 @@ CLOSE_TOO_SLOW = 4408
 
 @websocket(
     "/v1/calls/{call_id:str}/listen",
-    opt={"scope": "recordings:read"},
+    **scoped("recordings:read"),
     name="listenLive",
     description=(
         "Live audio and events of a call: the same binary (PCM) and text (JSON) frames as Vapi's listen "

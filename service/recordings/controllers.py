@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
+from service.auth import scoped
 from service.calls.service import CallFilters, metadata_filters
 from service.db.models import Call, Recording
 from service.errors import DomainError
@@ -83,6 +84,7 @@ class RecordingController(Controller):
     path = "/v1/calls/{call_id:str}"
     tags = ["recordings"]
     opt = {"scope": "recordings:read"}
+    security = [{"apiKey": ["recordings:read"]}]
 
     @get("/recording", operation_id="getRecording", summary="A call's recording: status, format, gaps")
     async def get_recording(self, call_id: FromPath[str], recordings: Recordings) -> RecordingOut:
@@ -151,7 +153,7 @@ def recording_item(recording: Recording, call: Call) -> RecordingListItem:
     summary="Recordings across calls, newest first",
     description="Also filters on call metadata: metadata.<key>=<value> (repeatable).",
     tags=["recordings"],
-    opt={"scope": "recordings:read"},
+    **scoped("recordings:read"),
 )
 async def list_recordings(
     request: Request[Any, Any, Any],

@@ -34,6 +34,7 @@ class VapiWebhookController(Controller):
         operation_id="receiveVapiWebhook",
         summary="Receive a Vapi server message",
         status_code=HTTP_200_OK,
+        security=[{"vapiSecret": []}],
         description=(
             "Vapi's server URL. Authenticated by the shared secret header and/or an HMAC signature "
             "(x-signature, x-timestamp). A message delivered twice (same raw body) is stored once."

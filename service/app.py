@@ -29,6 +29,7 @@ from service.listen.relay import LiveRelay
 from service.listen.session import ListenConfig, ListenSession
 from service.listen.supervisor import ListenSupervisor
 from service.metrics import Metrics, MetricsController
+from service.openapi import document_problems
 from service.recordings.controllers import RecordingController, list_recordings
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage, build_storage
@@ -131,7 +132,7 @@ def create_app(
         guards=[require_scope],
         route_handlers=[CallController, RecordingController, list_recordings, live_listen],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[api, VapiWebhookController, HealthController, MetricsController],
         dependencies={
             "settings": _constant(settings),
@@ -172,3 +173,5 @@ def create_app(
         ),
         debug=False,
     )
+    document_problems(app.openapi_schema)
+    return app

@@ -99,10 +99,15 @@ class InjectionOut(msgspec.Struct, rename="camel"):
     created_at: dt.datetime
 
 
+VapiId = Annotated[
+    str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["7420f27a-30fd-4f49-a995-5549ae7cc00d"])
+]
+
+
 class CallImport(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """Track a call Switchboard did not place."""
 
-    vapi_call_id: NonEmpty
+    vapi_call_id: VapiId
 
 
 class ConversationMessage(msgspec.Struct, forbid_unknown_fields=True):

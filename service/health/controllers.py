@@ -8,6 +8,7 @@ import msgspec
 import structlog
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 
 from service.db.engine import Database
 from service.recordings.storage import RecordingStorage
@@ -31,7 +32,12 @@ class HealthController(Controller):
     async def healthz(self) -> Health:
         return Health(status="ok")
 
-    @get("/readyz", operation_id="readyz", summary="Readiness: database and storage reachable")
+    @get(
+        "/readyz",
+        operation_id="readyz",
+        summary="Readiness: database and storage reachable",
+        responses={503: ResponseSpec(Health, description="Database or storage unreachable")},
+    )
     async def readyz(self, db: Db, storage: Storage) -> Response[Health]:
         checks: dict[str, str] = {}
         for name, probe in (("database", db.ping), ("storage", storage.check)):

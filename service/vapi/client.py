@@ -8,6 +8,7 @@ in an exception message or a log line.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -91,7 +92,7 @@ class VapiClient:
 
     async def get_call(self, call_id: str) -> dict[str, Any]:
         """``GET /call/{id}``."""
-        return await self._request("GET", f"/call/{call_id}")
+        return await self._request("GET", f"/call/{quote(call_id, safe='')}")
 
     async def send_control(self, control_url: str, message: dict[str, Any], *, authenticated: bool) -> None:
         """POST one control message to a live call. Any 2xx is acceptance (the body is undocumented)."""

@@ -250,3 +250,12 @@ async def test_pagination_sees_every_call_once_while_calls_are_inserted(client: 
     _, seen = await asyncio.gather(insert_more(), paginate())
     assert len(seen) == len(set(seen)), "no call twice"
     assert {f"old-{index:02d}" for index in range(30)} <= set(seen), "every call that existed is seen"
+
+
+@pytest.mark.parametrize("vapi_call_id", ["", "a/b", "x" * 65, "bad\u0000id", "caf\u00e9"])
+async def test_import_refuses_ids_that_are_not_vapi_ids(
+    client: AsyncTestClient[Any], vapi: SlowVapi, vapi_call_id: str
+) -> None:
+    response = await client.post("/v1/calls/import", json={"vapiCallId": vapi_call_id})
+    assert response.status_code == 400
+    assert vapi.requests == []

@@ -13,7 +13,7 @@ SHORT = CallScript(ring_after=0.1, answer_after=0.1, talk_seconds=2.0, turns=())
 
 
 async def test_recordings_are_found_by_status_duration_and_metadata(database_url: str, tmp_path: Path) -> None:
-    async with running_stack(database_url, tmp_path, script=SHORT, pace=10) as stack:
+    async with running_stack(database_url, tmp_path, script=SHORT, pace=3) as stack:
         short_id = await stack.place_call(metadata={"team": "sales"})
         stack.sim.script = dataclasses.replace(SHORT, talk_seconds=6.0)
         long_id = await stack.place_call(metadata={"team": "support"})

@@ -20,6 +20,10 @@ from service.auth import require_scope
 from service.calls.controllers import CallController
 from service.calls.service import CallService
 from service.db.engine import Database
+from service.deliveries.controllers import WebhookEndpointController  # outbound webhooks
+from service.deliveries.retry import RetryPolicy  # outbound webhooks
+from service.deliveries.service import WebhookEndpointService  # outbound webhooks
+from service.deliveries.worker import DeliveryWorker  # outbound webhooks
 from service.errors import EXCEPTION_HANDLERS
 from service.health.controllers import HealthController
 from service.idempotency.service import IdempotencyService
@@ -33,7 +37,12 @@ from service.openapi import document_problems
 from service.recordings.controllers import RecordingController, list_recordings
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage, build_storage
-from service.settings import Settings
+from service.rules.controllers import FiringController, RuleController  # rules
+from service.rules.engine import RuleEngine  # rules
+from service.rules.files import load_rules_file  # rules
+from service.rules.schema import RuleSetError  # rules
+from service.rules.service import RuleService  # rules
+from service.settings import ConfigurationError, Settings
 from service.vapi.client import VapiClient
 from service.webhooks.controllers import VapiWebhookController
 from service.webhooks.service import WebhookService
@@ -55,6 +64,10 @@ def create_app(
     storage: RecordingStorage | None = None,
 ) -> Litestar:
     """Build the app. ``http_client`` and ``storage`` replace the external systems (tests, embedding)."""
+    try:  # rules: a rules file with errors refuses start-up, listing them all
+        file_rules = load_rules_file(settings.rules_file) if settings.rules_file else []
+    except RuleSetError as exc:
+        raise ConfigurationError(str(exc)) from None
     db = Database(settings.database_url)
     storage = storage or build_storage(settings.storage_url)
     owns_http_client = http_client is None
@@ -93,6 +106,7 @@ def create_app(
             metrics=metrics,
             relay=relay,
             reconcile=calls.reconcile,
+            rules=rule_engine,  # rules
         )
 
     supervisor = ListenSupervisor(
@@ -102,7 +116,17 @@ def create_app(
         maintain_interval=settings.listen_lease_seconds / 3,
     )
     calls = CallService(db, vapi, settings, supervisor)
-    webhooks = WebhookService(db, supervisor, metrics)
+    rule_engine = RuleEngine(db, calls.inject, metrics, file_rules=file_rules)  # rules
+    rules = RuleService(db, rule_engine)  # rules
+    webhooks = WebhookService(db, supervisor, metrics, rules=rule_engine)
+    # Outbound webhooks: the worker owns its own HTTP client (receivers are untrusted; not Vapi's pool).
+    deliveries = DeliveryWorker(
+        db,
+        metrics=metrics,
+        allow_private=settings.webhook_allow_private,
+        policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
+    )
+    webhook_endpoints = WebhookEndpointService(db, allow_private=settings.webhook_allow_private)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -111,7 +135,10 @@ def create_app(
                 "NO WEBHOOK SECRET CONFIGURED: anyone who can reach /webhooks/vapi can forge call events; "
                 "set SWITCHBOARD_WEBHOOK_SECRET"
             )
+        await rule_engine.start()  # rules: before listen sessions, whose events it observes
+        await webhooks.start()
         await supervisor.start()
+        await deliveries.start()  # outbound webhooks
         log.info(
             "switchboard started",
             listen_sessions=supervisor.active,
@@ -120,7 +147,10 @@ def create_app(
         try:
             yield
         finally:
+            await webhooks.close()
             await supervisor.close(settings.shutdown_timeout_seconds)
+            await rule_engine.close(settings.shutdown_timeout_seconds)  # rules
+            await deliveries.close(settings.shutdown_timeout_seconds)  # outbound webhooks
             if owns_http_client:
                 await http.aclose()
             await storage.close()
@@ -130,7 +160,15 @@ def create_app(
     api = Router(
         path="/",
         guards=[require_scope],
-        route_handlers=[CallController, RecordingController, list_recordings, live_listen],
+        route_handlers=[
+            CallController,
+            RecordingController,
+            list_recordings,
+            WebhookEndpointController,  # outbound webhooks
+            RuleController,  # rules
+            FiringController,  # rules
+            live_listen,
+        ],
     )
     app = Litestar(
         route_handlers=[api, VapiWebhookController, HealthController, MetricsController],
@@ -144,11 +182,14 @@ def create_app(
             "metrics": _constant(metrics),
             "idempotency": _constant(IdempotencyService(db)),
             "supervisor": _constant(supervisor),
+            "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
+            "rules": _constant(rules),  # rules
         },
         state=State(
             {
                 "api_keys": api_keys,
                 "supervisor": supervisor,
+                "deliveries": deliveries,  # outbound webhooks
                 "db": db,
             }
         ),

@@ -109,6 +109,27 @@ def _simulate(args: argparse.Namespace, _settings: Settings | None) -> int:
     return 0
 
 
+def _rules_check(args: argparse.Namespace, _settings: Settings | None) -> int:
+    """Print each rule's compiled form (JSON) on standard output, or every error on standard error."""
+    from service.rules.files import parse_rules_text
+
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"switchboard: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    rules, errors = parse_rules_text(text, source=str(path))
+    if errors:
+        for error in errors:
+            print(f"{path}:{error.line or '?'}: {error.without_line()}", file=sys.stderr)
+        print(f"{len(errors)} error(s) in {path}", file=sys.stderr)
+        return 1
+    print(json.dumps({"rules": [rule.compiled_form() for rule in rules]}, indent=2))
+    print(f"{len(rules)} rule(s) OK", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--pace", type=float, default=1.0, help="audio speed: 1 = real time, 10 = ten times faster")
     simulate.add_argument("--talk-seconds", type=float, default=None, help="how long each call talks")
     simulate.set_defaults(handler=_simulate, needs_settings=False)
+
+    rules = commands.add_parser("rules", help="work with rules files")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_commands.add_parser("check", help="validate a rules file: compiled form, or errors with lines")
+    check.add_argument("file", help="the YAML rules file")
+    check.set_defaults(handler=_rules_check, needs_settings=False)
     return parser
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +57,12 @@ class AuthenticationError(DomainError):
     status_code = 401
     slug = "unauthenticated"
     title = "Authentication required"
+
+
+class ServiceUnavailableError(DomainError):
+    status_code = 503
+    slug = "unavailable"
+    title = "Temporarily unavailable"
 
 
 class UpstreamError(DomainError):
@@ -102,6 +111,22 @@ def problem_body(exc: DomainError) -> dict[str, Any]:
     }
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached right now (restart, failover, network)."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | SQLAlchemyTimeoutError):
+        return True
+    if isinstance(
+        exc,
+        ConnectionError
+        | asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.ObjectNotInPrerequisiteStateError
+        | asyncpg.exceptions.AdminShutdownError,
+    ):
+        return True
+    return exc.__cause__ is not None and database_unavailable(exc.__cause__)
+
+
 def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """The one exception handler: every 4xx/5xx leaves the service as a problem document."""
     if isinstance(exc, DomainError):
@@ -119,6 +144,12 @@ def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response
         response = problem(status, slug, title, str(exc.detail), **extra)
         if exc.headers:
             response.headers.update(exc.headers)
+        return response
+    if database_unavailable(exc):
+        log.warning("database unavailable", path=request.url.path, error=type(exc).__name__)
+        detail = "the database cannot be reached; retry shortly"
+        response = problem(503, "unavailable", "Temporarily unavailable", detail)
+        response.headers["Retry-After"] = "5"
         return response
     log.exception("unhandled error", path=request.url.path)
     return problem(500, "internal-error", "Internal error", "an unexpected error occurred; it has been logged")

@@ -53,6 +53,51 @@ class Metrics:
             "switchboard_fanout_listeners_dropped", "Fan-out listeners dropped for being too slow", registry=r
         )
         self.webhooks = Counter("switchboard_webhooks", "Vapi server messages received", ["type"], registry=r)
+        # Outbound webhooks (service.deliveries).
+        self.webhook_deliveries = Counter(
+            "switchboard_webhook_deliveries", "Outbound webhook deliveries finished", ["outcome"], registry=r
+        )
+        self.webhook_attempts = Counter(
+            "switchboard_webhook_delivery_attempts", "Outbound webhook HTTP attempts", ["result"], registry=r
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "switchboard_webhook_delivery_attempt_seconds",
+            "Time of one outbound webhook attempt, from the URL check to the response",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+
+        # Rules (service.rules).
+        self.rule_firings = Counter(
+            "switchboard_rule_firings",
+            "Rule firings by outcome: scheduled, fired, failed, skipped, duplicate (stopped by the exactly-once key)",
+            ["rule", "status"],
+            registry=r,
+        )
+        self.rule_failures = Counter(
+            "switchboard_rule_failures", "Rule firings whose control message failed", ["reason"], registry=r
+        )
+        self.rule_fire_seconds = Histogram(
+            "switchboard_rule_fire_seconds",
+            "From a committed milestone to the control POST answered (immediate rules)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.rule_lateness_seconds = Histogram(
+            "switchboard_rule_lateness_seconds",
+            "How late a timed firing (delay, call.elapsed, user.silent) was answered after its due time",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0),
+            registry=r,
+        )
+        self.rule_condition_errors = Counter(
+            "switchboard_rule_condition_errors",
+            "Rule conditions that failed at run time (taken as false)",
+            ["rule"],
+            registry=r,
+        )
+        self.rule_events_dropped = Counter(
+            "switchboard_rule_events_dropped", "Milestones dropped because the rule queue was full", registry=r
+        )
 
     def track_active_sessions(self, count: Callable[[], int]) -> None:
         self.listen_sessions_active.set_function(count)

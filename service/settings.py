@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PositiveFloat, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.deliveries.retry import DEFAULT_MAX_AGE_SECONDS, DEFAULT_RETRY_DELAYS
 
 STORAGE_SCHEMES = ("file", "memory", "s3")
 
@@ -54,6 +56,10 @@ class Settings(BaseSettings):
     listen_lease_seconds: float = Field(default=6.0, ge=1)
     listen_max_frame_bytes: int = Field(default=1024 * 1024, gt=0)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Outbound webhooks: seconds before each retry (JSON list; the last step repeats, with full jitter)
+    # until a delivery is this old, then it is abandoned.
+    webhook_retry_delays: tuple[PositiveFloat, ...] = Field(default=DEFAULT_RETRY_DELAYS, min_length=1)
+    webhook_retry_max_age_seconds: float = Field(default=DEFAULT_MAX_AGE_SECONDS, gt=0)
 
     @field_validator("database_url")
     @classmethod

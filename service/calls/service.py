@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import ColumnElement, Select, cast, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -18,9 +22,10 @@ from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events, list_events
 from service.calls.redact import redact
 from service.calls.schemas import CallCreate, ControlIn, SayIn
-from service.calls.tracking import lock_or_create_call, merge_vapi_call
+from service.calls.tracking import announce_status, lock_or_create_call, merge_vapi_call
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, Injection, utcnow
+from service.deliveries.outbox import enqueue
 from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.settings import Settings
@@ -50,6 +55,8 @@ REQUIRED_SERVER_MESSAGES = ("status-update", "end-of-call-report", "speech-updat
 FINAL_TRANSCRIPTS = 'transcript[transcriptType="final"]'
 # First pause before retrying a control POST whose connection was refused (doubles per attempt).
 CONTROL_RETRY_SECONDS = 0.1
+# What the caller of ``inject`` records in the injection's transaction (rules: the firing's outcome).
+Journal = Callable[[AsyncSession, Injection], Awaitable[list[NewEvent]]]
 
 
 def build_vapi_request(body: CallCreate, settings: Settings) -> dict[str, Any]:
@@ -92,7 +99,7 @@ class CallFilters:
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
 
-    def apply(self, query: Select[Any]) -> Select[Any]:
+    def apply(self, query: Select[Any], *, postgresql: bool) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""
         if self.status:
             query = query.where(Call.status == self.status)
@@ -105,8 +112,30 @@ class CallFilters:
         if self.created_before:
             query = query.where(Call.created_at < self.created_before)
         for key, value in self.metadata.items():
-            query = query.where(Call.call_metadata[key].as_string() == value)
+            query = query.where(metadata_matches(key, value, postgresql=postgresql))
         return query
+
+
+def metadata_matches(key: str, value: str, *, postgresql: bool) -> ColumnElement[bool]:
+    """``metadata.<key>`` equals ``value`` (as text: ``42`` matches both ``"42"`` and ``42``).
+
+    On PostgreSQL this is JSONB containment, which the GIN index ``ix_call_metadata`` serves; a value
+    that reads as a JSON number or boolean also matches that typed value. SQLite compares
+    ``json_extract`` text, a scan over the candidate rows.
+    """
+    candidates: list[Any] = [value]
+    with contextlib.suppress(ValueError):
+        typed = json.loads(value)
+        if isinstance(typed, int | float | bool):
+            candidates.append(typed)
+    if postgresql:
+        return or_(*(Call.call_metadata.op("@>")(cast({key: candidate}, JSONB)) for candidate in candidates))
+    # SQLite's -> gives the value as JSON text: compare it with each candidate's JSON form.
+    as_json = Call.call_metadata.op("->")(f'$."{key}"')
+    return as_json.in_([json.dumps(candidate) for candidate in candidates])
+
+
+METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 def metadata_filters(query_params: Mapping[str, str]) -> dict[str, str]:
@@ -115,8 +144,11 @@ def metadata_filters(query_params: Mapping[str, str]) -> dict[str, str]:
     for name, value in query_params.items():
         if name.startswith("metadata."):
             key = name.removeprefix("metadata.")
-            if not key or len(key) > 100:
-                raise InvalidInputError(f"bad metadata filter {name!r}: use metadata.<key>=<value>")
+            if not METADATA_KEY.fullmatch(key):
+                raise InvalidInputError(
+                    f"bad metadata filter {name!r}: use metadata.<key>=<value>, the key made of letters, "
+                    "digits, - and _ (at most 100)"
+                )
             filters[key] = value
     return filters
 
@@ -134,13 +166,15 @@ class CallService:
         """Create the call at Vapi, then track it. Vapi failing means nothing is written here."""
         vapi_call = await self._vapi.create_call(build_vapi_request(body, self._settings))
         async with self._db.write() as session:
-            call, _ = await lock_or_create_call(session, vapi_call["id"], origin="api")
+            call, created = await lock_or_create_call(session, vapi_call["id"], origin="api")
+            before = None if created else call.status
             merge_vapi_call(call, vapi_call)
             call.origin = "api"
             call.customer = {**call.customer, **msgspec.to_builtins(body.customer)}
             call.customer_number = body.customer.number
             call.call_metadata = dict(body.metadata)
             await append_events(session, call.id, [NewEvent("switchboard", "call.created", redact(vapi_call))])
+            await announce_status(session, call, before)
         log.info("call placed", call_id=call.id, status=call.status)
         if call.listen_url and call_status.is_live(call.status):
             self._supervisor.ensure_listening(call.id)
@@ -157,7 +191,7 @@ class CallService:
         self, filters: CallFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Call], str | None]:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
-        query = filters.apply(select(Call).options(selectinload(Call.recording)))
+        query = filters.apply(select(Call).options(selectinload(Call.recording)), postgresql=not self._db.is_sqlite)
         if cursor:
             parts = decode_cursor(cursor)
             try:
@@ -205,9 +239,10 @@ class CallService:
         """Bring the stored call in line with Vapi's ``GET /call/{id}`` (webhooks can be lost); its status."""
         vapi_call = await self._vapi.get_call(call_id)
         async with self._db.write() as session:
-            call, _ = await lock_or_create_call(session, call_id, origin="import")
+            call, created = await lock_or_create_call(session, call_id, origin="import")
             before = call.status
             merge_vapi_call(call, vapi_call)
+            await announce_status(session, call, None if created else before)
             if call.status != before:
                 await append_events(
                     session,
@@ -229,7 +264,9 @@ class CallService:
             raise
         async with self._db.write() as session:
             call, created = await lock_or_create_call(session, vapi_call["id"], origin="import")
+            before = None if created else call.status
             merge_vapi_call(call, vapi_call)
+            await announce_status(session, call, before)
             kind = "call.imported" if created else "call.refreshed"
             await append_events(session, call.id, [NewEvent("switchboard", kind, redact(vapi_call))])
         if call.listen_url and call_status.is_live(call.status):
@@ -244,14 +281,27 @@ class CallService:
         """Any other control message (add-message, control, end-call, transfer, append-context)."""
         return await self.inject(call_id, msgspec.to_builtins(body), origin="api")
 
-    async def inject(self, call_id: str, message: dict[str, Any], *, origin: str, attempts: int = 1) -> Injection:
+    async def inject(
+        self,
+        call_id: str,
+        message: dict[str, Any],
+        *,
+        origin: str,
+        attempts: int = 1,
+        journal: Journal | None = None,
+        call: Call | None = None,
+    ) -> Injection:
         """POST a control message to the live call and journal it (``Injection`` + timeline event).
 
         With ``attempts`` > 1 (rules), only a refused connection is retried, briefly: that request surely
         did not arrive. Any other failure is final, because control messages are not idempotent.
+        ``journal`` (rules) records the caller's own outcome in the same transaction and returns the
+        timeline events to append with the injection's; ``call`` (rules) is the row the caller has just
+        read or committed, which saves a read on the latency-critical path.
         """
-        async with self._db.read() as session:
-            call = await self._require_call(session, call_id)
+        if call is None or call.id != call_id:
+            async with self._db.read() as session:
+                call = await self._require_call(session, call_id)
         if not call_status.is_live(call.status) or not call.control_url:
             raise ConflictError(f"call {call_id!r} is not live (status {call.status}); nothing was sent")
         error: str | None = None
@@ -281,7 +331,12 @@ class CallService:
             await session.flush()
             event_type = "injection.failed" if error else "injection.sent"
             payload = {"injectionId": str(injection.id), "message": message, "error": error}
-            await append_events(session, call_id, [NewEvent("switchboard", event_type, payload)])
+            events = [NewEvent("switchboard", event_type, payload)]
+            if journal is not None:  # rules: the firing's outcome, in the same transaction
+                events += await journal(session, injection)
+            await append_events(session, call_id, events)
+            if error:
+                await enqueue(session, "injection.failed", {"callId": call_id, "origin": origin, **payload})
         log.info(
             "control message sent" if not error else "control message failed", call_id=call_id, type=message["type"]
         )

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
 from service.db.models import Call
+from service.deliveries.outbox import enqueue
 
 
 def parse_timestamp(value: Any) -> dt.datetime | None:
@@ -44,6 +45,30 @@ def _metadata(vapi_call: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def call_summary(call: Call) -> dict[str, Any]:
+    """The call as outbound webhooks carry it (no monitor URLs: they are capabilities)."""
+    return {
+        "id": call.id,
+        "status": call.status,
+        "endedReason": call.ended_reason,
+        "assistantId": call.assistant_id,
+        "customer": call.customer or {},
+        "metadata": call.call_metadata or {},
+        "startedAt": call.started_at.isoformat() if call.started_at else None,
+        "endedAt": call.ended_at.isoformat() if call.ended_at else None,
+    }
+
+
+async def announce_status(session: AsyncSession, call: Call, before: str | None) -> None:
+    """Outbound webhooks for a call first seen or moved to another status, in the caller's transaction."""
+    if before is None:
+        await enqueue(session, "call.created", call_summary(call))
+    elif call.status != before:
+        await enqueue(session, "call.status_changed", {**call_summary(call), "previousStatus": before})
+    if call.status == "ended" and before != "ended":
+        await enqueue(session, "call.ended", call_summary(call))
+
+
 def merge_vapi_call(call: Call, vapi_call: dict[str, Any]) -> None:
     """Copy what a Vapi Call object knows onto the stored call, never moving status backwards."""
     for attribute, key in (("type", "type"), ("assistant_id", "assistantId"), ("phone_number_id", "phoneNumberId")):
@@ -51,15 +76,19 @@ def merge_vapi_call(call: Call, vapi_call: dict[str, Any]) -> None:
             setattr(call, attribute, vapi_call[key])
     customer = vapi_call.get("customer")
     if isinstance(customer, dict) and customer:
-        call.customer = {**(call.customer or {}), **customer}
-        if isinstance(customer.get("number"), str):
+        merged = {**(call.customer or {}), **customer}
+        if merged != call.customer:  # most messages repeat it: no UPDATE for nothing
+            call.customer = merged
+        if isinstance(customer.get("number"), str) and customer["number"] != call.customer_number:
             call.customer_number = customer["number"]
     if not call.call_metadata:
         call.call_metadata = _metadata(vapi_call)
     monitor = vapi_call.get("monitor")
     if isinstance(monitor, dict):
-        call.listen_url = monitor.get("listenUrl") or call.listen_url
-        call.control_url = monitor.get("controlUrl") or call.control_url
+        if monitor.get("listenUrl") and monitor["listenUrl"] != call.listen_url:
+            call.listen_url = monitor["listenUrl"]
+        if monitor.get("controlUrl") and monitor["controlUrl"] != call.control_url:
+            call.control_url = monitor["controlUrl"]
     plan = _monitor_plan(vapi_call)
     if plan:
         call.listen_auth = bool(plan.get("listenAuthenticationEnabled", call.listen_auth))
@@ -85,6 +114,24 @@ def apply_status(call: Call, incoming: str, *, at: dt.datetime | None) -> bool:
     return True
 
 
+async def lock_or_create_calls(session: AsyncSession, call_ids: list[str]) -> tuple[dict[str, Call], set[str]]:
+    """The rows of ``call_ids``, locked for this transaction (in id order, so that concurrent batches
+    cannot deadlock), created empty where missing; and the ids that were created here."""
+    wanted = sorted(set(call_ids))
+    postgresql = session.bind.dialect.name == "postgresql"
+    query = select(Call).where(Call.id.in_(wanted)).order_by(Call.id).execution_options(populate_existing=True)
+    if postgresql:
+        query = query.with_for_update()
+    calls = {call.id: call for call in (await session.scalars(query)).all()}
+    created: set[str] = set()
+    for call_id in wanted:
+        if call_id not in calls:
+            calls[call_id], first = await lock_or_create_call(session, call_id, origin="webhook")
+            if first:
+                created.add(call_id)
+    return calls, created
+
+
 async def lock_or_create_call(session: AsyncSession, call_id: str, *, origin: str) -> tuple[Call, bool]:
     """The call row, locked for this transaction, created (empty) if it did not exist.
 
@@ -92,12 +139,15 @@ async def lock_or_create_call(session: AsyncSession, call_id: str, *, origin: st
     the call's first webhook) converge on one row instead of failing.
     """
     dialect = session.bind.dialect.name
+    query = select(Call).where(Call.id == call_id).execution_options(populate_existing=True)
+    if dialect == "postgresql":
+        query = query.with_for_update()
+    # Most messages are about a call already stored: one locking read, no insert attempt.
+    call = (await session.scalars(query)).one_or_none()
+    if call is not None:
+        return call, False
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(Call).values(id=call_id, origin=origin, status="queued").on_conflict_do_nothing()
     result = await session.execute(statement)
     created = bool(result.rowcount)  # type: ignore[attr-defined]  # a CursorResult for inserts
-    query = select(Call).where(Call.id == call_id).execution_options(populate_existing=True)
-    if dialect == "postgresql":
-        query = query.with_for_update()
-    call = (await session.scalars(query)).one()
-    return call, created
+    return (await session.scalars(query)).one(), created

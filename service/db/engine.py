@@ -8,6 +8,8 @@ On PostgreSQL both handles share one engine.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+_in_write: contextvars.ContextVar[bool] = contextvars.ContextVar("in_sqlite_write", default=False)
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
@@ -62,13 +65,28 @@ class Database:
             self.write_engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
             self.read_engine = self.write_engine
         self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        """One write transaction: committed when the block exits normally, rolled back otherwise."""
-        async with self._write_sessions() as session, session.begin():
-            yield session
+        """One write transaction: committed when the block exits normally, rolled back otherwise.
+
+        On SQLite only one writer can proceed anyway; queueing writers on an asyncio lock instead of
+        in SQLite's busy handler (which sleeps and polls) keeps the latency tail short.
+        """
+        if self._write_lock is None:
+            async with self._write_sessions() as session, session.begin():
+                yield session
+            return
+        if _in_write.get():
+            raise RuntimeError("nested write transaction: it would wait for itself on SQLite")
+        token = _in_write.set(True)
+        try:
+            async with self._write_lock, self._write_sessions() as session, session.begin():
+                yield session
+        finally:
+            _in_write.reset(token)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

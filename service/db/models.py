@@ -57,11 +57,19 @@ class Call(TimestampedMixin, DefaultBase):
         back_populates="call", uselist=False, lazy="noload", cascade="all, delete-orphan"
     )
 
+    # Every list query is "filter, newest first": each filter's index ends with the sort key, so a
+    # page is an index range scan, never a sort of all matches.
     __table_args__ = (
         Index("ix_call_created_at_id", "created_at", "id"),
-        Index("ix_call_status", "status"),
-        Index("ix_call_customer_number", "customer_number"),
-        Index("ix_call_assistant_id", "assistant_id"),
+        Index("ix_call_status_created_at", "status", "created_at", "id"),
+        Index("ix_call_customer_number_created_at", "customer_number", "created_at", "id"),
+        Index("ix_call_assistant_id_created_at", "assistant_id", "created_at", "id"),
+        Index(
+            "ix_call_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ).ddl_if(dialect="postgresql"),
     )
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import or_, select, update
 
 from service.calls import status as call_status
 from service.db.engine import Database
-from service.db.models import Call, utcnow
+from service.db.models import Call, Recording, utcnow
 
 
 def replica_id() -> str:
@@ -71,15 +71,18 @@ class LeaseKeeper:
                 .execution_options(synchronize_session=False)
             )
 
-    async def unowned_live_calls(self, limit: int = 500) -> list[str]:
-        """Live calls with a listen URL that nobody records (never leased, released, or expired)."""
+    async def unowned_calls(self, limit: int = 500) -> list[str]:
+        """Calls that need a session and that nobody holds (never leased, released, or expired):
+        live calls with a listen URL, and ended calls whose recording was never finalised (their
+        session crashed or their replica died after the end)."""
         now = utcnow()
+        unfinished = select(Recording.call_id).where(Recording.status == "recording")
         async with self._db.read() as session:
             rows = await session.scalars(
                 select(Call.id)
                 .where(
-                    Call.status.in_(call_status.LIVE),
                     Call.listen_url.is_not(None),
+                    or_(Call.status.in_(call_status.LIVE), Call.id.in_(unfinished)),
                     or_(Call.listen_owner.is_(None), Call.listen_lease_until < now),
                 )
                 .order_by(Call.created_at)

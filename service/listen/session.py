@@ -11,17 +11,15 @@ a bounded buffer and are written when the database is back.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
 
@@ -29,6 +27,7 @@ from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events
 from service.db.engine import Database
 from service.db.models import Call
+from service.errors import database_unavailable
 from service.listen.relay import LiveRelay
 from service.listen.writer import RecordingWriter
 from service.metrics import Metrics
@@ -36,7 +35,11 @@ from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage
 from service.vapi.client import VapiClient
 
+if TYPE_CHECKING:
+    from service.rules.engine import RuleEngine
+
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
@@ -102,8 +105,10 @@ class ListenSession:
         metrics: Metrics,
         relay: LiveRelay,
         reconcile: Callable[[str], Awaitable[str | None]],
+        rules: RuleEngine | None = None,
     ) -> None:
         self.call_id = call_id
+        self._rules = rules
         self._db = db
         self._storage = storage
         self._recordings = recordings
@@ -115,7 +120,8 @@ class ListenSession:
         self._ended = asyncio.Event()
         self._stopping = asyncio.Event()
         self._answered = False
-        self._pending: collections.deque[NewEvent] = collections.deque(maxlen=PENDING_EVENTS_LIMIT)
+        self._pending: list[NewEvent] = []
+        self._flushing = asyncio.Lock()
         self._storage_error: str | None = None
         self._audio_seen = False
 
@@ -143,7 +149,13 @@ class ListenSession:
     async def _run(self) -> None:
         async with self._db.read() as session:
             call = await session.get(Call, self.call_id)
-        if call is None or not call.listen_url or call.status == "ended":
+        if call is None or not call.listen_url:
+            return
+        if call.status == "ended":
+            # A session that crashed, or a replica that died, may have left the recording open.
+            if await self._recordings.is_open(self.call_id):
+                self._ended.set()
+                await self._finish(None)
             return
         self._answered = call.status in call_status.ANSWERED
         listen_url = call.listen_url
@@ -178,7 +190,7 @@ class ListenSession:
         await self._finish(error or self._storage_error)
 
     async def _finish(self, error: str | None) -> None:
-        recording = await self._recordings.finalize(self.call_id, error=error)
+        recording = await self._persist(lambda: self._recordings.finalize(self.call_id, error=error), "finalize")
         if error:
             self._metrics.listen_failures.labels(reason="gave-up").inc()
             log.warning("listen session ended with an error", call_id=self.call_id, reason=error)
@@ -206,8 +218,13 @@ class ListenSession:
         while time.monotonic() < deadline:
             if await self._wait(self._ended, min(0.5, deadline - time.monotonic())):
                 return True
-            async with self._db.read() as session:
-                status = await session.scalar(select(Call.status).where(Call.id == self.call_id))
+            try:
+                async with self._db.read() as session:
+                    status = await session.scalar(select(Call.status).where(Call.id == self.call_id))
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                continue
             if status == "ended":
                 self._ended.set()
                 return True
@@ -255,12 +272,15 @@ class ListenSession:
 
     async def _record(self, socket: ClientConnection, *, gap_seconds: float | None) -> Outcome:
         """Pump one connection into a new segment."""
-        segment = await self._recordings.open_segment(
-            self.call_id,
-            sample_rate=self._config.sample_rate,
-            channels=self._config.channels,
-            gap_seconds=gap_seconds,
-            gap_reason="listen socket dropped" if gap_seconds is not None else "not recorded (restart or takeover)",
+        segment = await self._persist(
+            lambda: self._recordings.open_segment(
+                self.call_id,
+                sample_rate=self._config.sample_rate,
+                channels=self._config.channels,
+                gap_seconds=gap_seconds,
+                gap_reason="listen socket dropped" if gap_seconds is not None else "not recorded (restart or takeover)",
+            ),
+            "open segment",
         )
         if segment.gap_seconds > 0:
             self._metrics.listen_gaps.inc()
@@ -284,10 +304,14 @@ class ListenSession:
         finally:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
+            await socket.close()  # whatever ended the loop, never leave the upstream connection open
             await writer.close()
             self._audio_seen = self._audio_seen or writer.bytes_received > 0
             self._storage_error = self._storage_error or writer.error
-            await self._recordings.close_segment(segment, size=writer.bytes_written, sha256=writer.sha256)
+            await self._persist(
+                lambda: self._recordings.close_segment(segment, size=writer.bytes_written, sha256=writer.sha256),
+                "close segment",
+            )
         if self._stopping.is_set():
             return "stopped"
         return "idle" if idle.is_set() else outcome
@@ -320,28 +344,48 @@ class ListenSession:
                 break
         await socket.close()
 
+    async def _persist(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+        """Recording bookkeeping that must reach the database: retried while it is unavailable."""
+        deadline = time.monotonic() + self._config.connect_timeout
+        attempt = 0
+        while True:
+            try:
+                return await operation()
+            except Exception as exc:
+                if not database_unavailable(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("database unavailable, retrying", call_id=self.call_id, operation=what)
+            await asyncio.sleep(0.1 + backoff_delay(attempt))
+            attempt += 1
+
     async def _journal(self, kind: str, payload: dict[str, Any]) -> None:
         await self._journal_event(NewEvent("switchboard", kind, payload))
 
     async def _journal_event(self, event: NewEvent) -> None:
-        """Store an event now, or buffer it (bounded) while the database is unavailable."""
+        """Store an event now, or buffer it (bounded) while the database is unavailable.
+
+        While a write is in flight, new events only join the buffer: the writer takes them on its
+        next pass, so text frames arriving in a burst share one transaction.
+        """
         self._pending.append(event)
-        await self._flush_pending()
+        if not self._flushing.locked():
+            await self._flush_pending()
 
     async def _flush_pending(self) -> None:
-        if not self._pending:
-            return
-        events = list(self._pending)
-        try:
-            async with self._db.write() as session:
-                await append_events(session, self.call_id, events)
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning(
-                "events buffered: database unavailable",
-                call_id=self.call_id,
-                pending=len(events),
-                error=type(exc).__name__,
-            )
-            return
-        for _ in events:
-            self._pending.popleft()
+        async with self._flushing:
+            while self._pending:
+                events, self._pending = self._pending, []
+                try:
+                    async with self._db.write() as session:
+                        rows = await append_events(session, self.call_id, events)
+                except Exception as exc:  # whatever the database says, the recording goes on; retried each second
+                    self._pending = (events + self._pending)[-PENDING_EVENTS_LIMIT:]
+                    log.warning(
+                        "events buffered: database unavailable",
+                        call_id=self.call_id,
+                        pending=len(self._pending),
+                        error=type(exc).__name__,
+                    )
+                    return
+                if self._rules is not None:  # rules: committed text-frame events; queues work, never blocks
+                    self._rules.observe(self.call_id, rows)

@@ -132,7 +132,7 @@ class ListenSupervisor:
                 session.stop()
 
     async def _adopt_unowned(self) -> None:
-        for call_id in await self._leases.unowned_live_calls():
+        for call_id in await self._leases.unowned_calls():
             self.ensure_listening(call_id)
 
     async def wait_idle(self, call_id: str, timeout: float) -> None:

@@ -129,7 +129,9 @@ async def _stored_range(
         carry = data[whole:]
         mono = extract_channel(data[:whole], channel, channels)
         if skip:
-            mono, skip = mono[skip:], 0
+            # The start may fall inside a sample; chunks may hold no whole frame yet.
+            cut = min(skip, len(mono))
+            mono, skip = mono[cut:], skip - cut
         mono = mono[:wanted]
         wanted -= len(mono)
         if mono:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import selectinload
 from service.calls.service import CallFilters
 from service.db.engine import Database
 from service.db.models import Call, Recording, RecordingSegment, utcnow
+from service.deliveries.outbox import enqueue
 from service.errors import InvalidInputError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
@@ -110,6 +111,12 @@ class RecordingService:
             await session.flush()
             return OpenSegment(recording.id, segment.id, index, segment.storage_key, gap_bytes / byte_rate)
 
+    async def is_open(self, call_id: str) -> bool:
+        """Whether the call has a recording that was never finalised."""
+        async with self._db.read() as session:
+            status = await session.scalar(select(Recording.status).where(Recording.call_id == call_id))
+        return status == "recording"
+
     async def set_format(self, call_id: str, *, sample_rate: int, channels: int) -> bool:
         """Adopt a format the listen socket announced, as long as no audio has been stored yet."""
         async with self._db.write() as session:
@@ -154,6 +161,20 @@ class RecordingService:
                 recording.status = "completed"
             recording.error = error
             recording.completed_at = utcnow()
+            byte_rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
+            await enqueue(
+                session,
+                "recording.completed",
+                {
+                    "callId": call_id,
+                    "status": recording.status,
+                    "bytes": recording.bytes,
+                    "durationSeconds": round(recording.bytes / byte_rate, 3),
+                    "sha256": recording.sha256,
+                    "gaps": recording.gaps,
+                    "error": error,
+                },
+            )
             return recording
 
     async def _checksum(self, segments: list[RecordingSegment]) -> str:
@@ -175,7 +196,9 @@ class RecordingService:
         cursor: str | None,
     ) -> tuple[list[tuple[Recording, Call]], str | None]:
         """Recordings across calls, newest first, keyset-paginated on ``(created_at, id)``."""
-        query = filters.apply(select(Recording, Call).join(Call, Recording.call_id == Call.id))
+        query = filters.apply(
+            select(Recording, Call).join(Call, Recording.call_id == Call.id), postgresql=not self._db.is_sqlite
+        )
         if status:
             query = query.where(Recording.status == status)
         if min_duration_seconds is not None:

@@ -2,29 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events
 from service.calls.redact import redact
-from service.calls.tracking import apply_status, lock_or_create_call, merge_vapi_call, parse_timestamp
+from service.calls.tracking import (
+    announce_status,
+    apply_status,
+    lock_or_create_calls,
+    merge_vapi_call,
+    parse_timestamp,
+)
 from service.db.engine import Database
-from service.db.models import CallEvent
-from service.errors import DomainError
+from service.db.models import Call, CallEvent
+from service.errors import DomainError, ServiceUnavailableError
 from service.metrics import Metrics
 
 if TYPE_CHECKING:
     from service.listen.supervisor import ListenSupervisor
+    from service.rules.engine import RuleEngine
 
 log = structlog.get_logger(__name__)
+
+BATCH_MAX = 200
+QUEUE_LIMIT = 10_000
 
 
 class MalformedWebhookError(DomainError):
@@ -64,13 +77,62 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     return message
 
 
-class WebhookService:
-    """Applies one server message in one transaction, then tells the listen supervisor."""
+@dataclass(slots=True)
+class _Received:
+    """A parsed message waiting for the next batch."""
 
-    def __init__(self, db: Database, supervisor: ListenSupervisor, metrics: Metrics) -> None:
+    message: dict[str, Any]
+    vapi_call: dict[str, Any]
+    at: dt.datetime | None
+    key: str
+    done: asyncio.Future[IngestResult]
+
+
+@dataclass(slots=True)
+class _Applied:
+    """What a stored message needs after the commit: notifications and its answer."""
+
+    result: IngestResult
+    call: Call | None = None
+    rows: list[CallEvent] = field(default_factory=list)
+    created: bool = False
+
+
+class WebhookService:
+    """Stores server messages and applies them to calls, many per transaction ("group commit").
+
+    Each request parses and validates its message, queues it and waits. One writer task takes every
+    message waiting (up to ``BATCH_MAX``) and applies them in order in a single transaction: one locking
+    read of the calls involved, one duplicate check, one sequence allocation per call, one insert of all
+    events, one commit. A request is answered only after the commit that stored its message, so an
+    acknowledged webhook is never lost. Under load the batches grow and the per-message cost falls;
+    when idle a batch is one message, as before. If a batch fails, its messages are retried one by one,
+    so a bad message fails alone.
+    """
+
+    def __init__(
+        self, db: Database, supervisor: ListenSupervisor, metrics: Metrics, *, rules: RuleEngine | None = None
+    ) -> None:
         self._db = db
         self._supervisor = supervisor
         self._metrics = metrics
+        self._rules = rules
+        self._queue: asyncio.Queue[_Received] = asyncio.Queue(QUEUE_LIMIT)
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_batches(), name="webhook-writer")
+
+    async def close(self) -> None:
+        """Answer what is queued, then stop the writer (requests still arriving get 503)."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._queue.join()
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
 
     async def ingest(self, raw: bytes) -> IngestResult:
         message = parse_message(raw)
@@ -81,45 +143,116 @@ class WebhookService:
             # Messages not tied to a call (rare: phone-number level requests) have no timeline.
             log.info("webhook without a call ignored", type=kind)
             return IngestResult(stored=False, call_id=None)
-        at = parse_timestamp(message.get("timestamp"))
-        key = dedupe_key(raw)
-        try:
-            return await self._apply(message, vapi_call, at, key)
-        except IntegrityError:
-            # A concurrent duplicate won the race for the unique (call, dedupe key).
-            return IngestResult(stored=False, call_id=vapi_call["id"], duplicate=True)
+        if self._writer is None:
+            raise ServiceUnavailableError("the service is not running its webhook writer (starting or stopping)")
+        done: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        await self._queue.put(
+            _Received(message, vapi_call, parse_timestamp(message.get("timestamp")), dedupe_key(raw), done)
+        )
+        return await done
 
-    async def _apply(
-        self, message: dict[str, Any], vapi_call: dict[str, Any], at: dt.datetime | None, key: str
-    ) -> IngestResult:
-        kind: str = message["type"]
+    async def _write_batches(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH_MAX and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            applied: list[_Applied | BaseException]
+            try:
+                applied = list(await self._apply(batch))
+            except Exception:
+                applied = [await self._apply_alone(item) for item in batch]
+            for _ in batch:
+                self._queue.task_done()
+            for item, outcome in zip(batch, applied, strict=True):
+                if isinstance(outcome, BaseException):
+                    if not item.done.done():
+                        item.done.set_exception(outcome)
+                    continue
+                self._after_commit(outcome)
+                if not item.done.done():
+                    item.done.set_result(outcome.result)
+
+    async def _apply_alone(self, item: _Received) -> _Applied | BaseException:
+        try:
+            return (await self._apply([item]))[0]
+        except IntegrityError:
+            # A concurrent duplicate (another replica) won the race for the unique (call, dedupe key).
+            return _Applied(IngestResult(stored=False, call_id=item.vapi_call["id"], duplicate=True))
+        except Exception as exc:
+            return exc
+
+    async def _apply(self, batch: list[_Received]) -> list[_Applied]:
+        """Apply ``batch`` in order in one transaction."""
+        outcomes: list[_Applied] = []
         async with self._db.write() as session:
-            call, created = await lock_or_create_call(session, vapi_call["id"], origin="webhook")
-            seen = await session.scalar(
-                select(CallEvent.seq).where(CallEvent.call_id == call.id, CallEvent.dedupe_key == key)
-            )
-            if seen is not None:
-                return IngestResult(stored=False, call_id=call.id, seq=seen, duplicate=True)
-            before = call.status
-            merge_vapi_call(call, vapi_call)
-            if kind == "status-update" and isinstance(message.get("status"), str):
-                apply_status(call, message["status"], at=at)
-            if kind in ("status-update", "end-of-call-report") and isinstance(message.get("endedReason"), str):
-                call.ended_reason = message["endedReason"]
-            if kind == "end-of-call-report":
-                apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
-                call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
-            events = [NewEvent("vapi", kind, redact(message), at, dedupe_key=key)]
-            if call.status != before:
-                events.append(NewEvent("switchboard", "call.status_changed", {"from": before, "to": call.status}, at))
-            rows = await append_events(session, call.id, events)
-            call_id, status, listen_url = call.id, call.status, call.listen_url
-        if created:
-            log.info("call tracked from webhook", call_id=call_id, status=status)
-        if status == "ended":
-            self._supervisor.call_ended(call_id)
-        elif listen_url and call_status.is_live(status):
-            self._supervisor.ensure_listening(call_id)
-            if status in call_status.ANSWERED:
-                self._supervisor.call_answered(call_id)
-        return IngestResult(stored=True, call_id=call_id, seq=rows[0].seq)
+            calls, created = await lock_or_create_calls(session, [item.vapi_call["id"] for item in batch])
+            stored = await stored_dedupe_keys(session, [(item.vapi_call["id"], item.key) for item in batch])
+            events: dict[str, list[NewEvent]] = {}
+            owners: list[tuple[_Applied, int, int]] = []
+            for item in batch:
+                call = calls[item.vapi_call["id"]]
+                if (call.id, item.key) in stored:
+                    seq = stored[(call.id, item.key)] or None
+                    outcomes.append(_Applied(IngestResult(stored=False, call_id=call.id, seq=seq, duplicate=True)))
+                    continue
+                stored[(call.id, item.key)] = 0
+                first_sighting = call.id in created
+                created.discard(call.id)
+                before = call.status
+                new_events = apply_message(call, item.message, item.vapi_call, item.at, item.key)
+                await announce_status(session, call, None if first_sighting else before)
+                call_events = events.setdefault(call.id, [])
+                outcome = _Applied(IngestResult(stored=True, call_id=call.id), call=call, created=first_sighting)
+                owners.append((outcome, len(call_events), len(new_events)))
+                call_events.extend(new_events)
+                outcomes.append(outcome)
+            rows = {call_id: await append_events(session, call_id, evs) for call_id, evs in events.items()}
+        for outcome, offset, count in owners:
+            assert outcome.call is not None
+            outcome.rows = rows[outcome.call.id][offset : offset + count]
+            outcome.result = IngestResult(stored=True, call_id=outcome.call.id, seq=outcome.rows[0].seq)
+        return outcomes
+
+    def _after_commit(self, applied: _Applied) -> None:
+        call = applied.call
+        if call is None:
+            return
+        if self._rules is not None:  # rules: committed events only; queues work, never blocks
+            self._rules.observe(call.id, applied.rows, call=call)
+        if applied.created:
+            log.info("call tracked from webhook", call_id=call.id, status=call.status)
+        if call.status == "ended":
+            self._supervisor.call_ended(call.id)
+        elif call.listen_url and call_status.is_live(call.status):
+            self._supervisor.ensure_listening(call.id)
+            if call.status in call_status.ANSWERED:
+                self._supervisor.call_answered(call.id)
+
+
+def apply_message(
+    call: Call, message: dict[str, Any], vapi_call: dict[str, Any], at: dt.datetime | None, key: str
+) -> list[NewEvent]:
+    """Apply one server message to its call; the timeline events it produces."""
+    kind: str = message["type"]
+    before = call.status
+    merge_vapi_call(call, vapi_call)
+    if kind == "status-update" and isinstance(message.get("status"), str):
+        apply_status(call, message["status"], at=at)
+    if kind in ("status-update", "end-of-call-report") and isinstance(message.get("endedReason"), str):
+        call.ended_reason = message["endedReason"]
+    if kind == "end-of-call-report":
+        apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
+        call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
+    events = [NewEvent("vapi", kind, redact(message), at, dedupe_key=key)]
+    if call.status != before:
+        events.append(NewEvent("switchboard", "call.status_changed", {"from": before, "to": call.status}, at))
+    return events
+
+
+async def stored_dedupe_keys(session: AsyncSession, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Which (call, dedupe key) pairs are already stored, with their event's ``seq``."""
+    keys = {key for _, key in pairs}
+    rows = await session.execute(
+        select(CallEvent.call_id, CallEvent.dedupe_key, CallEvent.seq).where(CallEvent.dedupe_key.in_(keys))
+    )
+    return {(call_id, key): seq for call_id, key, seq in rows if (call_id, key) in set(pairs)}

@@ -220,6 +220,13 @@ async def test_metadata_filters(client: AsyncTestClient[Any], vapi: SlowVapi) ->
     page = (await client.get("/v1/calls", params={"metadata.region": "CA", "metadata.crmId": "3"})).json()["data"]
     assert [call["metadata"]["crmId"] for call in page] == ["3"]
     assert (await client.get("/v1/calls", params={"metadata.region": "TX"})).json()["data"] == []
+    typed = {**CALL_BODY, "metadata": {"tier": 3, "vip": True}}
+    assert (await client.post("/v1/calls", json=typed)).status_code == 201
+    assert len((await client.get("/v1/calls", params={"metadata.tier": "3"})).json()["data"]) == 1
+    assert len((await client.get("/v1/calls", params={"metadata.vip": "true"})).json()["data"]) == 1
+    assert (await client.get("/v1/calls", params={"metadata.tier": "4"})).json()["data"] == []
+    bad_key = await client.get("/v1/calls", params={'metadata.a"b': "x"})
+    assert bad_key.status_code == 422
 
 
 async def test_pagination_sees_every_call_once_while_calls_are_inserted(client: AsyncTestClient[Any]) -> None:

@@ -1,0 +1,109 @@
+"""The durable outbox: events become ``webhook_delivery`` rows inside the caller's transaction.
+
+Writing the delivery in the same transaction as the change it reports is what makes delivery
+at-least-once without two-phase anything: if the call update commits, the event is stored with it;
+if it rolls back, no event escapes. The :class:`~service.deliveries.worker.DeliveryWorker` sends the
+rows later, from any replica.
+
+Why no in-memory cache of endpoints: the one SELECT reads a table of a handful of rows inside a
+transaction that is open anyway, and it is exact. A cache would be stale across replicas (an endpoint
+created on replica B would miss events from replica A for the cache's lifetime) and could reference a
+deleted endpoint, whose foreign-key violation would roll back the *caller's* transaction — losing,
+say, a Vapi webhook to save a fraction of a millisecond.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, Final
+
+import uuid_utils
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from service.db.models import WebhookDelivery, WebhookEndpoint, utcnow
+
+EVENT_TYPES: Final = (
+    "call.created",
+    "call.status_changed",
+    "call.ended",
+    "recording.completed",
+    "rule.fired",
+    "injection.failed",
+)
+
+# Set on a session that enqueued deliveries; read (and cleared) when it commits or rolls back.
+_ENQUEUED_FLAG = "switchboard.deliveries.enqueued"
+_wakeup_callbacks: set[Callable[[], None]] = set()
+
+
+def new_message_id() -> str:
+    """The ``webhook-id``: time-ordered (UUIDv7) so ids sort like the events, stable across retries."""
+    return f"msg_{uuid_utils.uuid7().hex}"
+
+
+def event_payload(event_type: str, data: dict[str, Any], at: dt.datetime) -> dict[str, Any]:
+    """The body every endpoint receives, in the Standard Webhooks shape (``type``, ``timestamp``, ``data``)."""
+    return {"type": event_type, "timestamp": at.isoformat().replace("+00:00", "Z"), "data": data}
+
+
+async def enqueue(session: AsyncSession, event_type: str, data: dict[str, Any]) -> int:
+    """Queue ``event_type`` for every enabled endpoint subscribed to it; returns how many deliveries.
+
+    Runs inside the caller's transaction and commits nothing. ``data`` must be JSON-serialisable.
+    On PostgreSQL the endpoints read are share-locked on their keys (``FOR KEY SHARE``) until the
+    caller commits, so an endpoint deleted concurrently cannot break the caller's transaction with a
+    foreign-key violation: the delete waits for the commit and then cascades to the new rows.
+    """
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown webhook event type {event_type!r}; known: {', '.join(EVENT_TYPES)}")
+    rows = await session.execute(
+        select(WebhookEndpoint.id, WebhookEndpoint.events)
+        .where(WebhookEndpoint.enabled.is_(True))
+        .with_for_update(read=True, key_share=True)
+    )
+    endpoint_ids = [endpoint_id for endpoint_id, events in rows if event_type in (events or ())]
+    if not endpoint_ids:
+        return 0
+    now = utcnow()
+    payload = event_payload(event_type, data, now)
+    session.add_all(
+        WebhookDelivery(
+            endpoint_id=endpoint_id,
+            message_id=new_message_id(),
+            event_type=event_type,
+            payload=payload,
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+        )
+        for endpoint_id in endpoint_ids
+    )
+    session.sync_session.info[_ENQUEUED_FLAG] = True
+    return len(endpoint_ids)
+
+
+def subscribe_wakeups(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` after any transaction that enqueued deliveries commits; returns the unsubscriber.
+
+    Lets the worker send a new event within milliseconds instead of at its next poll. Called from
+    SQLAlchemy's ``after_commit`` hook, i.e. on the event loop's thread: the callback must not block.
+    """
+    _wakeup_callbacks.add(callback)
+    return lambda: _wakeup_callbacks.discard(callback)
+
+
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_ENQUEUED_FLAG, False):
+        for callback in list(_wakeup_callbacks):
+            callback()
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_ENQUEUED_FLAG, None)
+
+
+event.listen(Session, "after_commit", _after_commit)
+event.listen(Session, "after_rollback", _after_rollback)

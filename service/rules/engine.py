@@ -1,0 +1,440 @@
+"""The rule engine: turns committed timeline events into firings, exactly once, on time.
+
+Hot path: :meth:`RuleEngine.observe` is called after a webhook or a batch of listen text frames was
+committed. It is synchronous and cheap (a filter over the rows, no I/O) and hands the occurrences to the
+engine's own worker through a bounded queue. The worker evaluates conditions (CEL, one prepared context
+per occurrence shared by every rule) and spawns firing tasks, bounded by a semaphore and owned by the
+engine. Timed firings (``delay``, ``call.elapsed``, ``user.silent``) wait as rows in ``rule_firing``;
+a timer task claims the due ones (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so they survive restarts
+and fire on exactly one replica. Rule changes made through the API (on any replica) are picked up by
+polling a cheap fingerprint of the ``rule`` table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.calls import status as call_status
+from service.calls.events import NewEvent
+from service.db.engine import Database
+from service.db.models import Call, Injection, Rule, RuleFiring, utcnow
+from service.errors import ConflictError, NotFoundError
+from service.metrics import Metrics
+from service.rules import firings
+from service.rules.book import Inject, RuleBook
+from service.rules.conditions import ConditionRuntimeError, make_context
+from service.rules.milestones import (
+    EventLike,
+    Occurrence,
+    call_context,
+    decide_due,
+    occurrences_from_events,
+)
+from service.rules.schema import CompiledRule, RuleSetError, compile_rule
+
+log = structlog.get_logger(__name__)
+
+QUEUE_LIMIT = 10_000
+CLAIM_BATCH = 100
+RELOAD_EVERY_SECONDS = 1.0
+SWEEP_EVERY_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    call_id: str
+    occurrences: list[Occurrence]
+    observed: float  # time.perf_counter() when handed over
+    call: Call | None  # the row as committed with the events, when the caller had it
+
+
+class RuleEngine:
+    """Owner of the rule worker, the timer and every firing task (see module docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        inject: Inject,
+        metrics: Metrics,
+        *,
+        file_rules: Sequence[CompiledRule] = (),
+        poll_interval: float = 0.25,
+        concurrency: int = 64,
+        inject_attempts: int = 3,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._db = db
+        self._inject = inject
+        self._metrics = metrics
+        self._file_rules = tuple(file_rules)
+        self._api_rules: dict[str, CompiledRule] = {}
+        self._book = RuleBook(self._file_rules)
+        self._fingerprint: tuple[int, dt.datetime | None] | None = None
+        self._poll_interval = poll_interval
+        self._slots = asyncio.Semaphore(concurrency)
+        self._inject_attempts = inject_attempts
+        self._clock = clock
+        self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    # -- rule set ------------------------------------------------------------------------------------
+
+    @property
+    def file_rules(self) -> tuple[CompiledRule, ...]:
+        return self._file_rules
+
+    @property
+    def book(self) -> RuleBook:
+        return self._book
+
+    async def refresh(self) -> None:
+        """Reload the rules stored through the API if the table changed (cheap when it did not)."""
+        async with self._db.read() as session:
+            count, latest = (await session.execute(select(func.count(), func.max(Rule.updated_at)))).one()
+            if (count, latest) == self._fingerprint:
+                return
+            rows = list((await session.scalars(select(Rule))).all())
+        api_rules: dict[str, CompiledRule] = {}
+        file_names = {rule.name for rule in self._file_rules}
+        for row in rows:
+            compiled = compile_rule(row.document)
+            if isinstance(compiled, RuleSetError):
+                log.error("stored rule no longer compiles; it is inactive", rule=row.name, errors=str(compiled))
+            elif compiled.name in file_names:
+                log.error("stored rule shadows a rule of the rules file; the file wins", rule=row.name)
+            else:
+                api_rules[compiled.name] = compiled
+        self._api_rules = api_rules
+        self._book = RuleBook([*self._file_rules, *api_rules.values()])
+        self._fingerprint = (count, latest)
+        log.info("rules loaded", file=len(self._file_rules), api=len(api_rules))
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._worker = asyncio.create_task(self._work(), name="rules-worker")
+        self._timer = asyncio.create_task(self._tick(), name="rules-timer")
+
+    async def close(self, timeout: float) -> None:
+        """Refuse new work, stop the worker and the timer, let firing tasks finish, cancel the rest."""
+        self._closing = True
+        for task in (self._worker, self._timer):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._worker, self._timer) if t is not None), return_exceptions=True)
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if pending:
+            log.warning("rule firings cancelled at shutdown", count=len(pending))
+
+    async def _spawn(self, work: Awaitable[None], name: str) -> None:
+        """Run ``work`` as an owned task; waits for a free slot (backpressure on the worker and timer)."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._guard(work, name), name=name)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            self._slots.release()
+
+        task.add_done_callback(done)
+
+    @staticmethod
+    async def _guard(work: Awaitable[None], name: str) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("rule task failed", task=name)
+
+    # -- observing -----------------------------------------------------------------------------------
+
+    def observe(self, call_id: str, events: Iterable[EventLike], *, call: Call | None = None) -> None:
+        """Committed events of one call: queue their milestones for the worker. Never blocks, no I/O.
+
+        ``call``: the row as committed with the events (the webhook path has it), which saves the worker
+        a database read; without it the worker reads the call.
+        """
+        if self._closing or not self._book.by_trigger:
+            return
+        wanted = self._book.by_trigger
+        occurrences = [o for o in occurrences_from_events(call_id, events) if o.milestone in wanted]
+        if not occurrences:
+            return
+        try:
+            self._queue.put_nowait(_Batch(call_id, occurrences, time.perf_counter(), call))
+        except asyncio.QueueFull:
+            self._metrics.rule_events_dropped.inc(len(occurrences))
+            log.warning("rule queue full: milestones dropped", call_id=call_id, count=len(occurrences))
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            try:
+                await self._process(batch)
+            except Exception:  # the database may be briefly away; the next batch may work
+                log.exception("rule evaluation failed", call_id=batch.call_id)
+
+    async def _process(self, batch: _Batch) -> None:
+        """Evaluate a batch (reading the call only when the caller did not hand it over), then hand the
+        firings to owned tasks. Nothing here waits on more than one short read."""
+        call = batch.call
+        if call is None:
+            async with self._db.read() as session:
+                call = await session.get(Call, batch.call_id)
+            if call is None:
+                return
+        call_values = call_context(call)
+        work: list[tuple[Awaitable[None], str]] = []
+        for occurrence in batch.occurrences:
+            context = None
+            for rule in self._book.by_trigger.get(occurrence.milestone, []):
+                name = f"rule:{rule.name}"
+                if rule.milestone == "call.elapsed":
+                    work.append((self._schedule_elapsed(rule, occurrence), name))
+                    continue
+                if rule.milestone == "user.silent":
+                    if occurrence.milestone == "call.answered" or occurrence.event.get("role") == "user":
+                        work.append((self._schedule_silence(rule, occurrence), name))
+                    continue
+                if rule.condition is not None:
+                    context = context or make_context(call_values, occurrence.event)
+                    if not self._condition_holds(rule, context, occurrence.call_id):
+                        continue
+                # A transcript's per-occurrence key needs its ordinal: computed in the firing's transaction.
+                key = "once" if rule.once else (None if occurrence.milestone == "transcript" else occurrence.key)
+                if rule.delay > 0:
+                    due = occurrence.at + dt.timedelta(seconds=rule.delay)
+                    work.append((self._schedule(rule, occurrence, key, due), name))
+                else:
+                    work.append((self._fire_now(rule, occurrence, key, call, call_values, batch.observed), name))
+        for job, name in work:
+            await self._spawn(job, name)
+
+    def _condition_holds(self, rule: CompiledRule, context: Any, call_id: str) -> bool:
+        assert rule.condition is not None
+        try:
+            return rule.condition.evaluate(context)
+        except ConditionRuntimeError as exc:
+            self._metrics.rule_condition_errors.labels(rule=rule.name).inc()
+            log.warning("rule condition failed; taken as false", rule=rule.name, call_id=call_id, error=str(exc))
+            return False
+
+    # -- scheduling ----------------------------------------------------------------------------------
+
+    async def _schedule(
+        self, rule: CompiledRule, occurrence: Occurrence, key: str | None, due: dt.datetime, **extra: Any
+    ) -> None:
+        detail = {"milestone": rule.milestone, "occurrence": occurrence.key, "event": occurrence.event, **extra}
+        async with self._db.write() as session:
+            key = key or await firings.occurrence_key(session, occurrence)
+            firing_id = await firings.insert_firing(
+                session,
+                rule=rule.name,
+                call_id=occurrence.call_id,
+                occurrence=key,
+                status="scheduled",
+                due_at=due,
+                detail=detail,
+            )
+        if firing_id is not None:
+            self._metrics.rule_firings.labels(rule=rule.name, status="scheduled").inc()
+            if due <= self._clock() + dt.timedelta(seconds=self._poll_interval):
+                self._wake.set()
+
+    async def _schedule_elapsed(self, rule: CompiledRule, occurrence: Occurrence) -> None:
+        assert rule.at is not None
+        due = occurrence.at + dt.timedelta(seconds=rule.at + rule.delay)
+        await self._schedule(rule, occurrence, "elapsed", due)
+
+    async def _schedule_silence(self, rule: CompiledRule, occurrence: Occurrence) -> None:
+        """From ``call.answered`` or a user ``speech.stopped``: the silence that starts now."""
+        assert rule.silence is not None
+        since = occurrence.at
+        due = since + dt.timedelta(seconds=rule.silence + rule.delay)
+        key = "once" if rule.once else f"silent:{occurrence.key}"
+        await self._schedule(rule, occurrence, key, due, since=since.isoformat())
+
+    # -- firing --------------------------------------------------------------------------------------
+
+    async def _fire_now(
+        self,
+        rule: CompiledRule,
+        occurrence: Occurrence,
+        key: str | None,
+        call: Call,
+        call_values: dict[str, Any],
+        observed: float,
+    ) -> None:
+        detail = {"milestone": rule.milestone, "occurrence": occurrence.key, "event": occurrence.event}
+        async with self._db.write() as session:
+            key = key or await firings.occurrence_key(session, occurrence)
+            firing_id = await firings.insert_firing(
+                session,
+                rule=rule.name,
+                call_id=occurrence.call_id,
+                occurrence=key,
+                status="firing",
+                due_at=self._clock(),
+                detail=detail,
+            )
+        if firing_id is None:
+            self._metrics.rule_firings.labels(rule=rule.name, status="duplicate").inc()
+            return
+        await self._deliver(firing_id, rule, call, key, call_values, occurrence.event, observed)
+
+    async def _deliver(
+        self,
+        firing_id: uuid.UUID,
+        rule: CompiledRule,
+        call: Call,
+        key: str,
+        call_values: dict[str, Any],
+        event: dict[str, Any],
+        observed: float | None,
+        due_at: dt.datetime | None = None,
+    ) -> None:
+        """Render, POST (through the calls service), and close the firing with its outcome."""
+        call_id = call.id
+        message, missing = rule.render(call_values, event)
+        if missing:
+            log.warning("template fields missing; rendered empty", rule=rule.name, call_id=call_id, fields=missing)
+        base = {"rule": rule.name, "firingId": str(firing_id), "occurrence": key, "milestone": rule.milestone}
+
+        async def journal(session: AsyncSession, injection: Injection) -> list[NewEvent]:
+            fired = injection.status == "sent"
+            await firings.close_firing(
+                session,
+                firing_id,
+                status="fired" if fired else "failed",
+                injection_id=injection.id,
+                error=injection.error,
+            )
+            payload = {**base, "injectionId": str(injection.id), "type": message["type"], "error": injection.error}
+            return [NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)]
+
+        try:
+            injection = await self._inject(
+                call_id, message, origin="rule", attempts=self._inject_attempts, journal=journal, call=call
+            )
+        except (ConflictError, NotFoundError) as exc:
+            await self._skip(firing_id, rule, call_id, exc.detail, base)
+            return
+        except Exception as exc:
+            self._metrics.rule_failures.labels(reason="error").inc()
+            log.exception("rule firing failed", rule=rule.name, call_id=call_id)
+            event_ = NewEvent("switchboard", "rule.failed", {**base, "error": type(exc).__name__})
+            await firings.finish_firing(
+                self._db, firing_id, call_id, status="failed", error=type(exc).__name__, event=event_
+            )
+            return
+        if observed is not None:
+            self._metrics.rule_fire_seconds.observe(time.perf_counter() - observed)
+        if due_at is not None:
+            self._metrics.rule_lateness_seconds.observe(max(0.0, (self._clock() - due_at).total_seconds()))
+        fired = injection.status == "sent"
+        if not fired:
+            self._metrics.rule_failures.labels(reason="injection-failed").inc()
+        self._metrics.rule_firings.labels(rule=rule.name, status="fired" if fired else "failed").inc()
+        log.info("rule fired" if fired else "rule firing failed", rule=rule.name, call_id=call_id, occurrence=key)
+
+    async def _skip(
+        self, firing_id: uuid.UUID, rule: CompiledRule, call_id: str, reason: str, base: dict[str, Any]
+    ) -> None:
+        self._metrics.rule_firings.labels(rule=rule.name, status="skipped").inc()
+        event = NewEvent("switchboard", "rule.skipped", {**base, "reason": reason})
+        await firings.finish_firing(self._db, firing_id, call_id, status="skipped", error=reason, event=event)
+
+    # -- timers --------------------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        last_reload = last_sweep = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.fire_due_timers()
+                now = time.monotonic()
+                if now - last_reload >= RELOAD_EVERY_SECONDS:
+                    last_reload = now
+                    await self.refresh()
+                if now - last_sweep >= SWEEP_EVERY_SECONDS:
+                    last_sweep = now
+                    if stuck := await firings.fail_stuck(self._db, now=self._clock()):
+                        log.warning("interrupted rule firings closed as failed", count=stuck)
+            except Exception as exc:  # the database may be briefly away; timers wait in their rows
+                log.warning("rule timer pass failed", error=type(exc).__name__)
+
+    async def fire_due_timers(self) -> int:
+        """Claim every due firing (this replica only gets rows no other replica holds) and fire them."""
+        total = 0
+        while not self._closing:
+            rows = await firings.claim_due(self._db, now=self._clock(), limit=CLAIM_BATCH)
+            for row in rows:
+                await self._spawn(self._fire_claimed(row), f"rule-timer:{row.rule_name}")
+            total += len(rows)
+            if len(rows) < CLAIM_BATCH:
+                break
+        return total
+
+    async def _fire_claimed(self, row: RuleFiring) -> None:
+        rule = self._book.rules.get(row.rule_name)
+        base = {"rule": row.rule_name, "firingId": str(row.id), "occurrence": row.occurrence}
+        if rule is None:
+            removed = NewEvent("switchboard", "rule.skipped", {**base, "reason": "the rule was removed"})
+            await firings.finish_firing(
+                self._db, row.id, row.call_id, status="skipped", error="the rule was removed", event=removed
+            )
+            return
+        async with self._db.read() as session:
+            call = await session.get(Call, row.call_id)
+            speech = await firings.user_speech(session, row.call_id) if rule.milestone == "user.silent" else []
+        if call is None or not call_status.is_live(call.status):
+            await self._skip(row.id, rule, row.call_id, "the call ended before the firing was due", base)
+            return
+        decision = decide_due(
+            milestone=rule.milestone,
+            detail=dict(row.detail or {}),
+            now=self._clock(),
+            at=rule.at,
+            silence=rule.silence,
+            once=rule.once,
+            speech=speech,
+        )
+        if decision.action == "skip":
+            await self._skip(row.id, rule, row.call_id, decision.reason or "skipped", base)
+            return
+        if decision.action == "wait" and decision.due is not None:
+            await firings.reschedule(self._db, row.id, due_at=decision.due, detail=decision.detail or {})
+            return
+        event = decision.event or {}
+        call_values = call_context(call)
+        evaluate_now = rule.milestone in ("call.elapsed", "user.silent") and rule.condition is not None
+        if evaluate_now and not self._condition_holds(rule, make_context(call_values, event), row.call_id):
+            await self._skip(row.id, rule, row.call_id, "the condition was false when due", base)
+            return
+        await self._deliver(row.id, rule, call, row.occurrence, call_values, event, None, due_at=row.due_at)

@@ -1,0 +1,205 @@
+"""The ``rule_firing`` table: the exactly-once record and the durable timer queue.
+
+A firing row is inserted under the unique ``(rule, call, occurrence)`` key *before* the control POST;
+the insert that loses the race (another replica, the other delivery path, a retry) inserts nothing
+and so never speaks. Due firings are claimed with ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL
+(SQLite's single writer gives the same guarantee), switched to ``firing`` in the claiming transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.calls.events import NewEvent, append_events
+from service.db.engine import Database
+from service.db.models import CallEvent, RuleFiring, utcnow
+from service.rules.milestones import Occurrence, transcript_key
+
+# A firing left in "firing" this long was interrupted (crash, kill -9) after its row was written: whether
+# the POST left is unknown, so it is closed as failed rather than retried (never speak twice).
+STUCK_AFTER = dt.timedelta(seconds=60)
+
+
+async def insert_firing(
+    session: AsyncSession,
+    *,
+    rule: str,
+    call_id: str,
+    occurrence: str,
+    status: str,
+    due_at: dt.datetime,
+    detail: dict[str, Any],
+) -> uuid.UUID | None:
+    """Insert the firing; ``None`` when one exists under the same key (it already fired or is scheduled)."""
+    insert = sqlite_insert if session.bind.dialect.name == "sqlite" else pg_insert
+    statement = (
+        insert(RuleFiring)
+        .values(
+            rule_name=rule,
+            call_id=call_id,
+            occurrence=occurrence,
+            status=status,
+            due_at=due_at,
+            detail=detail,
+        )
+        .on_conflict_do_nothing(index_elements=["rule_name", "call_id", "occurrence"])
+        .returning(RuleFiring.id)
+    )
+    firing_id: uuid.UUID | None = (await session.execute(statement)).scalar_one_or_none()
+    return firing_id
+
+
+async def claim_due(db: Database, *, now: dt.datetime, limit: int) -> list[RuleFiring]:
+    """Claim up to ``limit`` scheduled firings that are due: each is handed to exactly one claimer."""
+    async with db.write() as session:
+        rows = list(
+            (
+                await session.scalars(
+                    select(RuleFiring)
+                    .where(RuleFiring.status == "scheduled", RuleFiring.due_at <= now)
+                    .order_by(RuleFiring.due_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+        )
+        for row in rows:
+            row.status = "firing"
+            row.updated_at = now
+    return rows
+
+
+async def reschedule(db: Database, firing_id: uuid.UUID, *, due_at: dt.datetime, detail: dict[str, Any]) -> None:
+    """Put a claimed firing back in the queue (a ``user.silent`` whose silence was broken)."""
+    async with db.write() as session:
+        await session.execute(
+            update(RuleFiring)
+            .where(RuleFiring.id == firing_id)
+            .values(status="scheduled", due_at=due_at, detail=detail, updated_at=utcnow())
+        )
+
+
+async def close_firing(
+    session: AsyncSession,
+    firing_id: uuid.UUID,
+    *,
+    status: str,
+    injection_id: uuid.UUID | None = None,
+    error: str | None = None,
+) -> None:
+    """Record a firing's outcome (``fired``, ``failed`` or ``skipped``) inside the caller's transaction."""
+    now = utcnow()
+    await session.execute(
+        update(RuleFiring)
+        .where(RuleFiring.id == firing_id)
+        .values(
+            status=status,
+            fired_at=now if status == "fired" else None,
+            injection_id=injection_id,
+            error=error,
+            updated_at=now,
+        )
+    )
+
+
+async def finish_firing(
+    db: Database,
+    firing_id: uuid.UUID,
+    call_id: str,
+    *,
+    status: str,
+    injection_id: uuid.UUID | None = None,
+    error: str | None = None,
+    event: NewEvent | None = None,
+) -> None:
+    """Close a firing in its own transaction and journal it in the call's timeline."""
+    async with db.write() as session:
+        await close_firing(session, firing_id, status=status, injection_id=injection_id, error=error)
+        if event is not None:
+            await append_events(session, call_id, [event])
+
+
+async def fail_stuck(db: Database, *, now: dt.datetime) -> int:
+    """Close firings interrupted between their row and their outcome (see :data:`STUCK_AFTER`)."""
+    async with db.write() as session:
+        result = await session.execute(
+            update(RuleFiring)
+            .where(RuleFiring.status == "firing", RuleFiring.updated_at < now - STUCK_AFTER)
+            .values(status="failed", error="interrupted: the outcome of the control POST is unknown", updated_at=now)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def user_speech(session: AsyncSession, call_id: str, *, limit: int = 50) -> list[tuple[str, dt.datetime]]:
+    """The call's latest user ``speech-update`` events, newest first: ``(status, received_at)``."""
+    rows = await session.execute(
+        select(CallEvent.payload, CallEvent.received_at)
+        .where(CallEvent.call_id == call_id, CallEvent.type == "speech-update")
+        .order_by(CallEvent.seq.desc())
+        .limit(limit)
+    )
+    found: list[tuple[str, dt.datetime]] = []
+    for payload, received_at in rows:
+        if (
+            isinstance(payload, dict)
+            and payload.get("role") == "user"
+            and payload.get("status") in ("started", "stopped")
+        ):
+            found.append((payload["status"], received_at))
+    return found
+
+
+async def final_transcripts_before(
+    session: AsyncSession, call_id: str, *, source: str, role: str, before_seq: int
+) -> list[str]:
+    """The texts of the call's final transcripts from one source and role before ``before_seq``.
+
+    Only two JSON fields are read (``json_extract`` / ``->>``), not whole webhook bodies.
+    """
+    payload = CallEvent.payload
+    rows = await session.scalars(
+        select(payload["transcript"].as_string()).where(
+            CallEvent.call_id == call_id,
+            CallEvent.type == "transcript",
+            CallEvent.source == source,
+            CallEvent.seq < before_seq,
+            payload["transcriptType"].as_string() == "final",
+            payload["role"].as_string() == role,
+        )
+    )
+    return [text for text in rows.all() if isinstance(text, str)]
+
+
+async def list_firings(session: AsyncSession, call_id: str, *, after: uuid.UUID | None, limit: int) -> list[RuleFiring]:
+    """A call's firings, oldest first: ids are UUIDv7, so their order is their creation order."""
+    query = select(RuleFiring).where(RuleFiring.call_id == call_id)
+    if after is not None:
+        query = query.where(RuleFiring.id > after)
+    return list((await session.scalars(query.order_by(RuleFiring.id).limit(limit))).all())
+
+
+async def count_scheduled(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).where(RuleFiring.status == "scheduled")) or 0)
+
+
+async def occurrence_key(session: AsyncSession, occurrence: Occurrence) -> str:
+    """The firing key of a ``once: false`` rule: the occurrence itself.
+
+    A transcript's key gets its ordinal among identical utterances from the same source, so the
+    webhook and the listen copy of the n-th "yes" share a key while two different "yes"es do not.
+    """
+    if occurrence.milestone != "transcript":
+        return occurrence.key
+    event = occurrence.event
+    earlier = await final_transcripts_before(
+        session, occurrence.call_id, source=event["source"], role=event["role"], before_seq=event["seq"]
+    )
+    same = sum(1 for text in earlier if transcript_key(event["role"], text) == occurrence.key)
+    return f"{occurrence.key}:{same + 1}"

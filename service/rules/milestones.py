@@ -1,0 +1,193 @@
+"""Which milestones a batch of timeline events holds (pure), and what ``call``/``event`` a rule sees.
+
+Milestones come from committed events: ``call.status_changed`` (and ``status-update: queued``) give the
+``call.*`` milestones; final ``transcript`` and ``speech-update`` messages come from webhooks *and* the
+listen socket; ``listen.connected`` from the listen session. ``call.elapsed`` and ``user.silent`` are
+timers the engine derives from ``call.answered`` and user speech.
+
+Each occurrence has a key that is the same whichever path delivered it, so the unique
+``(rule, call, occurrence)`` firing key turns the two copies into one firing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.db.models import Call
+from service.rules.schema import STATUS_MILESTONES
+
+
+class EventLike(Protocol):
+    seq: int
+    source: str
+    type: str
+    payload: Any
+    received_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One occurrence of a milestone on one call."""
+
+    call_id: str
+    milestone: str
+    key: str
+    """Identity of the occurrence across delivery paths (``status:in-progress``, ``speech:stopped:user:3``)."""
+    event: dict[str, Any]
+    """What conditions and templates see as ``event``."""
+    at: dt.datetime
+    """When Switchboard received it: delays count from here."""
+
+
+RELEVANT_TYPES = frozenset({"call.status_changed", "status-update", "transcript", "speech-update", "listen.connected"})
+_SPACES = re.compile(r"\s+")
+
+
+def transcript_key(role: str, text: str) -> str:
+    """``transcript:user:<digest>``: identical for the webhook and the listen copy of an utterance."""
+    normalized = _SPACES.sub(" ", text.strip().lower())
+    return f"transcript:{role}:{hashlib.sha256(normalized.encode()).hexdigest()[:16]}"
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def occurrences_from_events(call_id: str, events: Iterable[EventLike]) -> list[Occurrence]:
+    """The milestone occurrences in a batch of committed events (in order; unrelated events skipped)."""
+    batch = [event for event in events if event.type in RELEVANT_TYPES]
+    changed = any(event.type == "call.status_changed" for event in batch)
+    found: list[Occurrence] = []
+    for event in batch:
+        payload = event.payload if isinstance(event.payload, dict) else {}
+        at = event.received_at
+        base = {"source": event.source, "seq": event.seq, "occurredAt": _iso(at)}
+        if event.type == "call.status_changed" and payload.get("to") in STATUS_MILESTONES:
+            milestone = STATUS_MILESTONES[payload["to"]]
+            body = {"type": milestone, "status": payload["to"], "previousStatus": payload.get("from"), **base}
+            found.append(Occurrence(call_id, milestone, f"status:{payload['to']}", body, at))
+        elif event.type == "status-update" and payload.get("status") == "queued" and not changed:
+            body = {"type": "call.queued", "status": "queued", "previousStatus": None, **base}
+            found.append(Occurrence(call_id, "call.queued", "status:queued", body, at))
+        elif event.type == "transcript" and payload.get("transcriptType") == "final":
+            role, text = payload.get("role"), payload.get("transcript")
+            if isinstance(role, str) and isinstance(text, str):
+                body = {"type": "transcript", "role": role, "transcript": text, **base}
+                found.append(Occurrence(call_id, "transcript", transcript_key(role, text), body, at))
+        elif event.type == "speech-update" and payload.get("status") in ("started", "stopped"):
+            role, turn, status = payload.get("role"), payload.get("turn"), payload["status"]
+            if not isinstance(role, str):
+                continue
+            milestone = f"speech.{status}"
+            ident = (
+                f"turn{turn}" if isinstance(turn, int) and not isinstance(turn, bool) else f"{event.source}{event.seq}"
+            )
+            body = {"type": milestone, "role": role, "turn": turn if isinstance(turn, int) else None, **base}
+            found.append(Occurrence(call_id, milestone, f"speech:{status}:{role}:{ident}", body, at))
+        elif event.type == "listen.connected" and event.source == "switchboard":
+            segment = payload.get("segment")
+            body = {"type": "listen.connected", "segment": segment, **base}
+            found.append(Occurrence(call_id, "listen.connected", f"listen:{segment}", body, at))
+    return found
+
+
+def call_context(call: Call) -> dict[str, Any]:
+    """``call`` for conditions and templates: the stored call, JSON-like (timestamps as ISO strings).
+
+    Monitor URLs are capabilities and are never exposed to rules.
+    """
+    return {
+        "id": call.id,
+        "type": call.type,
+        "status": call.status,
+        "endedReason": call.ended_reason,
+        "assistantId": call.assistant_id,
+        "phoneNumberId": call.phone_number_id,
+        "customer": dict(call.customer or {}),
+        "metadata": dict(call.call_metadata or {}),
+        "createdAt": _iso(call.created_at),
+        "startedAt": _iso(call.started_at),
+        "endedAt": _iso(call.ended_at),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceVerdict:
+    """What to do with a due ``user.silent`` firing: ``fire``, ``skip``, or ``wait`` until ``due``."""
+
+    action: str
+    since: dt.datetime | None = None
+    due: dt.datetime | None = None
+
+
+def silence_verdict(
+    speech: list[tuple[str, dt.datetime]],
+    *,
+    since: dt.datetime,
+    silence: dt.timedelta,
+    now: dt.datetime,
+    once: bool,
+) -> SilenceVerdict:
+    """Decide a due ``user.silent`` firing from the call's user speech (``(status, at)``, newest first).
+
+    Silent since ``since`` (no user speech *started* after it): fire. Otherwise, with ``once: false`` the
+    silence that follows the new speech is its own occurrence (scheduled by its ``speech.stopped``), so
+    this one is skipped; with ``once: true`` the single firing moves: to ``for`` after the latest stop,
+    or, while the customer is still speaking, to ``for`` from now (checked again then).
+    """
+    if not any(status == "started" and at > since for status, at in speech):
+        return SilenceVerdict("fire")
+    if not once:
+        return SilenceVerdict("skip")
+    latest_status, latest_at = speech[0]
+    if latest_status == "started":
+        return SilenceVerdict("wait", since=since, due=now + silence)
+    return SilenceVerdict("wait", since=latest_at, due=latest_at + silence)
+
+
+@dataclass(frozen=True, slots=True)
+class DueDecision:
+    """What a claimed timed firing does now: ``fire`` with ``event``, ``skip`` for ``reason``, or ``wait``
+    (back in the queue until ``due``, with the updated ``detail``)."""
+
+    action: str
+    event: dict[str, Any] | None = None
+    reason: str | None = None
+    due: dt.datetime | None = None
+    detail: dict[str, Any] | None = None
+
+
+def decide_due(
+    *,
+    milestone: str,
+    detail: dict[str, Any],
+    now: dt.datetime,
+    at: float | None,
+    silence: float | None,
+    once: bool,
+    speech: list[tuple[str, dt.datetime]],
+) -> DueDecision:
+    """The ``event`` a due firing sees (``call.elapsed`` and ``user.silent`` happen *now*; a delayed
+    milestone keeps the event it had), or why it must wait or be skipped (pure)."""
+    if milestone == "call.elapsed":
+        return DueDecision("fire", {"type": "call.elapsed", "seconds": at, "occurredAt": now.isoformat()})
+    if milestone != "user.silent" or silence is None:
+        return DueDecision("fire", dict(detail.get("event") or {}))
+    since = dt.datetime.fromisoformat(detail.get("since") or now.isoformat())
+    verdict = silence_verdict(speech, since=since, silence=dt.timedelta(seconds=silence), now=now, once=once)
+    if verdict.action == "skip":
+        return DueDecision("skip", reason="the customer spoke again")
+    if verdict.action == "wait" and verdict.since is not None:
+        return DueDecision("wait", due=verdict.due, detail={**detail, "since": verdict.since.isoformat()})
+    event = {
+        "type": "user.silent",
+        "silentSeconds": round((now - since).total_seconds(), 3),
+        "since": since.isoformat(),
+        "occurredAt": now.isoformat(),
+    }
+    return DueDecision("fire", event)

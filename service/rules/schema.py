@@ -1,0 +1,332 @@
+"""Rule documents → compiled rules, with errors that name the rule, the field, the reason (and the line).
+
+Pure: no I/O. A document is a plain mapping (from YAML, see ``files``, or from the API's JSON). Every
+problem of a rule is reported, not only the first, so that one ``rules check`` run shows them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from service.rules.actions import ACTION_TYPES, Action, ActionError, SayAction, parse_action
+from service.rules.conditions import Condition, ConditionSyntaxError, compile_condition
+from service.rules.templates import Template, TemplateError, compile_template, is_template
+
+STATUS_MILESTONES = {
+    "queued": "call.queued",
+    "ringing": "call.ringing",
+    "in-progress": "call.answered",
+    "forwarding": "call.forwarding",
+    "ended": "call.ended",
+}
+MILESTONES = (
+    *STATUS_MILESTONES.values(),
+    "call.elapsed",
+    "transcript",
+    "speech.started",
+    "speech.stopped",
+    "user.silent",
+    "listen.connected",
+)
+NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
+MAX_NAME_CHARS = 100
+MAX_DURATION_SECONDS = 24 * 3600.0
+FIELDS = ("name", "description", "on", "delay", "at", "for", "if", "say", "action", "once")
+_DURATION = re.compile(r"^\s*(?P<number>[-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+# Where a field of the n-th rule sits in its file: (rule index, field path) → line (1-based), or None.
+LineLookup = Callable[[int, str], int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleError:
+    """One problem: which rule (its name, or ``#n`` when it has none), which field, why, and where."""
+
+    rule: str
+    field: str
+    reason: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line is not None else ""
+        target = f", field {self.field!r}" if self.field else ""
+        return f"rule {self.rule!r}{target}{where}: {self.reason}"
+
+    def without_line(self) -> str:
+        """The message when the line is shown elsewhere (``FILE:LINE: …``)."""
+        target = f", field {self.field!r}" if self.field else ""
+        return f"rule {self.rule!r}{target}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"rule": self.rule, "field": self.field, "reason": self.reason}
+        if self.line is not None:
+            body["line"] = self.line
+        return body
+
+
+class RuleSetError(ValueError):
+    """A rule set that cannot be used; ``errors`` lists every problem."""
+
+    def __init__(self, errors: Sequence[RuleError], *, source: str = "rules") -> None:
+        self.errors = list(errors)
+        super().__init__(f"{source}: {len(self.errors)} error(s)\n" + "\n".join(f"  {e}" for e in self.errors))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledRule:
+    """A validated rule, ready for the engine: condition compiled, templates parsed, durations in seconds."""
+
+    name: str
+    milestone: str
+    action: Action
+    templates: Mapping[str, Template]
+    """Template per dotted path of a string in the action body (``content``, ``message.content``, …)."""
+    delay: float = 0.0
+    at: float | None = None
+    silence: float | None = None
+    condition: Condition | None = None
+    once: bool = True
+    description: str | None = None
+    document: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_timed(self) -> bool:
+        """Fires later than its milestone: stored as a due firing in the database."""
+        return self.delay > 0 or self.milestone in ("call.elapsed", "user.silent")
+
+    def compiled_form(self) -> dict[str, Any]:
+        """What ``rules check`` and the API show: the rule as the engine will run it."""
+        form: dict[str, Any] = {"name": self.name, "on": self.milestone, "delaySeconds": self.delay}
+        if self.at is not None:
+            form["atSeconds"] = self.at
+        if self.silence is not None:
+            form["forSeconds"] = self.silence
+        form["if"] = self.condition.source if self.condition else None
+        form["once"] = self.once
+        form["action"] = msgspec.to_builtins(self.action)
+        form["templateFields"] = sorted({f for t in self.templates.values() for f in t.fields})
+        if self.description:
+            form["description"] = self.description
+        return form
+
+    def render(self, call: dict[str, Any], event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The control message for this occurrence and the template fields that were missing."""
+        body: dict[str, Any] = msgspec.to_builtins(self.action)
+        missing: list[str] = []
+        for path, template in self.templates.items():
+            text, absent = template.render(call, event)
+            missing.extend(absent)
+            *parents, leaf = path.split(".")
+            holder = body
+            for part in parents:
+                holder = holder[part]
+            holder[leaf] = text
+        return body, missing
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string with a unit (``500ms``, ``0.5s``, ``90s``, ``2m``, ``1h``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number of seconds or a string like '500ms', '90s', '2m', got {value!r}")
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration: use a number of seconds or '500ms', '0.5s', '90s', '2m'")
+        seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+    else:
+        seconds = float(value)
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError("the duration must be a finite number")
+    if seconds < 0:
+        raise ValueError(f"the duration must not be negative (got {value!r})")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError("the duration must not exceed 24 hours")
+    return round(seconds, 6)
+
+
+def _string_paths(body: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Dotted paths of the string leaves of an action body (its ``type`` excluded)."""
+    found: list[tuple[str, str]] = []
+    if isinstance(body, dict):
+        for key, value in body.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, str) and path != "type":
+                found.append((path, value))
+            elif isinstance(value, dict):
+                found.extend(_string_paths(value, path + "."))
+    return found
+
+
+class _Collector:
+    def __init__(self, label: str, index: int, lines: LineLookup | None) -> None:
+        self.label, self.index, self.lines = label, index, lines
+        self.errors: list[RuleError] = []
+
+    def add(self, field_: str, reason: str) -> None:
+        line = self.lines(self.index, field_) if self.lines else None
+        self.errors.append(RuleError(self.label, field_, reason, line))
+
+
+def _rule_label(document: object, index: int) -> str:
+    if isinstance(document, Mapping) and isinstance(document.get("name"), str) and document["name"]:
+        return str(document["name"])
+    return f"#{index + 1}"
+
+
+def compile_rule(document: object, *, index: int = 0, lines: LineLookup | None = None) -> CompiledRule | RuleSetError:
+    """Compile one rule document: the rule, or every problem found in it."""
+    errors = _Collector(_rule_label(document, index), index, lines)
+    if not isinstance(document, Mapping):
+        errors.add("", f"a rule must be a mapping of fields, got {type(document).__name__}")
+        return RuleSetError(errors.errors)
+    for key in document:
+        if key not in FIELDS:
+            hint = difflib.get_close_matches(str(key), FIELDS, n=1)
+            errors.add(str(key), "unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+    name = document.get("name")
+    if not isinstance(name, str) or not name:
+        errors.add("name", "required: a unique name made of a-z, 0-9 and '-'")
+    elif len(name) > MAX_NAME_CHARS or not NAME_PATTERN.match(name):
+        errors.add("name", f"must match [a-z0-9-]+ and be at most {MAX_NAME_CHARS} characters")
+
+    milestone = document.get("on")
+    if not isinstance(milestone, str) or not milestone:
+        errors.add("on", f"required: the milestone, one of {', '.join(MILESTONES)}")
+        milestone = None
+    elif milestone not in MILESTONES:
+        hint = difflib.get_close_matches(milestone, MILESTONES, n=1)
+        errors.add(
+            "on",
+            f"unknown milestone {milestone!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(MILESTONES)}"),
+        )
+        milestone = None
+
+    durations: dict[str, float | None] = {}
+    for key in ("delay", "at", "for"):
+        durations[key] = None
+        if document.get(key) is not None:
+            try:
+                durations[key] = parse_duration(document[key])
+            except ValueError as exc:
+                errors.add(key, str(exc))
+    if milestone == "call.elapsed" and "at" not in document:
+        errors.add("at", "required with on: call.elapsed (seconds since the call was answered)")
+    if milestone is not None and milestone != "call.elapsed" and "at" in document:
+        errors.add("at", "only allowed with on: call.elapsed (use delay for other milestones)")
+    if milestone == "user.silent":
+        if "for" not in document:
+            errors.add("for", "required with on: user.silent (how long the customer has been silent)")
+        elif durations["for"] == 0:
+            errors.add("for", "must be greater than zero")
+    if milestone is not None and milestone != "user.silent" and "for" in document:
+        errors.add("for", "only allowed with on: user.silent")
+
+    condition: Condition | None = None
+    source = document.get("if")
+    if source is not None:
+        if not isinstance(source, str):
+            errors.add("if", f"expected a CEL expression (a string), got {type(source).__name__}")
+        else:
+            try:
+                condition = compile_condition(source)
+            except ConditionSyntaxError as exc:
+                errors.add("if", f"invalid CEL: {exc}")
+
+    once = document.get("once", True)
+    if not isinstance(once, bool):
+        errors.add("once", f"expected true or false, got {once!r}")
+        once = True
+    description = document.get("description")
+    if description is not None and not isinstance(description, str):
+        errors.add("description", "expected a string")
+        description = None
+
+    action, templates = _compile_action(document, errors)
+    if isinstance(action, SayAction) and milestone == "call.ended":
+        errors.add("say" if "say" in document else "action", "a say cannot be heard on call.ended: the call is over")
+
+    if errors.errors or action is None or milestone is None or not isinstance(name, str):
+        return RuleSetError(errors.errors)
+    return CompiledRule(
+        name=name,
+        milestone=milestone,
+        action=action,
+        templates=templates,
+        delay=durations["delay"] or 0.0,
+        at=durations["at"],
+        silence=durations["for"],
+        condition=condition,
+        once=once,
+        description=description,
+        document=dict(document),
+    )
+
+
+def _compile_action(document: Mapping[str, Any], errors: _Collector) -> tuple[Action | None, dict[str, Template]]:
+    if "say" in document and "action" in document:
+        errors.add("action", "give either say (shorthand) or action, not both")
+        return None, {}
+    if "say" in document:
+        say = document["say"]
+        if not isinstance(say, str) or not say.strip():
+            errors.add("say", "expected the text to speak (a non-empty string)")
+            return None, {}
+        raw: object = {"type": "say", "content": say}
+        field_prefix = "say"
+    elif "action" in document:
+        raw = document["action"]
+        if isinstance(raw, Mapping) and "type" not in raw and "content" in raw:
+            raw = {"type": "say", **raw}  # say is the default action type
+        field_prefix = "action"
+    else:
+        errors.add("say", "a rule needs something to do: say: TEXT or action: {type: …}")
+        return None, {}
+    try:
+        action = parse_action(raw)
+    except ActionError as exc:
+        reason = exc.reason
+        if exc.field == "type" and isinstance(raw, Mapping):
+            reason = f"unknown action type {raw.get('type')!r}; known: {', '.join(ACTION_TYPES)}"
+        field_ = "say" if field_prefix == "say" else ".".join(p for p in ("action", exc.field) if p)
+        errors.add(field_, reason)
+        return None, {}
+    templates: dict[str, Template] = {}
+    for path, text in _string_paths(msgspec.to_builtins(action)):
+        if not is_template(text):
+            continue
+        try:
+            templates[path] = compile_template(text)
+        except TemplateError as exc:
+            errors.add("say" if field_prefix == "say" else f"action.{path}", str(exc))
+    return action, templates
+
+
+def compile_rules(
+    documents: Sequence[object], *, lines: LineLookup | None = None
+) -> tuple[list[CompiledRule], list[RuleError]]:
+    """Compile a rule set: the good rules, and every error (duplicate names included)."""
+    rules: list[CompiledRule] = []
+    errors: list[RuleError] = []
+    seen: dict[str, int] = {}
+    for index, document in enumerate(documents):
+        result = compile_rule(document, index=index, lines=lines)
+        name = document.get("name") if isinstance(document, Mapping) else None
+        if isinstance(name, str) and name in seen:
+            line = lines(index, "name") if lines else None
+            errors.append(RuleError(name, "name", f"duplicate name: rule #{seen[name] + 1} has it", line))
+        elif isinstance(name, str):
+            seen[name] = index
+        if isinstance(result, RuleSetError):
+            errors.extend(result.errors)
+        elif seen.get(result.name) == index:
+            rules.append(result)
+    return rules, errors

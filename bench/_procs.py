@@ -1,0 +1,165 @@
+"""Child processes for benchmarks: started in their own session, tied to our life, measured from /proc.
+
+Every child gets ``PR_SET_PDEATHSIG`` = SIGTERM, so that it goes away even if the benchmark is killed with
+SIGKILL; on a normal exit or Ctrl-C :class:`ProcessGroup` terminates each child it started (SIGTERM, then
+SIGKILL after a grace period) and waits for it. Figures come from ``/proc/<pid>/stat`` and
+``/proc/<pid>/status`` (Linux only), so no dependency is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+_PR_SET_PDEATHSIG = 1
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGTERM us when the parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """CPU seconds (user + system) and memory of a process at one moment."""
+
+    cpu_seconds: float
+    rss_bytes: int
+    peak_rss_bytes: int
+
+
+def usage(pid: int) -> Usage:
+    """CPU time and RSS / peak RSS (VmHWM) of a live process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    memory: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            memory[key] = int(value.split()[0]) * 1024
+    return Usage((utime + stime) / _CLOCK_TICKS, memory.get("VmRSS", 0), memory.get("VmHWM", 0))
+
+
+class Child:
+    """One started child process."""
+
+    def __init__(
+        self,
+        name: str,
+        process: asyncio.subprocess.Process,
+        log_path: Path | None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> None:
+        self.name = name
+        self.stop_signal = stop_signal
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def usage(self) -> Usage:
+        return usage(self.pid)
+
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the child's stderr log (for error messages)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def stop(self, grace: float = 15.0) -> int | None:
+        """``stop_signal`` (SIGTERM), then SIGKILL after ``grace`` seconds; wait for the exit, return its code."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(self.stop_signal)
+            try:
+                async with asyncio.timeout(grace):
+                    await self.process.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()
+        return self.process.returncode
+
+
+class ProcessGroup:
+    """Owns every child a benchmark starts; ``async with`` stops them all (last started first)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self._children: list[Child] = []
+        self._logs: list[IO[bytes]] = []
+
+    async def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        pipes: bool = False,
+        cwd: Path | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> Child:
+        """Start ``argv``; stderr goes to ``<log_dir>/<name>.log``; ``pipes``: stdin/stdout are pipes."""
+        log_path = self._log_dir / f"{name}.log"
+        log = log_path.open("wb")
+        self._logs.append(log)
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if pipes else log,
+            stderr=log,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            preexec_fn=_die_with_parent,  # only prctl between fork and exec
+        )
+        child = Child(name, process, log_path, stop_signal)
+        self._children.append(child)
+        return child
+
+    async def stop(self, child: Child) -> int | None:
+        code = await child.stop()
+        if child in self._children:
+            self._children.remove(child)
+        return code
+
+    async def aclose(self) -> None:
+        while self._children:
+            child = self._children.pop()
+            # Shielded: a second Ctrl-C must not leave a child behind half-stopped.
+            await asyncio.shield(child.stop())
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    async def __aenter__(self) -> ProcessGroup:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,733 @@
+"""Listen-path benchmark: N concurrent simulated calls recorded by Switchboard, a naive baseline and a floor.
+
+    python bench/listen.py --calls 200 --seconds 20 [--skip-naive] [--skip-floor] [--json out.json]
+
+One invocation starts the Vapi simulator (``switchboard simulate``, pace 1: real time) in its own process
+and runs up to three phases against it, one after the other, each with N calls of S seconds of audio:
+
+- ``switchboard`` — ``switchboard serve`` (SQLite + local files in a temporary folder); the calls are placed
+  through its ``POST /v1/calls``, and the phase ends when every recording is finalised;
+- ``floor`` — a bare ``websockets`` client writing each frame with ``os.write`` (``bench/naive_listener.py``);
+- ``naive`` — the seed note's approach: the whole call kept in memory, ``buf = buf + frame``, written on close.
+
+The baselines get their calls straight from the simulator's ``POST /call``. Phases run one after the other
+so that each listener meets the same load and the simulator (about 0.8 core at 200 calls) serves one
+listener at a time. On a 2-core machine everything competes, so CPU is process CPU time from /proc, never
+wall time. Figures per phase:
+
+- lost bytes: the call's audio (the simulator's ``endFrame`` times 1,280 bytes) minus the bytes stored, summed;
+  stored audio is also checked against the simulator's SHA-256 for calls recorded on one connection;
+- CPU s per call-minute: the listener process's user + system CPU from the first call placed to the last
+  recording stored, divided by the minutes of audio;
+- peak RSS (VmHWM) and RSS per session: (peak - RSS before the first call) / N;
+- lag: the longest time from a call's end (per the simulator) to its recording being complete.
+
+Progress goes to standard error, the table to standard output. Every child process is stopped on exit or
+Ctrl-C (and dies with us even on SIGKILL); the temporary folder is removed unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import Child, ProcessGroup, Usage, free_port
+
+T = TypeVar("T")
+
+FRAME_BYTES = 1280  # 20 ms of 16 kHz stereo s16le
+BYTES_PER_SECOND = 16_000 * 2 * 2
+FINAL_RECORDING = frozenset({"completed", "partial", "failed"})
+PLACE_CONCURRENCY = 10
+POLL_SECONDS = 1.0
+LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "[warning", "[error", "[critical", "Traceback")
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+
+_started = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a process did not start, a deadline passed…)."""
+
+
+@dataclass(slots=True)
+class PhaseResult:
+    """Figures of one listener over one set of calls."""
+
+    listener: str
+    calls: int
+    call_seconds: float
+    audio_seconds: float = 0.0
+    expected_bytes: int = 0
+    sent_bytes: int = 0
+    stored_bytes: int = 0
+    lost_bytes: int = 0
+    extra_bytes: int = 0
+    sha256_checked: int = 0
+    sha256_mismatches: int = 0
+    calls_not_completed: int = 0
+    late_start_frames: int = 0
+    finished: bool = True
+    cpu_seconds: float = 0.0
+    window_seconds: float = 0.0
+    cpu_per_call_minute: float = 0.0
+    mean_cores: float = 0.0
+    baseline_rss_bytes: int = 0
+    peak_rss_bytes: int = 0
+    rss_per_session_bytes: float = 0.0
+    max_lag_seconds: float | None = None
+    simulator_cpu_seconds: float = 0.0
+    machine_busy: float = 0.0
+    exit_code: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# -- machine-wide CPU (to show how contended the 2 cores were) ----------------------------------------
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+async def gather_limited(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[T]]) -> T:
+        async with semaphore:
+            return await job()
+
+    return list(await asyncio.gather(*(run(job) for job in jobs)))
+
+
+async def wait_http_ok(client: httpx.AsyncClient, url: str, child: Child, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise BenchError(f"{child.name} exited with {child.process.returncode}:\n{child.log_tail()}")
+        try:
+            if (await client.get(url, timeout=2.0)).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    raise BenchError(f"{child.name} did not answer {url} within {timeout:g} s:\n{child.log_tail()}")
+
+
+def switchboard_argv(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "switchboard"
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "service.cli", *args]
+
+
+def parse_time(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def check_files(files: dict[str, dict[str, Any]]) -> dict[str, tuple[int, str | None, bool]]:
+    """Size and SHA-256 of each baseline recording (then deleted, to keep the disk small on long runs)."""
+    stored: dict[str, tuple[int, str | None, bool]] = {}
+    for call_id, entry in files.items():
+        path = Path(entry["path"])
+        if not path.exists():
+            stored[call_id] = (0, None, False)
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        stored[call_id] = (path.stat().st_size, digest.hexdigest(), entry["error"] is None)
+        path.unlink()
+    return stored
+
+
+class Simulator:
+    """The simulator process and its REST and ``/_sim`` surfaces."""
+
+    def __init__(self, child: Child, base_url: str, client: httpx.AsyncClient) -> None:
+        self.child = child
+        self.base_url = base_url
+        self._client = client
+
+    async def place_call(self, n: int) -> tuple[str, str]:
+        body = {
+            "assistantId": "bench-assistant",
+            "phoneNumberId": "bench-number",
+            "customer": {"number": f"+1415555{n % 10000:04d}"},
+            "assistantOverrides": {"monitorPlan": {"listenEnabled": True}},
+        }
+        response = await self._client.post(f"{self.base_url}/call", json=body, timeout=30.0)
+        response.raise_for_status()
+        call = response.json()
+        return str(call["id"]), str(call["monitor"]["listenUrl"])
+
+    async def calls(self, ids: set[str]) -> dict[str, dict[str, Any]]:
+        response = await self._client.get(f"{self.base_url}/_sim/calls", timeout=30.0)
+        response.raise_for_status()
+        return {call["id"]: call for call in response.json() if call["id"] in ids}
+
+    async def ended_at(self, ids: set[str]) -> dict[str, float]:
+        """When each call ended (wall clock), from the simulator's log."""
+        response = await self._client.get(f"{self.base_url}/_sim/log", params={"kind": "call"}, timeout=60.0)
+        response.raise_for_status()
+        return {
+            entry["callId"]: entry["at"]
+            for entry in response.json()["entries"]
+            if entry["callId"] in ids and entry["data"].get("status") == "ended"
+        }
+
+
+# -- one phase -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Window:
+    """CPU and memory of the measured process (and the simulator, and the machine) over a phase."""
+
+    child: Child
+    simulator: Child
+    before: Usage | None = None
+    after: Usage | None = None
+    sim_before: float = 0.0
+    sim_after: float = 0.0
+    machine_before: tuple[int, int] = (0, 0)
+    machine_after: tuple[int, int] = (0, 0)
+    started: float = 0.0
+    ended: float = 0.0
+
+    def open(self) -> None:
+        self.started = time.monotonic()
+        self.before = self.child.usage()
+        self.sim_before = self.simulator.usage().cpu_seconds
+        self.machine_before = machine_ticks()
+
+    def close(self) -> None:
+        self.ended = time.monotonic()
+        self.after = self.child.usage()
+        self.sim_after = self.simulator.usage().cpu_seconds
+        self.machine_after = machine_ticks()
+
+    def fill(self, result: PhaseResult, *, baseline_rss: int) -> None:
+        assert self.before is not None
+        assert self.after is not None
+        result.cpu_seconds = self.after.cpu_seconds - self.before.cpu_seconds
+        result.window_seconds = self.ended - self.started
+        result.mean_cores = result.cpu_seconds / result.window_seconds if result.window_seconds else 0.0
+        result.baseline_rss_bytes = baseline_rss
+        result.peak_rss_bytes = self.after.peak_rss_bytes
+        result.rss_per_session_bytes = max(0, self.after.peak_rss_bytes - baseline_rss) / max(1, result.calls)
+        result.simulator_cpu_seconds = self.sim_after - self.sim_before
+        busy = self.machine_after[0] - self.machine_before[0]
+        total = self.machine_after[1] - self.machine_before[1]
+        result.machine_busy = busy / total if total else 0.0
+
+
+def account(
+    result: PhaseResult,
+    sim_calls: dict[str, dict[str, Any]],
+    stored: dict[str, tuple[int, str | None, bool]],
+    stored_at: dict[str, float],
+    ended_at: dict[str, float],
+) -> None:
+    """Lost bytes, checksums and lag: ``stored`` maps call id → (bytes, sha256, complete)."""
+    for call_id, call in sim_calls.items():
+        expected = int(call.get("endFrame") or 0) * FRAME_BYTES
+        records = call["listen"]
+        sent = sum(int(r["audioBytes"]) for r in records)
+        size, sha, complete = stored.get(call_id, (0, None, False))
+        result.expected_bytes += expected
+        result.sent_bytes += sent
+        result.stored_bytes += size
+        result.lost_bytes += max(0, expected - size)
+        result.extra_bytes += max(0, size - expected)
+        result.late_start_frames += sum(int(r["firstFrameIndex"] or 0) for r in records)
+        result.calls_not_completed += not complete
+        if len(records) == 1 and int(records[0]["audioBytes"]) == expected and sha is not None:
+            result.sha256_checked += 1
+            result.sha256_mismatches += sha != records[0]["sha256"]
+    result.audio_seconds = result.expected_bytes / BYTES_PER_SECOND
+    minutes = result.audio_seconds / 60
+    result.cpu_per_call_minute = result.cpu_seconds / minutes if minutes else 0.0
+    lags = [stored_at[c] - ended_at[c] for c in sim_calls if c in stored_at and c in ended_at]
+    result.max_lag_seconds = max(lags) if lags else None
+    if missing := len(sim_calls) - len(lags):
+        result.notes.append(f"{missing} calls without an end time or a stored time")
+    if unheard := sum(1 for call in sim_calls.values() if not call["listen"]):
+        result.notes.append(f"{unheard} calls never got a listen connection")
+    if result.extra_bytes:
+        result.notes.append(f"{result.extra_bytes} bytes stored beyond the calls' audio")
+    if result.late_start_frames:
+        result.notes.append(f"listen connections started {result.late_start_frames} frames late in all")
+
+
+async def place_calls(
+    n: int,
+    ramp_rate: float,
+    place: Callable[[int], Awaitable[T]],
+    label: str,
+) -> list[T]:
+    """Place ``n`` calls, at most ``ramp_rate`` starts per second and ``PLACE_CONCURRENCY`` in flight."""
+    t0 = time.monotonic()
+    done = 0
+
+    async def one(i: int) -> T:
+        nonlocal done
+        await asyncio.sleep(max(0.0, t0 + i / ramp_rate - time.monotonic()))
+        value = await place(i)
+        done += 1
+        if done % 50 == 0 or done == n:
+            progress(f"{label}: placed {done}/{n} calls")
+        return value
+
+    return await gather_limited(PLACE_CONCURRENCY, (functools.partial(one, i) for i in range(n)))
+
+
+async def wait_calls_ended(sim: Simulator, ids: set[str], label: str, deadline: float) -> dict[str, dict[str, Any]]:
+    """Poll the simulator until every call ended and its listen sockets closed."""
+    last_report = 0.0
+    while True:
+        calls = await sim.calls(ids)
+        ended = sum(1 for c in calls.values() if c["status"] == "ended")
+        open_sockets = sum(int(c["listeners"]) for c in calls.values())
+        if ended == len(ids) and open_sockets == 0:
+            return calls
+        now = time.monotonic()
+        if now - last_report >= 10:
+            progress(f"{label}: {ended}/{len(ids)} calls ended, {open_sockets} listen sockets open")
+            last_report = now
+        if now > deadline:
+            raise BenchError(f"{label}: calls still running at the deadline ({ended}/{len(ids)} ended)")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def run_switchboard(
+    args: argparse.Namespace, procs: ProcessGroup, sim: Simulator, client: httpx.AsyncClient, tmp: Path
+) -> PhaseResult:
+    label = "switchboard"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    admin_key = secrets.token_hex(16)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
+        "SWITCHBOARD_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench.db",
+        "SWITCHBOARD_STORAGE_URL": f"file://{tmp}/rec",
+        "SWITCHBOARD_VAPI_BASE_URL": sim.base_url,
+        "SWITCHBOARD_PUBLIC_URL": base,
+        "SWITCHBOARD_WEBHOOK_SECRET": secrets.token_hex(16),
+        "SWITCHBOARD_ADMIN_API_KEY": admin_key,
+        "SWITCHBOARD_LOG_LEVEL": "warning",
+    }
+    progress(f"{label}: starting switchboard serve on {base}")
+    serve = await procs.start("serve", switchboard_argv("serve", "--port", str(port)), env=env, cwd=tmp)
+    await wait_http_ok(client, f"{base}/healthz", serve)
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    (await client.get(f"{base}/v1/calls", params={"limit": 1}, headers=auth)).raise_for_status()  # warm up
+    await asyncio.sleep(1.0)
+    result = PhaseResult(label, args.calls, args.seconds)
+    window = Window(serve, sim.child)
+    baseline_rss = serve.usage().rss_bytes
+
+    refused: list[str] = []
+
+    async def place(n: int) -> str | None:
+        body = {
+            "assistantId": "bench-assistant",
+            "phoneNumberId": "bench-number",
+            "customer": {"number": f"+1415555{n % 10000:04d}"},
+            "metadata": {"bench": n},
+        }
+        response = await client.post(f"{base}/v1/calls", json=body, headers=auth, timeout=60.0)
+        if response.status_code != 201:
+            refused.append(f"{response.status_code} {response.text[:300]}")
+            progress(f"{label}: POST /v1/calls answered {response.status_code}")
+            return None
+        return str(response.json()["id"])
+
+    spy = await start_py_spy(args, procs, serve)
+    window.open()
+    ids = {call_id for call_id in await place_calls(args.calls, args.ramp_rate, place, label) if call_id}
+    if refused:
+        result.notes.append(f"{len(refused)} calls not placed (not counted below), first: {refused[0]}")
+        result.calls = len(ids)
+    deadline = time.monotonic() + args.seconds + 30 + args.drain_timeout
+    sim_calls = await wait_calls_ended(sim, ids, label, deadline)
+    progress(f"{label}: every call ended; waiting for the recordings to be finalised")
+    while True:
+        usage_before_poll = serve.usage()
+        moment = time.monotonic(), machine_ticks(), sim.child.usage().cpu_seconds
+        finals = await list_recording_statuses(client, base, auth, ids)
+        if len(finals) == len(ids):
+            window.after, (window.ended, window.machine_after, window.sim_after) = usage_before_poll, moment
+            break
+        if time.monotonic() > deadline:
+            result.finished = False
+            result.notes.append(f"only {len(finals)}/{len(ids)} recordings finalised by the deadline")
+            window.close()
+            break
+        await asyncio.sleep(POLL_SECONDS)
+    window.fill(result, baseline_rss=baseline_rss)
+    if spy is not None:
+        await stop_py_spy(procs, spy, args.py_spy)
+    progress(f"{label}: reading {len(ids)} recordings")
+
+    async def recording(call_id: str) -> tuple[str, dict[str, Any]]:
+        response = await client.get(f"{base}/v1/calls/{call_id}/recording", headers=auth, timeout=60.0)
+        return call_id, response.json() if response.status_code == 200 else {}
+
+    recordings = dict(await gather_limited(PLACE_CONCURRENCY, (functools.partial(recording, c) for c in ids)))
+    stored = {
+        c: (int(r.get("bytes") or 0), r.get("sha256"), r.get("status") == "completed") for c, r in recordings.items()
+    }
+    stored_at = {c: parse_time(r["completedAt"]) for c, r in recordings.items() if r.get("completedAt")}
+    statuses: dict[str, int] = {}
+    for r in recordings.values():
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+    if set(statuses) != {"completed"}:
+        result.notes.append(f"recording statuses: {statuses}")
+    if gaps := sum(len(r.get("gaps") or []) for r in recordings.values()):
+        result.notes.append(f"{gaps} gaps in the recordings")
+    account(result, sim_calls, stored, stored_at, await sim.ended_at(ids))
+    result.exit_code = await procs.stop(serve)
+    if result.exit_code not in (0, -signal.SIGTERM, None):  # uvicorn re-raises SIGTERM once shut down
+        result.notes.append(f"serve exited with {result.exit_code}")
+    if logged := [line for line in serve.log_tail(100_000).splitlines() if any(m in line for m in LOG_PROBLEMS)]:
+        result.notes.append(f"serve logged {len(logged)} warnings or errors, first: {logged[0][:300]}")
+    return result
+
+
+async def start_py_spy(args: argparse.Namespace, procs: ProcessGroup, serve: Child) -> Child | None:
+    """Sample ``serve`` with py-spy (raw collapsed stacks) over the measured window, if asked."""
+    if args.py_spy is None:
+        return None
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    argv = [exe, "record", "--pid", str(serve.pid), "--rate", "100", "--nonblocking", "--format", "raw"]
+    argv += ["--output", str(args.py_spy.resolve())]
+    progress(f"switchboard: sampling serve with {' '.join(argv[1:])} (py-spy's own CPU competes for the cores)")
+    spy = await procs.start("py-spy", argv, stop_signal=signal.SIGINT)  # it writes its output on Ctrl-C
+    await asyncio.sleep(1.0)
+    return spy
+
+
+async def stop_py_spy(procs: ProcessGroup, spy: Child, path: Path) -> None:
+    await procs.stop(spy)
+    progress(f"switchboard: py-spy samples written to {path}")
+
+
+async def list_recording_statuses(
+    client: httpx.AsyncClient, base: str, auth: dict[str, str], ids: set[str]
+) -> dict[str, str]:
+    """Ids of our calls that ended with a final recording → its status (one listing, paged)."""
+    finals: dict[str, str] = {}
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 500, "status": "ended"}
+        if cursor:
+            params["cursor"] = cursor
+        response = await client.get(f"{base}/v1/calls", params=params, headers=auth, timeout=60.0)
+        response.raise_for_status()
+        page = response.json()
+        for call in page["data"]:
+            rec = call.get("recording")
+            if call["id"] in ids and rec is not None and rec["status"] in FINAL_RECORDING:
+                finals[call["id"]] = rec["status"]
+        cursor = page.get("nextCursor")
+        if not cursor:
+            return finals
+
+
+async def run_baseline(
+    mode: str, args: argparse.Namespace, procs: ProcessGroup, sim: Simulator, tmp: Path
+) -> PhaseResult:
+    out = tmp / mode
+    argv = [sys.executable, str(BENCH_DIR / "naive_listener.py"), "--mode", mode, "--out", str(out)]
+    argv += ["--loop", args.loop]
+    progress(f"{mode}: starting {BENCH_DIR.name}/naive_listener.py --mode {mode}")
+    child = await procs.start(mode, argv, pipes=True, cwd=tmp)
+    assert child.process.stdin is not None
+    assert child.process.stdout is not None
+    stdin, stdout = child.process.stdin, child.process.stdout
+    async with asyncio.timeout(60):
+        ready = await stdout.readline()
+    if ready.strip() != b"ready":
+        raise BenchError(f"{mode} listener did not start: {ready!r}\n{child.log_tail()}")
+    await asyncio.sleep(1.0)
+    result = PhaseResult(mode, args.calls, args.seconds)
+    window = Window(child, sim.child)
+    baseline_rss = child.usage().rss_bytes
+
+    async def place(n: int) -> str:
+        call_id, url = await sim.place_call(n)
+        stdin.write(f"{call_id} {url}\n".encode())
+        await stdin.drain()
+        return call_id
+
+    window.open()
+    ids = set(await place_calls(args.calls, args.ramp_rate, place, mode))
+    stdin.write(b"end\n")
+    await stdin.drain()
+    deadline = time.monotonic() + args.seconds + 30 + args.drain_timeout
+    done_line = asyncio.create_task(stdout.readline(), name=f"{mode}-done")
+    last_report = time.monotonic()
+    sim_calls: dict[str, dict[str, Any]] = {}
+    try:
+        while not done_line.done():
+            await asyncio.wait([done_line], timeout=POLL_SECONDS)
+            if done_line.done():
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            if time.monotonic() - last_report >= 10:
+                calls = await sim.calls(ids)
+                ended = sum(1 for c in calls.values() if c["status"] == "ended")
+                sockets = sum(int(c["listeners"]) for c in calls.values())
+                progress(f"{mode}: {ended}/{len(ids)} calls ended, {sockets} listen sockets open")
+                last_report = time.monotonic()
+        window.close()
+        line = done_line.result().decode()
+        if not line.startswith("done "):
+            raise BenchError(f"{mode} listener failed: {line[:300]!r}\n{child.log_tail()}")
+        files: dict[str, dict[str, Any]] = json.loads(line[5:])
+    except TimeoutError:
+        window.close()
+        done_line.cancel()
+        result.finished = False
+        result.notes.append(f"did not finish within {args.drain_timeout:g} s after the calls' end: stopped")
+        files = {}
+    window.fill(result, baseline_rss=baseline_rss)
+    stdin.close()
+    result.exit_code = await procs.stop(child)
+    sim_calls = await wait_calls_ended(sim, ids, mode, time.monotonic() + 120)
+    progress(f"{mode}: checking {len(files)} files")
+    stored = await asyncio.to_thread(check_files, files)
+    stored_at = {call_id: float(entry["finishedAt"]) for call_id, entry in files.items()}
+    if errors := [e["error"] for e in files.values() if e["error"]]:
+        result.notes.append(f"{len(errors)} connections failed, e.g. {errors[0]}")
+    account(result, sim_calls, stored, stored_at, await sim.ended_at(ids))
+    return result
+
+
+# -- output --------------------------------------------------------------------------------------------
+
+
+def render_table(results: list[PhaseResult]) -> str:
+    floor = next((r for r in results if r.listener == "floor" and r.finished), None)
+    headers = [
+        "listener",
+        "calls",
+        "call s",
+        "lost bytes",
+        "sha256 ok/checked",
+        "CPU s/call-min",
+        "x floor",
+        "mean cores",
+        "peak RSS MiB",
+        "RSS/session KiB",
+        "max lag s",
+    ]
+    rows = []
+    for r in results:
+        ratio = f"{r.cpu_per_call_minute / floor.cpu_per_call_minute:.2f}" if floor else "-"
+        rows.append(
+            [
+                r.listener + ("" if r.finished else " (DNF)"),
+                str(r.calls),
+                f"{r.call_seconds:g}",
+                f"{r.lost_bytes:,}",
+                f"{r.sha256_checked - r.sha256_mismatches}/{r.sha256_checked}",
+                f"{r.cpu_per_call_minute:.3f}",
+                ratio,
+                f"{r.mean_cores:.2f}",
+                f"{r.peak_rss_bytes / 2**20:.1f}",
+                f"{r.rss_per_session_bytes / 1024:.1f}",
+                "-" if r.max_lag_seconds is None else f"{r.max_lag_seconds:.1f}",
+            ]
+        )
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
+
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(row) for row in rows]
+    for r in results:
+        steady = r.cpu_per_call_minute * r.calls / 60
+        out.append(
+            f"{r.listener}: {r.cpu_seconds:.1f} CPU s over {r.window_seconds:.1f} s for {r.audio_seconds / 60:.1f} "
+            f"call-minutes (≈{steady:.2f} cores at {r.calls} live calls); "
+            f"simulator {r.simulator_cpu_seconds:.1f} CPU s "
+            f"({r.simulator_cpu_seconds / r.window_seconds if r.window_seconds else 0:.2f} cores); machine "
+            f"{r.machine_busy * 100:.0f} % busy; RSS {r.baseline_rss_bytes / 2**20:.1f} → "
+            f"{r.peak_rss_bytes / 2**20:.1f} MiB"
+        )
+        out += [f"  note: {note}" for note in r.notes]
+    by_name = {r.listener: r for r in results}
+    if (sb := by_name.get("switchboard")) and (naive := by_name.get("naive")) and sb.cpu_per_call_minute:
+        out.append(
+            f"naive / switchboard: CPU {naive.cpu_per_call_minute / sb.cpu_per_call_minute:.2f}x, "
+            f"RSS per session {naive.rss_per_session_bytes / max(sb.rss_per_session_bytes, 1):.2f}x"
+        )
+    return "\n".join(out)
+
+
+def git_describe() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            command = ["git", *args]
+            done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, check=False, timeout=10)  # noqa: S603
+            return done.stdout.strip()
+        except OSError:
+            return ""
+
+    diff = git("diff", "HEAD", "--", "service")
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", "service")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "serviceDirty": bool(diff or untracked),
+        "serviceDiffSha256": hashlib.sha256((diff + untracked).encode()).hexdigest() if diff or untracked else None,
+    }
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> list[PhaseResult]:
+    before = machine_ticks()
+    await asyncio.sleep(1.0)
+    after = machine_ticks()
+    idle_busy = (after[0] - before[0]) / max(1, after[1] - before[1])
+    progress(f"machine {idle_busy * 100:.0f} % busy before the benchmark (other work competes for the CPUs)")
+    args.machine_busy_before = round(idle_busy, 3)
+    tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    progress(f"temporary folder {tmp}")
+    results: list[PhaseResult] = []
+    try:
+        async with ProcessGroup(tmp) as procs, httpx.AsyncClient(limits=httpx.Limits(max_connections=50)) as client:
+            port = free_port()
+            sim_argv = switchboard_argv(
+                "simulate", "--port", str(port), "--pace", "1", "--talk-seconds", f"{args.seconds:g}"
+            )
+            progress(f"starting the simulator: {' '.join(sim_argv[-7:])}")
+            sim_child = await procs.start("simulator", sim_argv, cwd=tmp)
+            sim = Simulator(sim_child, f"http://127.0.0.1:{port}", client)
+            await wait_http_ok(client, f"{sim.base_url}/_sim/calls", sim_child)
+            phases: list[str] = ["switchboard"]
+            phases += [] if args.skip_floor else ["floor"]
+            phases += [] if args.skip_naive else ["naive"]
+            for phase in phases:
+                if phase == "switchboard":
+                    result = await run_switchboard(args, procs, sim, client, tmp)
+                else:
+                    result = await run_baseline(phase, args, procs, sim, tmp)
+                results.append(result)
+                progress(
+                    f"{phase}: lost {result.lost_bytes:,} bytes, {result.cpu_per_call_minute:.3f} CPU s/call-minute, "
+                    f"peak RSS {result.peak_rss_bytes / 2**20:.1f} MiB"
+                )
+                await asyncio.sleep(2.0)  # let the machine settle between phases
+    finally:
+        if args.keep:
+            progress(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=200, help="concurrent calls per phase (default 200)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="audio seconds per call (default 20)")
+    parser.add_argument("--skip-naive", action="store_true", help="do not run the naive baseline")
+    parser.add_argument("--skip-floor", action="store_true", help="do not run the bare-websockets floor")
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--ramp-rate", type=float, default=50.0, help="calls placed per second (default 50)")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=240.0,
+        help="seconds a listener may take after the calls' end before it is stopped (default 240)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop of the baselines (serve runs on uvloop, uvicorn's default when installed)",
+    )
+    parser.add_argument("--py-spy", type=Path, help="sample serve with py-spy over the window into this file (raw)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database, audio)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    source = git_describe()  # what serve runs: the working tree at start-up
+
+    async def guarded() -> list[PhaseResult]:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run(args)
+
+    try:
+        results = asyncio.run(guarded())
+    except KeyboardInterrupt:
+        progress("interrupted; every process stopped")
+        return 130
+    except asyncio.CancelledError:
+        progress("terminated; every process stopped")
+        return 143
+    except BenchError as exc:
+        progress(f"benchmark failed: {exc}")
+        return 1
+    print(render_table(results))
+    if args.json:
+        document = {
+            "startedAt": started_at,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+            "git": source,
+            "results": [asdict(r) for r in results],
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        progress(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

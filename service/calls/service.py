@@ -175,9 +175,14 @@ class CallService:
             call.call_metadata = dict(body.metadata)
             await append_events(session, call.id, [NewEvent("switchboard", "call.created", redact(vapi_call))])
             await announce_status(session, call, before)
+            # Lease it now: the listen session connects without waiting for a write of its own, so the
+            # first seconds of audio are not lost behind other writes when many calls start at once.
+            listen_now = bool(call.listen_url) and call_status.is_live(call.status) and call.listen_owner is None
+            if listen_now:
+                self._supervisor.claim(call)
         log.info("call placed", call_id=call.id, status=call.status)
-        if call.listen_url and call_status.is_live(call.status):
-            self._supervisor.ensure_listening(call.id)
+        if listen_now:
+            self._supervisor.ensure_listening(call.id, leased=True)
         return await self.get_call(call.id)
 
     async def get_call(self, call_id: str) -> Call:

@@ -32,6 +32,11 @@ class LeaseKeeper:
         self.owner = owner
         self._ttl = dt.timedelta(seconds=ttl_seconds)
 
+    def claim(self, call: Call) -> None:
+        """Take the lease of a call this replica is storing right now, in the caller's transaction
+        (a call just placed here): its session then starts without a write of its own."""
+        call.listen_owner, call.listen_lease_until = self.owner, utcnow() + self._ttl
+
     async def acquire(self, call_id: str) -> bool:
         """Take the call's lease if it is free, expired, or already ours."""
         now = utcnow()

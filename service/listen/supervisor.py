@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import structlog
 
+from service.db.models import Call
 from service.listen.leases import LeaseKeeper
 from service.listen.relay import LiveRelay
 from service.listen.session import ListenSession
@@ -66,14 +67,19 @@ class ListenSupervisor:
         await self._adopt_unowned()
         self._maintainer = asyncio.create_task(self._maintain(), name="listen-maintainer")
 
-    def ensure_listening(self, call_id: str) -> None:
-        """Start a session for the call unless one runs here (idempotent); it runs only under a lease."""
+    def claim(self, call: Call) -> None:
+        """Lease a call in the caller's transaction; then call ``ensure_listening(id, leased=True)``."""
+        self._leases.claim(call)
+
+    def ensure_listening(self, call_id: str, *, leased: bool = False) -> None:
+        """Start a session for the call unless one runs here (idempotent); it runs only under a lease
+        (``leased``: already taken with :meth:`claim`)."""
         if self._closing or call_id in self._tasks:
             return
         if len(self._tasks) >= self._limit:
             log.error("listen session limit reached; call left to other replicas", call_id=call_id, limit=self._limit)
             return
-        self._tasks[call_id] = asyncio.create_task(self._run(call_id), name=f"listen:{call_id}")
+        self._tasks[call_id] = asyncio.create_task(self._run(call_id, leased), name=f"listen:{call_id}")
 
     def call_answered(self, call_id: str) -> None:
         session = self._sessions.get(call_id)
@@ -85,10 +91,10 @@ class ListenSupervisor:
         if session is not None:
             session.call_ended()
 
-    async def _run(self, call_id: str) -> None:
-        acquired = False
+    async def _run(self, call_id: str, leased: bool) -> None:
+        acquired = leased
         try:
-            acquired = await self._leases.acquire(call_id)
+            acquired = acquired or await self._leases.acquire(call_id)
             if not acquired or self._closing:
                 return
             relay = LiveRelay()

@@ -45,7 +45,7 @@ from service.rules.service import RuleService  # rules
 from service.settings import ConfigurationError, Settings
 from service.vapi.client import VapiClient
 from service.webhooks.controllers import VapiWebhookController
-from service.webhooks.service import WebhookService
+from service.webhooks.service import WebhookAuth, WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -118,7 +118,7 @@ def create_app(
     calls = CallService(db, vapi, settings, supervisor)
     rule_engine = RuleEngine(db, calls.inject, metrics, file_rules=file_rules)  # rules
     rules = RuleService(db, rule_engine)  # rules
-    webhooks = WebhookService(db, supervisor, metrics, rules=rule_engine)
+    webhooks = WebhookService(db, supervisor, metrics, auth=WebhookAuth.from_settings(settings), rules=rule_engine)
     # Outbound webhooks: the worker owns its own HTTP client (receivers are untrusted; not Vapi's pool).
     deliveries = DeliveryWorker(
         db,

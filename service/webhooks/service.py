@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent, append_events
+from service.calls.events import NewEvent, append_events_to_locked
 from service.calls.redact import redact
 from service.calls.tracking import (
     announce_status,
@@ -27,8 +29,10 @@ from service.calls.tracking import (
 )
 from service.db.engine import Database
 from service.db.models import Call, CallEvent
-from service.errors import DomainError, ServiceUnavailableError
+from service.errors import AuthenticationError, DomainError, ServiceUnavailableError
 from service.metrics import Metrics
+from service.settings import Settings
+from service.webhooks.verify import authenticated
 
 if TYPE_CHECKING:
     from service.listen.supervisor import ListenSupervisor
@@ -77,6 +81,23 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     return message
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookAuth:
+    """How Vapi authenticates its server messages (see ``verify``)."""
+
+    secret_header: str
+    secret: str | None
+    hmac_secret: str | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookAuth:
+        return cls(
+            secret_header=settings.webhook_secret_header,
+            secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+            hmac_secret=settings.webhook_hmac_secret.get_secret_value() if settings.webhook_hmac_secret else None,
+        )
+
+
 @dataclass(slots=True)
 class _Received:
     """A parsed message waiting for the next batch."""
@@ -111,8 +132,15 @@ class WebhookService:
     """
 
     def __init__(
-        self, db: Database, supervisor: ListenSupervisor, metrics: Metrics, *, rules: RuleEngine | None = None
+        self,
+        db: Database,
+        supervisor: ListenSupervisor,
+        metrics: Metrics,
+        *,
+        auth: WebhookAuth,
+        rules: RuleEngine | None = None,
     ) -> None:
+        self._auth = auth
         self._db = db
         self._supervisor = supervisor
         self._metrics = metrics
@@ -133,6 +161,20 @@ class WebhookService:
                 await self._queue.join()
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
+
+    async def receive(self, headers: Mapping[str, str], raw: bytes) -> IngestResult:
+        """Authenticate the raw request (before parsing anything), then ingest it."""
+        auth = self._auth
+        if not authenticated(
+            headers,
+            raw,
+            secret_header=auth.secret_header,
+            secret=auth.secret,
+            hmac_secret=auth.hmac_secret,
+            now=time.time(),
+        ):
+            raise AuthenticationError("missing or wrong webhook secret or signature")
+        return await self.ingest(raw)
 
     async def ingest(self, raw: bytes) -> IngestResult:
         message = parse_message(raw)
@@ -206,7 +248,8 @@ class WebhookService:
                 owners.append((outcome, len(call_events), len(new_events)))
                 call_events.extend(new_events)
                 outcomes.append(outcome)
-            rows = {call_id: await append_events(session, call_id, evs) for call_id, evs in events.items()}
+            rows = {call_id: append_events_to_locked(session, calls[call_id], evs) for call_id, evs in events.items()}
+            await session.flush()  # the events get their ids before the rules see them
         for outcome, offset, count in owners:
             assert outcome.call is not None
             outcome.rows = rows[outcome.call.id][offset : offset + count]

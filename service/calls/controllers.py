@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -88,6 +89,30 @@ def injection_out(injection: Injection) -> InjectionOut:
         error=injection.error,
         created_at=injection.created_at,
     )
+
+
+async def injected(
+    request: Request[Any, Any, Any],
+    idempotency: IdempotencyService,
+    key: str | None,
+    route: str,
+    data: object,
+    send: Callable[[], Awaitable[Injection]],
+) -> Response[InjectionOut]:
+    """Send a control message once per ``Idempotency-Key``; retries get the first answer."""
+
+    async def handler() -> InjectionOut:
+        return injection_out(await send())
+
+    result = await idempotency.run(
+        principal=current_principal(request).identity,
+        route=route,
+        key=key,
+        request=data,
+        status=HTTP_202_ACCEPTED,
+        handler=handler,
+    )
+    return result.to_response()
 
 
 class CallController(Controller):
@@ -197,18 +222,14 @@ class CallController(Controller):
         idempotency: Idempotency,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[InjectionOut]:
-        async def say() -> InjectionOut:
-            return injection_out(await calls.say(call_id, data))
-
-        result = await idempotency.run(
-            principal=current_principal(request).identity,
-            route=f"POST /v1/calls/{call_id}/say",
-            key=idempotency_key,
-            request=data,
-            status=HTTP_202_ACCEPTED,
-            handler=say,
+        return await injected(
+            request,
+            idempotency,
+            idempotency_key,
+            f"POST /v1/calls/{call_id}/say",
+            data,
+            lambda: calls.say(call_id, data),
         )
-        return result.to_response()
 
     @post(
         "/{call_id:str}/control",
@@ -226,15 +247,5 @@ class CallController(Controller):
         idempotency: Idempotency,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[InjectionOut]:
-        async def control() -> InjectionOut:
-            return injection_out(await calls.control(call_id, data))
-
-        result = await idempotency.run(
-            principal=current_principal(request).identity,
-            route=f"POST /v1/calls/{call_id}/control",
-            key=idempotency_key,
-            request=data,
-            status=HTTP_202_ACCEPTED,
-            handler=control,
-        )
-        return result.to_response()
+        route = f"POST /v1/calls/{call_id}/control"
+        return await injected(request, idempotency, idempotency_key, route, data, lambda: calls.control(call_id, data))

@@ -30,29 +30,15 @@ from service.errors import ConflictError, DomainError, InvalidInputError, NotFou
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.settings import Settings
 from service.vapi.client import ControlNotDeliveredError, VapiClient
+from service.vapi.messages import DEFAULT_SERVER_MESSAGES, FINAL_TRANSCRIPTS
 
 if TYPE_CHECKING:
     from service.listen.supervisor import ListenSupervisor
 
 log = structlog.get_logger(__name__)
 
-# Vapi's default subscription, kept when the caller does not choose one.
-VAPI_DEFAULT_SERVER_MESSAGES = (
-    "conversation-update",
-    "end-of-call-report",
-    "function-call",
-    "hang",
-    "speech-update",
-    "status-update",
-    "tool-calls",
-    "transfer-destination-request",
-    "handoff-destination-request",
-    "user-interrupted",
-    "assistant.started",
-)
-# What Switchboard itself needs to track calls and run rules.
+# What Switchboard itself needs to track calls and run rules (besides final transcripts).
 REQUIRED_SERVER_MESSAGES = ("status-update", "end-of-call-report", "speech-update", "hang")
-FINAL_TRANSCRIPTS = 'transcript[transcriptType="final"]'
 # First pause before retrying a control POST whose connection was refused (doubles per attempt).
 CONTROL_RETRY_SECONDS = 0.1
 # What the caller of ``inject`` records in the injection's transaction (rules: the firing's outcome).
@@ -77,7 +63,7 @@ def build_vapi_request(body: CallCreate, settings: Settings) -> dict[str, Any]:
                 settings.webhook_secret_header: settings.webhook_secret.get_secret_value(),
             }
         overrides["server"] = server
-        messages = list(overrides.get("serverMessages") or VAPI_DEFAULT_SERVER_MESSAGES)
+        messages = list(overrides.get("serverMessages") or DEFAULT_SERVER_MESSAGES)
         messages += [message for message in REQUIRED_SERVER_MESSAGES if message not in messages]
         if "transcript" not in messages and FINAL_TRANSCRIPTS not in messages:
             messages.append(FINAL_TRANSCRIPTS)

@@ -11,28 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from service.simulator.audio import FrameSource, call_tag
 from service.simulator.script import CallScript
+from service.vapi import messages as vapi_messages
 
 if TYPE_CHECKING:
     from service.simulator.listen import ListenConnection
 
-DEFAULT_SERVER_MESSAGES: frozenset[str] = frozenset(
-    {
-        "conversation-update",
-        "end-of-call-report",
-        "function-call",
-        "hang",
-        "speech-update",
-        "status-update",
-        "tool-calls",
-        "transfer-destination-request",
-        "handoff-destination-request",
-        "user-interrupted",
-        "assistant.started",
-    }
-)
+DEFAULT_SERVER_MESSAGES: frozenset[str] = frozenset(vapi_messages.DEFAULT_SERVER_MESSAGES)
 """Vapi's default ``serverMessages`` subscription (no ``transcript``)."""
 
-FINAL_TRANSCRIPTS_ONLY = 'transcript[transcriptType="final"]'
+FINAL_TRANSCRIPTS_ONLY = vapi_messages.FINAL_TRANSCRIPTS
 DEFAULT_SERVER_TIMEOUT_SECONDS = 20.0
 COST_PER_MINUTE = 0.05
 TWILIO_ACCOUNT_SID = "AC" + "51" * 16

@@ -1,6 +1,7 @@
 from service.calls.schemas import CallCreate, Customer
-from service.calls.service import FINAL_TRANSCRIPTS, build_vapi_request
+from service.calls.service import build_vapi_request
 from service.settings import Settings
+from service.vapi.messages import FINAL_TRANSCRIPTS
 
 
 def _settings(**values: object) -> Settings:

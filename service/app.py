@@ -126,6 +126,7 @@ def create_app(
         allow_private=settings.webhook_allow_private,
         policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
     )
+    idempotency = IdempotencyService(db)
     webhook_endpoints = WebhookEndpointService(db, allow_private=settings.webhook_allow_private)
 
     @asynccontextmanager
@@ -136,6 +137,7 @@ def create_app(
                 "set SWITCHBOARD_WEBHOOK_SECRET"
             )
         await rule_engine.start()  # rules: before listen sessions, whose events it observes
+        await idempotency.purge_expired()  # keys older than 24 h
         await webhooks.start()
         await supervisor.start()
         await deliveries.start()  # outbound webhooks
@@ -180,7 +182,7 @@ def create_app(
             "webhooks": _constant(webhooks),
             "recordings": _constant(recordings),
             "metrics": _constant(metrics),
-            "idempotency": _constant(IdempotencyService(db)),
+            "idempotency": _constant(idempotency),
             "supervisor": _constant(supervisor),
             "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
             "rules": _constant(rules),  # rules

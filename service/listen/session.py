@@ -123,7 +123,6 @@ class ListenSession:
         self._pending: list[NewEvent] = []
         self._flushing = asyncio.Lock()
         self._storage_error: str | None = None
-        self._audio_seen = False
 
     def call_ended(self) -> None:
         """Vapi reported the end: stop reconnecting."""
@@ -306,7 +305,6 @@ class ListenSession:
             await asyncio.gather(ticker, return_exceptions=True)
             await socket.close()  # whatever ended the loop, never leave the upstream connection open
             await writer.close()
-            self._audio_seen = self._audio_seen or writer.bytes_received > 0
             self._storage_error = self._storage_error or writer.error
             await self._persist(
                 lambda: self._recordings.close_segment(segment, size=writer.bytes_written, sha256=writer.sha256),

@@ -55,9 +55,6 @@ class ListenSupervisor:
     def active(self) -> int:
         return len(self._tasks)
 
-    def is_listening(self, call_id: str) -> bool:
-        return call_id in self._tasks
-
     def relay(self, call_id: str) -> LiveRelay | None:
         """The live relay of a call recorded by this replica."""
         return self._relays.get(call_id)
@@ -140,13 +137,6 @@ class ListenSupervisor:
     async def _adopt_unowned(self) -> None:
         for call_id in await self._leases.unowned_calls():
             self.ensure_listening(call_id)
-
-    async def wait_idle(self, call_id: str, timeout: float) -> None:
-        """Wait for a call's session to finish (tests and graceful paths)."""
-        task = self._tasks.get(call_id)
-        if task is not None:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(task)
 
     async def close(self, timeout: float) -> None:
         """Stop accepting, ask every session to stop (handing calls over), wait, cancel the rest."""

@@ -266,3 +266,28 @@ async def test_import_refuses_ids_that_are_not_vapi_ids(
     response = await client.post("/v1/calls/import", json={"vapiCallId": vapi_call_id})
     assert response.status_code == 400
     assert vapi.requests == []
+
+
+async def test_expired_idempotency_keys_are_purged_at_start_up(database_url: str) -> None:
+    import datetime as dt
+
+    from sqlalchemy import func, select
+
+    from service.db.engine import Database
+    from service.db.models import IdempotencyRecord, utcnow
+
+    db = Database(database_url)
+    async with db.write() as session:
+        for key, expires in (("old", utcnow() - dt.timedelta(hours=1)), ("fresh", utcnow() + dt.timedelta(hours=1))):
+            session.add(
+                IdempotencyRecord(
+                    principal="p", route="POST /v1/calls", key=key, request_hash="h", status="done", expires_at=expires
+                )
+            )
+    async with AsyncTestClient(create_app(make_settings(database_url))):
+        pass
+    async with db.read() as session:
+        keys = (await session.scalars(select(IdempotencyRecord.key))).all()
+        assert list(keys) == ["fresh"]
+        assert await session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 1
+    await db.dispose()

@@ -14,10 +14,14 @@ import ctypes
 import os
 import signal
 import socket
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import httpx
 
 _PR_SET_PDEATHSIG = 1
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -163,3 +167,28 @@ class ProcessGroup:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a process did not start, a deadline passed, a request failed…)."""
+
+
+def switchboard_argv(*args: str) -> list[str]:
+    """The ``switchboard`` command of this interpreter's environment (or ``python -m service.cli``)."""
+    script = Path(sys.executable).parent / "switchboard"
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "service.cli", *args]
+
+
+async def wait_http_ok(client: httpx.AsyncClient, url: str, child: Child, timeout: float = 90.0) -> None:
+    """Wait until ``url`` answers 200, failing early (with its log) if ``child`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise BenchError(f"{child.name} exited with {child.process.returncode}:\n{child.log_tail()}")
+        try:
+            if (await client.get(url, timeout=2.0)).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    raise BenchError(f"{child.name} did not answer {url} within {timeout:g} s:\n{child.log_tail()}")

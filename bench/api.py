@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-from _procs import Child, ProcessGroup, free_port
+from _procs import BenchError, Child, ProcessGroup, free_port, switchboard_argv, wait_http_ok
 
 from service.db.models import Call
 
@@ -70,10 +70,6 @@ _started = time.monotonic()
 
 def progress(message: str) -> None:
     print(f"[{time.monotonic() - _started:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """The benchmark could not run (a process did not start, a request failed...)."""
 
 
 # -- figures --------------------------------------------------------------------------------------------
@@ -153,25 +149,6 @@ def machine_context() -> dict[str, Any]:
 
 
 # -- processes ------------------------------------------------------------------------------------------
-
-
-def switchboard_argv(*args: str) -> list[str]:
-    script = Path(sys.executable).parent / "switchboard"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "service.cli", *args]
-
-
-async def wait_http_ok(client: httpx.AsyncClient, url: str, child: Child, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise BenchError(f"{child.name} exited with {child.process.returncode}:\n{child.log_tail()}")
-        try:
-            if (await client.get(url, timeout=2.0)).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    raise BenchError(f"{child.name} did not answer {url} within {timeout:g} s:\n{child.log_tail()}")
 
 
 async def start_py_spy(args: argparse.Namespace, procs: ProcessGroup, serve: Child, name: str) -> Child | None:

@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _procs import Child, ProcessGroup, Usage, free_port
+from _procs import BenchError, Child, ProcessGroup, Usage, free_port, switchboard_argv, wait_http_ok
 
 T = TypeVar("T")
 
@@ -69,10 +69,6 @@ _started = time.monotonic()
 
 def progress(message: str) -> None:
     print(f"[{time.monotonic() - _started:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    """The benchmark could not run (a process did not start, a deadline passed…)."""
 
 
 @dataclass(slots=True)
@@ -129,25 +125,6 @@ async def gather_limited(limit: int, jobs: Iterable[Callable[[], Awaitable[T]]])
             return await job()
 
     return list(await asyncio.gather(*(run(job) for job in jobs)))
-
-
-async def wait_http_ok(client: httpx.AsyncClient, url: str, child: Child, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise BenchError(f"{child.name} exited with {child.process.returncode}:\n{child.log_tail()}")
-        try:
-            if (await client.get(url, timeout=2.0)).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    raise BenchError(f"{child.name} did not answer {url} within {timeout:g} s:\n{child.log_tail()}")
-
-
-def switchboard_argv(*args: str) -> list[str]:
-    script = Path(sys.executable).parent / "switchboard"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "service.cli", *args]
 
 
 def parse_time(value: str) -> float:

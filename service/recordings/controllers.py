@@ -61,6 +61,25 @@ def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
     )
 
 
+def no_recording_out(call_id: str) -> RecordingOut:
+    """A call with nothing recorded yet (not answered, or its listen socket not reached)."""
+    return RecordingOut(
+        call_id=call_id,
+        status="none",
+        encoding="pcm_s16le",
+        sample_rate=0,
+        channels=0,
+        bytes=0,
+        duration_seconds=0.0,
+        sha256=None,
+        gaps=[],
+        segments=[],
+        error=None,
+        started_at=None,
+        completed_at=None,
+    )
+
+
 def ranged_stream(download: Download, range_header: str | None, *, media_type: str, filename: str) -> Stream:
     total = download.total
     try:
@@ -88,7 +107,8 @@ class RecordingController(Controller):
 
     @get("/recording", operation_id="getRecording", summary="A call's recording: status, format, gaps")
     async def get_recording(self, call_id: FromPath[str], recordings: Recordings) -> RecordingOut:
-        return recording_out(call_id, await recordings.view(call_id))
+        view = await recordings.describe(call_id)
+        return recording_out(call_id, view) if view is not None else no_recording_out(call_id)
 
     @get(
         "/recording.pcm",

@@ -228,13 +228,20 @@ class RecordingService:
         return wav_download(await self.view(call_id), self._storage, channel=channel)
 
     async def view(self, call_id: str) -> RecordingView:
-        """The call's recording; open segments report what storage holds so far."""
+        """The call's recording, for downloads: 404 while nothing has been recorded."""
+        view = await self.describe(call_id)
+        if view is None:
+            raise NotFoundError(f"call {call_id!r} has no recording yet", recordingStatus="none")
+        return view
+
+    async def describe(self, call_id: str) -> RecordingView | None:
+        """The call's recording (None: nothing recorded yet); open segments report what storage holds."""
         async with self._db.read() as session:
             call = await session.scalar(select(Call).where(Call.id == call_id).options(selectinload(Call.recording)))
         if call is None:
             raise NotFoundError(f"no call with id {call_id!r}")
         if call.recording is None:
-            raise NotFoundError(f"call {call_id!r} has no recording yet", recordingStatus="none")
+            return None
         extents = []
         for segment in call.recording.segments:
             size = segment.bytes if segment.status == "closed" else await self._storage.size(segment.storage_key)

@@ -179,3 +179,15 @@ async def test_duplicate_deliveries_are_stored_once(client: AsyncTestClient[Any]
     assert again.json() == {"stored": False, "seq": 1, "duplicate": True}
     events = (await client.get("/v1/calls/call-1/events", params={"source": "vapi"})).json()["data"]
     assert len(events) == 1
+
+
+async def test_a_call_without_audio_has_recording_status_none(client: AsyncTestClient[Any]) -> None:
+    await post(client, message("status-update", status="ringing"))
+    recording = await client.get("/v1/calls/call-1/recording")
+    assert recording.status_code == 200
+    assert recording.json()["status"] == "none"
+    assert recording.json()["bytes"] == 0
+    download = await client.get("/v1/calls/call-1/recording.wav")
+    assert download.status_code == 404
+    assert download.json()["recordingStatus"] == "none"
+    assert (await client.get("/v1/calls/nope/recording")).status_code == 404

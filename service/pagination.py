@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 from typing import Any
 
@@ -24,3 +25,17 @@ def decode_cursor(cursor: str) -> list[Any]:
     if not isinstance(parts, list):
         raise InvalidInputError(BAD_CURSOR)
     return parts
+
+
+def encode_newest_first(created_at: dt.datetime, row_id: object) -> str:
+    """The cursor after a row of a ``(created_at, id)`` newest-first listing."""
+    return encode_cursor(created_at.isoformat(), str(row_id))
+
+
+def decode_newest_first(cursor: str) -> tuple[dt.datetime, str]:
+    """``(created_at, id)`` of the last row of the previous page."""
+    parts = decode_cursor(cursor)
+    try:
+        return dt.datetime.fromisoformat(parts[0]), str(parts[1])
+    except (IndexError, TypeError, ValueError):
+        raise InvalidInputError(BAD_CURSOR) from None

@@ -28,7 +28,6 @@ from service.calls.schemas import (
 from service.calls.service import CallFilters, CallService, metadata_filters
 from service.db.models import Call, CallEvent, Injection
 from service.idempotency.service import HEADER, IdempotencyService
-from service.recordings.audio import SAMPLE_BYTES
 
 Calls = NamedDependency[CallService]
 Idempotency = NamedDependency[IdempotencyService]
@@ -50,10 +49,9 @@ def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
         monitor.listen_url, monitor.control_url = call.listen_url, call.control_url
     recording = None
     if call.recording is not None:
-        rate = call.recording.sample_rate * call.recording.channels * SAMPLE_BYTES
         recording = RecordingSummary(
             status=call.recording.status,
-            duration_seconds=round(call.recording.bytes / rate, 3) if rate else 0.0,
+            duration_seconds=call.recording.seconds(call.recording.bytes),
             bytes=call.recording.bytes,
         )
     return CallOut(

@@ -38,23 +38,7 @@ async def append_events(session: AsyncSession, call_id: str, events: Sequence[Ne
         .returning(Call.last_event_seq)
         .execution_options(synchronize_session=False)
     )
-    last = result.scalar_one()
-    now = utcnow()
-    rows = [
-        CallEvent(
-            call_id=call_id,
-            seq=last - len(events) + index + 1,
-            source=event.source,
-            type=event.type,
-            occurred_at=event.occurred_at or now,
-            received_at=now,
-            payload=event.payload,
-            dedupe_key=event.dedupe_key,
-        )
-        for index, event in enumerate(events)
-    ]
-    session.add_all(rows)
-    return rows
+    return _add_rows(session, call_id, result.scalar_one() - len(events) + 1, events)
 
 
 def append_events_to_locked(session: AsyncSession, call: Call, events: Sequence[NewEvent]) -> list[CallEvent]:
@@ -63,11 +47,15 @@ def append_events_to_locked(session: AsyncSession, call: Call, events: Sequence[
     written back with the rest of the call's changes, saving a statement per call in batches."""
     first = call.last_event_seq + 1
     call.last_event_seq += len(events)
+    return _add_rows(session, call.id, first, events)
+
+
+def _add_rows(session: AsyncSession, call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[CallEvent]:
     now = utcnow()
     rows = [
         CallEvent(
-            call_id=call.id,
-            seq=first + index,
+            call_id=call_id,
+            seq=first_seq + index,
             source=event.source,
             type=event.type,
             occurred_at=event.occurred_at or now,

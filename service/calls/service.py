@@ -27,7 +27,13 @@ from service.db.engine import Database
 from service.db.models import Call, CallEvent, Injection, utcnow
 from service.deliveries.outbox import enqueue
 from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
-from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
+from service.pagination import (
+    BAD_CURSOR,
+    decode_cursor,
+    decode_newest_first,
+    encode_cursor,
+    encode_newest_first,
+)
 from service.settings import Settings
 from service.vapi.client import ControlNotDeliveredError, VapiClient
 from service.vapi.messages import DEFAULT_SERVER_MESSAGES, FINAL_TRANSCRIPTS
@@ -184,11 +190,7 @@ class CallService:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
         query = filters.apply(select(Call).options(selectinload(Call.recording)), postgresql=not self._db.is_sqlite)
         if cursor:
-            parts = decode_cursor(cursor)
-            try:
-                created_at, call_id = dt.datetime.fromisoformat(parts[0]), str(parts[1])
-            except (IndexError, TypeError, ValueError):
-                raise InvalidInputError(BAD_CURSOR) from None
+            created_at, call_id = decode_newest_first(cursor)
             query = query.where(tuple_(Call.created_at, Call.id) < (created_at, call_id))
         query = query.order_by(Call.created_at.desc(), Call.id.desc()).limit(limit + 1)
         async with self._db.read() as session:
@@ -197,7 +199,7 @@ class CallService:
         if len(calls) > limit:
             calls = calls[:limit]
             last = calls[-1]
-            next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
+            next_cursor = encode_newest_first(last.created_at, last.id)
         return calls, next_cursor
 
     async def list_events(

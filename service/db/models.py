@@ -14,6 +14,7 @@ from typing import Any
 from advanced_alchemy.base import BigIntBase, DefaultBase, UUIDv7Base
 from advanced_alchemy.types import DateTimeUTC, JsonB
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 
@@ -109,6 +110,16 @@ class Recording(TimestampedMixin, UUIDv7Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
     call: Mapped[Call] = relationship(back_populates="recording", lazy="noload")
+
+    @hybrid_property
+    def byte_rate(self) -> int:
+        """PCM bytes per second of audio (s16le: two bytes a sample); also usable in queries."""
+        return self.sample_rate * self.channels * 2
+
+    def seconds(self, size: int) -> float:
+        """How long ``size`` bytes of this recording's audio last."""
+        return round(size / self.byte_rate, 3) if self.byte_rate else 0.0
+
     segments: Mapped[list[RecordingSegment]] = relationship(
         back_populates="recording",
         lazy="selectin",

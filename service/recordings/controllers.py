@@ -14,7 +14,7 @@ from service.auth import scoped
 from service.calls.service import CallFilters, metadata_filters
 from service.db.models import Call, Recording
 from service.errors import DomainError
-from service.recordings.audio import SAMPLE_BYTES, RangeNotSatisfiableError, parse_range
+from service.recordings.audio import RangeNotSatisfiableError, parse_range
 from service.recordings.schemas import Gap, RecordingListItem, RecordingOut, RecordingPage, SegmentOut
 from service.recordings.service import Download, RecordingService, RecordingView
 
@@ -148,7 +148,6 @@ class RecordingController(Controller):
 
 
 def recording_item(recording: Recording, call: Call) -> RecordingListItem:
-    rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
     return RecordingListItem(
         call_id=call.id,
         status=recording.status,
@@ -156,7 +155,7 @@ def recording_item(recording: Recording, call: Call) -> RecordingListItem:
         sample_rate=recording.sample_rate,
         channels=recording.channels,
         bytes=recording.bytes,
-        duration_seconds=round(recording.bytes / rate, 3) if rate else 0.0,
+        duration_seconds=recording.seconds(recording.bytes),
         sha256=recording.sha256,
         gaps=[Gap(gap["atSeconds"], gap["durationSeconds"], gap["reason"]) for gap in recording.gaps],
         started_at=recording.started_at,

@@ -16,7 +16,7 @@ from service.db.engine import Database
 from service.db.models import Call, Recording, RecordingSegment, utcnow
 from service.deliveries.outbox import enqueue
 from service.errors import InvalidInputError, NotFoundError
-from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
+from service.pagination import BAD_CURSOR, decode_newest_first, encode_newest_first
 from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
 from service.recordings.storage import RecordingStorage
 
@@ -42,12 +42,8 @@ class RecordingView:
         return sum(extent.bytes for extent in self.extents)
 
     @property
-    def byte_rate(self) -> int:
-        return self.recording.sample_rate * self.recording.channels * SAMPLE_BYTES
-
-    @property
     def duration_seconds(self) -> float:
-        return round(self.bytes / self.byte_rate, 3) if self.byte_rate else 0.0
+        return self.recording.seconds(self.bytes)
 
 
 class RecordingService:
@@ -76,7 +72,7 @@ class RecordingService:
                 await session.flush()
             else:
                 segments = list(recording.segments)
-            byte_rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
+            byte_rate = recording.byte_rate
             frame = recording.channels * SAMPLE_BYTES
             for stale in (segment for segment in segments if segment.status == "open"):
                 size = await self._storage.size(stale.storage_key)
@@ -161,7 +157,6 @@ class RecordingService:
                 recording.status = "completed"
             recording.error = error
             recording.completed_at = utcnow()
-            byte_rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
             await enqueue(
                 session,
                 "recording.completed",
@@ -169,7 +164,7 @@ class RecordingService:
                     "callId": call_id,
                     "status": recording.status,
                     "bytes": recording.bytes,
-                    "durationSeconds": round(recording.bytes / byte_rate, 3),
+                    "durationSeconds": recording.seconds(recording.bytes),
                     "sha256": recording.sha256,
                     "gaps": recording.gaps,
                     "error": error,
@@ -202,13 +197,12 @@ class RecordingService:
         if status:
             query = query.where(Recording.status == status)
         if min_duration_seconds is not None:
-            byte_rate = Recording.sample_rate * Recording.channels * SAMPLE_BYTES
-            query = query.where(Recording.bytes >= min_duration_seconds * byte_rate)
+            query = query.where(Recording.bytes >= min_duration_seconds * Recording.byte_rate)
         if cursor:
-            parts = decode_cursor(cursor)
+            created_at, last_id = decode_newest_first(cursor)
             try:
-                created_at, recording_id = dt.datetime.fromisoformat(parts[0]), uuid.UUID(parts[1])
-            except (IndexError, TypeError, ValueError):
+                recording_id = uuid.UUID(last_id)
+            except ValueError:
                 raise InvalidInputError(BAD_CURSOR) from None
             query = query.where(tuple_(Recording.created_at, Recording.id) < (created_at, recording_id))
         query = query.order_by(Recording.created_at.desc(), Recording.id.desc()).limit(limit + 1)
@@ -218,7 +212,7 @@ class RecordingService:
         if len(rows) > limit:
             rows = rows[:limit]
             last = rows[-1][0]
-            next_cursor = encode_cursor(last.created_at.isoformat(), str(last.id))
+            next_cursor = encode_newest_first(last.created_at, last.id)
         return rows, next_cursor
 
     async def pcm_download(self, call_id: str) -> Download:

@@ -1,12 +1,17 @@
 """The rule engine: turns committed timeline events into firings, exactly once, on time.
 
-Hot path: :meth:`RuleEngine.observe` is called after a webhook or a batch of listen text frames was
-committed. It is synchronous and cheap (a filter over the rows, no I/O) and hands the occurrences to the
-engine's own worker through a bounded queue. The worker evaluates conditions (CEL, one prepared context
-per occurrence shared by every rule) and spawns firing tasks, bounded by a semaphore and owned by the
-engine. Timed firings (``delay``, ``call.elapsed``, ``user.silent``) wait as rows in ``rule_firing``;
-a timer task claims the due ones (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so they survive restarts
-and fire on exactly one replica. Rule changes made through the API (on any replica) are picked up by
+Two ways in. Webhooks (the hot path) call :meth:`RuleEngine.plan` inside the transaction that stores
+their events: conditions are evaluated there (CEL, one prepared context per occurrence shared by every
+rule) and the firing rows are inserted with the events, so a stored milestone never loses its firing
+and an immediate rule needs no transaction of its own before its control POST; after the commit,
+:meth:`RuleEngine.dispatch` hands the firings to the engine's worker. Listen-socket text frames are
+committed elsewhere and call :meth:`RuleEngine.observe` after their commit (synchronous, no I/O); the
+worker evaluates those and records each firing in its own transaction. Firing tasks are bounded by a
+semaphore and owned by the engine.
+
+Timed firings (``delay``, ``call.elapsed``, ``user.silent``) wait as rows in ``rule_firing``; a timer
+task claims the due ones (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so they survive restarts and fire
+on exactly one replica. Rule changes made through the API (on any replica) are picked up by
 polling a cheap fingerprint of the ``rule`` table.
 """
 
@@ -18,7 +23,7 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -53,10 +58,46 @@ SWEEP_EVERY_SECONDS = 30.0
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
+    """Committed milestones of one call, observed after their commit (see :meth:`RuleEngine.observe`)."""
+
     call_id: str
     occurrences: list[Occurrence]
     observed: float  # time.perf_counter() when handed over
     call: Call | None  # the row as committed with the events, when the caller had it
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """What one rule does about one occurrence: fire now (``due`` is None) or record a timed firing."""
+
+    rule: CompiledRule
+    occurrence: Occurrence
+    key: str | None  # None: a transcript's per-occurrence key, numbered in the firing's transaction
+    due: dt.datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A firing recorded in its milestone's transaction, to deliver once that transaction committed."""
+
+    firing_id: uuid.UUID
+    decision: _Decision
+    key: str
+
+
+@dataclass(slots=True)
+class Planned:
+    """The firings :meth:`RuleEngine.plan` recorded in the caller's transaction; hand it to
+    :meth:`RuleEngine.dispatch` after the commit."""
+
+    call: Call
+    call_values: dict[str, Any]
+    observed: float
+    due: list[_Due] = field(default_factory=list)
+    scheduled: list[str] = field(default_factory=list)  # rule names of timed firings recorded
+    duplicates: list[str] = field(default_factory=list)  # rule names that had already fired
+    wake: bool = False  # a timed firing falls due within a poll interval
 
 
 class RuleEngine:
@@ -85,7 +126,7 @@ class RuleEngine:
         self._slots = asyncio.Semaphore(concurrency)
         self._inject_attempts = inject_attempts
         self._clock = clock
-        self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self._queue: asyncio.Queue[_Batch | Planned] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -171,35 +212,81 @@ class RuleEngine:
 
     # -- observing -----------------------------------------------------------------------------------
 
+    def _occurrences(self, call_id: str, events: Iterable[EventLike]) -> list[Occurrence]:
+        if self._closing or not self._book.by_trigger:
+            return []
+        wanted = self._book.by_trigger
+        return [o for o in occurrences_from_events(call_id, events) if o.milestone in wanted]
+
+    async def plan(self, session: AsyncSession, call: Call, events: Iterable[EventLike]) -> Planned | None:
+        """Record the firings of ``events`` in the caller's write transaction, which also stores them.
+
+        The webhook path uses this: a milestone and its firings commit together (a crash cannot lose
+        the firing of a stored milestone), and an immediate rule costs no transaction of its own before
+        its control POST. Pass the result to :meth:`dispatch` after the commit; drop it on rollback.
+        """
+        occurrences = self._occurrences(call.id, events)
+        if not occurrences:
+            return None
+        planned = Planned(call, call_context(call), time.perf_counter())
+        for occurrence in occurrences:
+            for decision in self._decide(planned.call_values, occurrence):
+                firing_id, key = await self._record(session, decision)
+                if firing_id is None:
+                    planned.duplicates.append(decision.rule.name)
+                elif decision.due is None:
+                    planned.due.append(_Due(firing_id, decision, key))
+                else:
+                    planned.scheduled.append(decision.rule.name)
+                    planned.wake = planned.wake or self._due_soon(decision.due)
+        return planned
+
+    def dispatch(self, planned: Planned) -> None:
+        """After the commit of :meth:`plan`'s transaction: deliver its immediate firings. Never blocks."""
+        for name in planned.scheduled:
+            self._metrics.rule_firings.labels(rule=name, status="scheduled").inc()
+        for name in planned.duplicates:
+            self._metrics.rule_firings.labels(rule=name, status="duplicate").inc()
+        if planned.wake:
+            self._wake.set()
+        if planned.due:
+            self._enqueue(planned, planned.call.id, len(planned.due))
+
     def observe(self, call_id: str, events: Iterable[EventLike], *, call: Call | None = None) -> None:
         """Committed events of one call: queue their milestones for the worker. Never blocks, no I/O.
 
-        ``call``: the row as committed with the events (the webhook path has it), which saves the worker
-        a database read; without it the worker reads the call.
+        For events committed without :meth:`plan` (listen-socket text frames): each firing then gets a
+        transaction of its own. ``call``: the row as committed with the events, which saves the worker a
+        database read; without it the worker reads the call.
         """
-        if self._closing or not self._book.by_trigger:
-            return
-        wanted = self._book.by_trigger
-        occurrences = [o for o in occurrences_from_events(call_id, events) if o.milestone in wanted]
-        if not occurrences:
-            return
+        occurrences = self._occurrences(call_id, events)
+        if occurrences:
+            self._enqueue(_Batch(call_id, occurrences, time.perf_counter(), call), call_id, len(occurrences))
+
+    def _enqueue(self, item: _Batch | Planned, call_id: str, count: int) -> None:
         try:
-            self._queue.put_nowait(_Batch(call_id, occurrences, time.perf_counter(), call))
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            self._metrics.rule_events_dropped.inc(len(occurrences))
-            log.warning("rule queue full: milestones dropped", call_id=call_id, count=len(occurrences))
+            # A planned firing left in "firing" is closed as failed by the sweep: it never speaks twice.
+            self._metrics.rule_events_dropped.inc(count)
+            log.warning("rule queue full: milestones dropped", call_id=call_id, count=count)
 
     async def _work(self) -> None:
         while True:
-            batch = await self._queue.get()
+            item = await self._queue.get()
+            call_id = item.call.id if isinstance(item, Planned) else item.call_id
             try:
-                await self._process(batch)
+                if isinstance(item, Planned):
+                    for due in item.due:
+                        await self._spawn(self._deliver_due(item, due), f"rule:{due.decision.rule.name}")
+                else:
+                    await self._process(item)
             except Exception:  # the database may be briefly away; the next batch may work
-                log.exception("rule evaluation failed", call_id=batch.call_id)
+                log.exception("rule evaluation failed", call_id=call_id)
 
     async def _process(self, batch: _Batch) -> None:
-        """Evaluate a batch (reading the call only when the caller did not hand it over), then hand the
-        firings to owned tasks. Nothing here waits on more than one short read."""
+        """Evaluate a batch (reading the call only when the caller did not hand it over), then record and
+        deliver each firing in an owned task. Nothing here waits on more than one short read."""
         call = batch.call
         if call is None:
             async with self._db.read() as session:
@@ -207,31 +294,37 @@ class RuleEngine:
             if call is None:
                 return
         call_values = call_context(call)
-        work: list[tuple[Awaitable[None], str]] = []
-        for occurrence in batch.occurrences:
-            context = None
-            for rule in self._book.by_trigger.get(occurrence.milestone, []):
-                name = f"rule:{rule.name}"
-                if rule.milestone == "call.elapsed":
-                    work.append((self._schedule_elapsed(rule, occurrence), name))
-                    continue
-                if rule.milestone == "user.silent":
-                    if occurrence.milestone == "call.answered" or occurrence.event.get("role") == "user":
-                        work.append((self._schedule_silence(rule, occurrence), name))
-                    continue
+        decisions = [d for occurrence in batch.occurrences for d in self._decide(call_values, occurrence)]
+        for decision in decisions:
+            work = self._record_and_fire(decision, call, call_values, batch.observed)
+            await self._spawn(work, f"rule:{decision.rule.name}")
+
+    def _decide(self, call_values: dict[str, Any], occurrence: Occurrence) -> list[_Decision]:
+        """Which rules act on ``occurrence`` and how (conditions of immediate rules evaluated here)."""
+        decisions: list[_Decision] = []
+        context = None
+        for rule in self._book.by_trigger.get(occurrence.milestone, []):
+            if rule.milestone == "call.elapsed":
+                assert rule.at is not None
+                due = occurrence.at + dt.timedelta(seconds=rule.at + rule.delay)
+                decisions.append(_Decision(rule, occurrence, "elapsed", due))
+            elif rule.milestone == "user.silent":
+                # The silence that starts now: from call.answered or a user's speech.stopped.
+                if occurrence.milestone == "call.answered" or occurrence.event.get("role") == "user":
+                    assert rule.silence is not None
+                    due = occurrence.at + dt.timedelta(seconds=rule.silence + rule.delay)
+                    key = "once" if rule.once else f"silent:{occurrence.key}"
+                    decisions.append(_Decision(rule, occurrence, key, due, {"since": occurrence.at.isoformat()}))
+            else:
                 if rule.condition is not None:
                     context = context or make_context(call_values, occurrence.event)
                     if not self._condition_holds(rule, context, occurrence.call_id):
                         continue
                 # A transcript's per-occurrence key needs its ordinal: computed in the firing's transaction.
-                key = "once" if rule.once else (None if occurrence.milestone == "transcript" else occurrence.key)
-                if rule.delay > 0:
-                    due = occurrence.at + dt.timedelta(seconds=rule.delay)
-                    work.append((self._schedule(rule, occurrence, key, due), name))
-                else:
-                    work.append((self._fire_now(rule, occurrence, key, call, call_values, batch.observed), name))
-        for job, name in work:
-            await self._spawn(job, name)
+                per_occurrence = None if occurrence.milestone == "transcript" else occurrence.key
+                delayed = occurrence.at + dt.timedelta(seconds=rule.delay) if rule.delay > 0 else None
+                decisions.append(_Decision(rule, occurrence, "once" if rule.once else per_occurrence, delayed))
+        return decisions
 
     def _condition_holds(self, rule: CompiledRule, context: Any, call_id: str) -> bool:
         assert rule.condition is not None
@@ -242,68 +335,54 @@ class RuleEngine:
             log.warning("rule condition failed; taken as false", rule=rule.name, call_id=call_id, error=str(exc))
             return False
 
-    # -- scheduling ----------------------------------------------------------------------------------
+    def _due_soon(self, due: dt.datetime) -> bool:
+        return due <= self._clock() + dt.timedelta(seconds=self._poll_interval)
 
-    async def _schedule(
-        self, rule: CompiledRule, occurrence: Occurrence, key: str | None, due: dt.datetime, **extra: Any
+    # -- recording and firing ------------------------------------------------------------------------
+
+    async def _record(self, session: AsyncSession, decision: _Decision) -> tuple[uuid.UUID | None, str]:
+        """Insert the decision's firing row: ``scheduled`` (timed) or ``firing`` (delivered next).
+        ``None`` when the key already has a firing: it fired, or is scheduled, already."""
+        occurrence = decision.occurrence
+        key = decision.key or await firings.occurrence_key(session, occurrence)
+        firing_id = await firings.insert_firing(
+            session,
+            rule=decision.rule.name,
+            call_id=occurrence.call_id,
+            occurrence=key,
+            status="firing" if decision.due is None else "scheduled",
+            due_at=decision.due or self._clock(),
+            detail={
+                "milestone": decision.rule.milestone,
+                "occurrence": occurrence.key,
+                "event": occurrence.event,
+                **decision.extra,
+            },
+        )
+        return firing_id, key
+
+    async def _record_and_fire(
+        self, decision: _Decision, call: Call, call_values: dict[str, Any], observed: float
     ) -> None:
-        detail = {"milestone": rule.milestone, "occurrence": occurrence.key, "event": occurrence.event, **extra}
+        """The observe path: record the firing in a transaction of its own, then deliver it if immediate."""
         async with self._db.write() as session:
-            key = key or await firings.occurrence_key(session, occurrence)
-            firing_id = await firings.insert_firing(
-                session,
-                rule=rule.name,
-                call_id=occurrence.call_id,
-                occurrence=key,
-                status="scheduled",
-                due_at=due,
-                detail=detail,
-            )
-        if firing_id is not None:
-            self._metrics.rule_firings.labels(rule=rule.name, status="scheduled").inc()
-            if due <= self._clock() + dt.timedelta(seconds=self._poll_interval):
-                self._wake.set()
-
-    async def _schedule_elapsed(self, rule: CompiledRule, occurrence: Occurrence) -> None:
-        assert rule.at is not None
-        due = occurrence.at + dt.timedelta(seconds=rule.at + rule.delay)
-        await self._schedule(rule, occurrence, "elapsed", due)
-
-    async def _schedule_silence(self, rule: CompiledRule, occurrence: Occurrence) -> None:
-        """From ``call.answered`` or a user ``speech.stopped``: the silence that starts now."""
-        assert rule.silence is not None
-        since = occurrence.at
-        due = since + dt.timedelta(seconds=rule.silence + rule.delay)
-        key = "once" if rule.once else f"silent:{occurrence.key}"
-        await self._schedule(rule, occurrence, key, due, since=since.isoformat())
-
-    # -- firing --------------------------------------------------------------------------------------
-
-    async def _fire_now(
-        self,
-        rule: CompiledRule,
-        occurrence: Occurrence,
-        key: str | None,
-        call: Call,
-        call_values: dict[str, Any],
-        observed: float,
-    ) -> None:
-        detail = {"milestone": rule.milestone, "occurrence": occurrence.key, "event": occurrence.event}
-        async with self._db.write() as session:
-            key = key or await firings.occurrence_key(session, occurrence)
-            firing_id = await firings.insert_firing(
-                session,
-                rule=rule.name,
-                call_id=occurrence.call_id,
-                occurrence=key,
-                status="firing",
-                due_at=self._clock(),
-                detail=detail,
-            )
+            firing_id, key = await self._record(session, decision)
+        rule = decision.rule
         if firing_id is None:
             self._metrics.rule_firings.labels(rule=rule.name, status="duplicate").inc()
-            return
-        await self._deliver(firing_id, rule, call, key, call_values, occurrence.event, observed)
+        elif decision.due is not None:
+            self._metrics.rule_firings.labels(rule=rule.name, status="scheduled").inc()
+            if self._due_soon(decision.due):
+                self._wake.set()
+        else:
+            event = decision.occurrence.event
+            await self._deliver(firing_id, rule, call, key, call_values, event, observed)
+
+    async def _deliver_due(self, planned: Planned, due: _Due) -> None:
+        event = due.decision.occurrence.event
+        await self._deliver(
+            due.firing_id, due.decision.rule, planned.call, due.key, planned.call_values, event, planned.observed
+        )
 
     async def _deliver(
         self,

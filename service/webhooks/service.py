@@ -8,7 +8,7 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -36,7 +36,7 @@ from service.webhooks.verify import authenticated
 
 if TYPE_CHECKING:
     from service.listen.supervisor import ListenSupervisor
-    from service.rules.engine import RuleEngine
+    from service.rules.engine import Planned, RuleEngine
 
 log = structlog.get_logger(__name__)
 
@@ -115,8 +115,8 @@ class _Applied:
 
     result: IngestResult
     call: Call | None = None
-    rows: list[CallEvent] = field(default_factory=list)
     created: bool = False
+    firings: Planned | None = None  # rule firings recorded with the events
 
 
 class WebhookService:
@@ -250,18 +250,20 @@ class WebhookService:
                 outcomes.append(outcome)
             rows = {call_id: append_events_to_locked(session, calls[call_id], evs) for call_id, evs in events.items()}
             await session.flush()  # the events get their ids before the rules see them
-        for outcome, offset, count in owners:
-            assert outcome.call is not None
-            outcome.rows = rows[outcome.call.id][offset : offset + count]
-            outcome.result = IngestResult(stored=True, call_id=outcome.call.id, seq=outcome.rows[0].seq)
+            for outcome, offset, count in owners:
+                assert outcome.call is not None
+                own = rows[outcome.call.id][offset : offset + count]
+                outcome.result = IngestResult(stored=True, call_id=outcome.call.id, seq=own[0].seq)
+                if self._rules is not None:
+                    outcome.firings = await self._rules.plan(session, outcome.call, own)
         return outcomes
 
     def _after_commit(self, applied: _Applied) -> None:
         call = applied.call
         if call is None:
             return
-        if self._rules is not None:  # rules: committed events only; queues work, never blocks
-            self._rules.observe(call.id, applied.rows, call=call)
+        if self._rules is not None and applied.firings is not None:  # queues work, never blocks
+            self._rules.dispatch(applied.firings)
         if applied.created:
             log.info("call tracked from webhook", call_id=call.id, status=call.status)
         if call.status == "ended":

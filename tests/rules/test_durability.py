@@ -259,3 +259,50 @@ async def test_a_restart_between_milestone_and_due_time_still_fires_once(
             await asyncio.sleep(0.5)
             assert sorted(says(second, call_id)) == ["Still here.", "Two seconds."]
             assert sorted(f["status"] for f in found) == ["fired", "fired"]
+
+
+async def plan_then_fail(db: Database, engine: RuleEngine, call_id: str, events: list[NewEvent]) -> None:
+    async with db.write() as session:
+        call = await session.get(Call, call_id)
+        assert call is not None
+        await engine.plan(session, call, await append_events(session, call_id, events))
+        raise RuntimeError("rolled back")
+
+
+async def test_a_webhook_milestone_commits_with_its_firing_and_a_rollback_leaves_neither(
+    database_url: str, db: Database
+) -> None:
+    """``plan`` records firings in the transaction that stores the events: a crash after the commit
+    cannot lose the firing (it is closed as failed by the sweep, never spoken twice), and a transaction
+    that rolls back leaves no firing for events that were never stored."""
+    hello = rule(name="hello", on="call.answered", say="Hello {{ call.customer.name }}.")
+    later = rule(name="later", on="call.answered", delay="30s", say="Still there?")
+    recorder = ControlRecorder()
+    kept, rolled_back = await add_calls(db, 2)
+    answered = [NewEvent("switchboard", "call.status_changed", {"from": "ringing", "to": "in-progress"})]
+    engine, engine_db = make_engine(database_url, recorder, [hello, later])
+    try:
+        with pytest.raises(RuntimeError, match="rolled back"):
+            await plan_then_fail(db, engine, rolled_back, answered)
+        async with db.write() as session:
+            call = await session.get(Call, kept)
+            assert call is not None
+            planned = await engine.plan(session, call, await append_events(session, kept, answered))
+        assert planned is not None
+        assert [due.decision.rule.name for due in planned.due] == ["hello"]
+        async with db.read() as session:
+            rows = (await session.scalars(select(RuleFiring).order_by(RuleFiring.rule_name))).all()
+        assert [(row.call_id, row.rule_name, row.status) for row in rows] == [
+            (kept, "hello", "firing"),  # committed before any POST: a crash here never speaks twice
+            (kept, "later", "scheduled"),
+        ]
+        await engine.start()
+        engine.dispatch(planned)
+        await wait_idle(engine, recorder, 1)
+        await engine.close(5)
+    finally:
+        await engine_db.dispose()
+    assert [(path, message["content"]) for path, message in recorder.received] == [(f"/{kept}", "Hello Ada.")]
+    async with db.read() as session:
+        statuses = dict((await session.execute(select(RuleFiring.rule_name, RuleFiring.status))).tuples().all())
+    assert statuses == {"hello": "fired", "later": "scheduled"}

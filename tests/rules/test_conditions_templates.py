@@ -51,12 +51,29 @@ def test_conditions(source: str, expected: bool) -> None:
         ("", "empty"),
         ("true || " * 200 + "true", f"longer than {MAX_SOURCE_CHARS}"),
         ("[1].all(a, [1].all(b, [1].all(c, [1].all(d, true))))", "at most 3 comprehension macros"),
+        ('event.transcript.matches("(")', "invalid regular expression '(': missing )"),
+        ('event.transcript.matches(r"(a)\\1")', "invalid regular expression"),  # RE2: no backreferences
     ],
 )
 def test_bad_conditions_are_refused_at_load(source: str, reason: str) -> None:
     with pytest.raises(ConditionSyntaxError) as raised:
         compile_condition(source)
     assert reason in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ('event.transcript.matches("CANCEL$")', True),  # anywhere in the text, like CEL's own matches()
+        ('event.transcript.matches("^cancel")', False),
+        ('matches(event.transcript, "(?i)want")', True),  # the global form too
+        ("event.transcript.matches(call.customer.name)", False),  # a pattern computed at run time
+        ("\"x.matches(\\\"y\\\")\" == event.transcript || event.transcript.matches(r'''I\\s+want''')", True),
+        ("event.matches == 1 || true", True),  # a field named matches is not a call
+    ],
+)
+def test_matches_keeps_cel_semantics_with_cached_patterns(source: str, expected: bool) -> None:
+    assert holds(source, event={**EVENT, "matches": 1}) is expected
 
 
 def test_functions_outside_cel_do_not_exist() -> None:
@@ -71,7 +88,7 @@ def test_functions_outside_cel_do_not_exist() -> None:
         ("event.missing == 1", "KeyError"),
         ("call.metadata.tier + 1", "not a boolean"),
         ('event.turn > "3"', "No such overload"),
-        ('event.transcript.matches("(")', "regex"),
+        ('event.transcript.matches(call.customer.name + "(")', "matches.*invalid regular expression 'Ada\\('"),
     ],
 )
 def test_run_time_errors_raise_a_condition_error(source: str, reason: str) -> None:

@@ -19,6 +19,7 @@ from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
 from service.calls.controllers import CallController
 from service.calls.service import CallService
+from service.console.controllers import CONSOLE_API, CONSOLE_PAGES  # console
 from service.db.engine import Database
 from service.deliveries.controllers import WebhookEndpointController  # outbound webhooks
 from service.deliveries.retry import RetryPolicy  # outbound webhooks
@@ -170,10 +171,11 @@ def create_app(
             RuleController,  # rules
             FiringController,  # rules
             live_listen,
+            *CONSOLE_API,  # console
         ],
     )
     app = Litestar(
-        route_handlers=[api, VapiWebhookController, HealthController, MetricsController],
+        route_handlers=[api, *CONSOLE_PAGES, VapiWebhookController, HealthController, MetricsController],
         dependencies={
             "settings": _constant(settings),
             "db": _constant(db),

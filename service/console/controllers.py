@@ -1,0 +1,158 @@
+"""HTTP surface of the console: the HTML pages and static files (no data, no auth), the live call feed
+and the rule dry run (``/v1``, scoped like the rest of the API).
+
+The pages are shells: the browser keeps the API key in ``sessionStorage`` and fetches everything from
+``/v1`` with it, so nothing here ever sees a key outside the ``Authorization`` header.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import PermissionDeniedException
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_200_OK
+from litestar.types import ControllerRouterHandler
+
+from service.auth import current_principal, scoped
+from service.calls.controllers import call_out
+from service.calls.service import CallService
+from service.console.dryrun import DryRunService
+from service.console.feed import CallFeed
+from service.console.schemas import DryRunIn, DryRunOut
+from service.db.engine import Database
+from service.rules.schema import MILESTONES
+
+HERE = Path(__file__).parent
+KEEPALIVE_SECONDS = 15.0
+# The pages hold an API key in sessionStorage: nothing but our own scripts may run, load or frame them.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; media-src 'self' blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+_templates = Environment(
+    loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True), auto_reload=False
+)
+
+
+def page(template: str, **context: Any) -> Response[str]:
+    html = _templates.get_template(template).render(**context)
+    return Response(html, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+
+
+class ConsolePages(Controller):
+    """``/console``: server-rendered shells; every figure on them comes from ``/v1`` in the browser."""
+
+    path = "/console"
+    include_in_schema = False
+
+    @get("/", name="console:calls")
+    async def calls(self) -> Response[str]:
+        return page("calls.html", section="calls", title="Live calls")
+
+    @get("/sign-in", name="console:sign-in")
+    async def sign_in(self) -> Response[str]:
+        return page("sign_in.html", section="sign-in", title="Sign in")
+
+    @get("/calls/{call_id:str}", name="console:call")
+    async def call(self, call_id: FromPath[str]) -> Response[str]:
+        return page("call.html", section="calls", title=f"Call {call_id}", call_id=call_id)
+
+    @get("/rules", name="console:rules")
+    async def rules(self) -> Response[str]:
+        return page("rules.html", section="rules", title="Rules", milestones=MILESTONES)
+
+
+console_static = create_static_files_router(
+    "/console/static", directories=[HERE / "static"], name="console:static", include_in_schema=False
+)
+
+
+def provide_feed(db: NamedDependency[Database]) -> CallFeed:
+    return CallFeed(db)
+
+
+def provide_dry_runs(calls: NamedDependency[CallService]) -> DryRunService:
+    return DryRunService(calls)
+
+
+def _encode(call: Any) -> str:
+    return msgspec.json.encode(call_out(call, show_monitor_urls=False)).decode()
+
+
+class ConsoleStreamController(Controller):
+    path = "/v1/console"
+    tags = ["console"]
+    dependencies = {"feed": Provide(provide_feed, sync_to_thread=False)}
+
+    @get(
+        "/stream",
+        operation_id="streamCallChanges",
+        summary="Server-sent events: every call as it changes (the console's live pages)",
+        description=(
+            "`event: ready` once connected, then `event: call` with the call (as GET /v1/calls/{id}) each time "
+            "it changes: status, timeline, recording. Changes of the last few seconds are sent first, so a "
+            "client that opens the stream and then lists calls misses nothing. `callId` follows one call. "
+            "A comment line every 15 s keeps idle connections open."
+        ),
+        media_type="text/event-stream",
+        **scoped("calls:read"),
+    )
+    async def stream(
+        self,
+        feed: NamedDependency[CallFeed],
+        call_id: Annotated[str | None, QueryParameter(name="callId", max_length=64)] = None,
+    ) -> ServerSentEvent:
+        async def messages() -> AsyncIterator[ServerSentEventMessage]:
+            yield ServerSentEventMessage(event="ready", data="{}")
+            quiet_since = time.monotonic()
+            async for changed in feed.changes(call_id):
+                for call in changed:
+                    yield ServerSentEventMessage(event="call", data=_encode(call))
+                if changed:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+                    quiet_since = time.monotonic()
+                    yield ServerSentEventMessage(comment="keep-alive")
+
+        return ServerSentEvent(messages(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@post(
+    "/v1/rules/dry-run",
+    operation_id="dryRunRule",
+    summary="Replay a rule against a past call's timeline: what it would have done (nothing is sent)",
+    description=(
+        "Needs rules:read and calls:read (the answer shows the call's events). An invalid rule gives "
+        "`valid: false` with every error, as POST /v1/rules/validate does."
+    ),
+    tags=["rules"],
+    status_code=HTTP_200_OK,
+    dependencies={"dry_runs": Provide(provide_dry_runs, sync_to_thread=False)},
+    **scoped("rules:read"),
+)
+async def dry_run_rule(
+    request: Request[Any, Any, Any], data: JSONBody[DryRunIn], dry_runs: NamedDependency[DryRunService]
+) -> DryRunOut:
+    if not current_principal(request).allows("calls:read"):
+        raise PermissionDeniedException("this key lacks the 'calls:read' scope")
+    return await dry_runs.run(data.rule, data.call_id)
+
+
+CONSOLE_PAGES: list[ControllerRouterHandler] = [ConsolePages, console_static]
+CONSOLE_API: list[ControllerRouterHandler] = [ConsoleStreamController, dry_run_rule]

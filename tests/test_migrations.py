@@ -1,13 +1,20 @@
 """The Alembic migrations produce exactly the schema the models describe, on both backends."""
 
-from typing import Any
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.db.models import metadata
+from service.calls.metadata import index_rows
+from service.calls.service import CallFilters, CallService
+from service.db.engine import Database
+from service.db.migrate import alembic_config
+from service.db.models import Call, CallMetadata, metadata
 
 
 def _other_dialects_indexes(dialect: str) -> set[str | None]:
@@ -36,3 +43,66 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         diff = await connection.run_sync(_compare)
     await engine.dispose()
     assert diff == [], f"models and migrations disagree; add a migration: {diff}"
+
+
+def _migrate(url: str, direction: str, revision: str) -> None:
+    # Alembic's env runs its own event loop: in a thread, away from the test's.
+    step = command.upgrade if direction == "up" else command.downgrade
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(step, alembic_config(url), revision).result()
+
+
+def _indexes(sync: Connection, table: str) -> set[str | None]:
+    return {index["name"] for index in inspect(sync).get_indexes(table)}
+
+
+async def test_0005_backfills_call_metadata_and_downgrades(database_url: str) -> None:
+    """0005 indexes the metadata of calls stored before it (in batches, more calls than one batch holds),
+    and its downgrade drops ``call_metadata`` (PostgreSQL: restores the GIN index)."""
+    now = dt.datetime.now(dt.UTC)
+    calls: list[dict[str, Any]] = [
+        {
+            "id": f"call-{i:05d}",
+            "status": "ended",
+            "customer": {},
+            "metadata": [{"crmId": f"crm-{i}", "tier": i % 5, "vip": i % 2 == 0}, {}, {"x": None, "y": [1]}][i % 3],
+            "created_at": now - dt.timedelta(seconds=i),
+            "updated_at": now,
+        }
+        for i in range(2100)
+    ]
+    engine = create_async_engine(database_url)
+    call_table = cast(Table, Call.__table__)
+    try:
+        _migrate(database_url, "down", "0004")
+        async with engine.begin() as connection:
+            await connection.execute(insert(call_table), calls)
+        _migrate(database_url, "up", "0005")
+        async with engine.connect() as connection:
+            rows = (await connection.execute(select(CallMetadata.__table__))).mappings().all()
+            created = dict((await connection.execute(select(Call.id, Call.created_at))).tuples().all())
+            call_indexes = await connection.run_sync(_indexes, "call")
+        expected = [row for call in calls for row in index_rows(call["id"], call["created_at"], call["metadata"])]
+        assert len(rows) == len(expected) == 700 * 3
+        assert {(r["call_id"], r["key"], r["value"], r["kind"]) for r in rows} == {
+            (r["call_id"], r["key"], r["value"], r["kind"]) for r in expected
+        }
+        assert all(row["created_at"] == created[row["call_id"]] for row in rows)
+        assert "ix_call_metadata" not in call_indexes
+        db = Database(database_url)
+        try:
+            service = CallService(db, cast(Any, None), cast(Any, None), cast(Any, None))
+            page, _ = await service.list_calls(CallFilters(metadata={"tier": "1", "vip": "true"}), limit=3, cursor=None)
+        finally:
+            await db.dispose()
+        assert [call.id for call in page] == ["call-00006", "call-00036", "call-00066"]
+
+        _migrate(database_url, "down", "0004")
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+            call_indexes = await connection.run_sync(_indexes, "call")
+        assert "call_metadata" not in tables
+        assert ("ix_call_metadata" in call_indexes) == database_url.startswith("postgresql")
+    finally:
+        _migrate(database_url, "up", "head")
+        await engine.dispose()

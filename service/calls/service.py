@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import json
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from sqlalchemy import ColumnElement, Select, cast, or_, select, tuple_
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import InstrumentedAttribute, aliased, selectinload
 
 from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events, list_events
+from service.calls.metadata import METADATA_KEY, candidates
 from service.calls.redact import redact
 from service.calls.schemas import CallCreate, ControlIn, SayIn
 from service.calls.tracking import announce_status, lock_or_create_call, merge_vapi_call
 from service.db.engine import Database
-from service.db.models import Call, CallEvent, Injection, utcnow
+from service.db.models import Call, CallEvent, CallMetadata, Injection, utcnow
 from service.deliveries.outbox import enqueue
 from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
 from service.pagination import (
@@ -91,8 +88,29 @@ class CallFilters:
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
 
-    def apply(self, query: Select[Any], *, postgresql: bool) -> Select[Any]:
+    def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""
+        return self._apply(query, Call.created_at, Call.id, dict(self.metadata))
+
+    def newest_first_calls(self) -> tuple[Select[tuple[Call]], NewestFirst]:
+        """``SELECT call`` with the filters, and the ``(created_at, id)`` columns to sort and page on.
+
+        With a metadata filter, the query starts from that filter's range of ``ix_call_metadata_key_value``
+        (already newest first: a page reads about ``limit`` index entries, however many calls match) and
+        sorts and pages on its columns; further metadata filters are EXISTS probes on the primary key.
+        """
+        query = select(Call)
+        if not self.metadata:
+            return self._apply(query, Call.created_at, Call.id, {}), (Call.created_at, Call.id)
+        (key, value), *rest = self.metadata.items()
+        first = aliased(CallMetadata)
+        query = query.join(first, first.call_id == Call.id).where(first.key == key, _value_matches(first, value))
+        # The other filters probe first.call_id: checked before the call row is read.
+        return self._apply(query, first.created_at, first.call_id, dict(rest)), (first.created_at, first.call_id)
+
+    def _apply(
+        self, query: Select[Any], created_at: SortColumn, call_id: SortColumn, metadata: dict[str, str]
+    ) -> Select[Any]:
         if self.status:
             query = query.where(Call.status == self.status)
         if self.assistant_id:
@@ -100,34 +118,33 @@ class CallFilters:
         if self.customer_number:
             query = query.where(Call.customer_number == self.customer_number)
         if self.created_after:
-            query = query.where(Call.created_at >= self.created_after)
+            query = query.where(created_at >= self.created_after)
         if self.created_before:
-            query = query.where(Call.created_at < self.created_before)
-        for key, value in self.metadata.items():
-            query = query.where(metadata_matches(key, value, postgresql=postgresql))
+            query = query.where(created_at < self.created_before)
+        for key, value in metadata.items():
+            query = query.where(metadata_matches(key, value, call_id))
         return query
 
 
-def metadata_matches(key: str, value: str, *, postgresql: bool) -> ColumnElement[bool]:
-    """``metadata.<key>`` equals ``value`` (as text: ``42`` matches both ``"42"`` and ``42``).
-
-    On PostgreSQL this is JSONB containment, which the GIN index ``ix_call_metadata`` serves; a value
-    that reads as a JSON number or boolean also matches that typed value. SQLite compares
-    ``json_extract`` text, a scan over the candidate rows.
-    """
-    candidates: list[Any] = [value]
-    with contextlib.suppress(ValueError):
-        typed = json.loads(value)
-        if isinstance(typed, int | float | bool):
-            candidates.append(typed)
-    if postgresql:
-        return or_(*(Call.call_metadata.op("@>")(cast({key: candidate}, JSONB)) for candidate in candidates))
-    # SQLite's -> gives the value as JSON text: compare it with each candidate's JSON form.
-    as_json = Call.call_metadata.op("->")(f'$."{key}"')
-    return as_json.in_([json.dumps(candidate) for candidate in candidates])
+SortColumn = InstrumentedAttribute[Any] | ColumnElement[Any]
+NewestFirst = tuple[SortColumn, SortColumn]
 
 
-METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+def _value_matches(row: type[CallMetadata], value: str) -> ColumnElement[bool]:
+    """The ``call_metadata`` row holds a value that ``metadata.<key>=value`` matches (see ``candidates``)."""
+    found = candidates(value)
+    values = {stored for stored, _ in found}
+    if len(values) == 1:  # the usual case, even for numbers ("42"): one index equality
+        return and_(row.value == values.pop(), row.kind.in_([kind for _, kind in found]))
+    return or_(*(and_(row.value == stored, row.kind == kind) for stored, kind in found))
+
+
+def metadata_matches(key: str, value: str, call_id: SortColumn) -> ColumnElement[bool]:
+    """The call ``call_id``'s ``metadata.<key>`` matches ``value``: a string equal to it, or a number or
+    boolean equal to it read as JSON (``42`` matches both ``"42"`` and ``42``). A primary-key lookup in
+    ``call_metadata``."""
+    row = aliased(CallMetadata)
+    return exists().where(row.call_id == call_id, row.key == key, _value_matches(row, value))
 
 
 def metadata_filters(query_params: Mapping[str, str]) -> dict[str, str]:
@@ -188,11 +205,12 @@ class CallService:
         self, filters: CallFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Call], str | None]:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
-        query = filters.apply(select(Call).options(selectinload(Call.recording)), postgresql=not self._db.is_sqlite)
+        query, (created_at_column, id_column) = filters.newest_first_calls()
+        query = query.options(selectinload(Call.recording))
         if cursor:
             created_at, call_id = decode_newest_first(cursor)
-            query = query.where(tuple_(Call.created_at, Call.id) < (created_at, call_id))
-        query = query.order_by(Call.created_at.desc(), Call.id.desc()).limit(limit + 1)
+            query = query.where(tuple_(created_at_column, id_column) < (created_at, call_id))
+        query = query.order_by(created_at_column.desc(), id_column.desc()).limit(limit + 1)
         async with self._db.read() as session:
             calls = list((await session.scalars(query)).all())
         next_cursor = None

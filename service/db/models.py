@@ -13,9 +13,23 @@ from typing import Any
 
 from advanced_alchemy.base import BigIntBase, DefaultBase, UUIDv7Base
 from advanced_alchemy.types import DateTimeUTC, JsonB
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    event,
+    insert,
+)
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, UOWTransaction, attributes, mapped_column, relationship
+
+from service.calls.metadata import MAX_VALUE, index_rows
 
 
 def utcnow() -> dt.datetime:
@@ -65,13 +79,49 @@ class Call(TimestampedMixin, DefaultBase):
         Index("ix_call_status_created_at", "status", "created_at", "id"),
         Index("ix_call_customer_number_created_at", "customer_number", "created_at", "id"),
         Index("ix_call_assistant_id_created_at", "assistant_id", "created_at", "id"),
-        Index(
-            "ix_call_metadata",
-            "metadata",
-            postgresql_using="gin",
-            postgresql_ops={"metadata": "jsonb_path_ops"},
-        ).ddl_if(dialect="postgresql"),
     )
+
+
+class CallMetadata(DefaultBase):
+    """The index of ``metadata.<key>=<value>`` filters: one row per top-level scalar of a call's metadata.
+
+    Kept in step with ``Call.call_metadata`` by a flush hook (below), whatever path writes it; the
+    encoding is ``service.calls.metadata``. ``created_at`` is the call's: a filter is one range of
+    ``ix_call_metadata_key_value``, already newest first.
+    """
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(MAX_VALUE))
+    kind: Mapped[str] = mapped_column(String(1))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True))
+
+    __table_args__ = (Index("ix_call_metadata_key_value", "key", "value", "created_at", "call_id"),)
+
+
+def _metadata_changed(call: Call, *, new: bool) -> bool:
+    if new:
+        return bool(call.call_metadata)
+    history = attributes.get_history(call, "call_metadata")
+    if not history.added:
+        return False
+    # merge_vapi_call assigns an equal dict to most calls: not a change (SQLAlchemy writes no UPDATE either).
+    return not history.deleted or history.deleted[0] != history.added[0]
+
+
+@event.listens_for(Session, "after_flush")
+def _sync_call_metadata(session: Session, _flush: UOWTransaction) -> None:
+    """Rewrite the ``call_metadata`` rows of every call whose metadata this flush inserted or changed."""
+    created = [obj for obj in session.new if isinstance(obj, Call) and _metadata_changed(obj, new=True)]
+    updated = [obj for obj in session.dirty if isinstance(obj, Call) and _metadata_changed(obj, new=False)]
+    if not created and not updated:
+        return
+    connection = session.connection()
+    if updated:
+        connection.execute(delete(CallMetadata).where(CallMetadata.call_id.in_([call.id for call in updated])))
+    rows = [row for call in created + updated for row in index_rows(call.id, call.created_at, call.call_metadata)]
+    if rows:
+        connection.execute(insert(CallMetadata), rows)
 
 
 class CallEvent(BigIntBase):

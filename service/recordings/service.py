@@ -191,9 +191,7 @@ class RecordingService:
         cursor: str | None,
     ) -> tuple[list[tuple[Recording, Call]], str | None]:
         """Recordings across calls, newest first, keyset-paginated on ``(created_at, id)``."""
-        query = filters.apply(
-            select(Recording, Call).join(Call, Recording.call_id == Call.id), postgresql=not self._db.is_sqlite
-        )
+        query = filters.apply(select(Recording, Call).join(Call, Recording.call_id == Call.id))
         if status:
             query = query.where(Recording.status == status)
         if min_duration_seconds is not None:

@@ -157,7 +157,7 @@ async def measure_latency(args: argparse.Namespace, folder: Path, url: str) -> d
     ):
         serve = await procs.start("serve", [*argv, "serve", "--port", str(port)], env=env)
         if args.py_spy:
-            spy = ["py-spy", "record", "-o", args.py_spy, "-f", "speedscope", "--pid", str(serve.pid)]
+            spy = ["py-spy", "record", "-o", args.py_spy, "-f", "raw", "--idle", "--pid", str(serve.pid)]
             await procs.start("py-spy", [*spy, "-d", str(int(args.seconds) + 3)])
         deadline = time.monotonic() + 60
         while True:
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--postgres", metavar="DSN", help="use a throwaway database on this PostgreSQL server "
                         "(e.g. postgresql://postgres@127.0.0.1:5432/postgres) instead of SQLite")  # fmt: skip
-    parser.add_argument("--py-spy", help="profile the server with py-spy into this file (speedscope format)")
+    parser.add_argument("--py-spy", help="profile the server with py-spy into this file (raw collapsed stacks, idle frames included)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     latency = None if args.skip_latency else asyncio.run(run_latency(args))

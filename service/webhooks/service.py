@@ -295,9 +295,16 @@ def apply_message(
 
 
 async def stored_dedupe_keys(session: AsyncSession, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """Which (call, dedupe key) pairs are already stored, with their event's ``seq``."""
-    keys = {key for _, key in pairs}
+    """Which (call, dedupe key) pairs are already stored, with their event's ``seq``.
+
+    Both columns are constrained so that the unique (call_id, dedupe_key) index answers it: a lookup
+    per pair, not a scan of the whole timeline table.
+    """
+    wanted = set(pairs)
     rows = await session.execute(
-        select(CallEvent.call_id, CallEvent.dedupe_key, CallEvent.seq).where(CallEvent.dedupe_key.in_(keys))
+        select(CallEvent.call_id, CallEvent.dedupe_key, CallEvent.seq).where(
+            CallEvent.call_id.in_({call_id for call_id, _ in wanted}),
+            CallEvent.dedupe_key.in_({key for _, key in wanted}),
+        )
     )
-    return {(call_id, key): seq for call_id, key, seq in rows if (call_id, key) in set(pairs)}
+    return {(call_id, key): seq for call_id, key, seq in rows if (call_id, key) in wanted}

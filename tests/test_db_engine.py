@@ -1,0 +1,72 @@
+"""The SQLite write path: statements on the loop's thread, checkpoints in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import engine as db_engine
+from service.db.engine import Database
+from service.db.migrate import upgrade
+from service.db.models import Call
+
+
+@pytest.fixture
+async def sqlite_file(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'switchboard.db'}"
+    await asyncio.to_thread(upgrade, url)
+    return url
+
+
+async def sqlite_thread(session: AsyncSession) -> int:
+    """The thread SQLite runs this session's statements on (a SQL function reports it)."""
+    driver = (await (await session.connection()).get_raw_connection()).driver_connection
+    assert driver is not None
+    await driver.create_function("thread_ident", 0, threading.get_ident)
+    return int((await session.execute(text("SELECT thread_ident()"))).scalar_one())
+
+
+async def test_writes_run_on_the_loop_thread_and_reads_in_a_worker(sqlite_file: str) -> None:
+    db = Database(sqlite_file)
+    try:
+        async with db.write() as session:
+            session.add(Call(id="call-1", status="queued", origin="api"))
+            writer = await sqlite_thread(session)
+            autocheckpoint = (await session.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one()
+        async with db.read() as session:
+            assert (await session.scalars(select(Call.id))).all() == ["call-1"]
+            reader = await sqlite_thread(session)
+    finally:
+        await db.dispose()
+    assert writer == threading.get_ident()
+    assert reader != threading.get_ident()
+    assert autocheckpoint == 0, "the write connection never checkpoints (an fsync on the event loop)"
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def test_the_wal_is_checkpointed_in_the_background(sqlite_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db_engine, "CHECKPOINT_EVERY_SECONDS", 0.0)
+    path = Path(sqlite_file.removeprefix("sqlite+aiosqlite:///"))
+    db = Database(sqlite_file)
+    before = file_size(path)
+    try:
+        for n in range(200):
+            async with db.write() as session:
+                session.add(Call(id=f"call-{n}", status="queued", origin="api", customer={"name": "x" * 2000}))
+        async with asyncio.timeout(10):
+            while file_size(path) <= before + 200 * 2000:  # the WAL holds them until a checkpoint
+                await asyncio.sleep(0.01)
+    finally:
+        await db.dispose()
+    assert file_size(path) > before + 200 * 2000, "the rows reached the main database file"
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT count(*) FROM call WHERE id LIKE 'call-%'").fetchone() == (200,)

@@ -79,6 +79,7 @@ class Call(TimestampedMixin, DefaultBase):
         Index("ix_call_status_created_at", "status", "created_at", "id"),
         Index("ix_call_customer_number_created_at", "customer_number", "created_at", "id"),
         Index("ix_call_assistant_id_created_at", "assistant_id", "created_at", "id"),
+        Index("ix_call_updated_at", "updated_at"),  # the console's change stream (service/console/feed.py)
     )
 
 

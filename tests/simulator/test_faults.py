@@ -143,6 +143,8 @@ async def test_admin_endpoints(simulator: SimulatorServer, vapi: httpx.AsyncClie
     assert (await vapi.post(f"/_sim/calls/{call['id']}/end", json={"endedReason": "silence-timed-out"})).json()
     await sim.wait_for_status(call["id"], "ended")
     assert sim.calls[call["id"]].ended_reason == "silence-timed-out"
+    # The end's webhooks are delivered after the status changes: let them land before the log is cleared.
+    await sim.wait_until(lambda: sim.webhooks_sent(call["id"], "end-of-call-report") or None)
 
     log = (await vapi.get("/_sim/log", params={"callId": call["id"]})).json()
     kinds = {entry["kind"] for entry in log["entries"]}

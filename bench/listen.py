@@ -88,6 +88,9 @@ class PhaseResult:
     sha256_mismatches: int = 0
     calls_not_completed: int = 0
     late_start_frames: int = 0
+    late_connections: int = 0
+    connect_after_create: dict[str, float] = field(default_factory=dict)
+    max_connect_after_answer: float | None = None
     finished: bool = True
     cpu_seconds: float = 0.0
     window_seconds: float = 0.0
@@ -173,6 +176,23 @@ class Simulator:
         response.raise_for_status()
         return {call["id"]: call for call in response.json() if call["id"] in ids}
 
+    async def connect_times(self, ids: set[str]) -> dict[str, tuple[float, float | None]]:
+        """Per call: when the simulator created it and when it was answered (audio starts), wall clock."""
+        created: dict[str, float] = {}
+        answered: dict[str, float] = {}
+        for kind in ("rest", "call"):
+            response = await self._client.get(f"{self.base_url}/_sim/log", params={"kind": kind}, timeout=60.0)
+            response.raise_for_status()
+            for entry in response.json()["entries"]:
+                call_id, data = entry["callId"], entry["data"]
+                if call_id not in ids:
+                    continue
+                if kind == "rest" and data.get("method") == "POST" and data.get("status") == 201:
+                    created.setdefault(call_id, entry["at"])
+                elif kind == "call" and data.get("status") == "in-progress":
+                    answered.setdefault(call_id, entry["at"])
+        return {call_id: (at, answered.get(call_id)) for call_id, at in created.items()}
+
     async def ended_at(self, ids: set[str]) -> dict[str, float]:
         """When each call ended (wall clock), from the simulator's log."""
         response = await self._client.get(f"{self.base_url}/_sim/log", params={"kind": "call"}, timeout=60.0)
@@ -235,6 +255,7 @@ def account(
     stored: dict[str, tuple[int, str | None, bool]],
     stored_at: dict[str, float],
     ended_at: dict[str, float],
+    connect_times: dict[str, tuple[float, float | None]],
 ) -> None:
     """Lost bytes, checksums and lag: ``stored`` maps call id → (bytes, sha256, complete)."""
     for call_id, call in sim_calls.items():
@@ -257,6 +278,25 @@ def account(
     result.cpu_per_call_minute = result.cpu_seconds / minutes if minutes else 0.0
     lags = [stored_at[c] - ended_at[c] for c in sim_calls if c in stored_at and c in ended_at]
     result.max_lag_seconds = max(lags) if lags else None
+    after_create: list[float] = []
+    after_answer: list[float] = []
+    for call_id, (created, answered) in connect_times.items():
+        records = sim_calls.get(call_id, {}).get("listen") or []
+        if not records:
+            continue
+        opened = float(records[0]["openedAt"])
+        after_create.append(opened - created)
+        if answered is not None:
+            after_answer.append(opened - answered)
+    if after_create:
+        after_create.sort()
+        result.connect_after_create = {
+            "p50": after_create[len(after_create) // 2],
+            "p90": after_create[int(len(after_create) * 0.9)],
+            "max": after_create[-1],
+        }
+    result.late_connections = sum(1 for delay in after_answer if delay > 0)
+    result.max_connect_after_answer = max(after_answer) if after_answer else None
     if missing := len(sim_calls) - len(lags):
         result.notes.append(f"{missing} calls without an end time or a stored time")
     if unheard := sum(1 for call in sim_calls.values() if not call["listen"]):
@@ -265,6 +305,14 @@ def account(
         result.notes.append(f"{result.extra_bytes} bytes stored beyond the calls' audio")
     if result.late_start_frames:
         result.notes.append(f"listen connections started {result.late_start_frames} frames late in all")
+    if result.connect_after_create:
+        c = result.connect_after_create
+        late = result.max_connect_after_answer
+        result.notes.append(
+            f"first listen connection after the call's creation: p50 {c['p50']:.2f} s, p90 {c['p90']:.2f} s, "
+            f"max {c['max']:.2f} s; {result.late_connections} after the audio started"
+            + (f" (up to {late:.2f} s)" if late is not None and late > 0 else "")
+        )
 
 
 async def place_calls(
@@ -393,7 +441,7 @@ async def run_switchboard(
         result.notes.append(f"recording statuses: {statuses}")
     if gaps := sum(len(r.get("gaps") or []) for r in recordings.values()):
         result.notes.append(f"{gaps} gaps in the recordings")
-    account(result, sim_calls, stored, stored_at, await sim.ended_at(ids))
+    account(result, sim_calls, stored, stored_at, await sim.ended_at(ids), await sim.connect_times(ids))
     result.exit_code = await procs.stop(serve)
     if result.exit_code not in (0, -signal.SIGTERM, None):  # uvicorn re-raises SIGTERM once shut down
         result.notes.append(f"serve exited with {result.exit_code}")
@@ -509,7 +557,7 @@ async def run_baseline(
     stored_at = {call_id: float(entry["finishedAt"]) for call_id, entry in files.items()}
     if errors := [e["error"] for e in files.values() if e["error"]]:
         result.notes.append(f"{len(errors)} connections failed, e.g. {errors[0]}")
-    account(result, sim_calls, stored, stored_at, await sim.ended_at(ids))
+    account(result, sim_calls, stored, stored_at, await sim.ended_at(ids), await sim.connect_times(ids))
     return result
 
 

@@ -1,6 +1,7 @@
 """Baseline listeners for ``bench/listen.py``, run as their own process.
 
-Two modes, both on a bare ``websockets`` client with Switchboard's connect defaults:
+Two modes, both on a bare ``websockets`` client with Switchboard's connect settings (``max_size``, and
+no permessage-deflate: Switchboard does not offer it on listen sockets, PCM barely compresses):
 
 - ``naive`` — the seed note's approach: keep the whole call in memory, ``buf = buf + frame`` for every
   binary frame (a copy of everything so far, like Node's ``Buffer.concat``), write the file on close.
@@ -33,7 +34,7 @@ MAX_FRAME_BYTES = 1 << 20
 
 async def listen_naive(url: str, path: Path) -> int:
     buf = b""
-    async with connect(url, max_size=MAX_FRAME_BYTES, user_agent_header="bench-naive") as socket:
+    async with connect(url, max_size=MAX_FRAME_BYTES, compression=None, user_agent_header="bench-naive") as socket:
         try:
             async for message in socket:
                 if isinstance(message, bytes):
@@ -48,7 +49,7 @@ async def listen_floor(url: str, path: Path) -> int:
     written = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        async with connect(url, max_size=MAX_FRAME_BYTES, user_agent_header="bench-floor") as socket:
+        async with connect(url, max_size=MAX_FRAME_BYTES, compression=None, user_agent_header="bench-floor") as socket:
             try:
                 async for message in socket:
                     if isinstance(message, bytes):

@@ -28,6 +28,7 @@ def replica_id() -> str:
 
 class LeaseKeeper:
     def __init__(self, db: Database, *, owner: str, ttl_seconds: float) -> None:
+        self.db = db
         self._db = db
         self.owner = owner
         self._ttl = dt.timedelta(seconds=ttl_seconds)

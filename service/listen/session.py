@@ -1,11 +1,13 @@
 """One listen session: connect to a call's listenUrl and keep its audio and events.
 
-Binary frames go to a :class:`RecordingWriter` (one storage segment per connection) and to the live
-relay; text frames become ``listen`` events. A connection that drops, or goes silent after the call
+The socket is driven from the event loop's ``data_received`` callback (:mod:`service.listen.socket`):
+binary frames go synchronously to a :class:`RecordingWriter` (one storage segment per connection) and
+to the live relay, with no coroutine wake-up per frame; text frames become ``listen`` events, written
+in shared batches by the :class:`EventJournal`. A connection that drops, or goes silent after the call
 was answered, is reconnected with backoff and jitter, and the lost interval becomes a gap. A normal
 close usually means the call ended: the session waits briefly for Vapi's end webhook, else asks Vapi
 (``GET /call/{id}``) before reconnecting. Database outages do not stop the recording: events wait in
-a bounded buffer and are written when the database is back.
+the journal (bounded) and are written when the database is back.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import structlog
 from sqlalchemy import select
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidStatus
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent, append_events
+from service.calls.events import NewEvent
 from service.db.engine import Database
-from service.db.models import Call
+from service.db.models import Call, CallEvent
 from service.errors import database_unavailable
+from service.listen.journal import EventJournal
 from service.listen.relay import LiveRelay
+from service.listen.socket import ListenSocket, open_listen_socket
 from service.listen.writer import RecordingWriter
 from service.metrics import Metrics
 from service.recordings.service import RecordingService
@@ -45,8 +48,20 @@ BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 5.0
 # After the socket closes normally, how long to wait for Vapi's end webhook before asking Vapi.
 END_GRACE_SECONDS = 3.0
-PENDING_EVENTS_LIMIT = 10_000
+# Whether to offer permessage-deflate. PCM audio barely compresses, and inflating every frame costs CPU
+# on both ends: not offered, so the server sends plain frames.
+COMPRESSION = False
 Outcome = Literal["closed", "dropped", "idle", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallTarget:
+    """What a session needs to connect, when the caller already has it (a call just placed here):
+    the session then connects without reading the call first."""
+
+    listen_url: str
+    listen_auth: bool
+    answered: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +135,11 @@ class ListenSession:
         self._ended = asyncio.Event()
         self._stopping = asyncio.Event()
         self._answered = False
-        self._pending: list[NewEvent] = []
-        self._flushing = asyncio.Lock()
         self._storage_error: str | None = None
+        # The supervisor shares one journal between its sessions; a session on its own has its own.
+        self.journal = EventJournal(db)
+        self.target: CallTarget | None = None
+        self._wakeup: asyncio.Future[None] | None = None
 
     def call_ended(self) -> None:
         """Vapi reported the end: stop reconnecting."""
@@ -134,31 +151,36 @@ class ListenSession:
     def stop(self) -> None:
         """Shutdown or lost lease: close the socket now and leave the recording for whoever resumes it."""
         self._stopping.set()
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     async def run(self) -> None:
         try:
             await self._run()
         except Exception as exc:
             self._metrics.listen_failures.labels(reason="crashed").inc()
-            await self._journal("listen.failed", {"reason": f"session crashed: {type(exc).__name__}"})
+            self._journal("listen.failed", {"reason": f"session crashed: {type(exc).__name__}"})
             raise
         finally:
-            await self._flush_pending()
+            await self.journal.flush(self.call_id)
 
     async def _run(self) -> None:
-        async with self._db.read() as session:
-            call = await session.get(Call, self.call_id)
-        if call is None or not call.listen_url:
-            return
-        if call.status == "ended":
-            # A session that crashed, or a replica that died, may have left the recording open.
-            if await self._recordings.is_open(self.call_id):
-                self._ended.set()
-                await self._finish(None)
-            return
-        self._answered = call.status in call_status.ANSWERED
-        listen_url = call.listen_url
-        headers = self._vapi.monitor_headers(authenticated=call.listen_auth)
+        target = self.target
+        if target is None:
+            async with self._db.read() as session:
+                call = await session.get(Call, self.call_id)
+            if call is None or not call.listen_url:
+                return
+            if call.status == "ended":
+                # A session that crashed, or a replica that died, may have left the recording open.
+                if await self._recordings.is_open(self.call_id):
+                    self._ended.set()
+                    await self._finish(None)
+                return
+            target = CallTarget(call.listen_url, call.listen_auth, call.status in call_status.ANSWERED)
+        self._answered = self._answered or target.answered
+        listen_url = target.listen_url
+        headers = self._vapi.monitor_headers(authenticated=target.listen_auth)
         disconnected_at: float | None = None
         error: str | None = None
         while not self._stopping.is_set():
@@ -181,7 +203,7 @@ class ListenSession:
             if outcome == "closed" and (await self._wait_for_end(END_GRACE_SECONDS) or await self._reconcile_ended()):
                 break
             disconnected_at = time.monotonic()
-            await self._journal("listen.disconnected", {"reason": outcome})
+            self._journal("listen.disconnected", {"reason": outcome})
             log.info("listen socket lost, reconnecting", call_id=self.call_id, reason=outcome)
         if self._stopping.is_set() and not self._ended.is_set():
             log.info("listen session handed over", call_id=self.call_id)
@@ -193,12 +215,13 @@ class ListenSession:
         if error:
             self._metrics.listen_failures.labels(reason="gave-up").inc()
             log.warning("listen session ended with an error", call_id=self.call_id, reason=error)
-            await self._journal("listen.failed", {"reason": error})
+            self._journal("listen.failed", {"reason": error})
         if recording is not None:
-            await self._journal(
+            self._journal(
                 "recording.completed",
                 {"status": recording.status, "bytes": recording.bytes, "sha256": recording.sha256},
             )
+        await self.journal.flush(self.call_id)
 
     async def _reconcile_ended(self) -> bool:
         """Ask Vapi whether the call ended (its end webhook may have been lost: Vapi does not retry)."""
@@ -212,35 +235,33 @@ class ListenSession:
         return status == "ended"
 
     async def _wait_for_end(self, seconds: float) -> bool:
-        """Wait for the end webhook (on this replica, or seen in the database from another one)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if await self._wait(self._ended, min(0.5, deadline - time.monotonic())):
-                return True
-            try:
-                async with self._db.read() as session:
-                    status = await session.scalar(select(Call.status).where(Call.id == self.call_id))
-            except Exception as exc:
-                if not database_unavailable(exc):
-                    raise
-                continue
-            if status == "ended":
-                self._ended.set()
-                return True
+        """Wait for the end webhook: on this replica it sets ``_ended``; one read of the call at the end
+        of the wait sees it if another replica took it (no polling: every call ends this way)."""
+        if await self._wait(self._ended, seconds):
+            return True
+        try:
+            async with self._db.read() as session:
+                status = await session.scalar(select(Call.status).where(Call.id == self.call_id))
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            return self._ended.is_set()
+        if status == "ended":
+            self._ended.set()
         return self._ended.is_set()
 
-    async def _connect(self, url: str, headers: dict[str, str]) -> ClientConnection | None:
+    async def _connect(self, url: str, headers: dict[str, str]) -> ListenSocket | None:
         """Connect with backoff until it works, the call ends, we stop, or time runs out."""
         deadline = time.monotonic() + self._config.connect_timeout
         attempt = 0
         while not (self._ended.is_set() or self._stopping.is_set()):
             try:
-                return await connect(
+                return await open_listen_socket(
                     url,
-                    additional_headers=headers,
+                    headers=headers,
                     max_size=self._config.max_frame_bytes,
-                    open_timeout=min(10.0, self._config.connect_timeout),
-                    user_agent_header="switchboard",
+                    timeout=min(10.0, self._config.connect_timeout),
+                    compression=COMPRESSION,
                 )
             except InvalidStatus as exc:
                 status = exc.response.status_code
@@ -269,41 +290,45 @@ class ListenSession:
             pass
         return event.is_set()
 
-    async def _record(self, socket: ClientConnection, *, gap_seconds: float | None) -> Outcome:
-        """Pump one connection into a new segment."""
-        segment = await self._persist(
-            lambda: self._recordings.open_segment(
-                self.call_id,
-                sample_rate=self._config.sample_rate,
-                channels=self._config.channels,
-                gap_seconds=gap_seconds,
-                gap_reason="listen socket dropped" if gap_seconds is not None else "not recorded (restart or takeover)",
-            ),
-            "open segment",
-        )
+    async def _record(self, socket: ListenSocket, *, gap_seconds: float | None) -> Outcome:
+        """Record one connection into a new segment, until it closes (or we stop, or it goes silent)."""
+        try:
+            segment = await self._persist(
+                lambda: self._recordings.open_segment(
+                    self.call_id,
+                    sample_rate=self._config.sample_rate,
+                    channels=self._config.channels,
+                    gap_seconds=gap_seconds,
+                    gap_reason="listen socket dropped"
+                    if gap_seconds is not None
+                    else "not recorded (restart or takeover)",
+                ),
+                "open segment",
+            )
+            sink = await self._storage.open_writer(segment.key)
+        except BaseException:
+            socket.abort()
+            raise
         if segment.gap_seconds > 0:
             self._metrics.listen_gaps.inc()
-        writer = RecordingWriter(await self._storage.open_writer(segment.key), metrics=self._metrics, name=self.call_id)
-        await self._journal("listen.connected", {"segment": segment.index})
+
+        def pressure(on: bool) -> None:
+            if on:
+                socket.pause_reading("storage")
+            else:
+                socket.resume_reading("storage")
+
+        writer = RecordingWriter(sink, metrics=self._metrics, name=self.call_id, pressure=pressure)
+        self._journal("listen.connected", {"segment": segment.index})
         log.info("listening", call_id=self.call_id, segment=segment.index)
-        idle = asyncio.Event()
-        ticker = asyncio.create_task(self._tick(socket, writer, idle), name=f"listen-tick:{self.call_id}")
-        outcome: Outcome = "closed"
-        relay = self._relay
+        recorder = _Recorder(self, writer, may_set_format=segment.index == 0)
+        idle = False
         try:
-            async for message in socket:
-                if isinstance(message, bytes):
-                    await writer.append(message)
-                else:
-                    await self._on_text(message, segment.index == 0 and writer.bytes_received == 0)
-                if relay:
-                    relay.publish(message)
-        except ConnectionClosedError:
-            outcome = "dropped"
+            socket.attach(recorder)
+            idle = await self._watch(socket, writer, recorder)
         finally:
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
-            await socket.close()  # whatever ended the loop, never leave the upstream connection open
+            await socket.close()  # whatever ended the watch, never leave the upstream connection open
+            await recorder.settle()
             await writer.close()
             self._storage_error = self._storage_error or writer.error
             await self._persist(
@@ -312,35 +337,50 @@ class ListenSession:
             )
         if self._stopping.is_set():
             return "stopped"
-        return "idle" if idle.is_set() else outcome
+        if idle:
+            return "idle"
+        return "closed" if isinstance(socket.close_exc, ConnectionClosedOK) else "dropped"
 
-    async def _on_text(self, text: str, may_set_format: bool) -> None:
-        self._metrics.listen_text_frames.inc()
-        event = text_frame_event(text)
-        fmt = announced_format(event.payload) if may_set_format else None
-        if fmt and await self._recordings.set_format(self.call_id, sample_rate=fmt[0], channels=fmt[1]):
-            log.info("listen socket announced its format", call_id=self.call_id, sample_rate=fmt[0], channels=fmt[1])
-        await self._journal_event(event)
-
-    async def _tick(self, socket: ClientConnection, writer: RecordingWriter, idle: asyncio.Event) -> None:
-        """Once a second: flush sparse audio, retry buffered events, and notice a silent socket.
-
-        A socket that sends nothing for ``idle_timeout`` after the call was answered is treated as
-        dropped. Stopping closes the socket at once.
-        """
+    async def _watch(self, socket: ListenSocket, writer: RecordingWriter, recorder: _Recorder) -> bool:
+        """Once a second until the socket closes or we stop: flush sparse audio, keep the socket alive,
+        and notice a silent one (True: it sent nothing for ``idle_timeout`` after the call was answered)."""
+        loop = asyncio.get_running_loop()
         last_activity, last_count = time.monotonic(), -1
-        while not await self._wait(self._stopping, 1.0):
-            await writer.flush_if_due()
-            await self._flush_pending()
-            count = writer.frames + len(writer._buffer)
+        while not (socket.closed.done() or self._stopping.is_set()):
+            self._wakeup = loop.create_future()
+            await asyncio.wait((socket.closed, self._wakeup), timeout=1.0)
+            if socket.closed.done() or self._stopping.is_set():
+                break
+            writer.flush_if_due()
+            if not socket.keepalive():
+                log.warning("listen socket did not answer a ping, reconnecting", call_id=self.call_id)
+                socket.abort()
+                break
+            count = writer.received + recorder.texts
             if count != last_count:
                 last_activity, last_count = time.monotonic(), count
-                self._answered = self._answered or count > 0
+                self._answered = self._answered or writer.received > 0
             elif self._answered and time.monotonic() - last_activity > self._config.idle_timeout:
                 log.warning("listen socket silent, reconnecting", call_id=self.call_id)
-                idle.set()
-                break
-        await socket.close()
+                return True
+        self._wakeup = None
+        return False
+
+    def _on_text(self, text: str, may_set_format: bool) -> Awaitable[None] | None:
+        """A text frame: journalled; a format announcement also updates the recording (returned)."""
+        self._metrics.listen_text_frames.inc()
+        event = text_frame_event(text)
+        self.journal.add(self.call_id, event, self._observe)
+        fmt = announced_format(event.payload) if may_set_format else None
+        return self._set_format(*fmt) if fmt else None
+
+    async def _set_format(self, sample_rate: int, channels: int) -> None:
+        if await self._recordings.set_format(self.call_id, sample_rate=sample_rate, channels=channels):
+            log.info("listen socket announced its format", call_id=self.call_id, rate=sample_rate, channels=channels)
+
+    def _observe(self, call_id: str, rows: list[CallEvent]) -> None:
+        if self._rules is not None:  # rules: committed text-frame events; queues work, never blocks
+            self._rules.observe(call_id, rows)
 
     async def _persist(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         """Recording bookkeeping that must reach the database: retried while it is unavailable."""
@@ -356,34 +396,42 @@ class ListenSession:
             await asyncio.sleep(0.1 + backoff_delay(attempt))
             attempt += 1
 
-    async def _journal(self, kind: str, payload: dict[str, Any]) -> None:
-        await self._journal_event(NewEvent("switchboard", kind, payload))
+    def _journal(self, kind: str, payload: dict[str, Any]) -> None:
+        """A Switchboard event on the call's timeline (written by the journal, in order with the rest)."""
+        self.journal.add(self.call_id, NewEvent("switchboard", kind, payload), self._observe)
 
-    async def _journal_event(self, event: NewEvent) -> None:
-        """Store an event now, or buffer it (bounded) while the database is unavailable.
 
-        While a write is in flight, new events only join the buffer: the writer takes them on its
-        next pass, so text frames arriving in a burst share one transaction.
-        """
-        self._pending.append(event)
-        if not self._flushing.locked():
-            await self._flush_pending()
+class _Recorder:
+    """The frame handler of one connection: called from the socket's ``data_received``, never awaits."""
 
-    async def _flush_pending(self) -> None:
-        async with self._flushing:
-            while self._pending:
-                events, self._pending = self._pending, []
-                try:
-                    async with self._db.write() as session:
-                        rows = await append_events(session, self.call_id, events)
-                except Exception as exc:  # whatever the database says, the recording goes on; retried each second
-                    self._pending = (events + self._pending)[-PENDING_EVENTS_LIMIT:]
-                    log.warning(
-                        "events buffered: database unavailable",
-                        call_id=self.call_id,
-                        pending=len(self._pending),
-                        error=type(exc).__name__,
-                    )
-                    return
-                if self._rules is not None:  # rules: committed text-frame events; queues work, never blocks
-                    self._rules.observe(self.call_id, rows)
+    __slots__ = ("_append", "_relay", "_session", "_tasks", "_writer", "may_set_format", "texts")
+
+    def __init__(self, session: ListenSession, writer: RecordingWriter, *, may_set_format: bool) -> None:
+        self._session = session
+        self._writer = writer
+        self._append = writer.append
+        self._relay = session._relay
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.may_set_format = may_set_format
+        self.texts = 0
+
+    def on_binary(self, data: bytes | bytearray | memoryview) -> None:
+        self._append(data)
+        if self._relay:
+            self._relay.publish(bytes(data))
+
+    def on_text(self, text: str) -> None:
+        self.texts += 1
+        may_set_format = self.may_set_format and self._writer.received == 0
+        work = self._session._on_text(text, may_set_format)
+        if work is not None:
+            task: asyncio.Task[None] = asyncio.ensure_future(work)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._relay:
+            self._relay.publish(text)
+
+    async def settle(self) -> None:
+        """Wait for the work text frames started (a format announcement's update)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

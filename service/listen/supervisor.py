@@ -18,10 +18,12 @@ from collections.abc import Callable
 
 import structlog
 
+from service.calls import status as call_status
 from service.db.models import Call
+from service.listen.journal import EventJournal
 from service.listen.leases import LeaseKeeper
 from service.listen.relay import LiveRelay
-from service.listen.session import ListenSession
+from service.listen.session import CallTarget, ListenSession
 from service.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -49,6 +51,8 @@ class ListenSupervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._closing = False
+        self._targets: dict[str, CallTarget] = {}
+        self.journal = EventJournal(leases.db)  # one writer for every session's events
         metrics.track_active_sessions(lambda: len(self._tasks))
 
     @property
@@ -65,18 +69,27 @@ class ListenSupervisor:
         self._maintainer = asyncio.create_task(self._maintain(), name="listen-maintainer")
 
     def claim(self, call: Call) -> None:
-        """Lease a call in the caller's transaction; then call ``ensure_listening(id, leased=True)``."""
+        """Lease a call in the caller's transaction; then call ``ensure_listening(id, leased=True)``.
+
+        What the session needs to connect is kept from ``call``, so that it connects at once instead of
+        reading the call back first (the first seconds of audio are at stake when many calls start)."""
         self._leases.claim(call)
+        if len(self._targets) > 1000:  # claims whose transaction failed never reach ensure_listening
+            self._targets.clear()
+        if call.listen_url:
+            answered = call.status in call_status.ANSWERED
+            self._targets[call.id] = CallTarget(call.listen_url, bool(call.listen_auth), answered)
 
     def ensure_listening(self, call_id: str, *, leased: bool = False) -> None:
         """Start a session for the call unless one runs here (idempotent); it runs only under a lease
         (``leased``: already taken with :meth:`claim`)."""
+        target = self._targets.pop(call_id, None) if leased else None
         if self._closing or call_id in self._tasks:
             return
         if len(self._tasks) >= self._limit:
             log.error("listen session limit reached; call left to other replicas", call_id=call_id, limit=self._limit)
             return
-        self._tasks[call_id] = asyncio.create_task(self._run(call_id, leased), name=f"listen:{call_id}")
+        self._tasks[call_id] = asyncio.create_task(self._run(call_id, leased, target), name=f"listen:{call_id}")
 
     def call_answered(self, call_id: str) -> None:
         session = self._sessions.get(call_id)
@@ -88,7 +101,7 @@ class ListenSupervisor:
         if session is not None:
             session.call_ended()
 
-    async def _run(self, call_id: str, leased: bool) -> None:
+    async def _run(self, call_id: str, leased: bool, target: CallTarget | None) -> None:
         acquired = leased
         try:
             acquired = acquired or await self._leases.acquire(call_id)
@@ -96,6 +109,7 @@ class ListenSupervisor:
                 return
             relay = LiveRelay()
             session = self._session_factory(call_id, relay)
+            session.journal, session.target = self.journal, target
             self._sessions[call_id], self._relays[call_id] = session, relay
             await session.run()
         except asyncio.CancelledError:
@@ -147,11 +161,11 @@ class ListenSupervisor:
         for session in list(self._sessions.values()):
             session.stop()
         tasks = list(self._tasks.values())
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if pending:
-            log.warning("listen sessions cancelled at shutdown", count=len(pending))
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                log.warning("listen sessions cancelled at shutdown", count=len(pending))
+        await self.journal.close()

@@ -1,8 +1,9 @@
 """Batched, checksummed appends of one connection's audio to storage, off the receive path.
 
 Frames are gathered in memory for at most a second (or 64 KiB), then handed through a bounded queue to
-a writer task. The receiving loop never waits for storage unless storage is ``QUEUE_BATCHES`` seconds
-behind (then it waits: backpressure reaches the socket, memory stays bounded). Storage errors are
+a writer task. Taking a frame is synchronous (no task switch per frame); when storage is
+``QUEUE_BATCHES`` seconds behind, the writer asks its caller to stop reading the socket until it catches
+up (backpressure reaches the socket, memory stays bounded). Storage errors are
 retried briefly; after that the segment is marked failed and further audio is counted but not stored,
 so the call carries on.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -28,9 +30,24 @@ RETRY_DELAYS = (0.2, 1.0)
 
 
 class RecordingWriter:
-    def __init__(self, sink: SegmentWriter, *, metrics: Metrics, name: str) -> None:
+    """Takes one connection's binary frames synchronously (from the socket's ``data_received``).
+
+    ``pressure(True)`` is called when storage is ``QUEUE_BATCHES`` batches behind: the caller stops
+    reading the socket until ``pressure(False)``, so memory stays bounded and backpressure reaches Vapi.
+    """
+
+    def __init__(
+        self,
+        sink: SegmentWriter,
+        *,
+        metrics: Metrics,
+        name: str,
+        pressure: Callable[[bool], None] | None = None,
+    ) -> None:
         self._sink = sink
         self._metrics = metrics
+        self._pressure = pressure
+        self._blocked = False
         self._buffer = bytearray()
         self._buffered_frames = 0
         self._digest = hashlib.sha256()
@@ -42,22 +59,44 @@ class RecordingWriter:
         self.bytes_written = 0
         self.error: str | None = None
 
-    async def append(self, frame: bytes) -> None:
+    def append(self, frame: bytes | bytearray | memoryview) -> None:
         """Take one frame; hand a batch to the writer task when a second or 64 KiB has gathered."""
-        self._buffer += frame
+        buffer = self._buffer
+        buffer += frame
         self._buffered_frames += 1
-        if len(self._buffer) >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            await self.flush()
+        if len(buffer) >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush_nowait()
 
-    async def flush_if_due(self) -> None:
+    @property
+    def received(self) -> int:
+        """Bytes taken so far, handed over or still gathering."""
+        return self.bytes_received + len(self._buffer)
+
+    def flush_if_due(self) -> None:
         """Called every second by the session, so that sparse audio is not held back."""
         if self._buffer and time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            await self.flush()
+            self.flush_nowait()
 
-    async def flush(self) -> None:
+    def flush_nowait(self) -> None:
+        """Hand what gathered to the writer task, unless its queue is full (then keep it: backpressure)."""
         self._last_flush = time.monotonic()
         if not self._buffer:
             return
+        if self._queue.full():
+            if not self._blocked:
+                self._blocked = True
+                if self._pressure is not None:
+                    self._pressure(True)
+            return
+        self._queue.put_nowait(self._take())
+
+    async def flush(self) -> None:
+        """Hand over what gathered, waiting for room in the queue if storage is behind."""
+        self._last_flush = time.monotonic()
+        if self._buffer:
+            await self._queue.put(self._take())
+
+    def _take(self) -> bytes:
         data = bytes(self._buffer)
         self._buffer.clear()
         self.frames += self._buffered_frames
@@ -65,10 +104,21 @@ class RecordingWriter:
         self._metrics.listen_frames.inc(self._buffered_frames)
         self._metrics.listen_bytes.inc(len(data))
         self._buffered_frames = 0
-        await self._queue.put(data)
+        return data
+
+    def _unblock(self) -> None:
+        """The writer task took a batch: hand over what waited and let the socket be read again."""
+        if self._blocked and not self._queue.full():
+            self._blocked = False
+            if self._buffer:
+                self._queue.put_nowait(self._take())
+            if self._pressure is not None:
+                self._pressure(False)
 
     async def _drain(self) -> None:
         while (data := await self._queue.get()) is not None:
+            if self._blocked:
+                self._unblock()
             if self.error is not None:
                 continue
             try:

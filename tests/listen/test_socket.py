@@ -1,0 +1,140 @@
+"""The callback-driven listen socket (websockets' sans-I/O client) and the synchronous recording writer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosedOK, InvalidStatus
+from websockets.http11 import Response
+
+from service.listen.socket import open_listen_socket
+from service.listen.writer import QUEUE_BATCHES, RecordingWriter
+from service.metrics import Metrics
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.messages: list[bytes | str] = []
+
+    def on_binary(self, data: bytes | bytearray | memoryview) -> None:
+        self.messages.append(bytes(data))
+
+    def on_text(self, text: str) -> None:
+        self.messages.append(text)
+
+
+@asynccontextmanager
+async def server(handler: Handler, **kwargs: object) -> AsyncIterator[str]:
+    async with serve(handler, "127.0.0.1", 0, **kwargs) as srv:  # type: ignore[arg-type]
+        port = next(iter(srv.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/call/listen"
+
+
+async def test_frames_arrive_in_order_with_the_handshake_headers() -> None:
+    seen: dict[str, str | None] = {}
+
+    async def handler(ws: ServerConnection) -> None:
+        seen["auth"] = ws.request.headers.get("Authorization") if ws.request else None
+        seen["agent"] = ws.request.headers.get("User-Agent") if ws.request else None
+        await ws.send('{"type": "hello"}')
+        for n in range(50):
+            await ws.send(bytes([n]) * 1280)
+        await ws.send(b"x" * 3000)  # frame sizes are never relied on
+        await ws.close()
+
+    async with server(handler) as url:
+        socket = await open_listen_socket(url, headers={"Authorization": "Bearer k"}, max_size=1 << 20, timeout=5)
+        collector = Collector()
+        socket.attach(collector)  # frames that came with the handshake are delivered first
+        async with asyncio.timeout(5):
+            await socket.closed
+    assert seen == {"auth": "Bearer k", "agent": "switchboard"}
+    assert collector.messages[0] == '{"type": "hello"}'
+    assert collector.messages[1:51] == [bytes([n]) * 1280 for n in range(50)]
+    assert collector.messages[51] == b"x" * 3000
+    assert isinstance(socket.close_exc, ConnectionClosedOK)
+
+
+async def test_a_frame_over_max_size_fails_the_connection() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(b"a" * 100)
+        await ws.send(b"b" * 5000)
+        await asyncio.sleep(1)
+
+    async with server(handler) as url:
+        socket = await open_listen_socket(url, headers={}, max_size=4096, timeout=5)
+        collector = Collector()
+        socket.attach(collector)
+        async with asyncio.timeout(5):
+            await socket.closed
+    assert collector.messages == [b"a" * 100]
+    assert not isinstance(socket.close_exc, ConnectionClosedOK)
+    assert socket.close_exc.sent is not None
+    assert socket.close_exc.sent.code == 1009
+
+
+async def test_an_http_refusal_is_invalid_status() -> None:
+    def refuse(connection: ServerConnection, request: object) -> Response:
+        return connection.respond(403, "no\n")
+
+    async def handler(ws: ServerConnection) -> None:
+        return None
+
+    async with server(handler, process_request=refuse) as url:
+        with pytest.raises(InvalidStatus) as caught:
+            await open_listen_socket(url, headers={}, max_size=4096, timeout=5)
+    assert caught.value.response.status_code == 403
+
+
+async def test_closing_from_our_side_and_an_abrupt_drop() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        while True:
+            await ws.send(b"z" * 1280)
+            await asyncio.sleep(0.01)
+
+    async with server(handler) as url:
+        socket = await open_listen_socket(url, headers={}, max_size=4096, timeout=5)
+        socket.attach(Collector())
+        await asyncio.sleep(0.1)
+        await socket.close()
+        assert socket.is_closed
+        socket = await open_listen_socket(url, headers={}, max_size=4096, timeout=5)
+        socket.attach(Collector())
+        socket.abort()
+        async with asyncio.timeout(5):
+            await socket.closed
+        assert not isinstance(socket.close_exc, ConnectionClosedOK)
+
+
+class SlowSink:
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        await self.release.wait()
+        self.data += data
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_the_writer_pushes_back_when_storage_is_behind_and_keeps_every_byte() -> None:
+    sink = SlowSink()
+    pressure: list[bool] = []
+    writer = RecordingWriter(sink, metrics=Metrics(), name="t", pressure=pressure.append)
+    frames = [bytes([n % 256]) * 1280 for n in range(60 * (QUEUE_BATCHES + 3))]
+    for frame in frames:
+        writer.append(frame)  # synchronous, as from data_received: the writer task has not run yet
+    assert pressure == [True], "a full queue asks the socket to stop reading"
+    sink.release.set()
+    await writer.close()
+    assert pressure[-1] is False, "reading resumes once storage caught up"
+    assert bytes(sink.data) == b"".join(frames)
+    assert writer.bytes_written == writer.received == len(sink.data)

@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--postgres", metavar="DSN", help="use a throwaway database on this PostgreSQL server "
                         "(e.g. postgresql://postgres@127.0.0.1:5432/postgres) instead of SQLite")  # fmt: skip
-    parser.add_argument("--py-spy", help="profile the server with py-spy into this file (raw collapsed stacks, idle frames included)")
+    parser.add_argument("--py-spy", help="profile the server with py-spy into this file (raw collapsed stacks)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     latency = None if args.skip_latency else asyncio.run(run_latency(args))

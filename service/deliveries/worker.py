@@ -31,6 +31,7 @@ from service.deliveries.retry import RetryPolicy
 from service.deliveries.sender import AttemptResult, ClaimedDelivery, WebhookSender, webhook_client
 from service.deliveries.urls import Resolver, resolve_host
 from service.metrics import Metrics
+from service.tasks import finish
 
 log = structlog.get_logger(__name__)
 
@@ -118,18 +119,9 @@ class DeliveryWorker:
             self._unsubscribe()
         self._wake.set()
         if self._loop_task is not None:
-            _, pending = await asyncio.wait([self._loop_task], timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        tasks = list(self._tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if pending:
-                log.warning("webhook deliveries cancelled at shutdown", count=len(pending))
+            await finish([self._loop_task], timeout)
+        if cancelled := await finish(list(self._tasks), timeout):
+            log.warning("webhook deliveries cancelled at shutdown", count=cancelled)
         if self._owns_http:
             await self._http.aclose()
 

@@ -25,6 +25,7 @@ from service.listen.leases import LeaseKeeper
 from service.listen.relay import LiveRelay
 from service.listen.session import CallTarget, ListenSession
 from service.metrics import Metrics
+from service.tasks import finish
 
 log = structlog.get_logger(__name__)
 
@@ -160,12 +161,6 @@ class ListenSupervisor:
             await asyncio.gather(self._maintainer, return_exceptions=True)
         for session in list(self._sessions.values()):
             session.stop()
-        tasks = list(self._tasks.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if pending:
-                log.warning("listen sessions cancelled at shutdown", count=len(pending))
+        if cancelled := await finish(list(self._tasks.values()), timeout):
+            log.warning("listen sessions cancelled at shutdown", count=cancelled)
         await self.journal.close()

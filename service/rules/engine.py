@@ -47,6 +47,7 @@ from service.rules.milestones import (
     occurrences_from_events,
 )
 from service.rules.schema import CompiledRule, RuleSetError, compile_rule
+from service.tasks import finish
 
 log = structlog.get_logger(__name__)
 
@@ -179,15 +180,8 @@ class RuleEngine:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in (self._worker, self._timer) if t is not None), return_exceptions=True)
-        tasks = list(self._tasks)
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if pending:
-            log.warning("rule firings cancelled at shutdown", count=len(pending))
+        if cancelled := await finish(list(self._tasks), timeout):
+            log.warning("rule firings cancelled at shutdown", count=cancelled)
 
     async def _spawn(self, work: Awaitable[None], name: str) -> None:
         """Run ``work`` as an owned task; waits for a free slot (backpressure on the worker and timer)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from service.app import create_app
 from service.db.engine import Database
 from service.db.models import Call
-from tests.conftest import ADMIN_KEY, make_settings
+from tests.conftest import make_settings
 
 Handler = Callable[[httpx.Request], httpx.Response]
 CALL_BODY = {"assistantId": "asst-1", "phoneNumberId": "pn-1", "customer": {"number": "+14155550123"}}
@@ -46,13 +46,8 @@ def vapi() -> FakeVapi:
 
 
 @pytest.fixture
-async def client(database_url: str, vapi: FakeVapi) -> AsyncIterator[AsyncTestClient[Any]]:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(vapi))
-    app = create_app(make_settings(database_url, public_url="https://sb.example.com"), http_client=http)
-    async with AsyncTestClient(app) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
-        yield test_client
-    await http.aclose()
+def settings_overrides() -> dict[str, Any]:
+    return {"public_url": "https://sb.example.com"}
 
 
 async def call_count(database_url: str) -> int:

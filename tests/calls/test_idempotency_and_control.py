@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -61,16 +60,6 @@ class SlowVapi:
 @pytest.fixture
 def vapi() -> SlowVapi:
     return SlowVapi()
-
-
-@pytest.fixture
-async def client(database_url: str, vapi: SlowVapi) -> AsyncIterator[AsyncTestClient[Any]]:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(vapi))
-    app = create_app(make_settings(database_url), http_client=http)
-    async with AsyncTestClient(app) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
-        yield test_client
-    await http.aclose()
 
 
 async def test_same_key_same_body_replays_without_a_second_vapi_call(

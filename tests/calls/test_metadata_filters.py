@@ -4,7 +4,6 @@ metadata (placing, importing, webhooks), with the same meaning on both backends.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,11 +11,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from service.app import create_app
 from service.calls.metadata import MAX_VALUE, candidates, encode, index_rows
 from service.db.engine import Database
 from service.db.models import Call, CallMetadata
-from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET, make_settings
+from tests.conftest import WEBHOOK_SECRET
 
 CALL_BODY = {"assistantId": "asst-1", "phoneNumberId": "pn-1", "customer": {"number": "+14155550123"}}
 
@@ -42,16 +40,6 @@ class Vapi:
 @pytest.fixture
 def vapi() -> Vapi:
     return Vapi()
-
-
-@pytest.fixture
-async def client(database_url: str, vapi: Vapi) -> AsyncIterator[AsyncTestClient[Any]]:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(vapi))
-    app = create_app(make_settings(database_url), http_client=http)
-    async with AsyncTestClient(app) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
-        yield test_client
-    await http.aclose()
 
 
 async def place(client: AsyncTestClient[Any], metadata: dict[str, Any]) -> str:

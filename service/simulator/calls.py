@@ -200,6 +200,8 @@ class SimCall:
     # audio timeline: frame n covers [audio_t0 + n*frame_dt, audio_t0 + (n+1)*frame_dt) in loop time
     audio_t0: float | None = None
     end_frame: int | None = None
+    # Where the script will end the audio: no frame past it is sent, even when the loop runs late.
+    planned_end_frame: int | None = None
     user_speech: Spans = field(default_factory=Spans)
     assistant_speech: Spans = field(default_factory=Spans)
     user_muted: Spans = field(default_factory=Spans)

@@ -155,6 +155,7 @@ class CallRunner:
         if isinstance(max_duration, int | float) and max_duration < talk:
             talk, reason = float(max_duration), "exceeded-max-duration"
         end_frame = _frames(talk)
+        call.planned_end_frame = end_frame
         self._at_frame(end_frame, functools.partial(self.finish, reason, end_frame))
         for deferred in self._waiting_for_answer:
             deferred()
@@ -395,6 +396,7 @@ class CallRunner:
         self._set_status("forwarding", destination=destination)
         self.webhooks.send("transfer-update", destination=destination)
         end_frame = self.frame_now() + _frames(TRANSFER_SECONDS)
+        self.call.planned_end_frame = end_frame
         self._at_frame(end_frame, functools.partial(self.finish, TRANSFER_REASON, end_frame))
 
 

@@ -149,6 +149,11 @@ class ListenConnection:
             end = call.end_frame
             if end is not None and index >= end:
                 return
+            if end is None and call.planned_end_frame is not None and index >= call.planned_end_frame:
+                # The call's audio is over; its end (finish) is late: wait for it rather than overrun.
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             now = loop.time()
             stall_until = self._sim.listen_stall_until(call.id)
             if now < stall_until:

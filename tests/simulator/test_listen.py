@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from array import array
 
 import httpx
@@ -170,3 +171,22 @@ async def test_without_keep_audio_only_counts_and_hashes_are_kept(receiver: obje
     assert record.audio_bytes == len(captured.audio)
     assert record.sha256 == hashlib.sha256(captured.audio).hexdigest()
     assert record.texts == captured.texts
+
+
+def stall(seconds: float) -> None:
+    """Block the event loop, as a busy machine does."""
+    time.sleep(seconds)
+
+
+async def test_a_late_event_loop_sends_no_audio_past_the_calls_end(
+    simulator: SimulatorServer, vapi: httpx.AsyncClient
+) -> None:
+    call = await place_call(vapi)
+    capture = asyncio.create_task(capture_listen(call["monitor"]["listenUrl"]))
+    sim = simulator.sim
+    await sim.wait_until(lambda: sim.calls[call["id"]].audio_t0)
+    stall(0.5)  # the whole call's audio (0.2 s at this pace) is due meanwhile; the end handler runs late
+    captured = await capture
+    expected = int(SHORT_SCRIPT.talk_seconds * FRAMES_PER_SECOND)
+    assert sim.calls[call["id"]].end_frame == expected
+    assert [read_stamp(frame)[0] for frame in captured.frames] == list(range(expected))

@@ -71,6 +71,7 @@ class CallRunner:
         self._wake = asyncio.Event()
         self._waiting_for_answer: list[Callable[[], None]] = []
         self._speeches: list[Speech] = []
+        self._scheduled_end: int | None = None  # the script's (or a transfer's) end frame
         self.done = False
 
     # -- timeline ------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ class CallRunner:
         if isinstance(max_duration, int | float) and max_duration < talk:
             talk, reason = float(max_duration), "exceeded-max-duration"
         end_frame = _frames(talk)
-        call.planned_end_frame = end_frame
+        self._plan_end(end_frame)
         self._at_frame(end_frame, functools.partial(self.finish, reason, end_frame))
         for deferred in self._waiting_for_answer:
             deferred()
@@ -235,7 +236,19 @@ class CallRunner:
         if call.script.partial_transcripts and len(text.split()) > 1:
             self._at_frame((start + end) // 2, functools.partial(self._speech_partial, speech))
         self._at_frame(end, functools.partial(self._speech_stopped, speech))
+        if end_call_reason is not None:
+            self._plan_end()
         return speech
+
+    def _plan_end(self, frame: int | None = None) -> None:
+        """Tell the listen streams where the audio ends as now planned (the script's end, a transfer's,
+        a say that ends the call), so that a late event loop sends nothing past it."""
+        if frame is not None:
+            self._scheduled_end = frame if self._scheduled_end is None else min(self._scheduled_end, frame)
+        ends = [s.end for s in self._speeches if s.end_call_reason is not None and not s.cancelled]
+        if self._scheduled_end is not None:
+            ends.append(self._scheduled_end)
+        self.call.planned_end_frame = min(ends, default=None)
 
     def _broadcast(self, payload: dict[str, Any]) -> None:
         connections = self.call.connections
@@ -268,7 +281,7 @@ class CallRunner:
             return
         self._stop_speech(speech, final=True)
         if speech.end_call_reason is not None:
-            await self.finish(speech.end_call_reason)
+            await self.finish(speech.end_call_reason, speech.end)
 
     def _stop_speech(self, speech: Speech, *, final: bool) -> None:
         update: dict[str, Any] = {"status": "stopped", "role": speech.role, "turn": speech.turn}
@@ -333,6 +346,7 @@ class CallRunner:
                         for a, b in call.assistant_speech.spans
                     ]
                     self._stop_speech(speech, final=False)
+            self._plan_end()  # an interrupted say that was to end the call no longer does
         else:
             start = max(start, call.assistant_speech.busy_until())
         end = start + max(1, _frames(speech_seconds(content)))
@@ -396,7 +410,7 @@ class CallRunner:
         self._set_status("forwarding", destination=destination)
         self.webhooks.send("transfer-update", destination=destination)
         end_frame = self.frame_now() + _frames(TRANSFER_SECONDS)
-        self.call.planned_end_frame = end_frame
+        self._plan_end(end_frame)
         self._at_frame(end_frame, functools.partial(self.finish, TRANSFER_REASON, end_frame))
 
 

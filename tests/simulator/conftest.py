@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,3 +193,8 @@ async def capture_listen(
         captured.close_code = socket.close_code
         captured.clean = socket.protocol.close_rcvd is not None
     return captured
+
+
+def stall(seconds: float) -> None:
+    """Block the event loop, as a busy machine does (the simulator then runs late)."""
+    time.sleep(seconds)

@@ -18,6 +18,7 @@ from tests.simulator.conftest import (
     WebhookReceiver,
     capture_listen,
     place_call,
+    stall,
     with_overrides,
 )
 
@@ -164,3 +165,19 @@ async def test_say_before_answer_is_spoken_once_answered(receiver: WebhookReceiv
         assert response.status_code == 200
         ended = await sim.wait_for_status(call["id"], "ended")
     assert "Early bird." in [m["message"] for m in ended.messages if m["role"] == "bot"]
+
+
+async def test_a_say_that_ends_the_call_ends_its_audio_with_the_speech_even_when_late(
+    simulator: SimulatorServer, vapi: httpx.AsyncClient
+) -> None:
+    sim = simulator.sim
+    call = await _live_call(simulator, vapi)
+    listening = asyncio.create_task(capture_listen(call["monitor"]["listenUrl"]))
+    await sim.wait_until(lambda: sim.listen_records(call["id"]) or None)
+    say = {"type": "say", "content": "Goodbye now.", "endCallAfterSpoken": True}
+    assert (await vapi.post(call["monitor"]["controlUrl"], json=say)).status_code == 200
+    stall(0.5)  # the speech's end is due meanwhile: the end handler runs late
+    captured = await listening
+    assert read_stamp(captured.frames[-1])[0] + 1 == sim.calls[call["id"]].end_frame
+    _, assistant = split_channels(captured.frames[-1][8:])
+    assert max(abs(v) for v in array("h", assistant)) > 1000, "the audio ends with the say, not with silence"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from array import array
 
 import httpx
@@ -14,7 +13,7 @@ import websockets
 
 from service.simulator import FRAME_BYTES, SimulatorServer, VapiSimulator, read_stamp, split_channels
 from service.simulator.script import CallScript
-from tests.simulator.conftest import LONG_SCRIPT, SHORT_SCRIPT, capture_listen, place_call, with_overrides
+from tests.simulator.conftest import LONG_SCRIPT, SHORT_SCRIPT, capture_listen, place_call, stall, with_overrides
 
 FRAMES_PER_SECOND = 50
 
@@ -171,11 +170,6 @@ async def test_without_keep_audio_only_counts_and_hashes_are_kept(receiver: obje
     assert record.audio_bytes == len(captured.audio)
     assert record.sha256 == hashlib.sha256(captured.audio).hexdigest()
     assert record.texts == captured.texts
-
-
-def stall(seconds: float) -> None:
-    """Block the event loop, as a busy machine does."""
-    time.sleep(seconds)
 
 
 async def test_a_late_event_loop_sends_no_audio_past_the_calls_end(

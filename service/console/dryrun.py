@@ -7,7 +7,6 @@ compiled condition and templates, the exactly-once keys. Nothing is written and 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
 
@@ -16,7 +15,15 @@ from service.console.schemas import DryRunOut, DryRunStep
 from service.db.models import Call, CallEvent
 from service.rules.book import triggers
 from service.rules.conditions import ConditionRuntimeError, make_context
-from service.rules.milestones import RELEVANT_TYPES, EventLike, Occurrence, call_context, occurrences_from_events
+from service.rules.milestones import (
+    RELEVANT_TYPES,
+    EventLike,
+    FiringPlan,
+    Occurrence,
+    call_context,
+    firing_plan,
+    occurrences_from_events,
+)
 from service.rules.schema import CompiledRule, RuleSetError, compile_rule
 from service.rules.schemas import RuleProblem
 
@@ -24,27 +31,25 @@ PAGE = 500
 MAX_EVENTS = 20_000  # a bound on what one dry run reads (hours of a busy call's milestones)
 
 
-def _candidate(rule: CompiledRule, occurrence: Occurrence) -> tuple[dict[str, object], dt.datetime | None] | None:
-    """The event the rule would see for this trigger and when it would be due (None: fires at once);
-    None when this trigger does not start a firing of the rule."""
+def _candidate(rule: CompiledRule, occurrence: Occurrence) -> tuple[FiringPlan, dict[str, object]] | None:
+    """The engine's plan for this trigger and the event the rule would see; None when it starts none."""
+    plan = firing_plan(rule, occurrence)
+    if plan is None:
+        return None
     if rule.milestone == "call.elapsed":
         assert rule.at is not None
-        due = occurrence.at + dt.timedelta(seconds=rule.at + rule.delay)
-        return {"type": "call.elapsed", "seconds": rule.at, "occurredAt": due.isoformat()}, due
+        assert plan.due is not None
+        return plan, {"type": "call.elapsed", "seconds": rule.at, "occurredAt": plan.due.isoformat()}
     if rule.milestone == "user.silent":
-        if occurrence.milestone != "call.answered" and occurrence.event.get("role") != "user":
-            return None
-        assert rule.silence is not None
-        due = occurrence.at + dt.timedelta(seconds=rule.silence + rule.delay)
-        event = {
+        assert plan.due is not None
+        event: dict[str, object] = {
             "type": "user.silent",
             "silentSeconds": rule.silence,
             "since": occurrence.at.isoformat(),
-            "occurredAt": due.isoformat(),
+            "occurredAt": plan.due.isoformat(),
         }
-        return event, due
-    delayed = occurrence.at + dt.timedelta(seconds=rule.delay) if rule.delay > 0 else None
-    return dict(occurrence.event), delayed
+        return plan, event
+    return plan, dict(occurrence.event)
 
 
 def dry_run(rule: CompiledRule, call: Call, events: Sequence[EventLike]) -> list[DryRunStep]:
@@ -61,7 +66,8 @@ def dry_run(rule: CompiledRule, call: Call, events: Sequence[EventLike]) -> list
             ordinals[(occurrence.event["source"], occurrence.key)] += 1
         if occurrence.milestone not in wanted or (found := _candidate(rule, occurrence)) is None:
             continue
-        event, due = found
+        plan, event = found
+        due = plan.due
         step = DryRunStep(
             seq=int(occurrence.event["seq"]),
             milestone=occurrence.milestone,
@@ -90,7 +96,7 @@ def dry_run(rule: CompiledRule, call: Call, events: Sequence[EventLike]) -> list
         if broken:
             step.reason = "the customer spoke again before the silence was long enough"
             continue
-        key = _firing_key(rule, occurrence, ordinals)
+        key = plan.key or f"{occurrence.key}:{ordinals[(occurrence.event['source'], occurrence.key)]}"
         if key in fired:
             step.reason = (
                 "once: the rule has already fired on this call"
@@ -104,19 +110,6 @@ def dry_run(rule: CompiledRule, call: Call, events: Sequence[EventLike]) -> list
         message, missing = rule.render(call_values, event)
         step.message, step.missing_fields = message, missing
     return steps
-
-
-def _firing_key(rule: CompiledRule, occurrence: Occurrence, ordinals: Counter[tuple[object, str]]) -> str:
-    """The engine's ``(rule, call, occurrence)`` key for this firing (see ``service.rules.engine``)."""
-    if rule.milestone == "call.elapsed":
-        return "elapsed"
-    if rule.once:
-        return "once"
-    if rule.milestone == "user.silent":
-        return f"silent:{occurrence.key}"
-    if occurrence.milestone == "transcript":
-        return f"{occurrence.key}:{ordinals[(occurrence.event['source'], occurrence.key)]}"
-    return occurrence.key
 
 
 class DryRunService:

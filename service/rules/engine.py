@@ -44,6 +44,7 @@ from service.rules.milestones import (
     Occurrence,
     call_context,
     decide_due,
+    firing_plan,
     occurrences_from_events,
 )
 from service.rules.schema import CompiledRule, RuleSetError, compile_rule
@@ -298,26 +299,16 @@ class RuleEngine:
         decisions: list[_Decision] = []
         context = None
         for rule in self._book.by_trigger.get(occurrence.milestone, []):
-            if rule.milestone == "call.elapsed":
-                assert rule.at is not None
-                due = occurrence.at + dt.timedelta(seconds=rule.at + rule.delay)
-                decisions.append(_Decision(rule, occurrence, "elapsed", due))
-            elif rule.milestone == "user.silent":
-                # The silence that starts now: from call.answered or a user's speech.stopped.
-                if occurrence.milestone == "call.answered" or occurrence.event.get("role") == "user":
-                    assert rule.silence is not None
-                    due = occurrence.at + dt.timedelta(seconds=rule.silence + rule.delay)
-                    key = "once" if rule.once else f"silent:{occurrence.key}"
-                    decisions.append(_Decision(rule, occurrence, key, due, {"since": occurrence.at.isoformat()}))
-            else:
-                if rule.condition is not None:
-                    context = context or make_context(call_values, occurrence.event)
-                    if not self._condition_holds(rule, context, occurrence.call_id):
-                        continue
-                # A transcript's per-occurrence key needs its ordinal: computed in the firing's transaction.
-                per_occurrence = None if occurrence.milestone == "transcript" else occurrence.key
-                delayed = occurrence.at + dt.timedelta(seconds=rule.delay) if rule.delay > 0 else None
-                decisions.append(_Decision(rule, occurrence, "once" if rule.once else per_occurrence, delayed))
+            plan = firing_plan(rule, occurrence)
+            if plan is None:
+                continue
+            timed = rule.milestone in ("call.elapsed", "user.silent")  # their conditions: when due
+            if not timed and rule.condition is not None:
+                context = context or make_context(call_values, occurrence.event)
+                if not self._condition_holds(rule, context, occurrence.call_id):
+                    continue
+            # A transcript's key (None here) gets its ordinal in the firing's transaction.
+            decisions.append(_Decision(rule, occurrence, plan.key, plan.due, plan.extra))
         return decisions
 
     def _condition_holds(self, rule: CompiledRule, context: Any, call_id: str) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.db.models import Call
-from service.rules.schema import STATUS_MILESTONES
+from service.rules.schema import STATUS_MILESTONES, CompiledRule
 
 
 class EventLike(Protocol):
@@ -114,6 +114,38 @@ def call_context(call: Call) -> dict[str, Any]:
         "startedAt": _iso(call.started_at),
         "endedAt": _iso(call.ended_at),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class FiringPlan:
+    """How one occurrence of a rule's trigger starts a firing (see :func:`firing_plan`)."""
+
+    key: str | None  # the exactly-once key; None: a transcript's, numbered among identical utterances
+    due: dt.datetime | None  # None: at once (the condition is evaluated now); else a timed firing
+    extra: dict[str, Any]  # what the timer needs besides the occurrence (user.silent: since when)
+
+
+def firing_plan(rule: CompiledRule, occurrence: Occurrence) -> FiringPlan | None:
+    """The firing ``occurrence`` starts for ``rule`` (one of the rule's triggers), or None when it starts
+    none. One definition for the engine and the console's dry run: keys and due times.
+
+    ``call.elapsed`` fires ``at`` (+ ``delay``) seconds after the answer, once per call; ``user.silent``
+    starts a silence at the answer and at each user ``speech.stopped``; every other milestone fires
+    at once or after ``delay``, once per call (``once``) or once per occurrence.
+    """
+    if rule.milestone == "call.elapsed":
+        assert rule.at is not None
+        return FiringPlan("elapsed", occurrence.at + dt.timedelta(seconds=rule.at + rule.delay), {})
+    if rule.milestone == "user.silent":
+        if occurrence.milestone != "call.answered" and occurrence.event.get("role") != "user":
+            return None
+        assert rule.silence is not None
+        due = occurrence.at + dt.timedelta(seconds=rule.silence + rule.delay)
+        key = "once" if rule.once else f"silent:{occurrence.key}"
+        return FiringPlan(key, due, {"since": occurrence.at.isoformat()})
+    per_occurrence = None if occurrence.milestone == "transcript" else occurrence.key
+    delayed = occurrence.at + dt.timedelta(seconds=rule.delay) if rule.delay > 0 else None
+    return FiringPlan("once" if rule.once else per_occurrence, delayed, {})
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ EVENT_TYPES: Final = (
 
 # Set on a session that enqueued deliveries; read (and cleared) when it commits or rolls back.
 _ENQUEUED_FLAG = "switchboard.deliveries.enqueued"
+_ENDPOINTS = "switchboard.deliveries.endpoints"  # session.info: the endpoints read in this transaction
 _wakeup_callbacks: set[Callable[[], None]] = set()
 
 
@@ -49,6 +50,21 @@ def event_payload(event_type: str, data: dict[str, Any], at: dt.datetime) -> dic
     return {"type": event_type, "timestamp": at.isoformat().replace("+00:00", "Z"), "data": data}
 
 
+async def _endpoints(session: AsyncSession) -> list[tuple[Any, tuple[str, ...]]]:
+    """The enabled endpoints and their events, read once per transaction (a webhook batch announces
+    many calls) and without flushing the caller's pending changes first (they are not read here)."""
+    cached: list[tuple[Any, tuple[str, ...]]] | None = session.info.get(_ENDPOINTS)
+    if cached is None:
+        rows = await session.execute(
+            select(WebhookEndpoint.id, WebhookEndpoint.events)
+            .where(WebhookEndpoint.enabled.is_(True))
+            .with_for_update(read=True, key_share=True)
+            .execution_options(autoflush=False)
+        )
+        cached = session.info[_ENDPOINTS] = [(endpoint_id, tuple(events or ())) for endpoint_id, events in rows]
+    return cached
+
+
 async def enqueue(session: AsyncSession, event_type: str, data: dict[str, Any]) -> int:
     """Queue ``event_type`` for every enabled endpoint subscribed to it; returns how many deliveries.
 
@@ -59,12 +75,7 @@ async def enqueue(session: AsyncSession, event_type: str, data: dict[str, Any]) 
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}; known: {', '.join(EVENT_TYPES)}")
-    rows = await session.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.events)
-        .where(WebhookEndpoint.enabled.is_(True))
-        .with_for_update(read=True, key_share=True)
-    )
-    endpoint_ids = [endpoint_id for endpoint_id, events in rows if event_type in (events or ())]
+    endpoint_ids = [endpoint_id for endpoint_id, events in await _endpoints(session) if event_type in events]
     if not endpoint_ids:
         return 0
     now = utcnow()
@@ -96,12 +107,14 @@ def subscribe_wakeups(callback: Callable[[], None]) -> Callable[[], None]:
 
 
 def _after_commit(session: Session) -> None:
+    session.info.pop(_ENDPOINTS, None)
     if session.info.pop(_ENQUEUED_FLAG, False):
         for callback in list(_wakeup_callbacks):
             callback()
 
 
 def _after_rollback(session: Session) -> None:
+    session.info.pop(_ENDPOINTS, None)
     session.info.pop(_ENQUEUED_FLAG, None)
 
 

@@ -11,7 +11,8 @@ from typing import Any, get_args
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.orm import ORMExecuteState
 from standardwebhooks import Webhook
 
 from service.db.engine import Database
@@ -78,6 +79,26 @@ async def test_enqueue_writes_one_delivery_per_subscribed_enabled_endpoint(db: D
     assert delivery.payload["timestamp"].endswith("Z")
     with pytest.raises(ValueError, match="unknown webhook event type"):
         await emit(db, "call.exploded")
+
+
+async def test_endpoints_are_read_once_per_transaction_and_fresh_in_the_next(db: Database) -> None:
+    """One webhook batch announces many calls: the endpoints are read once per transaction (and the
+    caller's pending changes are not flushed for it); a later transaction sees later endpoints."""
+    await add_endpoint(db, "http://127.0.0.1:9/a", ["call.created", "call.ended"])
+    async with db.write() as session:
+        reads = 0
+
+        @event.listens_for(session.sync_session, "do_orm_execute")
+        def count(state: ORMExecuteState) -> None:
+            nonlocal reads
+            reads += state.is_select
+
+        assert [await enqueue(session, "call.created", {"callId": f"c{n}"}) for n in range(3)] == [1, 1, 1]
+        assert await enqueue(session, "call.ended", {"callId": "c0"}) == 1
+        assert reads == 1
+    await add_endpoint(db, "http://127.0.0.1:9/b", ["call.ended"])
+    assert await emit(db, "call.ended", callId="c1") == 2
+    assert len(await deliveries_of(db)) == 6
 
 
 async def test_a_rolled_back_transaction_enqueues_nothing(db: Database) -> None:

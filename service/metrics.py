@@ -79,7 +79,7 @@ class Metrics:
         )
         self.rule_fire_seconds = Histogram(
             "switchboard_rule_fire_seconds",
-            "From a committed milestone to the control POST answered (immediate rules)",
+            "From a milestone reaching the rule engine to its control POST answered (immediate rules)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )

@@ -41,6 +41,7 @@ from service.rules.book import Inject, RuleBook
 from service.rules.conditions import ConditionRuntimeError, make_context
 from service.rules.milestones import (
     EventLike,
+    FiringPlan,
     Occurrence,
     call_context,
     decide_due,
@@ -65,27 +66,29 @@ class _Batch:
     call_id: str
     occurrences: list[Occurrence]
     observed: float  # time.perf_counter() when handed over
-    call: Call | None  # the row as committed with the events, when the caller had it
 
 
 @dataclass(frozen=True, slots=True)
 class _Decision:
-    """What one rule does about one occurrence: fire now (``due`` is None) or record a timed firing."""
+    """One rule acting on one occurrence (its condition held): fire now or record a timed firing."""
 
     rule: CompiledRule
     occurrence: Occurrence
-    key: str | None  # None: a transcript's per-occurrence key, numbered in the firing's transaction
-    due: dt.datetime | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    plan: FiringPlan
 
 
 @dataclass(frozen=True, slots=True)
-class _Due:
-    """A firing recorded in its milestone's transaction, to deliver once that transaction committed."""
+class _Recorded:
+    """A decision's firing row as inserted: ``firing_id`` is None when its key already had one."""
 
-    firing_id: uuid.UUID
     decision: _Decision
+    firing_id: uuid.UUID | None
     key: str
+
+    @property
+    def immediate(self) -> bool:
+        """To be delivered now (after the commit), not by the timer nor never."""
+        return self.firing_id is not None and self.decision.plan.due is None
 
 
 @dataclass(slots=True)
@@ -96,10 +99,7 @@ class Planned:
     call: Call
     call_values: dict[str, Any]
     observed: float
-    due: list[_Due] = field(default_factory=list)
-    scheduled: list[str] = field(default_factory=list)  # rule names of timed firings recorded
-    duplicates: list[str] = field(default_factory=list)  # rule names that had already fired
-    wake: bool = False  # a timed firing falls due within a poll interval
+    recorded: list[_Recorded] = field(default_factory=list)
 
 
 class RuleEngine:
@@ -226,37 +226,24 @@ class RuleEngine:
         planned = Planned(call, call_context(call), time.perf_counter())
         for occurrence in occurrences:
             for decision in self._decide(planned.call_values, occurrence):
-                firing_id, key = await self._record(session, decision)
-                if firing_id is None:
-                    planned.duplicates.append(decision.rule.name)
-                elif decision.due is None:
-                    planned.due.append(_Due(firing_id, decision, key))
-                else:
-                    planned.scheduled.append(decision.rule.name)
-                    planned.wake = planned.wake or self._due_soon(decision.due)
+                planned.recorded.append(await self._record(session, decision))
         return planned
 
     def dispatch(self, planned: Planned) -> None:
         """After the commit of :meth:`plan`'s transaction: deliver its immediate firings. Never blocks."""
-        for name in planned.scheduled:
-            self._metrics.rule_firings.labels(rule=name, status="scheduled").inc()
-        for name in planned.duplicates:
-            self._metrics.rule_firings.labels(rule=name, status="duplicate").inc()
-        if planned.wake:
-            self._wake.set()
-        if planned.due:
-            self._enqueue(planned, planned.call.id, len(planned.due))
+        immediate = sum(self._committed(recorded) for recorded in planned.recorded)
+        if immediate:
+            self._enqueue(planned, planned.call.id, immediate)
 
-    def observe(self, call_id: str, events: Iterable[EventLike], *, call: Call | None = None) -> None:
+    def observe(self, call_id: str, events: Iterable[EventLike]) -> None:
         """Committed events of one call: queue their milestones for the worker. Never blocks, no I/O.
 
-        For events committed without :meth:`plan` (listen-socket text frames): each firing then gets a
-        transaction of its own. ``call``: the row as committed with the events, which saves the worker a
-        database read; without it the worker reads the call.
+        For events committed without :meth:`plan` (listen-socket text frames): the worker reads the
+        call, and each firing gets a transaction of its own.
         """
         occurrences = self._occurrences(call_id, events)
         if occurrences:
-            self._enqueue(_Batch(call_id, occurrences, time.perf_counter(), call), call_id, len(occurrences))
+            self._enqueue(_Batch(call_id, occurrences, time.perf_counter()), call_id, len(occurrences))
 
     def _enqueue(self, item: _Batch | Planned, call_id: str, count: int) -> None:
         try:
@@ -272,22 +259,21 @@ class RuleEngine:
             call_id = item.call.id if isinstance(item, Planned) else item.call_id
             try:
                 if isinstance(item, Planned):
-                    for due in item.due:
-                        await self._spawn(self._deliver_due(item, due), f"rule:{due.decision.rule.name}")
+                    for recorded in filter(lambda r: r.immediate, item.recorded):
+                        work = self._deliver_recorded(recorded, item.call, item.call_values, item.observed)
+                        await self._spawn(work, f"rule:{recorded.decision.rule.name}")
                 else:
                     await self._process(item)
             except Exception:  # the database may be briefly away; the next batch may work
                 log.exception("rule evaluation failed", call_id=call_id)
 
     async def _process(self, batch: _Batch) -> None:
-        """Evaluate a batch (reading the call only when the caller did not hand it over), then record and
-        deliver each firing in an owned task. Nothing here waits on more than one short read."""
-        call = batch.call
+        """Read the call, evaluate the batch, then record and deliver each firing in an owned task.
+        Nothing here waits on more than one short read."""
+        async with self._db.read() as session:
+            call = await session.get(Call, batch.call_id)
         if call is None:
-            async with self._db.read() as session:
-                call = await session.get(Call, batch.call_id)
-            if call is None:
-                return
+            return
         call_values = call_context(call)
         decisions = [d for occurrence in batch.occurrences for d in self._decide(call_values, occurrence)]
         for decision in decisions:
@@ -307,8 +293,7 @@ class RuleEngine:
                 context = context or make_context(call_values, occurrence.event)
                 if not self._condition_holds(rule, context, occurrence.call_id):
                     continue
-            # A transcript's key (None here) gets its ordinal in the firing's transaction.
-            decisions.append(_Decision(rule, occurrence, plan.key, plan.due, plan.extra))
+            decisions.append(_Decision(rule, occurrence, plan))
         return decisions
 
     def _condition_holds(self, rule: CompiledRule, context: Any, call_id: str) -> bool:
@@ -325,49 +310,55 @@ class RuleEngine:
 
     # -- recording and firing ------------------------------------------------------------------------
 
-    async def _record(self, session: AsyncSession, decision: _Decision) -> tuple[uuid.UUID | None, str]:
-        """Insert the decision's firing row: ``scheduled`` (timed) or ``firing`` (delivered next).
-        ``None`` when the key already has a firing: it fired, or is scheduled, already."""
-        occurrence = decision.occurrence
-        key = decision.key or await firings.occurrence_key(session, occurrence)
+    async def _record(self, session: AsyncSession, decision: _Decision) -> _Recorded:
+        """Insert the decision's firing row: ``scheduled`` (timed) or ``firing`` (delivered next)."""
+        occurrence, plan = decision.occurrence, decision.plan
+        # A transcript's key (None in the plan) gets its ordinal here, in the firing's transaction.
+        key = plan.key or await firings.occurrence_key(session, occurrence)
         firing_id = await firings.insert_firing(
             session,
             rule=decision.rule.name,
             call_id=occurrence.call_id,
             occurrence=key,
-            status="firing" if decision.due is None else "scheduled",
-            due_at=decision.due or self._clock(),
+            status="firing" if plan.due is None else "scheduled",
+            due_at=plan.due or self._clock(),
             detail={
                 "milestone": decision.rule.milestone,
                 "occurrence": occurrence.key,
                 "event": occurrence.event,
-                **decision.extra,
+                **plan.extra,
             },
         )
-        return firing_id, key
+        return _Recorded(decision, firing_id, key)
+
+    def _committed(self, recorded: _Recorded) -> bool:
+        """A recorded firing's row is committed: count it, wake the timer for a timed one due soon;
+        whether it is to be delivered now."""
+        rule, due = recorded.decision.rule, recorded.decision.plan.due
+        if recorded.firing_id is None:
+            self._metrics.rule_firings.labels(rule=rule.name, status="duplicate").inc()
+        elif due is not None:
+            self._metrics.rule_firings.labels(rule=rule.name, status="scheduled").inc()
+            if self._due_soon(due):
+                self._wake.set()
+        return recorded.immediate
 
     async def _record_and_fire(
         self, decision: _Decision, call: Call, call_values: dict[str, Any], observed: float
     ) -> None:
         """The observe path: record the firing in a transaction of its own, then deliver it if immediate."""
         async with self._db.write() as session:
-            firing_id, key = await self._record(session, decision)
-        rule = decision.rule
-        if firing_id is None:
-            self._metrics.rule_firings.labels(rule=rule.name, status="duplicate").inc()
-        elif decision.due is not None:
-            self._metrics.rule_firings.labels(rule=rule.name, status="scheduled").inc()
-            if self._due_soon(decision.due):
-                self._wake.set()
-        else:
-            event = decision.occurrence.event
-            await self._deliver(firing_id, rule, call, key, call_values, event, observed)
+            recorded = await self._record(session, decision)
+        if self._committed(recorded):
+            await self._deliver_recorded(recorded, call, call_values, observed)
 
-    async def _deliver_due(self, planned: Planned, due: _Due) -> None:
-        event = due.decision.occurrence.event
-        await self._deliver(
-            due.firing_id, due.decision.rule, planned.call, due.key, planned.call_values, event, planned.observed
-        )
+    async def _deliver_recorded(
+        self, recorded: _Recorded, call: Call, call_values: dict[str, Any], observed: float
+    ) -> None:
+        assert recorded.firing_id is not None
+        decision = recorded.decision
+        event = decision.occurrence.event
+        await self._deliver(recorded.firing_id, decision.rule, call, recorded.key, call_values, event, observed)
 
     async def _deliver(
         self,

@@ -289,7 +289,7 @@ async def test_a_webhook_milestone_commits_with_its_firing_and_a_rollback_leaves
             assert call is not None
             planned = await engine.plan(session, call, await append_events(session, kept, answered))
         assert planned is not None
-        assert [due.decision.rule.name for due in planned.due] == ["hello"]
+        assert [recorded.decision.rule.name for recorded in planned.recorded if recorded.immediate] == ["hello"]
         async with db.read() as session:
             rows = (await session.scalars(select(RuleFiring).order_by(RuleFiring.rule_name))).all()
         assert [(row.call_id, row.rule_name, row.status) for row in rows] == [

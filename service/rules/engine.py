@@ -11,8 +11,10 @@ semaphore and owned by the engine.
 
 Timed firings (``delay``, ``call.elapsed``, ``user.silent``) wait as rows in ``rule_firing``; a timer
 task claims the due ones (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so they survive restarts and fire
-on exactly one replica. Rule changes made through the API (on any replica) are picked up by
-polling a cheap fingerprint of the ``rule`` table.
+on exactly one replica. The timer sleeps until the earliest due time this replica scheduled (so a
+firing is claimed when due, not at the next poll) and polls in between for the other replicas' rows.
+Rule changes made through the API (on any replica) are picked up by polling a cheap fingerprint of
+the ``rule`` table.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import heapq
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -57,6 +61,7 @@ QUEUE_LIMIT = 10_000
 CLAIM_BATCH = 100
 RELOAD_EVERY_SECONDS = 1.0
 SWEEP_EVERY_SECONDS = 30.0
+TIMER_SLACK_SECONDS = 0.002  # the loop's clock and the wall clock may differ by a hair
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +138,7 @@ class RuleEngine:
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._dues: list[dt.datetime] = []  # heap: due times this replica scheduled, not yet passed
         self._closing = False
 
     # -- rule set ------------------------------------------------------------------------------------
@@ -305,8 +311,17 @@ class RuleEngine:
             log.warning("rule condition failed; taken as false", rule=rule.name, call_id=call_id, error=str(exc))
             return False
 
-    def _due_soon(self, due: dt.datetime) -> bool:
-        return due <= self._clock() + dt.timedelta(seconds=self._poll_interval)
+    def _expect(self, due: dt.datetime) -> None:
+        """A firing is due at ``due``: the timer claims it then rather than at its next poll."""
+        if not self._dues or due < self._dues[0]:
+            self._wake.set()  # the timer's current sleep may end too late
+        heapq.heappush(self._dues, due)
+
+    def _until_next_due(self) -> float:
+        """Seconds until the earliest firing this replica scheduled is due (inf when none is)."""
+        if not self._dues:
+            return math.inf
+        return (self._dues[0] - self._clock()).total_seconds() + TIMER_SLACK_SECONDS
 
     # -- recording and firing ------------------------------------------------------------------------
 
@@ -339,8 +354,7 @@ class RuleEngine:
             self._metrics.rule_firings.labels(rule=rule.name, status="duplicate").inc()
         elif due is not None:
             self._metrics.rule_firings.labels(rule=rule.name, status="scheduled").inc()
-            if self._due_soon(due):
-                self._wake.set()
+            self._expect(due)
         return recorded.immediate
 
     async def _record_and_fire(
@@ -426,11 +440,17 @@ class RuleEngine:
 
     async def _tick(self) -> None:
         last_reload = last_sweep = time.monotonic()
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
-                    await self._wake.wait()
-            self._wake.clear()
+            poll_at = loop.time() + self._poll_interval
+            while (wait := min(poll_at - loop.time(), self._until_next_due())) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()  # set when a firing is due sooner than this sleep's end
+                self._wake.clear()
+            passed = self._clock()
+            while self._dues and self._dues[0] <= passed:
+                heapq.heappop(self._dues)
             try:
                 await self.fire_due_timers()
                 now = time.monotonic()
@@ -485,6 +505,7 @@ class RuleEngine:
             return
         if decision.action == "wait" and decision.due is not None:
             await firings.reschedule(self._db, row.id, due_at=decision.due, detail=decision.detail or {})
+            self._expect(decision.due)
             return
         event = decision.event or {}
         call_values = call_context(call)

@@ -52,12 +52,14 @@ class ControlRecorder:
         return httpx.Response(200, json={"ok": True})
 
 
-def make_engine(url: str, recorder: ControlRecorder, rules: list[CompiledRule]) -> tuple[RuleEngine, Database]:
+def make_engine(
+    url: str, recorder: ControlRecorder, rules: list[CompiledRule], *, poll_interval: float = 0.05
+) -> tuple[RuleEngine, Database]:
     db = Database(url)
     http = httpx.AsyncClient(transport=httpx.MockTransport(recorder.handle))
     vapi = VapiClient(http, base_url="http://vapi.test", api_key=None, public_key=None, timeout=5)
     calls = CallService(db, vapi, make_settings(url), cast(Any, None))
-    engine = RuleEngine(db, calls.inject, Metrics(), file_rules=rules, poll_interval=0.05)
+    engine = RuleEngine(db, calls.inject, Metrics(), file_rules=rules, poll_interval=poll_interval)
     return engine, db
 
 
@@ -158,6 +160,34 @@ async def test_the_same_occurrence_seen_by_two_replicas_fires_once(database_url:
     heard, hello = sorted(message["content"] for _, message in recorder.received)
     assert hello == "Hello."
     assert heard in ("Heard Hi there", "Heard hi  there"), "whichever copy won, the utterance fired once"
+
+
+async def test_a_delayed_firing_is_claimed_when_due_not_at_the_next_poll(database_url: str, db: Database) -> None:
+    later = rule(name="later", on="call.answered", delay="300ms", say="Later.")
+    sooner = rule(name="sooner", on="call.answered", delay="150ms", say="Sooner.")
+    recorder = ControlRecorder()
+    [call_id] = await add_calls(db, 1)
+    engine, engine_db = make_engine(database_url, recorder, [later, sooner], poll_interval=30.0)
+    try:
+        await engine.start()
+        async with db.write() as session:
+            rows = await append_events(
+                session,
+                call_id,
+                [NewEvent("switchboard", "call.status_changed", {"from": "ringing", "to": "in-progress"})],
+            )
+        engine.observe(call_id, rows)
+        await wait_idle(engine, recorder, 2)
+        await engine.close(5)
+    finally:
+        await engine_db.dispose()
+    assert [message["content"] for _, message in recorder.received] == ["Sooner.", "Later."]
+    async with db.read() as session:
+        fired = (await session.execute(select(RuleFiring.rule_name, RuleFiring.due_at, RuleFiring.fired_at))).all()
+    for name, due, fired_at in fired:
+        assert fired_at is not None
+        late = (fired_at - due).total_seconds()
+        assert 0 <= late < 0.25, (name, late)  # the poll interval is 30 s: the timer woke for each
 
 
 async def test_a_due_firing_of_an_ended_call_is_skipped_never_fired(database_url: str, db: Database) -> None:

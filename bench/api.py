@@ -56,6 +56,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from _procs import BenchError, Child, ProcessGroup, free_port, switchboard_argv, wait_http_ok
 
 from service.calls.metadata import index_rows
+from service.calls.service import CallFilters
 from service.db.models import Call, CallMetadata
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -266,42 +267,27 @@ async def seed_calls(engine: AsyncEngine, n: int, seed: int) -> Seeded:
     return Seeded(numbers, [f"crm-{c:07d}" for c in range(customers)], time.perf_counter() - t0)
 
 
-METADATA_PLAN_SQL = (
-    "SELECT call.* FROM call JOIN call_metadata AS m ON m.call_id = call.id "
-    "WHERE m.key = 'crmId' AND m.value = :v AND m.kind IN ('s') ORDER BY m.created_at DESC, m.call_id DESC LIMIT 51"
-)
-METADATA_AND_PLAN_SQL = (
-    "SELECT call.* FROM call JOIN call_metadata AS m ON m.call_id = call.id "
-    "WHERE m.key = 'priority' AND m.value = '1' AND m.kind IN ('s', 'n') AND EXISTS (SELECT 1 FROM call_metadata "
-    "AS m2 WHERE m2.call_id = call.id AND m2.key = 'campaign' AND m2.value = :v AND m2.kind IN ('s')) "
-    "ORDER BY m.created_at DESC, m.call_id DESC LIMIT 51"
-)
-PLAN_SQL = {
-    # The statements list_calls sends (see the compiled SQL), with literal values for EXPLAIN.
-    "sqlite": {
-        "first": "SELECT * FROM call ORDER BY created_at DESC, id DESC LIMIT 51",
-        "status": "SELECT * FROM call WHERE status = 'ended' ORDER BY created_at DESC, id DESC LIMIT 51",
-        "customerNumber": "SELECT * FROM call WHERE customer_number = :v ORDER BY created_at DESC, id DESC LIMIT 51",
-        "metadata": METADATA_PLAN_SQL,
-        "metadataAnd": METADATA_AND_PLAN_SQL,
-    },
-    "postgresql": {
-        "first": "SELECT * FROM call ORDER BY created_at DESC, id DESC LIMIT 51",
-        "status": "SELECT * FROM call WHERE status = 'ended' ORDER BY created_at DESC, id DESC LIMIT 51",
-        "customerNumber": "SELECT * FROM call WHERE customer_number = :v ORDER BY created_at DESC, id DESC LIMIT 51",
-        "metadata": METADATA_PLAN_SQL,
-        "metadataAnd": METADATA_AND_PLAN_SQL,
-    },
+PLAN_FILTERS = {
+    # The filters of each query kind; the plan is the one of the statement list_calls sends for them.
+    "first": lambda _v: CallFilters(),
+    "status": lambda _v: CallFilters(status="ended"),
+    "customerNumber": lambda v: CallFilters(customer_number=v),
+    "metadata": lambda v: CallFilters(metadata={"crmId": v}),
+    "metadataAnd": lambda v: CallFilters(metadata={"priority": "1", "campaign": v}),
 }
 
 
 async def query_plan(engine: AsyncEngine, backend: str, kind: str, value: str) -> list[str]:
-    sql = PLAN_SQL[backend].get(kind)
-    if sql is None:
+    filters = PLAN_FILTERS.get(kind)
+    if filters is None:
         return []
+    statement = filters(value).page(limit=51, cursor=None)
+    compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+    # What literal_binds leaves as a parameter (SQLite's LIMIT -1 before an OFFSET), positional.
+    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
     explain = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN (ANALYZE, BUFFERS OFF) "
     async with engine.connect() as conn:
-        rows = (await conn.execute(text(explain + sql), {"v": value})).all()
+        rows = (await conn.exec_driver_sql(explain + str(compiled), params)).all()
     return [str(row[-1]) for row in rows]
 
 
@@ -555,8 +541,10 @@ async def run_backend(
             if backend == "postgresql":
                 # autovacuum would analyse a table that grew this much within a minute; do it now.
                 async with engine.begin() as conn:
-                    await conn.execute(text("ANALYZE call"))
-                out.notes.append("postgresql: ANALYZE call run after the bulk insert (what autovacuum does soon after)")
+                    await conn.execute(text("ANALYZE call, call_metadata"))
+                out.notes.append(
+                    "postgresql: ANALYZE call, call_metadata after the bulk insert (what autovacuum does soon after)"
+                )
             else:
                 out.notes.append("sqlite: no ANALYZE after the bulk insert (the service never runs it)")
             out.context["loadavgBeforeQueries"] = loadavg()

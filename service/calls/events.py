@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import Call, CallEvent, utcnow
@@ -22,8 +22,41 @@ class NewEvent:
     dedupe_key: str | None = None
 
 
-async def append_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[CallEvent]:
-    """Add ``events`` to the call's timeline inside the caller's transaction.
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as :func:`append_events` stored it: what its callers (webhooks, rules) read back."""
+
+    call_id: str
+    seq: int
+    source: str
+    type: str
+    occurred_at: dt.datetime
+    received_at: dt.datetime
+    payload: Any
+    dedupe_key: str | None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "seq": self.seq,
+            "source": self.source,
+            "type": self.type,
+            "occurred_at": self.occurred_at,
+            "received_at": self.received_at,
+            "payload": self.payload,
+            "dedupe_key": self.dedupe_key,
+        }
+
+
+async def append_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
+    """Add ``events`` to the call's timeline inside the caller's transaction."""
+    stored = await number_events(session, call_id, events)
+    await insert_events(session, stored)
+    return stored
+
+
+async def number_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
+    """Give ``events`` the call's next sequence numbers (for :func:`insert_events`, same transaction).
 
     Sequence numbers come from an atomic increment of ``call.last_event_seq``: the row lock (PostgreSQL)
     or the write lock (SQLite) orders concurrent writers, so ``seq`` is strictly increasing per call
@@ -38,35 +71,40 @@ async def append_events(session: AsyncSession, call_id: str, events: Sequence[Ne
         .returning(Call.last_event_seq)
         .execution_options(synchronize_session=False)
     )
-    return _add_rows(session, call_id, result.scalar_one() - len(events) + 1, events)
+    return numbered(call_id, result.scalar_one() - len(events) + 1, events)
 
 
-def append_events_to_locked(session: AsyncSession, call: Call, events: Sequence[NewEvent]) -> list[CallEvent]:
+def append_events_to_locked(call: Call, events: Sequence[NewEvent]) -> list[StoredEvent]:
     """Like :func:`append_events`, for a call row this transaction has locked and loaded (``SELECT … FOR
     UPDATE`` on PostgreSQL; SQLite has one writer): the sequence is taken from the loaded row and
-    written back with the rest of the call's changes, saving a statement per call in batches."""
+    written back with the rest of the call's changes, saving a statement per call in batches. The
+    events are inserted by :func:`insert_events`, one statement for a whole batch of calls."""
     first = call.last_event_seq + 1
     call.last_event_seq += len(events)
-    return _add_rows(session, call.id, first, events)
+    return numbered(call.id, first, events)
 
 
-def _add_rows(session: AsyncSession, call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[CallEvent]:
+def numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[StoredEvent]:
     now = utcnow()
-    rows = [
-        CallEvent(
-            call_id=call_id,
-            seq=first_seq + index,
-            source=event.source,
-            type=event.type,
-            occurred_at=event.occurred_at or now,
-            received_at=now,
-            payload=event.payload,
-            dedupe_key=event.dedupe_key,
+    return [
+        StoredEvent(
+            call_id,
+            first_seq + index,
+            event.source,
+            event.type,
+            event.occurred_at or now,
+            now,
+            event.payload,
+            event.dedupe_key,
         )
         for index, event in enumerate(events)
     ]
-    session.add_all(rows)
-    return rows
+
+
+async def insert_events(session: AsyncSession, events: Sequence[StoredEvent]) -> None:
+    """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path)."""
+    if events:
+        await session.execute(insert(CallEvent), [event.row() for event in events])
 
 
 async def list_events(

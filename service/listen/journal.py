@@ -19,9 +19,8 @@ from collections.abc import Callable
 
 import structlog
 
-from service.calls.events import NewEvent, append_events
+from service.calls.events import NewEvent, StoredEvent, insert_events, number_events
 from service.db.engine import Database
-from service.db.models import CallEvent
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +28,7 @@ WINDOW_SECONDS = 0.2  # the delay a text frame's event may wait, for rules too
 RETRY_SECONDS = 1.0
 PENDING_LIMIT = 10_000
 
-Observer = Callable[[str, list[CallEvent]], None]
+Observer = Callable[[str, list[StoredEvent]], None]
 
 
 class EventJournal:
@@ -138,11 +137,13 @@ class EventJournal:
         self._observe(rows)
         return set()
 
-    async def _transaction(self, batch: dict[str, list[NewEvent]]) -> dict[str, list[CallEvent]]:
+    async def _transaction(self, batch: dict[str, list[NewEvent]]) -> dict[str, list[StoredEvent]]:
         async with self._db.write() as session:
-            return {call_id: await append_events(session, call_id, batch[call_id]) for call_id in sorted(batch)}
+            rows = {call_id: await number_events(session, call_id, batch[call_id]) for call_id in sorted(batch)}
+            await insert_events(session, [row for call_rows in rows.values() for row in call_rows])
+        return rows
 
-    def _observe(self, rows: dict[str, list[CallEvent]]) -> None:
+    def _observe(self, rows: dict[str, list[StoredEvent]]) -> None:
         for call_id, call_rows in rows.items():
             observer = self._observers.get(call_id)
             if observer is not None:

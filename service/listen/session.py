@@ -25,9 +25,9 @@ from sqlalchemy import select
 from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidStatus
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent
+from service.calls.events import NewEvent, StoredEvent
 from service.db.engine import Database
-from service.db.models import Call, CallEvent
+from service.db.models import Call
 from service.errors import database_unavailable
 from service.listen.journal import EventJournal
 from service.listen.relay import LiveRelay
@@ -378,7 +378,7 @@ class ListenSession:
         if await self._recordings.set_format(self.call_id, sample_rate=sample_rate, channels=channels):
             log.info("listen socket announced its format", call_id=self.call_id, rate=sample_rate, channels=channels)
 
-    def _observe(self, call_id: str, rows: list[CallEvent]) -> None:
+    def _observe(self, call_id: str, rows: list[StoredEvent]) -> None:
         if self._rules is not None:  # rules: committed text-frame events; queues work, never blocks
             self._rules.observe(call_id, rows)
 

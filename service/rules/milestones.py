@@ -23,11 +23,18 @@ from service.rules.schema import STATUS_MILESTONES, CompiledRule
 
 
 class EventLike(Protocol):
-    seq: int
-    source: str
-    type: str
-    payload: Any
-    received_at: dt.datetime
+    """A stored timeline event, as the rules read it (a ``StoredEvent`` or a ``CallEvent`` row)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def payload(self) -> Any: ...
+    @property
+    def received_at(self) -> dt.datetime: ...
 
 
 @dataclass(frozen=True, slots=True)

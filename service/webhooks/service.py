@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent, append_events_to_locked
+from service.calls.events import NewEvent, append_events_to_locked, insert_events
 from service.calls.redact import redact
 from service.calls.tracking import (
     announce_status,
@@ -248,8 +248,8 @@ class WebhookService:
                 owners.append((outcome, len(call_events), len(new_events)))
                 call_events.extend(new_events)
                 outcomes.append(outcome)
-            rows = {call_id: append_events_to_locked(session, calls[call_id], evs) for call_id, evs in events.items()}
-            await session.flush()  # the events get their ids before the rules see them
+            rows = {call_id: append_events_to_locked(calls[call_id], evs) for call_id, evs in events.items()}
+            await insert_events(session, [row for call_rows in rows.values() for row in call_rows])
             for outcome, offset, count in owners:
                 assert outcome.call is not None
                 own = rows[outcome.call.id][offset : offset + count]

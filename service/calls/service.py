@@ -33,7 +33,7 @@ from service.pagination import (
 )
 from service.settings import Settings
 from service.vapi.client import ControlNotDeliveredError, VapiClient
-from service.vapi.messages import DEFAULT_SERVER_MESSAGES, FINAL_TRANSCRIPTS
+from service.vapi.messages import FINAL_TRANSCRIPTS, SWITCHBOARD_SERVER_MESSAGES
 
 if TYPE_CHECKING:
     from service.listen.supervisor import ListenSupervisor
@@ -66,7 +66,7 @@ def build_vapi_request(body: CallCreate, settings: Settings) -> dict[str, Any]:
                 settings.webhook_secret_header: settings.webhook_secret.get_secret_value(),
             }
         overrides["server"] = server
-        messages = list(overrides.get("serverMessages") or DEFAULT_SERVER_MESSAGES)
+        messages = list(overrides.get("serverMessages") or SWITCHBOARD_SERVER_MESSAGES)
         messages += [message for message in REQUIRED_SERVER_MESSAGES if message not in messages]
         if "transcript" not in messages and FINAL_TRANSCRIPTS not in messages:
             messages.append(FINAL_TRANSCRIPTS)

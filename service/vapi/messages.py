@@ -16,5 +16,9 @@ DEFAULT_SERVER_MESSAGES = (
     "user-interrupted",
     "assistant.started",
 )
+# What Switchboard subscribes a call it places to when the caller names no ``serverMessages``: Vapi's
+# defaults without ``conversation-update``, which repeats the whole conversation so far on every turn
+# (the transcripts and the end-of-call report carry the same, once). Callers who want it list it.
+SWITCHBOARD_SERVER_MESSAGES = tuple(message for message in DEFAULT_SERVER_MESSAGES if message != "conversation-update")
 # The subscription entry for final transcripts only.
 FINAL_TRANSCRIPTS = 'transcript[transcriptType="final"]'

@@ -27,7 +27,8 @@ def test_points_vapi_at_switchboard_with_the_secret_and_needed_messages() -> Non
     }
     for needed in ("status-update", "end-of-call-report", "speech-update", FINAL_TRANSCRIPTS):
         assert needed in overrides["serverMessages"]
-    assert "conversation-update" in overrides["serverMessages"], "Vapi's defaults are kept"
+    assert "user-interrupted" in overrides["serverMessages"], "Vapi's defaults are kept"
+    assert "conversation-update" not in overrides["serverMessages"], "it repeats the conversation every turn"
     assert overrides["monitorPlan"] == {"listenEnabled": True, "controlEnabled": True}
     assert overrides["metadata"] == {"crmId": "42"}
     assert request["customer"] == {"number": "+14155550123", "name": "Ada"}
@@ -43,6 +44,7 @@ def test_callers_overrides_are_kept_and_extended() -> None:
     )
     overrides = build_vapi_request(body, _settings(public_url="https://sb.example.com"))["assistantOverrides"]
     assert overrides["serverMessages"][0] == "transcript"
+    assert "conversation-update" not in overrides["serverMessages"]
     assert FINAL_TRANSCRIPTS not in overrides["serverMessages"], "all transcripts already include finals"
     assert overrides["monitorPlan"] == {
         "listenAuthenticationEnabled": True,
@@ -57,3 +59,12 @@ def test_without_public_url_the_server_setting_is_left_to_vapi() -> None:
     overrides = build_vapi_request(_body(), _settings())["assistantOverrides"]
     assert "server" not in overrides
     assert "serverMessages" not in overrides
+
+
+def test_a_caller_who_asks_for_conversation_updates_gets_them() -> None:
+    body = _body(assistant_overrides={"serverMessages": ["conversation-update"]})
+    overrides = build_vapi_request(body, _settings(public_url="https://sb.example.com"))["assistantOverrides"]
+    assert overrides["serverMessages"][0] == "conversation-update"
+    assert {"status-update", "end-of-call-report", "speech-update", FINAL_TRANSCRIPTS} <= set(
+        overrides["serverMessages"]
+    )

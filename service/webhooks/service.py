@@ -198,11 +198,7 @@ class WebhookService:
             batch = [await self._queue.get()]
             while len(batch) < BATCH_MAX and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            applied: list[_Applied | BaseException]
-            try:
-                applied = list(await self._apply(batch))
-            except Exception:
-                applied = [await self._apply_alone(item) for item in batch]
+            applied = await self._apply_batch(batch)
             for _ in batch:
                 self._queue.task_done()
             for item, outcome in zip(batch, applied, strict=True):
@@ -214,21 +210,36 @@ class WebhookService:
                 if not item.done.done():
                     item.done.set_result(outcome.result)
 
+    async def _apply_batch(self, batch: list[_Received]) -> list[_Applied | BaseException]:
+        """One transaction for the batch. Duplicate deliveries are rare (Vapi retries only with a backoff
+        plan), so the first try leaves them to the unique (call, dedupe key) index; if it refuses one,
+        the batch is applied again looking the stored keys up first; then item by item."""
+        for look_up_duplicates in (False, True):
+            try:
+                return list(await self._apply(batch, look_up_duplicates=look_up_duplicates))
+            except IntegrityError:
+                continue
+            except Exception:
+                break
+        return [await self._apply_alone(item) for item in batch]
+
     async def _apply_alone(self, item: _Received) -> _Applied | BaseException:
         try:
-            return (await self._apply([item]))[0]
+            return (await self._apply([item], look_up_duplicates=True))[0]
         except IntegrityError:
             # A concurrent duplicate (another replica) won the race for the unique (call, dedupe key).
             return _Applied(IngestResult(stored=False, call_id=item.vapi_call["id"], duplicate=True))
         except Exception as exc:
             return exc
 
-    async def _apply(self, batch: list[_Received]) -> list[_Applied]:
+    async def _apply(self, batch: list[_Received], *, look_up_duplicates: bool) -> list[_Applied]:
         """Apply ``batch`` in order in one transaction."""
         outcomes: list[_Applied] = []
         async with self._db.write() as session:
             calls, created = await lock_or_create_calls(session, [item.vapi_call["id"] for item in batch])
-            stored = await stored_dedupe_keys(session, [(item.vapi_call["id"], item.key) for item in batch])
+            stored: dict[tuple[str, str], int] = {}
+            if look_up_duplicates:
+                stored = await stored_dedupe_keys(session, [(item.vapi_call["id"], item.key) for item in batch])
             events: dict[str, list[NewEvent]] = {}
             owners: list[tuple[_Applied, int, int]] = []
             for item in batch:

@@ -12,10 +12,9 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from uuid_utils.compat import uuid7
 
 from service.calls.events import NewEvent, append_events
 from service.db.engine import Database
@@ -25,6 +24,21 @@ from service.rules.milestones import Occurrence, transcript_key
 # A firing left in "firing" this long was interrupted (crash, kill -9) after its row was written: whether
 # the POST left is unknown, so it is closed as failed rather than retried (never speak twice).
 STUCK_AFTER = dt.timedelta(seconds=60)
+
+
+# ``INSERT … ON CONFLICT (rule, call, occurrence) DO NOTHING RETURNING id``, the same on SQLite and
+# PostgreSQL. Written as text with typed parameters because SQLAlchemy never caches the dialects'
+# ``insert().on_conflict_do_nothing()`` constructs: compiling one anew cost ~1 ms on every firing.
+_INSERTED = ("id", "rule_name", "call_id", "occurrence", "status", "due_at", "detail", "created_at", "updated_at")
+_INSERT_ONCE = (
+    text(
+        "INSERT INTO rule_firing (id, rule_name, call_id, occurrence, status, due_at, detail, created_at, updated_at) "
+        "VALUES (:id, :rule_name, :call_id, :occurrence, :status, :due_at, :detail, :created_at, :updated_at) "
+        "ON CONFLICT (rule_name, call_id, occurrence) DO NOTHING RETURNING id"
+    )
+    .bindparams(*(bindparam(name, type_=RuleFiring.__table__.c[name].type) for name in _INSERTED))
+    .columns(RuleFiring.__table__.c.id)
+)
 
 
 async def insert_firing(
@@ -38,21 +52,20 @@ async def insert_firing(
     detail: dict[str, Any],
 ) -> uuid.UUID | None:
     """Insert the firing; ``None`` when one exists under the same key (it already fired or is scheduled)."""
-    insert = sqlite_insert if session.bind.dialect.name == "sqlite" else pg_insert
-    statement = (
-        insert(RuleFiring)
-        .values(
-            rule_name=rule,
-            call_id=call_id,
-            occurrence=occurrence,
-            status=status,
-            due_at=due_at,
-            detail=detail,
-        )
-        .on_conflict_do_nothing(index_elements=["rule_name", "call_id", "occurrence"])
-        .returning(RuleFiring.id)
-    )
-    firing_id: uuid.UUID | None = (await session.execute(statement)).scalar_one_or_none()
+    now = utcnow()
+    values = {
+        "id": uuid7(),
+        "rule_name": rule,
+        "call_id": call_id,
+        "occurrence": occurrence,
+        "status": status,
+        "due_at": due_at,
+        "detail": detail,
+        "created_at": now,
+        "updated_at": now,
+    }
+    result = await session.execute(_INSERT_ONCE, values)
+    firing_id: uuid.UUID | None = result.scalar_one_or_none()
     return firing_id
 
 

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import re
 import secrets
@@ -146,6 +147,7 @@ async def measure_latency(args: argparse.Namespace, folder: Path, url: str) -> d
         "SWITCHBOARD_ADMIN_API_KEY": ADMIN_KEY,
         "SWITCHBOARD_WEBHOOK_SECRET": SECRET,
         "SWITCHBOARD_LOG_LEVEL": "warning",
+        **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ},  # e.g. an older checkout
     }
     receiver = ControlReceiver()
     script = Path(sys.executable).parent / "switchboard"

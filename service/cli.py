@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.should_auto_migrate:
         upgrade(settings.database_url)
     app = create_app(settings)
+    # Everything built so far (modules, mappers, routes) lives as long as the process: keep it out of
+    # the collector's full passes, which otherwise stall the event loop for 50-130 ms under load.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="on", ws="websockets-sansio"
     )

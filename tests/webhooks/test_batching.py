@@ -41,3 +41,27 @@ async def test_concurrent_webhooks_are_each_stored_once_in_order(database_url: s
             assert len(events) == 12, "every distinct message once"
         timeline = (await client.get("/v1/calls/call-0/events", params={"limit": 500})).json()["data"]
         assert [event["seq"] for event in timeline] == list(range(1, len(timeline) + 1)), "no gaps, no repeats"
+
+
+async def test_a_batch_with_redeliveries_of_stored_webhooks_stores_only_the_new_ones(database_url: str) -> None:
+    """Duplicates are left to the unique index first: its refusal re-applies the batch with a lookup."""
+    sock = bind_loopback()
+    headers = {"X-Vapi-Secret": WEBHOOK_SECRET, "Authorization": f"Bearer {ADMIN_KEY}"}
+    earlier = [body(f"call-{n % 3}", status="started", role="user") for n in range(6)]
+    later = [body(f"call-{n % 3}", status="stopped", role="user") for n in range(30)]
+    async with (
+        serve(create_app(make_settings(database_url)), sock) as base_url,
+        httpx.AsyncClient(base_url=base_url, headers=headers) as client,
+    ):
+        first = [(await client.post("/webhooks/vapi", content=raw)).json() for raw in earlier]
+        assert all(ack["stored"] for ack in first)
+        answers = await asyncio.gather(*(client.post("/webhooks/vapi", content=raw) for raw in [*later, *earlier]))
+        acks = [answer.json() for answer in answers]
+        assert [ack["stored"] for ack in acks] == [True] * 30 + [False] * 6
+        assert [ack["duplicate"] for ack in acks[30:]] == [True] * 6
+        assert [ack["seq"] for ack in acks[30:]] == [ack["seq"] for ack in first], "the stored copy's seq"
+        for n in range(3):
+            timeline = (await client.get(f"/v1/calls/call-{n}/events", params={"source": "vapi"})).json()["data"]
+            assert len(timeline) == 12, "2 earlier + 10 later, each once"
+            everything = (await client.get(f"/v1/calls/call-{n}/events", params={"limit": 500})).json()["data"]
+            assert [event["seq"] for event in everything] == list(range(1, len(everything) + 1))

@@ -164,6 +164,9 @@ class Recording(TimestampedMixin, UUIDv7Base):
 
     call: Mapped[Call] = relationship(back_populates="recording", lazy="noload", viewonly=True)
 
+    # The open recordings (status "recording") are looked up every few seconds by every replica.
+    __table_args__ = (Index("ix_recording_status", "status"),)
+
     @hybrid_property
     def byte_rate(self) -> int:
         """PCM bytes per second of audio (s16le: two bytes a sample); also usable in queries."""

@@ -14,7 +14,7 @@ import socket
 import uuid
 from collections.abc import Collection
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 
 from service.calls import status as call_status
 from service.db.engine import Database
@@ -78,20 +78,23 @@ class LeaseKeeper:
             )
 
     async def unowned_calls(self, limit: int = 500) -> list[str]:
-        """Calls that need a session and that nobody holds (never leased, released, or expired):
-        live calls with a listen URL, and ended calls whose recording was never finalised (their
-        session crashed or their replica died after the end)."""
-        now = utcnow()
-        unfinished = select(Recording.call_id).where(Recording.status == "recording")
+        """Calls that need a session and that nobody holds (see :func:`unowned_calls_query`)."""
         async with self._db.read() as session:
-            rows = await session.scalars(
-                select(Call.id)
-                .where(
-                    Call.listen_url.is_not(None),
-                    or_(Call.status.in_(call_status.LIVE), Call.id.in_(unfinished)),
-                    or_(Call.listen_owner.is_(None), Call.listen_lease_until < now),
-                )
-                .order_by(Call.created_at)
-                .limit(limit)
-            )
-            return list(rows.all())
+            return list((await session.scalars(unowned_calls_query(utcnow(), limit))).all())
+
+
+def unowned_calls_query(now: dt.datetime, limit: int) -> Select[tuple[str]]:
+    """Calls that need a session and that nobody holds (never leased, released, or expired): live calls
+    with a listen URL, and ended calls whose recording was never finalised (their session crashed or
+    their replica died after the end). Indexed on both sides: it runs every few seconds per replica."""
+    unfinished = select(Recording.call_id).where(Recording.status == "recording")
+    return (
+        select(Call.id)
+        .where(
+            Call.listen_url.is_not(None),
+            or_(Call.status.in_(call_status.LIVE), Call.id.in_(unfinished)),
+            or_(Call.listen_owner.is_(None), Call.listen_lease_until < now),
+        )
+        .order_by(Call.created_at)
+        .limit(limit)
+    )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import Call, CallEvent, utcnow
@@ -72,6 +72,33 @@ async def number_events(session: AsyncSession, call_id: str, events: Sequence[Ne
         .execution_options(synchronize_session=False)
     )
     return numbered(call_id, result.scalar_one() - len(events) + 1, events)
+
+
+async def number_events_of_calls(
+    session: AsyncSession, batch: Mapping[str, Sequence[NewEvent]]
+) -> dict[str, list[StoredEvent]]:
+    """:func:`number_events` for several calls in one statement (``UPDATE … CASE … RETURNING``); on
+    PostgreSQL the rows are locked in id order first, as every other multi-call writer does, so that two
+    such transactions cannot deadlock. Calls that do not exist are left out of the result."""
+    counts = {call_id: len(events) for call_id, events in batch.items() if events}
+    if not counts:
+        return {}
+    ids = sorted(counts)
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(select(Call.id).where(Call.id.in_(ids)).order_by(Call.id).with_for_update())
+    result = await session.execute(
+        update(Call)
+        .where(Call.id.in_(ids))
+        .values(last_event_seq=Call.last_event_seq + case(counts, value=Call.id))
+        .returning(Call.id, Call.last_event_seq)
+        .execution_options(synchronize_session=False)
+    )
+    last = dict(result.tuples().all())
+    return {
+        call_id: numbered(call_id, last[call_id] - counts[call_id] + 1, batch[call_id])
+        for call_id in ids
+        if call_id in last
+    }
 
 
 def append_events_to_locked(call: Call, events: Sequence[NewEvent]) -> list[StoredEvent]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import structlog
 
-from service.calls.events import NewEvent, StoredEvent, insert_events, number_events
+from service.calls.events import NewEvent, StoredEvent, insert_events, number_events_of_calls
 from service.db.engine import Database
 
 log = structlog.get_logger(__name__)
@@ -139,8 +139,10 @@ class EventJournal:
 
     async def _transaction(self, batch: dict[str, list[NewEvent]]) -> dict[str, list[StoredEvent]]:
         async with self._db.write() as session:
-            rows = {call_id: await number_events(session, call_id, batch[call_id]) for call_id in sorted(batch)}
+            rows = await number_events_of_calls(session, batch)
             await insert_events(session, [row for call_rows in rows.values() for row in call_rows])
+        if missing := [call_id for call_id in batch if batch[call_id] and call_id not in rows]:
+            log.warning("listen events dropped: their call is not stored", calls=missing)
         return rows
 
     def _observe(self, rows: dict[str, list[StoredEvent]]) -> None:

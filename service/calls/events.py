@@ -50,12 +50,12 @@ class StoredEvent:
 
 async def append_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
     """Add ``events`` to the call's timeline inside the caller's transaction."""
-    stored = await number_events(session, call_id, events)
+    stored = await _number_events(session, call_id, events)
     await insert_events(session, stored)
     return stored
 
 
-async def number_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
+async def _number_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
     """Give ``events`` the call's next sequence numbers (for :func:`insert_events`, same transaction).
 
     Sequence numbers come from an atomic increment of ``call.last_event_seq``: the row lock (PostgreSQL)
@@ -71,13 +71,13 @@ async def number_events(session: AsyncSession, call_id: str, events: Sequence[Ne
         .returning(Call.last_event_seq)
         .execution_options(synchronize_session=False)
     )
-    return numbered(call_id, result.scalar_one() - len(events) + 1, events)
+    return _numbered(call_id, result.scalar_one() - len(events) + 1, events)
 
 
 async def number_events_of_calls(
     session: AsyncSession, batch: Mapping[str, Sequence[NewEvent]]
 ) -> dict[str, list[StoredEvent]]:
-    """:func:`number_events` for several calls in one statement (``UPDATE … CASE … RETURNING``); on
+    """:func:`_number_events` for several calls in one statement (``UPDATE … CASE … RETURNING``); on
     PostgreSQL the rows are locked in id order first, as every other multi-call writer does, so that two
     such transactions cannot deadlock. Calls that do not exist are left out of the result."""
     counts = {call_id: len(events) for call_id, events in batch.items() if events}
@@ -95,7 +95,7 @@ async def number_events_of_calls(
     )
     last = dict(result.tuples().all())
     return {
-        call_id: numbered(call_id, last[call_id] - counts[call_id] + 1, batch[call_id])
+        call_id: _numbered(call_id, last[call_id] - counts[call_id] + 1, batch[call_id])
         for call_id in ids
         if call_id in last
     }
@@ -108,10 +108,10 @@ def append_events_to_locked(call: Call, events: Sequence[NewEvent]) -> list[Stor
     events are inserted by :func:`insert_events`, one statement for a whole batch of calls."""
     first = call.last_event_seq + 1
     call.last_event_seq += len(events)
-    return numbered(call.id, first, events)
+    return _numbered(call.id, first, events)
 
 
-def numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[StoredEvent]:
+def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[StoredEvent]:
     now = utcnow()
     return [
         StoredEvent(

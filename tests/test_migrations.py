@@ -10,11 +10,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Table, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service.calls.events import transcript_key
 from service.calls.metadata import index_rows
 from service.calls.service import CallFilters, CallService
 from service.db.engine import Database
 from service.db.migrate import alembic_config
-from service.db.models import Call, CallMetadata, metadata
+from service.db.models import Call, CallEvent, CallMetadata, metadata
 
 
 def _other_dialects_indexes(dialect: str) -> set[str | None]:
@@ -103,6 +104,59 @@ async def test_0005_backfills_call_metadata_and_downgrades(database_url: str) ->
             call_indexes = await connection.run_sync(_indexes, "call")
         assert "call_metadata" not in tables
         assert ("ix_call_metadata" in call_indexes) == database_url.startswith("postgresql")
+    finally:
+        _migrate(database_url, "up", "head")
+        await engine.dispose()
+
+
+async def test_0008_keys_the_final_transcripts_of_live_calls(database_url: str) -> None:
+    """0008 fills ``call_event.utterance`` for the final transcripts of live calls (their rules may still
+    fire); ended calls and other events keep none."""
+    now = dt.datetime.now(dt.UTC)
+    engine = create_async_engine(database_url)
+    call_table, event_table = cast(Table, Call.__table__), cast(Table, CallEvent.__table__)
+    final = {"type": "transcript", "role": "user", "transcriptType": "final", "transcript": "  Yes  PLEASE "}
+    partial = {**final, "transcriptType": "partial"}
+    try:
+        _migrate(database_url, "down", "0007")
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(call_table),
+                [
+                    {"id": cid, "status": status, "customer": {}, "metadata": {}, "created_at": now, "updated_at": now}
+                    for cid, status in (("live", "in-progress"), ("done", "ended"))
+                ],
+            )
+            rows = [(cid, seq, kind, payload) for cid in ("live", "done") for seq, kind, payload in (
+                (1, "transcript", final), (2, "transcript", partial), (3, "speech-update", {"status": "started"})
+            )]  # fmt: skip
+            await connection.execute(
+                insert(event_table).values(
+                    [
+                        {
+                            "call_id": c,
+                            "seq": q,
+                            "source": "vapi",
+                            "type": k,
+                            "payload": pl,
+                            "occurred_at": now,
+                            "received_at": now,
+                        }
+                        for c, q, k, pl in rows
+                    ]
+                )
+            )
+        _migrate(database_url, "up", "0008")
+        async with engine.connect() as connection:
+            keyed = (await connection.execute(select(CallEvent.call_id, CallEvent.seq, CallEvent.utterance))).all()
+        assert {(c, q): u for c, q, u in keyed} == {
+            ("live", 1): transcript_key("user", "yes please"),
+            ("live", 2): None,
+            ("live", 3): None,
+            ("done", 1): None,
+            ("done", 2): None,
+            ("done", 3): None,
+        }
     finally:
         _migrate(database_url, "up", "head")
         await engine.dispose()

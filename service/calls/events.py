@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,24 @@ class NewEvent:
     dedupe_key: str | None = None
 
 
+_SPACES = re.compile(r"\s+")
+
+
+def transcript_key(role: str, text: str) -> str:
+    """``transcript:user:<digest>``: identical for the webhook and the listen copy of an utterance."""
+    normalized = _SPACES.sub(" ", text.strip().lower())
+    return f"transcript:{role}:{hashlib.sha256(normalized.encode()).hexdigest()[:16]}"
+
+
+def utterance_of(event: NewEvent) -> str | None:
+    """The :func:`transcript_key` of a final transcript (stored and indexed with it), else None."""
+    payload = event.payload
+    if event.type != "transcript" or not isinstance(payload, dict) or payload.get("transcriptType") != "final":
+        return None
+    role, text = payload.get("role"), payload.get("transcript")
+    return transcript_key(role, text) if isinstance(role, str) and isinstance(text, str) else None
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as :func:`append_events` stored it: what its callers (webhooks, rules) read back."""
@@ -34,6 +54,7 @@ class StoredEvent:
     received_at: dt.datetime
     payload: Any
     dedupe_key: str | None
+    utterance: str | None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -45,6 +66,7 @@ class StoredEvent:
             "received_at": self.received_at,
             "payload": self.payload,
             "dedupe_key": self.dedupe_key,
+            "utterance": self.utterance,
         }
 
 
@@ -123,6 +145,7 @@ def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[
             now,
             event.payload,
             event.dedupe_key,
+            utterance_of(event),
         )
         for index, event in enumerate(events)
     ]

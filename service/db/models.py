@@ -25,6 +25,7 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    text,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, Session, UOWTransaction, attributes, mapped_column, relationship
@@ -139,10 +140,22 @@ class CallEvent(BigIntBase):
     payload: Mapped[Any] = mapped_column(JsonB)
     # Duplicate webhook deliveries carry the same key and are stored once (see webhooks.service).
     dedupe_key: Mapped[str | None] = mapped_column(String(64))
+    # A final transcript's utterance (``calls.events.transcript_key``): the rules count the identical
+    # utterances before one through this index instead of reading the call's whole transcript.
+    utterance: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         UniqueConstraint("call_id", "seq"),
         UniqueConstraint("call_id", "dedupe_key", name="uq_call_event_dedupe_key"),
+        Index(
+            "ix_call_event_utterance",
+            "call_id",
+            "utterance",
+            "source",
+            "seq",
+            sqlite_where=text("utterance IS NOT NULL"),
+            postgresql_where=text("utterance IS NOT NULL"),
+        ),
     )
 
 

@@ -19,7 +19,7 @@ from uuid_utils.compat import uuid7
 from service.calls.events import NewEvent, append_events
 from service.db.engine import Database
 from service.db.models import CallEvent, RuleFiring, utcnow
-from service.rules.milestones import Occurrence, transcript_key
+from service.rules.milestones import Occurrence
 
 # A firing left in "firing" this long was interrupted (crash, kill -9) after its row was written: whether
 # the POST left is unknown, so it is closed as failed rather than retried (never speak twice).
@@ -169,27 +169,6 @@ async def user_speech(session: AsyncSession, call_id: str, *, limit: int = 50) -
     return found
 
 
-async def final_transcripts_before(
-    session: AsyncSession, call_id: str, *, source: str, role: str, before_seq: int
-) -> list[str]:
-    """The texts of the call's final transcripts from one source and role before ``before_seq``.
-
-    Only two JSON fields are read (``json_extract`` / ``->>``), not whole webhook bodies.
-    """
-    payload = CallEvent.payload
-    rows = await session.scalars(
-        select(payload["transcript"].as_string()).where(
-            CallEvent.call_id == call_id,
-            CallEvent.type == "transcript",
-            CallEvent.source == source,
-            CallEvent.seq < before_seq,
-            payload["transcriptType"].as_string() == "final",
-            payload["role"].as_string() == role,
-        )
-    )
-    return [text for text in rows.all() if isinstance(text, str)]
-
-
 async def list_firings(session: AsyncSession, call_id: str, *, after: uuid.UUID | None, limit: int) -> list[RuleFiring]:
     """A call's firings, oldest first: ids are UUIDv7, so their order is their creation order."""
     query = select(RuleFiring).where(RuleFiring.call_id == call_id)
@@ -211,8 +190,12 @@ async def occurrence_key(session: AsyncSession, occurrence: Occurrence) -> str:
     if occurrence.milestone != "transcript":
         return occurrence.key
     event = occurrence.event
-    earlier = await final_transcripts_before(
-        session, occurrence.call_id, source=event["source"], role=event["role"], before_seq=event["seq"]
+    same = await session.scalar(  # through ix_call_event_utterance: a range count, however long the call
+        select(func.count()).where(
+            CallEvent.call_id == occurrence.call_id,
+            CallEvent.utterance == occurrence.key,
+            CallEvent.source == event["source"],
+            CallEvent.seq < event["seq"],
+        )
     )
-    same = sum(1 for text in earlier if transcript_key(event["role"], text) == occurrence.key)
-    return f"{occurrence.key}:{same + 1}"
+    return f"{occurrence.key}:{(same or 0) + 1}"

@@ -12,12 +12,11 @@ Each occurrence has a key that is the same whichever path delivered it, so the u
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.calls.events import transcript_key
 from service.db.models import Call
 from service.rules.schema import STATUS_MILESTONES, CompiledRule
 
@@ -52,13 +51,6 @@ class Occurrence:
 
 
 RELEVANT_TYPES = frozenset({"call.status_changed", "status-update", "transcript", "speech-update", "listen.connected"})
-_SPACES = re.compile(r"\s+")
-
-
-def transcript_key(role: str, text: str) -> str:
-    """``transcript:user:<digest>``: identical for the webhook and the listen copy of an utterance."""
-    normalized = _SPACES.sub(" ", text.strip().lower())
-    return f"transcript:{role}:{hashlib.sha256(normalized.encode()).hexdigest()[:16]}"
 
 
 def _iso(moment: dt.datetime | None) -> str | None:

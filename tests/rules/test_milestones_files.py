@@ -16,6 +16,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML (via uvicorn[standard]): t
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.calls.events import transcript_key
 from service.cli import main
 from service.rules.files import load_rules_file, parse_rules_text
 from service.rules.milestones import (
@@ -23,7 +24,6 @@ from service.rules.milestones import (
     decide_due,
     occurrences_from_events,
     silence_verdict,
-    transcript_key,
 )
 from service.rules.schema import RuleSetError
 

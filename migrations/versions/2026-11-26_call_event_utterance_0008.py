@@ -1,0 +1,66 @@
+"""call_event.utterance: a final transcript's utterance key, indexed, so that the rules count the
+identical utterances before one (the key of a ``once: false`` firing) without reading the call's whole
+transcript, which grew with the call inside the webhook's write transaction.
+
+Rows of calls still live are filled in; ended calls need no more firings.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-26 16:40:00
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from service.calls.events import transcript_key
+
+revision: str = "0008"
+down_revision: str | None = "0007"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+LIVE = ("queued", "ringing", "in-progress", "forwarding")
+
+
+def upgrade() -> None:
+    op.add_column("call_event", sa.Column("utterance", sa.String(64), nullable=True))
+    op.create_index(
+        "ix_call_event_utterance",
+        "call_event",
+        ["call_id", "utterance", "source", "seq"],
+        sqlite_where=sa.text("utterance IS NOT NULL"),
+        postgresql_where=sa.text("utterance IS NOT NULL"),
+    )
+    connection = op.get_bind()
+    events = sa.table(
+        "call_event",
+        sa.column("id", sa.BigInteger),
+        sa.column("call_id", sa.String),
+        sa.column("type", sa.String),
+        sa.column("payload", sa.JSON),
+        sa.column("utterance", sa.String),
+    )
+    calls = sa.table("call", sa.column("id", sa.String), sa.column("status", sa.String))
+    live = sa.select(calls.c.id).where(calls.c.status.in_(LIVE))
+    rows = connection.execute(
+        sa.select(events.c.id, events.c.payload).where(events.c.type == "transcript", events.c.call_id.in_(live))
+    ).all()
+    for row_id, payload in rows:
+        value = json.loads(payload) if isinstance(payload, str) else payload
+        if not isinstance(value, dict) or value.get("transcriptType") != "final":
+            continue
+        role, text = value.get("role"), value.get("transcript")
+        if isinstance(role, str) and isinstance(text, str):
+            connection.execute(
+                sa.update(events).where(events.c.id == row_id).values(utterance=transcript_key(role, text))
+            )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_call_event_utterance", table_name="call_event")
+    op.drop_column("call_event", "utterance")

@@ -119,7 +119,9 @@ async def lock_or_create_calls(session: AsyncSession, call_ids: list[str]) -> tu
     cannot deadlock), created empty where missing; and the ids that were created here."""
     wanted = sorted(set(call_ids))
     postgresql = session.bind.dialect.name == "postgresql"
-    query = select(Call).where(Call.id.in_(wanted)).order_by(Call.id).execution_options(populate_existing=True)
+    # One call (most batches): an equality, which spares the IN list's per-execution expansion.
+    matching = Call.id == wanted[0] if len(wanted) == 1 else Call.id.in_(wanted)
+    query = select(Call).where(matching).order_by(Call.id).execution_options(populate_existing=True)
     if postgresql:
         query = query.with_for_update()
     calls = {call.id: call for call in (await session.scalars(query)).all()}

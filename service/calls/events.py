@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, insert, select, update
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import Call, CallEvent, utcnow
@@ -72,41 +73,32 @@ class StoredEvent:
 
 async def append_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
     """Add ``events`` to the call's timeline inside the caller's transaction."""
-    stored = await _number_events(session, call_id, events)
-    await insert_events(session, stored)
-    return stored
-
-
-async def _number_events(session: AsyncSession, call_id: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
-    """Give ``events`` the call's next sequence numbers (for :func:`insert_events`, same transaction).
-
-    Sequence numbers come from an atomic increment of ``call.last_event_seq``: the row lock (PostgreSQL)
-    or the write lock (SQLite) orders concurrent writers, so ``seq`` is strictly increasing per call
-    with no gaps and no duplicates.
-    """
     if not events:
         return []
-    result = await session.execute(
-        update(Call)
-        .where(Call.id == call_id)
-        .values(last_event_seq=Call.last_event_seq + len(events))
-        .returning(Call.last_event_seq)
-        .execution_options(synchronize_session=False)
-    )
-    return _numbered(call_id, result.scalar_one() - len(events) + 1, events)
+    numbered = await number_events_of_calls(session, {call_id: events})
+    if call_id not in numbered:
+        raise NoResultFound(f"call {call_id!r} is not stored")
+    await insert_events(session, numbered[call_id])
+    return numbered[call_id]
 
 
 async def number_events_of_calls(
     session: AsyncSession, batch: Mapping[str, Sequence[NewEvent]]
 ) -> dict[str, list[StoredEvent]]:
-    """:func:`_number_events` for several calls in one statement (``UPDATE … CASE … RETURNING``); on
-    PostgreSQL the rows are locked in id order first, as every other multi-call writer does, so that two
-    such transactions cannot deadlock. Calls that do not exist are left out of the result."""
+    """Give each call's events its next sequence numbers (for :func:`insert_events`, same transaction),
+    for all the calls in one statement (``UPDATE … CASE … RETURNING``). Calls that do not exist are left
+    out of the result.
+
+    Sequence numbers come from an atomic increment of ``call.last_event_seq``: the row lock (PostgreSQL)
+    or the write lock (SQLite) orders concurrent writers, so ``seq`` is strictly increasing per call
+    with no gaps and no duplicates. On PostgreSQL several rows are locked in id order first, as every
+    other multi-call writer does, so that two such transactions cannot deadlock.
+    """
     counts = {call_id: len(events) for call_id, events in batch.items() if events}
     if not counts:
         return {}
     ids = sorted(counts)
-    if session.bind.dialect.name == "postgresql":
+    if len(ids) > 1 and session.bind.dialect.name == "postgresql":
         await session.execute(select(Call.id).where(Call.id.in_(ids)).order_by(Call.id).with_for_update())
     result = await session.execute(
         update(Call)

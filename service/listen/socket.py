@@ -56,7 +56,7 @@ class ListenSocket(asyncio.Protocol):
         self.opened: asyncio.Future[Response] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self._handler: FrameHandler | None = None
-        self._early: list[tuple[bool, bytes | str]] = []
+        self._early: list[bytes | str] = []  # messages that arrived before a handler was attached
         self._early_bytes = 0
         self._fragments: list[bytes] = []
         self._fragment_text = False
@@ -121,13 +121,8 @@ class ListenSocket(asyncio.Protocol):
         """Deliver messages to ``handler`` from now on (first those that arrived before)."""
         self._handler = handler
         early, self._early, self._early_bytes = self._early, [], 0
-        for binary, data in early:
-            if binary:
-                assert isinstance(data, bytes)
-                handler.on_binary(data)
-            else:
-                assert isinstance(data, str)
-                handler.on_text(data)
+        for message in early:
+            _deliver(handler, message)
         self.resume_reading("early")
 
     def pause_reading(self, reason: str) -> None:
@@ -216,24 +211,25 @@ class ListenSocket(asyncio.Protocol):
             return
         data = b"".join(self._fragments)
         self._fragments = []
-        binary = not self._fragment_text
-        message: bytes | str = data if binary else data.decode("utf-8", "replace")
-        handler = self._handler
-        if handler is None:
-            self._early.append((binary, message))
-            self._early_bytes += len(data)
-            if self._early_bytes > EARLY_LIMIT_BYTES:
-                self.pause_reading("early")
-        elif binary:
-            assert isinstance(message, bytes)
-            handler.on_binary(message)
-        else:
-            assert isinstance(message, str)
-            handler.on_text(message)
+        message = data.decode("utf-8", "replace") if self._fragment_text else data
+        if self._handler is not None:
+            _deliver(self._handler, message)
+            return
+        self._early.append(message)
+        self._early_bytes += len(data)
+        if self._early_bytes > EARLY_LIMIT_BYTES:
+            self.pause_reading("early")
 
     def _on_pong(self, payload: bytes) -> None:
         if self._ping is not None and self._ping[0] == payload:
             self._ping = None
+
+
+def _deliver(handler: FrameHandler, message: bytes | str) -> None:
+    if isinstance(message, bytes):
+        handler.on_binary(message)
+    else:
+        handler.on_text(message)
 
 
 def _tls_context(secure: bool) -> ssl.SSLContext | None:

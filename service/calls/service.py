@@ -202,7 +202,7 @@ class CallService:
                 self._supervisor.claim(call)
         log.info("call placed", call_id=call.id, status=call.status)
         if listen_now:
-            self._supervisor.ensure_listening(call.id, leased=True)
+            self._supervisor.ensure_listening(call.id, claimed=call)
         return await self.get_call(call.id)
 
     async def get_call(self, call_id: str) -> Call:

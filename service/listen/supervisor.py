@@ -52,7 +52,6 @@ class ListenSupervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._closing = False
-        self._targets: dict[str, CallTarget] = {}
         self.journal = EventJournal(leases.db)  # one writer for every session's events
         metrics.track_active_sessions(lambda: len(self._tasks))
 
@@ -70,26 +69,26 @@ class ListenSupervisor:
         self._maintainer = asyncio.create_task(self._maintain(), name="listen-maintainer")
 
     def claim(self, call: Call) -> None:
-        """Lease a call in the caller's transaction; then call ``ensure_listening(id, leased=True)``.
-
-        What the session needs to connect is kept from ``call``, so that it connects at once instead of
-        reading the call back first (the first seconds of audio are at stake when many calls start)."""
+        """Lease a call in the caller's transaction; once it committed, call ``ensure_listening(call.id,
+        claimed=call)``."""
         self._leases.claim(call)
-        if len(self._targets) > 1000:  # claims whose transaction failed never reach ensure_listening
-            self._targets.clear()
-        if call.listen_url:
-            answered = call.status in call_status.ANSWERED
-            self._targets[call.id] = CallTarget(call.listen_url, bool(call.listen_auth), answered)
 
-    def ensure_listening(self, call_id: str, *, leased: bool = False) -> None:
-        """Start a session for the call unless one runs here (idempotent); it runs only under a lease
-        (``leased``: already taken with :meth:`claim`)."""
-        target = self._targets.pop(call_id, None) if leased else None
+    def ensure_listening(self, call_id: str, *, claimed: Call | None = None) -> None:
+        """Start a session for the call unless one runs here (idempotent); it runs only under a lease.
+
+        ``claimed``: the call as committed with the lease taken by :meth:`claim`; the session connects
+        from it at once instead of reading the call back first (the first seconds of audio are at stake
+        when many calls start)."""
         if self._closing or call_id in self._tasks:
             return
         if len(self._tasks) >= self._limit:
             log.error("listen session limit reached; call left to other replicas", call_id=call_id, limit=self._limit)
             return
+        target = None
+        if claimed is not None and claimed.listen_url:
+            answered = claimed.status in call_status.ANSWERED
+            target = CallTarget(claimed.listen_url, bool(claimed.listen_auth), answered)
+        leased = claimed is not None
         self._tasks[call_id] = asyncio.create_task(self._run(call_id, leased, target), name=f"listen:{call_id}")
 
     def call_answered(self, call_id: str) -> None:

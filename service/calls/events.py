@@ -14,6 +14,7 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import Call, CallEvent, utcnow
+from service.db.statements import table_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +147,7 @@ def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[
 async def insert_events(session: AsyncSession, events: Sequence[StoredEvent]) -> None:
     """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path)."""
     if events:
-        await session.execute(insert(CallEvent), [event.row() for event in events])
+        await session.execute(insert(table_of(CallEvent)), [event.row() for event in events])
 
 
 async def list_events(

@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased, selectinload
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent, append_events, list_events
+from service.calls.events import NewEvent, append_events, append_events_to_locked, insert_events, list_events
 from service.calls.metadata import METADATA_KEY, candidates
 from service.calls.redact import redact
+from service.calls.rows import CallRows
 from service.calls.schemas import CallCreate, ControlIn, SayIn
-from service.calls.tracking import announce_status, lock_or_create_call, merge_vapi_call
+from service.calls.tracking import announce_status, merge_vapi_call
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, CallMetadata, Injection, utcnow
 from service.deliveries.outbox import enqueue
@@ -186,20 +187,23 @@ class CallService:
         """Create the call at Vapi, then track it. Vapi failing means nothing is written here."""
         vapi_call = await self._vapi.create_call(build_vapi_request(body, self._settings))
         async with self._db.write() as session:
-            call, created = await lock_or_create_call(session, vapi_call["id"], origin="api")
-            before = None if created else call.status
+            rows = CallRows(session)
+            call = (await rows.lock([vapi_call["id"]], origin="api"))[vapi_call["id"]]
+            before = None if call.id in rows.created else call.status
             merge_vapi_call(call, vapi_call)
             call.origin = "api"
             call.customer = {**call.customer, **msgspec.to_builtins(body.customer)}
             call.customer_number = body.customer.number
             call.call_metadata = dict(body.metadata)
-            await append_events(session, call.id, [NewEvent("switchboard", "call.created", redact(vapi_call))])
+            created = append_events_to_locked(call, [NewEvent("switchboard", "call.created", redact(vapi_call))])
             await announce_status(session, call, before)
             # Lease it now: the listen session connects without waiting for a write of its own, so the
             # first seconds of audio are not lost behind other writes when many calls start at once.
             listen_now = bool(call.listen_url) and call_status.is_live(call.status) and call.listen_owner is None
             if listen_now:
                 self._supervisor.claim(call)
+            await rows.save()
+            await insert_events(session, created)
         log.info("call placed", call_id=call.id, status=call.status)
         if listen_now:
             self._supervisor.ensure_listening(call.id, claimed=call)
@@ -256,16 +260,15 @@ class CallService:
         """Bring the stored call in line with Vapi's ``GET /call/{id}`` (webhooks can be lost); its status."""
         vapi_call = await self._vapi.get_call(call_id)
         async with self._db.write() as session:
-            call, created = await lock_or_create_call(session, call_id, origin="import")
+            rows = CallRows(session)
+            call = (await rows.lock([call_id], origin="import"))[call_id]
             before = call.status
             merge_vapi_call(call, vapi_call)
-            await announce_status(session, call, None if created else before)
-            if call.status != before:
-                await append_events(
-                    session,
-                    call_id,
-                    [NewEvent("switchboard", "call.reconciled", {"from": before, "to": call.status})],
-                )
+            await announce_status(session, call, None if call_id in rows.created else before)
+            reconciled = [NewEvent("switchboard", "call.reconciled", {"from": before, "to": call.status})]
+            events = append_events_to_locked(call, reconciled) if call.status != before else []
+            await rows.save()
+            await insert_events(session, events)
             status = call.status
         if status == "ended":
             self._supervisor.call_ended(call_id)
@@ -280,12 +283,16 @@ class CallService:
                 raise NotFoundError(f"Vapi has no call with id {vapi_call_id!r}") from None
             raise
         async with self._db.write() as session:
-            call, created = await lock_or_create_call(session, vapi_call["id"], origin="import")
+            rows = CallRows(session)
+            call = (await rows.lock([vapi_call["id"]], origin="import"))[vapi_call["id"]]
+            created = call.id in rows.created
             before = None if created else call.status
             merge_vapi_call(call, vapi_call)
             await announce_status(session, call, before)
             kind = "call.imported" if created else "call.refreshed"
-            await append_events(session, call.id, [NewEvent("switchboard", kind, redact(vapi_call))])
+            events = append_events_to_locked(call, [NewEvent("switchboard", kind, redact(vapi_call))])
+            await rows.save()
+            await insert_events(session, events)
         if call.listen_url and call_status.is_live(call.status):
             self._supervisor.ensure_listening(call.id)
         return await self.get_call(call.id)

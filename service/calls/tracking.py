@@ -5,9 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
@@ -112,44 +109,3 @@ def apply_status(call: Call, incoming: str, *, at: dt.datetime | None) -> bool:
     if new == "ended" and call.ended_at is None and at is not None:
         call.ended_at = at
     return True
-
-
-async def lock_or_create_calls(session: AsyncSession, call_ids: list[str]) -> tuple[dict[str, Call], set[str]]:
-    """The rows of ``call_ids``, locked for this transaction (in id order, so that concurrent batches
-    cannot deadlock), created empty where missing; and the ids that were created here."""
-    wanted = sorted(set(call_ids))
-    postgresql = session.bind.dialect.name == "postgresql"
-    # One call (most batches): an equality, which spares the IN list's per-execution expansion.
-    matching = Call.id == wanted[0] if len(wanted) == 1 else Call.id.in_(wanted)
-    query = select(Call).where(matching).order_by(Call.id).execution_options(populate_existing=True)
-    if postgresql:
-        query = query.with_for_update()
-    calls = {call.id: call for call in (await session.scalars(query)).all()}
-    created: set[str] = set()
-    for call_id in wanted:
-        if call_id not in calls:
-            calls[call_id], first = await lock_or_create_call(session, call_id, origin="webhook")
-            if first:
-                created.add(call_id)
-    return calls, created
-
-
-async def lock_or_create_call(session: AsyncSession, call_id: str, *, origin: str) -> tuple[Call, bool]:
-    """The call row, locked for this transaction, created (empty) if it did not exist.
-
-    ``INSERT … ON CONFLICT DO NOTHING`` makes concurrent first sightings (the API's own insert racing
-    the call's first webhook) converge on one row instead of failing.
-    """
-    dialect = session.bind.dialect.name
-    query = select(Call).where(Call.id == call_id).execution_options(populate_existing=True)
-    if dialect == "postgresql":
-        query = query.with_for_update()
-    # Most messages are about a call already stored: one locking read, no insert attempt.
-    call = (await session.scalars(query)).one_or_none()
-    if call is not None:
-        return call, False
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(Call).values(id=call_id, origin=origin, status="queued").on_conflict_do_nothing()
-    result = await session.execute(statement)
-    created = bool(result.rowcount)  # type: ignore[attr-defined]  # a CursorResult for inserts
-    return (await session.scalars(query)).one(), created

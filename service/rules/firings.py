@@ -12,13 +12,14 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from service.calls.events import NewEvent, append_events
 from service.db.engine import Database
 from service.db.models import CallEvent, RuleFiring, utcnow
+from service.db.statements import insert_ignoring_conflicts, table_of
 from service.rules.milestones import Occurrence
 
 # A firing left in "firing" this long was interrupted (crash, kill -9) after its row was written: whether
@@ -26,18 +27,12 @@ from service.rules.milestones import Occurrence
 STUCK_AFTER = dt.timedelta(seconds=60)
 
 
-# ``INSERT … ON CONFLICT (rule, call, occurrence) DO NOTHING RETURNING id``, the same on SQLite and
-# PostgreSQL. Written as text with typed parameters because SQLAlchemy never caches the dialects'
-# ``insert().on_conflict_do_nothing()`` constructs: compiling one anew cost ~1 ms on every firing.
-_INSERTED = ("id", "rule_name", "call_id", "occurrence", "status", "due_at", "detail", "created_at", "updated_at")
-_INSERT_ONCE = (
-    text(
-        "INSERT INTO rule_firing (id, rule_name, call_id, occurrence, status, due_at, detail, created_at, updated_at) "
-        "VALUES (:id, :rule_name, :call_id, :occurrence, :status, :due_at, :detail, :created_at, :updated_at) "
-        "ON CONFLICT (rule_name, call_id, occurrence) DO NOTHING RETURNING id"
-    )
-    .bindparams(*(bindparam(name, type_=RuleFiring.__table__.c[name].type) for name in _INSERTED))
-    .columns(RuleFiring.__table__.c.id)
+# The exactly-once insert: returns the new row's id, or nothing when the key is taken.
+_INSERT_ONCE = insert_ignoring_conflicts(
+    table_of(RuleFiring),
+    ("id", "rule_name", "call_id", "occurrence", "status", "due_at", "detail", "created_at", "updated_at"),
+    ("rule_name", "call_id", "occurrence"),
+    returning="id",
 )
 
 

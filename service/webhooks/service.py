@@ -20,13 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events_to_locked, insert_events
 from service.calls.redact import redact
-from service.calls.tracking import (
-    announce_status,
-    apply_status,
-    lock_or_create_calls,
-    merge_vapi_call,
-    parse_timestamp,
-)
+from service.calls.rows import CallRows
+from service.calls.tracking import announce_status, apply_status, merge_vapi_call, parse_timestamp
 from service.db.engine import Database
 from service.db.models import Call, CallEvent
 from service.errors import AuthenticationError, DomainError, ServiceUnavailableError
@@ -236,7 +231,9 @@ class WebhookService:
         """Apply ``batch`` in order in one transaction."""
         outcomes: list[_Applied] = []
         async with self._db.write() as session:
-            calls, created = await lock_or_create_calls(session, [item.vapi_call["id"] for item in batch])
+            rows = CallRows(session)
+            calls = await rows.lock([item.vapi_call["id"] for item in batch], origin="webhook")
+            created = set(rows.created)
             stored: dict[tuple[str, str], int] = {}
             if look_up_duplicates:
                 stored = await stored_dedupe_keys(session, [(item.vapi_call["id"], item.key) for item in batch])
@@ -259,11 +256,12 @@ class WebhookService:
                 owners.append((outcome, len(call_events), len(new_events)))
                 call_events.extend(new_events)
                 outcomes.append(outcome)
-            rows = {call_id: append_events_to_locked(calls[call_id], evs) for call_id, evs in events.items()}
-            await insert_events(session, [row for call_rows in rows.values() for row in call_rows])
+            numbered = {call_id: append_events_to_locked(calls[call_id], evs) for call_id, evs in events.items()}
+            await rows.save()
+            await insert_events(session, [event for call_events in numbered.values() for event in call_events])
             for outcome, offset, count in owners:
                 assert outcome.call is not None
-                own = rows[outcome.call.id][offset : offset + count]
+                own = numbered[outcome.call.id][offset : offset + count]
                 outcome.result = IngestResult(stored=True, call_id=outcome.call.id, seq=own[0].seq)
                 if self._rules is not None:
                     outcome.firings = await self._rules.plan(session, outcome.call, own)

@@ -1,0 +1,111 @@
+"""Calls read and written with Core statements (CallRows): only what changed is written, the metadata
+index follows, first sightings are created once, and other columns written concurrently survive."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import event, select
+
+from service.calls.rows import CallRows
+from service.db.engine import Database
+from service.db.models import Call, CallMetadata
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    async with database.write() as session:
+        session.add(Call(id="known", status="ringing", customer={"name": "Ada"}, call_metadata={"crmId": "c-1"}))
+    yield database
+    await database.dispose()
+
+
+async def stored(db: Database, call_id: str) -> Call:
+    async with db.read() as session:
+        call = await session.scalar(select(Call).where(Call.id == call_id))
+    assert call is not None
+    return call
+
+
+async def metadata_index(db: Database, call_id: str) -> dict[str, str]:
+    async with db.read() as session:
+        query = select(CallMetadata.key, CallMetadata.value).where(CallMetadata.call_id == call_id)
+        return dict((await session.execute(query)).tuples().all())
+
+
+async def test_only_the_changed_columns_are_written(db: Database) -> None:
+    before = await stored(db, "known")
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(db.write_engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with db.write() as session:
+            rows = CallRows(session)
+            call = (await rows.lock(["known"], origin="webhook"))["known"]
+            assert (call.status, call.customer, rows.created) == ("ringing", {"name": "Ada"}, set())
+            call.status = "in-progress"
+            call.customer["number"] = "+14155550123"  # changed in place: still a change
+            await rows.save()
+    finally:
+        event.remove(db.write_engine.sync_engine, "before_cursor_execute", record)
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) == 1
+    assignments = updates[0].split(" SET ", 1)[1].split(" WHERE ", 1)[0].split(",")
+    written = {assignment.split("=")[0].strip().strip('"') for assignment in assignments}
+    assert written == {"status", "customer", "updated_at"}, "unchanged columns are not written"
+    after = await stored(db, "known")
+    assert (after.status, after.customer) == ("in-progress", {"name": "Ada", "number": "+14155550123"})
+    assert after.updated_at > before.updated_at
+    assert await metadata_index(db, "known") == {"crmId": "c-1"}, "metadata unchanged: its index rows stay"
+
+
+async def test_an_unchanged_call_is_not_written(db: Database) -> None:
+    before = await stored(db, "known")
+    async with db.write() as session:
+        rows = CallRows(session)
+        call = (await rows.lock(["known"], origin="webhook"))["known"]
+        call.status = "ringing"  # the value it had
+        await rows.save()
+    assert (await stored(db, "known")).updated_at == before.updated_at
+
+
+async def test_a_call_first_seen_is_created_with_its_metadata_indexed(db: Database) -> None:
+    async with db.write() as session:
+        rows = CallRows(session)
+        calls = await rows.lock(["new-b", "known", "new-a"], origin="webhook")
+        assert list(calls) == ["new-b", "known", "new-a"], "in the order asked"
+        assert rows.created == {"new-a", "new-b"}
+        assert (calls["new-a"].status, calls["new-a"].origin, calls["new-a"].last_event_seq) == ("queued", "webhook", 0)
+        calls["new-a"].call_metadata = {"crmId": "c-2", "tier": 3}
+        await rows.save()
+    assert await metadata_index(db, "new-a") == {"crmId": "c-2", "tier": "3"}
+    assert (await stored(db, "new-b")).status == "queued"
+
+
+async def test_changed_metadata_replaces_its_index_rows(db: Database) -> None:
+    async with db.write() as session:
+        rows = CallRows(session)
+        call = (await rows.lock(["known"], origin="api"))["known"]
+        call.call_metadata = {"crmId": "c-9"}
+        await rows.save()
+    assert await metadata_index(db, "known") == {"crmId": "c-9"}
+
+
+async def test_concurrent_first_sightings_converge_on_one_row(db: Database) -> None:
+    async def sight() -> bool:
+        async with db.write() as session:
+            rows = CallRows(session)
+            call = (await rows.lock(["raced"], origin="webhook"))["raced"]
+            call.last_event_seq += 1
+            await rows.save()
+            return "raced" in rows.created
+
+    created = await asyncio.gather(*(sight() for _ in range(4)))
+    assert created.count(True) == 1, "exactly one transaction created the row"
+    assert (await stored(db, "raced")).last_event_seq == 4, "each saw the others' committed change"

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -101,19 +101,29 @@ async def number_events_of_calls(
     ids = sorted(counts)
     if len(ids) > 1 and session.bind.dialect.name == "postgresql":
         await session.execute(select(Call.id).where(Call.id.in_(ids)).order_by(Call.id).with_for_update())
-    result = await session.execute(
-        update(Call)
-        .where(Call.id.in_(ids))
-        .values(last_event_seq=Call.last_event_seq + case(counts, value=Call.id))
-        .returning(Call.id, Call.last_event_seq)
-        .execution_options(synchronize_session=False)
-    )
-    last = dict(result.tuples().all())
+    # One statement per distinct count (usually one or two): each shape is compiled once, whatever
+    # the batch's size, where a CASE over the calls would be a new statement for every batch size.
+    by_count: dict[int, list[str]] = {}
+    for call_id in ids:
+        by_count.setdefault(counts[call_id], []).append(call_id)
+    last: dict[str, int] = {}
+    for count, call_ids in by_count.items():
+        result = await session.execute(_NUMBER, {"count": count, "call_ids": call_ids, "now": utcnow()})
+        last.update(result.tuples().all())
     return {
         call_id: _numbered(call_id, last[call_id] - counts[call_id] + 1, batch[call_id])
         for call_id in ids
         if call_id in last
     }
+
+
+_CALL = table_of(Call)
+_NUMBER = (
+    update(_CALL)
+    .where(_CALL.c.id.in_(bindparam("call_ids", expanding=True)))
+    .values(last_event_seq=_CALL.c.last_event_seq + bindparam("count"), updated_at=bindparam("now"))
+    .returning(_CALL.c.id, _CALL.c.last_event_seq)
+)
 
 
 def append_events_to_locked(call: Call, events: Sequence[NewEvent]) -> list[StoredEvent]:

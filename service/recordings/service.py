@@ -5,20 +5,70 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from uuid_utils.compat import uuid7
 
 from service.calls.service import CallFilters
 from service.db.engine import Database
 from service.db.models import Call, Recording, RecordingSegment, utcnow
+from service.db.statements import insert_ignoring_conflicts, table_of
 from service.deliveries.outbox import enqueue
 from service.errors import InvalidInputError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_newest_first, encode_newest_first
 from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
 from service.recordings.storage import RecordingStorage
+
+_RECORDING = table_of(Recording)
+_SEGMENT = table_of(RecordingSegment)
+_NEW_RECORDING = ("id", "call_id", "status", "encoding", "sample_rate", "channels", "bytes", "gaps", "started_at")
+_INSERT_RECORDING = insert_ignoring_conflicts(_RECORDING, (*_NEW_RECORDING, "created_at", "updated_at"), ("call_id",))
+
+
+@dataclass(frozen=True, slots=True)
+class Finalized:
+    """A recording as :meth:`RecordingService.finalize` closed it."""
+
+    status: str  # completed, partial or failed
+    bytes: int
+    sha256: str
+    gaps: list[dict[str, Any]]
+    error: str | None
+    seconds: float
+
+
+class SegmentRow(NamedTuple):
+    storage_key: str
+    bytes: int
+    sha256: str | None
+
+
+_EMPTY_SHA256 = hashlib.sha256().hexdigest()
+
+
+async def _segments_of(session: AsyncSession, call_id: str) -> list[SegmentRow]:
+    """The call's segments in order, as finalisation reads them (not locked: the caller holds the lease)."""
+    query = (
+        select(_SEGMENT.c.storage_key, _SEGMENT.c.bytes, _SEGMENT.c.sha256)
+        .join(_RECORDING, _RECORDING.c.id == _SEGMENT.c.recording_id)
+        .where(_RECORDING.c.call_id == call_id)
+        .order_by(_SEGMENT.c.index)
+    )
+    return [SegmentRow(*row) for row in (await session.execute(query)).tuples()]
+
+
+def _known_checksum(segments: Sequence[SegmentRow]) -> str | None:
+    """The recording's SHA-256 without reading storage: a lone segment's, hashed as it was written."""
+    return segments[0].sha256 if len(segments) == 1 and segments[0].sha256 else None
+
+
+def _byte_rate(row: Any) -> int:
+    return int(row.sample_rate) * int(row.channels) * SAMPLE_BYTES or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +112,30 @@ class RecordingService:
         are closed at the size storage holds, cut to whole frames.
         """
         async with self._db.write() as session:
+            # The first connection of a call (nearly every session): two inserts, no ORM.
+            now, recording_id, segment_id, key = utcnow(), uuid7(), uuid7(), f"{call_id}/{0:04d}.pcm"
+            first = await session.execute(
+                _INSERT_RECORDING,
+                {
+                    "id": recording_id,
+                    "call_id": call_id,
+                    "status": "recording",
+                    "encoding": "pcm_s16le",
+                    "sample_rate": sample_rate,
+                    "channels": channels,
+                    "bytes": 0,
+                    "gaps": [],
+                    "started_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            if first.rowcount:  # type: ignore[attr-defined]  # a CursorResult for inserts
+                await session.execute(
+                    insert(_SEGMENT),
+                    {"id": segment_id, "recording_id": recording_id, "index": 0, "storage_key": key, "started_at": now},
+                )
+                return OpenSegment(recording_id, segment_id, 0, key, 0.0)
             recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
             segments: list[RecordingSegment] = []
             if recording is None:
@@ -124,57 +198,73 @@ class RecordingService:
 
     async def close_segment(self, segment: OpenSegment, *, size: int, sha256: str) -> None:
         async with self._db.write() as session:
-            row = await session.get(RecordingSegment, segment.segment_id)
-            if row is not None:
-                row.bytes, row.sha256, row.status, row.ended_at = size, sha256, "closed", utcnow()
-
-    async def finalize(self, call_id: str, *, error: str | None = None) -> Recording | None:
-        """Mark the recording ``completed`` / ``partial`` / ``failed`` with its size and checksum."""
-        async with self._db.read() as session:
-            segments = list(
-                (
-                    await session.scalars(
-                        select(RecordingSegment)
-                        .join(Recording)
-                        .where(Recording.call_id == call_id)
-                        .order_by(RecordingSegment.index)
-                    )
-                ).all()
+            await session.execute(
+                update(_SEGMENT)
+                .where(_SEGMENT.c.id == segment.segment_id)
+                .values(bytes=size, sha256=sha256, status="closed", ended_at=utcnow())
             )
-        # Hash outside the write transaction: it may read stored audio.
-        sha256 = await self._checksum(segments)
+
+    async def finalize(self, call_id: str, *, error: str | None = None) -> Finalized | None:
+        """Mark the recording ``completed`` / ``partial`` / ``failed`` with its size and checksum.
+
+        One write transaction when the checksum is known (one segment, hashed as it was written:
+        nearly every call); otherwise the segments are read, hashed from storage outside any
+        transaction, and the recording is finalised in a second one.
+        """
         async with self._db.write() as session:
-            recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
-            if recording is None:
-                return None
-            recording.bytes = sum(segment.bytes for segment in segments)
-            recording.sha256 = sha256
-            if recording.bytes == 0 and error:
-                recording.status = "failed"
-            elif recording.gaps or error:
-                recording.status = "partial"
-            else:
-                recording.status = "completed"
-            recording.error = error
-            recording.completed_at = utcnow()
-            await enqueue(
-                session,
-                "recording.completed",
-                {
-                    "callId": call_id,
-                    "status": recording.status,
-                    "bytes": recording.bytes,
-                    "durationSeconds": recording.seconds(recording.bytes),
-                    "sha256": recording.sha256,
-                    "gaps": recording.gaps,
-                    "error": error,
-                },
-            )
-            return recording
+            segments = await _segments_of(session, call_id)
+            if _known_checksum(segments) is not None:
+                return await self._finalized(session, call_id, segments, error)
+        sha256 = await self._checksum(segments)  # may read stored audio: outside the write transaction
+        async with self._db.write() as session:
+            return await self._finalized(session, call_id, segments, error, sha256=sha256)
 
-    async def _checksum(self, segments: list[RecordingSegment]) -> str:
-        if len(segments) == 1 and segments[0].sha256:
-            return segments[0].sha256
+    async def _finalized(
+        self,
+        session: AsyncSession,
+        call_id: str,
+        segments: Sequence[SegmentRow],
+        error: str | None,
+        *,
+        sha256: str | None = None,
+    ) -> Finalized | None:
+        query = select(_RECORDING.c.id, _RECORDING.c.gaps, _RECORDING.c.sample_rate, _RECORDING.c.channels)
+        query = query.where(_RECORDING.c.call_id == call_id)
+        if session.bind.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = (await session.execute(query)).one_or_none()
+        if row is None:
+            return None
+        size = sum(segment.bytes for segment in segments)
+        gaps: list[dict[str, Any]] = row.gaps or []
+        status = "failed" if size == 0 and error else "partial" if gaps or error else "completed"
+        finalized = Finalized(
+            status, size, sha256 or _known_checksum(segments) or _EMPTY_SHA256, gaps, error, size / _byte_rate(row)
+        )
+        now = utcnow()
+        await session.execute(
+            update(_RECORDING)
+            .where(_RECORDING.c.id == row.id)
+            .values(status=status, bytes=size, sha256=finalized.sha256, error=error, completed_at=now, updated_at=now)
+        )
+        await enqueue(
+            session,
+            "recording.completed",
+            {
+                "callId": call_id,
+                "status": status,
+                "bytes": size,
+                "durationSeconds": round(finalized.seconds, 3),
+                "sha256": finalized.sha256,
+                "gaps": gaps,
+                "error": error,
+            },
+        )
+        return finalized
+
+    async def _checksum(self, segments: Sequence[SegmentRow]) -> str:
+        if (known := _known_checksum(segments)) is not None:
+            return known
         digest = hashlib.sha256()
         for segment in segments:
             async for chunk in self._storage.read(segment.storage_key, 0, segment.bytes):

@@ -118,6 +118,7 @@ async def number_events_of_calls(
 
 
 _CALL = table_of(Call)
+_INSERT_EVENTS = insert(table_of(CallEvent))
 _NUMBER = (
     update(_CALL)
     .where(_CALL.c.id.in_(bindparam("call_ids", expanding=True)))
@@ -157,7 +158,7 @@ def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[
 async def insert_events(session: AsyncSession, events: Sequence[StoredEvent]) -> None:
     """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path)."""
     if events:
-        await session.execute(insert(table_of(CallEvent)), [event.row() for event in events])
+        await session.execute(_INSERT_EVENTS, [event.row() for event in events])
 
 
 async def list_events(

@@ -33,6 +33,8 @@ _FIELDS: tuple[tuple[str, Column[Any]], ...] = tuple(
 )
 _SELECT = select(*(column for _, column in _FIELDS))
 _BY_ID = _SELECT.where(_TABLE.c.id == bindparam("call_id"))
+_BY_IDS = _SELECT.where(_TABLE.c.id.in_(bindparam("call_ids", expanding=True))).order_by(_TABLE.c.id)
+_LOCK_BY_ID, _LOCK_BY_IDS = _BY_ID.with_for_update(), _BY_IDS.with_for_update()
 # SET what the parameters name besides ``call_id``: compiled once per set of changed columns.
 _UPDATE = update(_TABLE).where(_TABLE.c.id == bindparam("call_id"))
 _new_call = inspect(Call).class_manager.new_instance
@@ -84,12 +86,13 @@ class CallRows:
 
     async def _read(self, call_ids: list[str]) -> None:
         # One call (most batches): an equality, which spares the IN list's per-execution expansion.
+        params: dict[str, str | list[str]]
         if len(call_ids) == 1:
             query, params = _BY_ID, {"call_id": call_ids[0]}
         else:
-            query, params = _SELECT.where(_TABLE.c.id.in_(call_ids)).order_by(_TABLE.c.id), {}
+            query, params = _BY_IDS, {"call_ids": call_ids}
         if self._postgresql:
-            query = query.with_for_update()
+            query = _LOCK_BY_ID if query is _BY_ID else _LOCK_BY_IDS
         for row in (await self._session.execute(query, params)).tuples():
             stored = {attribute: value for (attribute, _), value in zip(_FIELDS, row, strict=True)}
             # The object gets its own copies of the JSON columns: changing one in place is still a change.

@@ -86,10 +86,15 @@ def _inline_sqlite_creator(path: str) -> Callable[[], aiosqlite.Connection]:
     return lambda: _InlineConnection(connect, iter_chunk_size=64)
 
 
+def _is_file(url: str) -> bool:
+    """A SQLite URL naming a file (not an in-memory database)."""
+    return (make_url(url).database or "") not in ("", ":memory:")
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
-    database = make_url(url).database or ""
-    inline = immediate and database not in ("", ":memory:")
+    inline = immediate and _is_file(url)
     if inline:
+        database = make_url(url).database or ""
         engine = create_async_engine(url, async_creator=_inline_sqlite_creator(database), **JSON_CODEC)
     else:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **JSON_CODEC)
@@ -107,9 +112,14 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
             cursor.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoints: never fsync on the loop
         cursor.close()
 
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if inline:  # straight to sqlite3 on this thread: a statement with no result needs no SQLAlchemy
+            connection.connection.dbapi_connection._connection._connection.execute(begin)
+        else:
+            connection.exec_driver_sql(begin)
 
     return engine
 
@@ -144,6 +154,7 @@ class Database:
             self.read_engine = self.write_engine
         self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._inline_writes = self.is_sqlite and _is_file(url)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
         database = make_url(url).database if self.is_sqlite else None
         self._checkpoint_path = database if database not in (None, "", ":memory:") else None
@@ -165,8 +176,20 @@ class Database:
             raise RuntimeError("nested write transaction: it would wait for itself on SQLite")
         token = _in_write.set(True)
         try:
-            async with self._write_lock, self._write_sessions() as session, session.begin():
-                yield session
+            async with self._write_lock:
+                if not self._inline_writes:
+                    async with self._write_sessions() as session, session.begin():
+                        yield session
+                else:
+                    # AsyncSession's own ``async with`` closes in a shielded task (a task and two more
+                    # loop turns per transaction); on the inline connection nothing in close() suspends,
+                    # so it cannot be interrupted half-way and is awaited directly.
+                    session = self._write_sessions()
+                    try:
+                        async with session.begin():
+                            yield session
+                    finally:
+                        await session.close()
         finally:
             _in_write.reset(token)
         self._maybe_checkpoint()

@@ -38,6 +38,12 @@ EVENT_TYPES: Final = (
 _ENQUEUED_FLAG = "switchboard.deliveries.enqueued"
 _ENDPOINTS = "switchboard.deliveries.endpoints"  # session.info: the endpoints read in this transaction
 _wakeup_callbacks: set[Callable[[], None]] = set()
+_ENABLED_ENDPOINTS = (
+    select(WebhookEndpoint.id, WebhookEndpoint.events)
+    .where(WebhookEndpoint.enabled.is_(True))
+    .with_for_update(read=True, key_share=True)
+    .execution_options(autoflush=False)
+)
 
 
 def new_message_id() -> str:
@@ -55,12 +61,7 @@ async def _endpoints(session: AsyncSession) -> list[tuple[Any, tuple[str, ...]]]
     many calls) and without flushing the caller's pending changes first (they are not read here)."""
     cached: list[tuple[Any, tuple[str, ...]]] | None = session.info.get(_ENDPOINTS)
     if cached is None:
-        rows = await session.execute(
-            select(WebhookEndpoint.id, WebhookEndpoint.events)
-            .where(WebhookEndpoint.enabled.is_(True))
-            .with_for_update(read=True, key_share=True)
-            .execution_options(autoflush=False)
-        )
+        rows = await session.execute(_ENABLED_ENDPOINTS)
         cached = session.info[_ENDPOINTS] = [(endpoint_id, tuple(events or ())) for endpoint_id, events in rows]
     return cached
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from uuid_utils.compat import uuid7
@@ -49,17 +49,25 @@ class SegmentRow(NamedTuple):
 
 
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
+# Hot-path statements, built once (a statement built per call is also keyed for the cache per call).
+_INSERT_SEGMENT = insert(_SEGMENT)
+_CLOSE_SEGMENT = update(_SEGMENT).where(_SEGMENT.c.id == bindparam("segment_id"))  # SET: the other parameters
+_SEGMENTS_OF = (
+    select(_SEGMENT.c.storage_key, _SEGMENT.c.bytes, _SEGMENT.c.sha256)
+    .join(_RECORDING, _RECORDING.c.id == _SEGMENT.c.recording_id)
+    .where(_RECORDING.c.call_id == bindparam("call_id"))
+    .order_by(_SEGMENT.c.index)
+)
+_RECORDING_OF = select(_RECORDING.c.id, _RECORDING.c.gaps, _RECORDING.c.sample_rate, _RECORDING.c.channels).where(
+    _RECORDING.c.call_id == bindparam("call_id")
+)
+_LOCK_RECORDING = _RECORDING_OF.with_for_update()
+_FINALIZE = update(_RECORDING).where(_RECORDING.c.id == bindparam("recording_id"))  # SET: the other parameters
 
 
 async def _segments_of(session: AsyncSession, call_id: str) -> list[SegmentRow]:
     """The call's segments in order, as finalisation reads them (not locked: the caller holds the lease)."""
-    query = (
-        select(_SEGMENT.c.storage_key, _SEGMENT.c.bytes, _SEGMENT.c.sha256)
-        .join(_RECORDING, _RECORDING.c.id == _SEGMENT.c.recording_id)
-        .where(_RECORDING.c.call_id == call_id)
-        .order_by(_SEGMENT.c.index)
-    )
-    return [SegmentRow(*row) for row in (await session.execute(query)).tuples()]
+    return [SegmentRow(*row) for row in (await session.execute(_SEGMENTS_OF, {"call_id": call_id})).tuples()]
 
 
 def _known_checksum(segments: Sequence[SegmentRow]) -> str | None:
@@ -132,7 +140,7 @@ class RecordingService:
             )
             if first.rowcount:  # type: ignore[attr-defined]  # a CursorResult for inserts
                 await session.execute(
-                    insert(_SEGMENT),
+                    _INSERT_SEGMENT,
                     {"id": segment_id, "recording_id": recording_id, "index": 0, "storage_key": key, "started_at": now},
                 )
                 return OpenSegment(recording_id, segment_id, 0, key, 0.0)
@@ -199,9 +207,14 @@ class RecordingService:
     async def close_segment(self, segment: OpenSegment, *, size: int, sha256: str) -> None:
         async with self._db.write() as session:
             await session.execute(
-                update(_SEGMENT)
-                .where(_SEGMENT.c.id == segment.segment_id)
-                .values(bytes=size, sha256=sha256, status="closed", ended_at=utcnow())
+                _CLOSE_SEGMENT,
+                {
+                    "segment_id": segment.segment_id,
+                    "bytes": size,
+                    "sha256": sha256,
+                    "status": "closed",
+                    "ended_at": utcnow(),
+                },
             )
 
     async def finalize(self, call_id: str, *, error: str | None = None) -> Finalized | None:
@@ -228,11 +241,8 @@ class RecordingService:
         *,
         sha256: str | None = None,
     ) -> Finalized | None:
-        query = select(_RECORDING.c.id, _RECORDING.c.gaps, _RECORDING.c.sample_rate, _RECORDING.c.channels)
-        query = query.where(_RECORDING.c.call_id == call_id)
-        if session.bind.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = (await session.execute(query)).one_or_none()
+        query = _LOCK_RECORDING if session.bind.dialect.name == "postgresql" else _RECORDING_OF
+        row = (await session.execute(query, {"call_id": call_id})).one_or_none()
         if row is None:
             return None
         size = sum(segment.bytes for segment in segments)
@@ -243,9 +253,16 @@ class RecordingService:
         )
         now = utcnow()
         await session.execute(
-            update(_RECORDING)
-            .where(_RECORDING.c.id == row.id)
-            .values(status=status, bytes=size, sha256=finalized.sha256, error=error, completed_at=now, updated_at=now)
+            _FINALIZE,
+            {
+                "recording_id": row.id,
+                "status": status,
+                "bytes": size,
+                "sha256": finalized.sha256,
+                "error": error,
+                "completed_at": now,
+                "updated_at": now,
+            },
         )
         await enqueue(
             session,

@@ -107,8 +107,9 @@ async def number_events_of_calls(
     for call_id in ids:
         by_count.setdefault(counts[call_id], []).append(call_id)
     last: dict[str, int] = {}
+    connection = await session.connection()
     for count, call_ids in by_count.items():
-        result = await session.execute(_NUMBER, {"count": count, "call_ids": call_ids, "now": utcnow()})
+        result = await connection.execute(_NUMBER, {"count": count, "call_ids": call_ids, "now": utcnow()})
         last.update(result.tuples().all())
     return {
         call_id: _numbered(call_id, last[call_id] - counts[call_id] + 1, batch[call_id])
@@ -158,7 +159,8 @@ def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[
 async def insert_events(session: AsyncSession, events: Sequence[StoredEvent]) -> None:
     """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path)."""
     if events:
-        await session.execute(_INSERT_EVENTS, [event.row() for event in events])
+        # On the transaction's connection: the session's execute adds ORM bookkeeping for nothing here.
+        await (await session.connection()).execute(_INSERT_EVENTS, [event.row() for event in events])
 
 
 async def list_events(

@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Column, bindparam, delete, insert, inspect, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql import Executable
 
 from service.calls.metadata import index_rows
 from service.db.models import Call, CallMetadata, utcnow
@@ -47,9 +49,17 @@ class CallRows:
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+        self._connection: AsyncConnection | None = None
         self._postgresql = session.bind.dialect.name == "postgresql"
         self._loaded: dict[str, tuple[Call, dict[str, Any]]] = {}
         self.created: set[str] = set()  # ids inserted by this transaction (first sightings)
+
+    async def _execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
+        """Core statements go to the transaction's connection: the session's own execute adds ORM
+        bookkeeping (events, bind lookup, autoflush checks) to each one for nothing here."""
+        if self._connection is None:
+            self._connection = await self._session.connection()
+        return await self._connection.execute(statement, parameters)
 
     async def lock(self, call_ids: Iterable[str], *, origin: str) -> dict[str, Call]:
         """The calls ``call_ids``, locked for this transaction (in id order, so that concurrent writers
@@ -63,7 +73,7 @@ class CallRows:
             missing = [call_id for call_id in wanted if call_id not in self._loaded]
             for call_id in missing:
                 now = utcnow()
-                result = await self._session.execute(
+                result = await self._execute(
                     _INSERT_NEW,
                     {
                         "id": call_id,
@@ -78,7 +88,7 @@ class CallRows:
                         "updated_at": now,
                     },
                 )
-                if result.rowcount:  # type: ignore[attr-defined]  # a CursorResult for inserts
+                if result.rowcount:
                     self.created.add(call_id)
             if missing:
                 await self._read(missing)
@@ -93,7 +103,7 @@ class CallRows:
             query, params = _BY_IDS, {"call_ids": call_ids}
         if self._postgresql:
             query = _LOCK_BY_ID if query is _BY_ID else _LOCK_BY_IDS
-        for row in (await self._session.execute(query, params)).tuples():
+        for row in (await self._execute(query, params)).tuples():
             stored = {attribute: value for (attribute, _), value in zip(_FIELDS, row, strict=True)}
             # The object gets its own copies of the JSON columns: changing one in place is still a change.
             fresh = {key: _copy(value) for key, value in stored.items()}
@@ -115,16 +125,16 @@ class CallRows:
             if not changes:
                 continue
             changes["updated_at"] = call.updated_at = now
-            await self._session.execute(_UPDATE, {"call_id": call.id, **changes})
+            await self._execute(_UPDATE, {"call_id": call.id, **changes})
             stored.update({attribute: _copy(current[attribute]) for attribute, _ in _FIELDS})
             if "metadata" in changes:
                 reindexed.append(call)
         if reindexed:
             index = table_of(CallMetadata)
-            await self._session.execute(delete(index).where(index.c.call_id.in_([call.id for call in reindexed])))
+            await self._execute(delete(index).where(index.c.call_id.in_([call.id for call in reindexed])))
             rows = [row for call in reindexed for row in index_rows(call.id, call.created_at, call.call_metadata)]
             if rows:
-                await self._session.execute(insert(index), rows)
+                await self._execute(insert(index), rows)
 
 
 def _copy(value: Any) -> Any:

@@ -184,7 +184,10 @@ class CallService:
         self._supervisor = supervisor
 
     async def place_call(self, body: CallCreate) -> Call:
-        """Create the call at Vapi, then track it. Vapi failing means nothing is written here."""
+        """Create the call at Vapi, then track it. Vapi failing means nothing is written here.
+
+        Returns the call as this transaction committed it, without its recording (the listen session
+        creates that after the commit; ``GET /v1/calls/{id}`` shows it)."""
         vapi_call = await self._vapi.create_call(build_vapi_request(body, self._settings))
         async with self._db.write() as session:
             rows = CallRows(session)
@@ -207,7 +210,8 @@ class CallService:
         log.info("call placed", call_id=call.id, status=call.status)
         if listen_now:
             self._supervisor.ensure_listening(call.id, claimed=call)
-        return await self.get_call(call.id)
+        # The call as committed (no read back): a call placed a moment ago has no recording yet.
+        return call
 
     async def get_call(self, call_id: str) -> Call:
         async with self._db.read() as session:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from service.db.models import WebhookDelivery, WebhookEndpoint, utcnow
+from service.db.statements import table_of
 
 EVENT_TYPES: Final = (
     "call.created",
@@ -38,11 +39,11 @@ EVENT_TYPES: Final = (
 _ENQUEUED_FLAG = "switchboard.deliveries.enqueued"
 _ENDPOINTS = "switchboard.deliveries.endpoints"  # session.info: the endpoints read in this transaction
 _wakeup_callbacks: set[Callable[[], None]] = set()
+_ENDPOINT = table_of(WebhookEndpoint)
 _ENABLED_ENDPOINTS = (
-    select(WebhookEndpoint.id, WebhookEndpoint.events)
-    .where(WebhookEndpoint.enabled.is_(True))
+    select(_ENDPOINT.c.id, _ENDPOINT.c.events)
+    .where(_ENDPOINT.c.enabled.is_(True))
     .with_for_update(read=True, key_share=True)
-    .execution_options(autoflush=False)
 )
 
 
@@ -61,7 +62,9 @@ async def _endpoints(session: AsyncSession) -> list[tuple[Any, tuple[str, ...]]]
     many calls) and without flushing the caller's pending changes first (they are not read here)."""
     cached: list[tuple[Any, tuple[str, ...]]] | None = session.info.get(_ENDPOINTS)
     if cached is None:
-        rows = await session.execute(_ENABLED_ENDPOINTS)
+        # A Core statement on the transaction's connection: no flush of the caller's pending changes
+        # (they are not read here), none of the session's per-statement bookkeeping.
+        rows = await (await session.connection()).execute(_ENABLED_ENDPOINTS)
         cached = session.info[_ENDPOINTS] = [(endpoint_id, tuple(events or ())) for endpoint_id, events in rows]
     return cached
 

@@ -12,7 +12,6 @@ from typing import Any, get_args
 import httpx
 import pytest
 from sqlalchemy import event, select
-from sqlalchemy.orm import ORMExecuteState
 from standardwebhooks import Webhook
 
 from service.db.engine import Database
@@ -85,17 +84,20 @@ async def test_endpoints_are_read_once_per_transaction_and_fresh_in_the_next(db:
     """One webhook batch announces many calls: the endpoints are read once per transaction (and the
     caller's pending changes are not flushed for it); a later transaction sees later endpoints."""
     await add_endpoint(db, "http://127.0.0.1:9/a", ["call.created", "call.ended"])
-    async with db.write() as session:
-        reads = 0
+    statements: list[str] = []
 
-        @event.listens_for(session.sync_session, "do_orm_execute")
-        def count(state: ORMExecuteState) -> None:
-            nonlocal reads
-            reads += state.is_select
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
 
-        assert [await enqueue(session, "call.created", {"callId": f"c{n}"}) for n in range(3)] == [1, 1, 1]
-        assert await enqueue(session, "call.ended", {"callId": "c0"}) == 1
-        assert reads == 1
+    event.listen(db.write_engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with db.write() as session:
+            assert [await enqueue(session, "call.created", {"callId": f"c{n}"}) for n in range(3)] == [1, 1, 1]
+            assert await enqueue(session, "call.ended", {"callId": "c0"}) == 1
+            assert sum("FROM webhook_endpoint" in s for s in statements) == 1
+            assert not any(s.lstrip().startswith("INSERT") for s in statements), "nothing flushed for the read"
+    finally:
+        event.remove(db.write_engine.sync_engine, "before_cursor_execute", record)
     await add_endpoint(db, "http://127.0.0.1:9/b", ["call.ended"])
     assert await emit(db, "call.ended", callId="c1") == 2
     assert len(await deliveries_of(db)) == 6

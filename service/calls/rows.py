@@ -40,6 +40,9 @@ _LOCK_BY_ID, _LOCK_BY_IDS = _BY_ID.with_for_update(), _BY_IDS.with_for_update()
 # SET what the parameters name besides ``call_id``: compiled once per set of changed columns.
 _UPDATE = update(_TABLE).where(_TABLE.c.id == bindparam("call_id"))
 _new_call = inspect(Call).class_manager.new_instance
+_INDEX = table_of(CallMetadata)  # the metadata filter index
+_DELETE_INDEX = delete(_INDEX).where(_INDEX.c.call_id.in_(bindparam("call_ids", expanding=True)))
+_INSERT_INDEX = insert(_INDEX)
 _NEW_ROW = ("id", "status", "origin", "customer", "metadata", "listen_auth", "control_auth", "last_event_seq")
 _INSERT_NEW = insert_ignoring_conflicts(_TABLE, (*_NEW_ROW, "created_at", "updated_at"), ("id",))
 
@@ -129,12 +132,11 @@ class CallRows:
             stored.update({attribute: _copy(current[attribute]) for attribute, _ in _FIELDS})
             if "metadata" in changes:
                 reindexed.append(call)
-        if reindexed:
-            index = table_of(CallMetadata)
-            await self._execute(delete(index).where(index.c.call_id.in_([call.id for call in reindexed])))
-            rows = [row for call in reindexed for row in index_rows(call.id, call.created_at, call.call_metadata)]
-            if rows:
-                await self._execute(insert(index), rows)
+        if stale := [call.id for call in reindexed if call.id not in self.created]:  # a new call has no rows yet
+            await self._execute(_DELETE_INDEX, {"call_ids": stale})
+        rows = [row for call in reindexed for row in index_rows(call.id, call.created_at, call.call_metadata)]
+        if rows:
+            await self._execute(_INSERT_INDEX, rows)
 
 
 def _copy(value: Any) -> Any:

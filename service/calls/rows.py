@@ -57,7 +57,9 @@ class CallRows:
         self._loaded: dict[str, tuple[Call, dict[str, Any]]] = {}
         self.created: set[str] = set()  # ids inserted by this transaction (first sightings)
 
-    async def _execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
+    async def _execute(
+        self, statement: Executable, parameters: dict[str, Any] | list[dict[str, Any]] | None = None
+    ) -> CursorResult[Any]:
         """Core statements go to the transaction's connection: the session's own execute adds ORM
         bookkeeping (events, bind lookup, autoflush checks) to each one for nothing here."""
         if self._connection is None:
@@ -118,6 +120,9 @@ class CallRows:
         """Write back the columns each call's object changed (nothing for an unchanged call)."""
         now = utcnow()
         reindexed: list[Call] = []
+        # Calls that changed the same columns share one executemany (a batch of webhooks mostly
+        # moves each call's event sequence and nothing else).
+        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for call, stored in self._loaded.values():
             current = call.__dict__  # the loaded values and whatever was set since
             changes = {
@@ -128,10 +133,12 @@ class CallRows:
             if not changes:
                 continue
             changes["updated_at"] = call.updated_at = now
-            await self._execute(_UPDATE, {"call_id": call.id, **changes})
+            updates.setdefault(tuple(changes), []).append({"call_id": call.id, **changes})
             stored.update({attribute: _copy(current[attribute]) for attribute, _ in _FIELDS})
             if "metadata" in changes:
                 reindexed.append(call)
+        for parameters in updates.values():
+            await self._execute(_UPDATE, parameters)
         if stale := [call.id for call in reindexed if call.id not in self.created]:  # a new call has no rows yet
             await self._execute(_DELETE_INDEX, {"call_ids": stale})
         rows = [row for call in reindexed for row in index_rows(call.id, call.created_at, call.call_metadata)]

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import engine as db_engine
 from service.db.engine import Database
 from service.db.migrate import upgrade
 from service.db.models import Call
+from service.errors import database_unavailable
 
 
 @pytest.fixture
@@ -70,3 +72,25 @@ async def test_the_wal_is_checkpointed_in_the_background(sqlite_file: str, monke
     assert file_size(path) > before + 200 * 2000, "the rows reached the main database file"
     with sqlite3.connect(path) as connection:
         assert connection.execute("SELECT count(*) FROM call WHERE id LIKE 'call-%'").fetchone() == (200,)
+
+
+async def test_a_write_lock_held_elsewhere_fails_as_database_unavailable(
+    sqlite_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEGIN IMMEDIATE goes to sqlite3 directly; "database is locked" must still come out as SQLAlchemy's
+    OperationalError, which callers (503 answers, listen bookkeeping retries) take as "unavailable"."""
+    monkeypatch.setattr(db_engine, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    db = Database(sqlite_file)
+    other = sqlite3.connect(sqlite_file.removeprefix("sqlite+aiosqlite:///"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing (a CLI, a migration, a backup)
+    try:
+        with pytest.raises(OperationalError, match="database is locked") as caught:
+            async with db.write() as session:
+                await session.execute(text("SELECT 1"))
+        assert database_unavailable(caught.value)
+    finally:
+        other.rollback()
+        other.close()
+    async with db.write() as session:  # the connection went back to the pool usable
+        assert await session.scalar(text("SELECT 1")) == 1
+    await db.dispose()

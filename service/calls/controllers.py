@@ -121,6 +121,11 @@ class CallController(Controller):
         "/",
         operation_id="createCall",
         summary="Place an outbound call",
+        description=(
+            "Creates the call at Vapi, stores it and starts recording it. The answer is the call as stored "
+            "at placement: `recording` is null (the listen session starts right after; "
+            "`GET /v1/calls/{id}` shows it)."
+        ),
         status_code=HTTP_201_CREATED,
         **scoped("calls:write"),
     )

@@ -36,7 +36,10 @@ _FIELDS: tuple[tuple[str, Column[Any]], ...] = tuple(
 _SELECT = select(*(column for _, column in _FIELDS))
 _BY_ID = _SELECT.where(_TABLE.c.id == bindparam("call_id"))
 _BY_IDS = _SELECT.where(_TABLE.c.id.in_(bindparam("call_ids", expanding=True))).order_by(_TABLE.c.id)
-_LOCK_BY_ID, _LOCK_BY_IDS = _BY_ID.with_for_update(), _BY_IDS.with_for_update()
+# FOR NO KEY UPDATE: the key never changes, so inserts of the call's events (which key-share lock
+# the row for their foreign key) are not blocked by it.
+_LOCK_BY_ID, _LOCK_BY_IDS = _BY_ID.with_for_update(key_share=True), _BY_IDS.with_for_update(key_share=True)
+_IDS_PRESENT = select(_TABLE.c.id).where(_TABLE.c.id.in_(bindparam("call_ids", expanding=True)))
 # SET what the parameters name besides ``call_id``: compiled once per set of changed columns.
 _UPDATE = update(_TABLE).where(_TABLE.c.id == bindparam("call_id"))
 _new_call = inspect(Call).class_manager.new_instance
@@ -56,6 +59,7 @@ class CallRows:
         self._postgresql = session.bind.dialect.name == "postgresql"
         self._loaded: dict[str, tuple[Call, dict[str, Any]]] = {}
         self.created: set[str] = set()  # ids inserted by this transaction (first sightings)
+        self._unindexed: set[str] = set()  # created here, no metadata index rows written yet
 
     async def _execute(
         self, statement: Executable, parameters: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -74,30 +78,42 @@ class CallRows:
         call_ids = list(call_ids)
         wanted = sorted(set(call_ids) - set(self._loaded))
         if wanted:
+            if self._postgresql and len(wanted) > 1:
+                # Insert what is missing before locking anything: holding one call's lock while waiting
+                # on another transaction's insert of the next could deadlock. Then lock all in order.
+                present = set((await self._execute(_IDS_PRESENT, {"call_ids": wanted})).scalars())
+                await self._insert_missing([call_id for call_id in wanted if call_id not in present], origin)
+                await self._read(wanted)
+                return {call_id: self._loaded[call_id][0] for call_id in call_ids}
             await self._read(wanted)
             missing = [call_id for call_id in wanted if call_id not in self._loaded]
-            for call_id in missing:
-                now = utcnow()
-                result = await self._execute(
-                    _INSERT_NEW,
-                    {
-                        "id": call_id,
-                        "status": "queued",
-                        "origin": origin,
-                        "customer": {},
-                        "metadata": {},
-                        "listen_auth": False,
-                        "control_auth": False,
-                        "last_event_seq": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
-                if result.rowcount:
-                    self.created.add(call_id)
+            await self._insert_missing(missing, origin)
             if missing:
                 await self._read(missing)
         return {call_id: self._loaded[call_id][0] for call_id in call_ids}
+
+    async def _insert_missing(self, missing: list[str], origin: str) -> None:
+        """Empty rows for ``missing`` (sorted); a row inserted meanwhile by another transaction wins."""
+        for call_id in missing:
+            now = utcnow()
+            result = await self._execute(
+                _INSERT_NEW,
+                {
+                    "id": call_id,
+                    "status": "queued",
+                    "origin": origin,
+                    "customer": {},
+                    "metadata": {},
+                    "listen_auth": False,
+                    "control_auth": False,
+                    "last_event_seq": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            if result.rowcount:
+                self.created.add(call_id)
+                self._unindexed.add(call_id)
 
     async def _read(self, call_ids: list[str]) -> None:
         # One call (most batches): an equality, which spares the IN list's per-execution expansion.
@@ -139,8 +155,9 @@ class CallRows:
                 reindexed.append(call)
         for parameters in updates.values():
             await self._execute(_UPDATE, parameters)
-        if stale := [call.id for call in reindexed if call.id not in self.created]:  # a new call has no rows yet
+        if stale := [call.id for call in reindexed if call.id not in self._unindexed]:  # a new call has none yet
             await self._execute(_DELETE_INDEX, {"call_ids": stale})
+        self._unindexed.difference_update(call.id for call in reindexed)
         rows = [row for call in reindexed for row in index_rows(call.id, call.created_at, call.call_metadata)]
         if rows:
             await self._execute(_INSERT_INDEX, rows)

@@ -32,6 +32,7 @@ import msgspec
 import structlog
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -116,10 +117,17 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        if inline:  # straight to sqlite3 on this thread: a statement with no result needs no SQLAlchemy
-            connection.connection.dbapi_connection._connection._connection.execute(begin)
-        else:
+        if not inline:
             connection.exec_driver_sql(begin)
+            return
+        # Straight to sqlite3 on this thread (a statement with no result needs none of SQLAlchemy's
+        # execution machinery), failing as SQLAlchemy would: "database is locked" after the busy
+        # timeout must stay an OperationalError, which callers treat as "database unavailable".
+        sqlite = connection.connection.driver_connection._connection  # the _InlineConnection's sqlite3
+        try:
+            sqlite.execute(begin)
+        except sqlite3.Error as exc:
+            raise OperationalError(begin, None, exc) from exc
 
     return engine
 

@@ -32,9 +32,17 @@ _ACQUIRE = (
     )
     .values(listen_owner=bindparam("owner"), listen_lease_until=bindparam("until"))
 )
+# The rows are locked in id order first (PostgreSQL; SQLite has one writer), as every writer of
+# several calls does: an UPDATE of an IN list locks them in whatever order its plan visits them.
+_OURS_IN_ORDER = (
+    select(_CALL.c.id)
+    .where(_CALL.c.id.in_(bindparam("call_ids", expanding=True)), _OURS)
+    .order_by(_CALL.c.id)
+    .with_for_update(key_share=True)
+)
 _RENEW = (
     update(_CALL)
-    .where(_CALL.c.id.in_(bindparam("call_ids", expanding=True)), _OURS)
+    .where(_CALL.c.id.in_(_OURS_IN_ORDER.scalar_subquery()), _OURS)
     .values(listen_lease_until=bindparam("until"))
     .returning(_CALL.c.id)
 )

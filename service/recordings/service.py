@@ -48,7 +48,6 @@ class SegmentRow(NamedTuple):
     sha256: str | None
 
 
-_EMPTY_SHA256 = hashlib.sha256().hexdigest()
 # Hot-path statements, built once (a statement built per call is also keyed for the cache per call).
 _INSERT_SEGMENT = insert(_SEGMENT)
 _CLOSE_SEGMENT = update(_SEGMENT).where(_SEGMENT.c.id == bindparam("segment_id"))  # SET: the other parameters
@@ -75,8 +74,10 @@ def _known_checksum(segments: Sequence[SegmentRow]) -> str | None:
     return segments[0].sha256 if len(segments) == 1 and segments[0].sha256 else None
 
 
-def _byte_rate(row: Any) -> int:
-    return int(row.sample_rate) * int(row.channels) * SAMPLE_BYTES or 1
+async def _lock_recording(session: AsyncSession, call_id: str) -> Any:
+    """The call's recording row (id, gaps, format), locked on PostgreSQL; None without a recording."""
+    query = _LOCK_RECORDING if session.bind.dialect.name == "postgresql" else _RECORDING_OF
+    return (await session.execute(query, {"call_id": call_id})).one_or_none()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,37 +226,39 @@ class RecordingService:
         transaction, and the recording is finalised in a second one.
         """
         async with self._db.write() as session:
+            # The recording is locked before its segments are read: none can be added in between.
+            recording = await _lock_recording(session, call_id)
+            if recording is None:
+                return None
             segments = await _segments_of(session, call_id)
-            if _known_checksum(segments) is not None:
-                return await self._finalized(session, call_id, segments, error)
+            if (known := _known_checksum(segments)) is not None:
+                return await self._finalized(session, call_id, recording, segments, known, error)
         sha256 = await self._checksum(segments)  # may read stored audio: outside the write transaction
         async with self._db.write() as session:
-            return await self._finalized(session, call_id, segments, error, sha256=sha256)
+            recording = await _lock_recording(session, call_id)
+            if recording is None:
+                return None
+            return await self._finalized(session, call_id, recording, segments, sha256, error)
 
     async def _finalized(
         self,
         session: AsyncSession,
         call_id: str,
+        recording: Any,
         segments: Sequence[SegmentRow],
+        sha256: str,
         error: str | None,
-        *,
-        sha256: str | None = None,
-    ) -> Finalized | None:
-        query = _LOCK_RECORDING if session.bind.dialect.name == "postgresql" else _RECORDING_OF
-        row = (await session.execute(query, {"call_id": call_id})).one_or_none()
-        if row is None:
-            return None
+    ) -> Finalized:
         size = sum(segment.bytes for segment in segments)
-        gaps: list[dict[str, Any]] = row.gaps or []
+        gaps: list[dict[str, Any]] = recording.gaps
         status = "failed" if size == 0 and error else "partial" if gaps or error else "completed"
-        finalized = Finalized(
-            status, size, sha256 or _known_checksum(segments) or _EMPTY_SHA256, gaps, error, size / _byte_rate(row)
-        )
+        byte_rate = recording.sample_rate * recording.channels * SAMPLE_BYTES
+        finalized = Finalized(status, size, sha256, gaps, error, size / byte_rate if byte_rate else 0.0)
         now = utcnow()
         await session.execute(
             _FINALIZE,
             {
-                "recording_id": row.id,
+                "recording_id": recording.id,
                 "status": status,
                 "bytes": size,
                 "sha256": finalized.sha256,
@@ -282,7 +285,7 @@ class RecordingService:
     async def _checksum(self, segments: Sequence[SegmentRow]) -> str:
         if (known := _known_checksum(segments)) is not None:
             return known
-        digest = hashlib.sha256()
+        digest = hashlib.sha256()  # of nothing, for a recording without segments
         for segment in segments:
             async for chunk in self._storage.read(segment.storage_key, 0, segment.bytes):
                 digest.update(chunk)

@@ -109,3 +109,25 @@ async def test_concurrent_first_sightings_converge_on_one_row(db: Database) -> N
     created = await asyncio.gather(*(sight() for _ in range(4)))
     assert created.count(True) == 1, "exactly one transaction created the row"
     assert (await stored(db, "raced")).last_event_seq == 4, "each saw the others' committed change"
+
+
+async def test_a_created_call_s_metadata_saved_twice_keeps_one_set_of_index_rows(db: Database) -> None:
+    async with db.write() as session:
+        rows = CallRows(session)
+        call = (await rows.lock(["twice"], origin="api"))["twice"]
+        call.call_metadata = {"crmId": "c-1"}
+        await rows.save()
+        call.call_metadata = {"crmId": "c-2", "tier": "gold"}
+        await rows.save()
+    assert await metadata_index(db, "twice") == {"crmId": "c-2", "tier": "gold"}
+
+
+async def test_a_batch_with_new_and_known_calls_locks_and_creates_them_all(db: Database) -> None:
+    """On PostgreSQL several calls are looked up unlocked, the missing ones inserted, then all locked
+    in id order; either way every call comes back, the new ones empty."""
+    async with db.write() as session:
+        rows = CallRows(session)
+        calls = await rows.lock(["z-new", "known", "a-new", "known"], origin="webhook")
+        assert sorted(calls) == ["a-new", "known", "z-new"]
+        assert rows.created == {"a-new", "z-new"}
+        assert calls["known"].customer == {"name": "Ada"}

@@ -94,6 +94,7 @@ def create_app(
         connect_timeout=settings.listen_connect_timeout_seconds,
         idle_timeout=settings.listen_idle_timeout_seconds,
         max_frame_bytes=settings.listen_max_frame_bytes,
+        read_interval=settings.listen_read_interval_ms / 1000,
     )
 
     def new_session(call_id: str, relay: LiveRelay) -> ListenSession:

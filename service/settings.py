@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Replicas: a live call's recording lease lasts this long and is renewed every third of it.
     listen_lease_seconds: float = Field(default=6.0, ge=1)
     listen_max_frame_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Listen sockets are read at most this often (ms): frames gather in the kernel meanwhile, one wake-up
+    # of the event loop per interval instead of one per 20 ms frame. Delays live fan-out by as much.
+    listen_read_interval_ms: int = Field(default=200, ge=0, le=500)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
     # Outbound webhooks: seconds before each retry (JSON list; the last step repeats, with full jitter)
     # until a delivery is this old, then it is abandoned.

@@ -71,6 +71,7 @@ class ListenConfig:
     connect_timeout: float
     idle_timeout: float
     max_frame_bytes: int
+    read_interval: float = 0.0  # seconds between reads of the socket (0: as frames arrive)
 
 
 class PermanentListenError(Exception):
@@ -262,6 +263,7 @@ class ListenSession:
                     max_size=self._config.max_frame_bytes,
                     timeout=min(10.0, self._config.connect_timeout),
                     compression=COMPRESSION,
+                    read_interval=self._config.read_interval,
                 )
             except InvalidStatus as exc:
                 status = exc.response.status_code

@@ -22,7 +22,9 @@ from service.recordings.storage import SegmentWriter
 
 log = structlog.get_logger(__name__)
 
-FLUSH_BYTES = 64 * 1024  # ~0.5 s of 16 kHz stereo
+# ~0.75 s of 16 kHz stereo: with the listen socket's read interval (at most 0.2 s of audio waiting in the
+# kernel by default), a kill -9 loses under a second of audio.
+FLUSH_BYTES = 48 * 1024
 FLUSH_SECONDS = 1.0  # so that a kill -9 loses at most about a second
 QUEUE_BATCHES = 8
 WRITE_ATTEMPTS = 3

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -138,3 +140,33 @@ async def test_the_writer_pushes_back_when_storage_is_behind_and_keeps_every_byt
     assert pressure[-1] is False, "reading resumes once storage caught up"
     assert bytes(sink.data) == b"".join(frames)
     assert writer.bytes_written == writer.received == len(sink.data)
+
+
+@pytest.mark.parametrize(("interval", "most_reads", "least_reads"), [(0.2, 5, 1), (0.0, 40, 15)])
+async def test_with_a_read_interval_frames_gather_and_arrive_together_in_order(
+    interval: float, most_reads: int, least_reads: int
+) -> None:
+    """Read at most every 0.2 s: 40 frames sent 10 ms apart come in a handful of reads (frames of one
+    read are handed over microseconds apart), none lost or reordered; without it, about one per frame."""
+    arrivals: list[float] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        for n in range(40):
+            await ws.send(bytes([n]) * 1280)
+            await asyncio.sleep(0.01)
+        await ws.close()
+
+    class Timed(Collector):
+        def on_binary(self, data: bytes | bytearray | memoryview) -> None:
+            arrivals.append(time.perf_counter())
+            super().on_binary(data)
+
+    async with server(handler) as url:
+        socket = await open_listen_socket(url, headers={}, max_size=1 << 20, timeout=5, read_interval=interval)
+        collector = Timed()
+        socket.attach(collector)
+        async with asyncio.timeout(5):
+            await socket.closed
+    assert collector.messages == [bytes([n]) * 1280 for n in range(40)]
+    reads = 1 + sum(1 for before, after in itertools.pairwise(arrivals) if after - before > 0.004)
+    assert least_reads <= reads <= most_reads

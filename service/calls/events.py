@@ -100,7 +100,7 @@ async def number_events_of_calls(
         return {}
     ids = sorted(counts)
     if len(ids) > 1 and session.bind.dialect.name == "postgresql":
-        await session.execute(select(Call.id).where(Call.id.in_(ids)).order_by(Call.id).with_for_update(key_share=True))
+        await session.execute(select(Call.id).where(Call.id.in_(ids)).order_by(Call.id).with_for_update())
     # One statement per distinct count (usually one or two): each shape is compiled once, whatever
     # the batch's size, where a CASE over the calls would be a new statement for every batch size.
     by_count: dict[int, list[str]] = {}

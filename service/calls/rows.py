@@ -36,9 +36,10 @@ _FIELDS: tuple[tuple[str, Column[Any]], ...] = tuple(
 _SELECT = select(*(column for _, column in _FIELDS))
 _BY_ID = _SELECT.where(_TABLE.c.id == bindparam("call_id"))
 _BY_IDS = _SELECT.where(_TABLE.c.id.in_(bindparam("call_ids", expanding=True))).order_by(_TABLE.c.id)
-# FOR NO KEY UPDATE: the key never changes, so inserts of the call's events (which key-share lock
-# the row for their foreign key) are not blocked by it.
-_LOCK_BY_ID, _LOCK_BY_IDS = _BY_ID.with_for_update(key_share=True), _BY_IDS.with_for_update(key_share=True)
+# FOR UPDATE, not the weaker FOR NO KEY UPDATE: that one lets the foreign-key checks of concurrent
+# inserts (events, injections) key-share the row meanwhile, which makes PostgreSQL track the row's
+# lockers as a MultiXact; measured on the rules path: p99 30-40 ms (one run 213 ms) against 11-15 ms.
+_LOCK_BY_ID, _LOCK_BY_IDS = _BY_ID.with_for_update(), _BY_IDS.with_for_update()
 _IDS_PRESENT = select(_TABLE.c.id).where(_TABLE.c.id.in_(bindparam("call_ids", expanding=True)))
 # SET what the parameters name besides ``call_id``: compiled once per set of changed columns.
 _UPDATE = update(_TABLE).where(_TABLE.c.id == bindparam("call_id"))

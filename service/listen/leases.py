@@ -38,7 +38,7 @@ _OURS_IN_ORDER = (
     select(_CALL.c.id)
     .where(_CALL.c.id.in_(bindparam("call_ids", expanding=True)), _OURS)
     .order_by(_CALL.c.id)
-    .with_for_update(key_share=True)
+    .with_for_update()
 )
 _RENEW = (
     update(_CALL)

@@ -1,6 +1,6 @@
 """Batched, checksummed appends of one connection's audio to storage, off the receive path.
 
-Frames are gathered in memory for at most a second (or 64 KiB), then handed through a bounded queue to
+Frames are gathered in memory for at most a second (or 48 KiB), then handed through a bounded queue to
 a writer task. Taking a frame is synchronous (no task switch per frame); when storage is
 ``QUEUE_BATCHES`` seconds behind, the writer asks its caller to stop reading the socket until it catches
 up (backpressure reaches the socket, memory stays bounded). Storage errors are
@@ -62,7 +62,7 @@ class RecordingWriter:
         self.error: str | None = None
 
     def append(self, frame: bytes | bytearray | memoryview) -> None:
-        """Take one frame; hand a batch to the writer task when a second or 64 KiB has gathered."""
+        """Take one frame; hand a batch to the writer task when a second or 48 KiB has gathered."""
         buffer = self._buffer
         buffer += frame
         self._buffered_frames += 1

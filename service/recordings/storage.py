@@ -119,10 +119,13 @@ class LocalStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._resolved_root: Path | None = None  # the root with symlinks resolved, once it is used
 
     def _path(self, key: str) -> Path:
+        if self._resolved_root is None:
+            self._resolved_root = self.root.resolve()
         path = (self.root / _check_key(key)).resolve()
-        if not path.is_relative_to(self.root.resolve()):  # a symlink inside the root may point out
+        if not path.is_relative_to(self._resolved_root):  # a symlink inside the root may point out
             raise ValueError(f"storage key escapes the storage root: {key!r}")
         return path
 

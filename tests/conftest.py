@@ -7,11 +7,13 @@ import os
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.db.migrate import upgrade
 from service.db.models import metadata
@@ -104,3 +106,18 @@ def admin_headers() -> dict[str, str]:
 @pytest.fixture
 def webhook_headers() -> dict[str, str]:
     return {"X-Vapi-Secret": WEBHOOK_SECRET}
+
+
+@contextmanager
+def statements_sent(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL ``engine`` sends to the database inside the block, in order."""
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)

@@ -7,11 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from service.calls.rows import CallRows
 from service.db.engine import Database
 from service.db.models import Call, CallMetadata
+from tests.conftest import statements_sent
 
 
 @pytest.fixture
@@ -38,13 +39,7 @@ async def metadata_index(db: Database, call_id: str) -> dict[str, str]:
 
 async def test_only_the_changed_columns_are_written(db: Database) -> None:
     before = await stored(db, "known")
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        statements.append(statement)
-
-    event.listen(db.write_engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_sent(db.write_engine) as statements:
         async with db.write() as session:
             rows = CallRows(session)
             call = (await rows.lock(["known"], origin="webhook"))["known"]
@@ -52,8 +47,6 @@ async def test_only_the_changed_columns_are_written(db: Database) -> None:
             call.status = "in-progress"
             call.customer["number"] = "+14155550123"  # changed in place: still a change
             await rows.save()
-    finally:
-        event.remove(db.write_engine.sync_engine, "before_cursor_execute", record)
     updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
     assert len(updates) == 1
     assignments = updates[0].split(" SET ", 1)[1].split(" WHERE ", 1)[0].split(",")

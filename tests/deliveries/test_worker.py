@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 import httpx
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from standardwebhooks import Webhook
 
 from service.db.engine import Database
@@ -22,6 +22,7 @@ from service.deliveries.schemas import EventType
 from service.deliveries.urls import IPAddress
 from service.deliveries.worker import DeliveryWorker
 from service.metrics import Metrics
+from tests.conftest import statements_sent
 from tests.deliveries.conftest import Receiver, add_endpoint, attempts_of, deliveries_of, wait_until
 from tests.servers import bind_loopback, url_of
 
@@ -84,20 +85,12 @@ async def test_endpoints_are_read_once_per_transaction_and_fresh_in_the_next(db:
     """One webhook batch announces many calls: the endpoints are read once per transaction (and the
     caller's pending changes are not flushed for it); a later transaction sees later endpoints."""
     await add_endpoint(db, "http://127.0.0.1:9/a", ["call.created", "call.ended"])
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        statements.append(statement)
-
-    event.listen(db.write_engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_sent(db.write_engine) as statements:
         async with db.write() as session:
             assert [await enqueue(session, "call.created", {"callId": f"c{n}"}) for n in range(3)] == [1, 1, 1]
             assert await enqueue(session, "call.ended", {"callId": "c0"}) == 1
             assert sum("FROM webhook_endpoint" in s for s in statements) == 1
             assert not any(s.lstrip().startswith("INSERT") for s in statements), "nothing flushed for the read"
-    finally:
-        event.remove(db.write_engine.sync_engine, "before_cursor_execute", record)
     await add_endpoint(db, "http://127.0.0.1:9/b", ["call.ended"])
     assert await emit(db, "call.ended", callId="c1") == 2
     assert len(await deliveries_of(db)) == 6

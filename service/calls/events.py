@@ -87,8 +87,8 @@ async def number_events_of_calls(
     session: AsyncSession, batch: Mapping[str, Sequence[NewEvent]]
 ) -> dict[str, list[StoredEvent]]:
     """Give each call's events its next sequence numbers (for :func:`insert_events`, same transaction),
-    for all the calls in one statement (``UPDATE … CASE … RETURNING``). Calls that do not exist are left
-    out of the result.
+    with one ``UPDATE … RETURNING`` per distinct number of events. Calls that do not exist are left out
+    of the result.
 
     Sequence numbers come from an atomic increment of ``call.last_event_seq``: the row lock (PostgreSQL)
     or the write lock (SQLite) orders concurrent writers, so ``seq`` is strictly increasing per call
@@ -131,8 +131,8 @@ _NUMBER = (
 def append_events_to_locked(call: Call, events: Sequence[NewEvent]) -> list[StoredEvent]:
     """Like :func:`append_events`, for a call row this transaction has locked and loaded (``SELECT … FOR
     UPDATE`` on PostgreSQL; SQLite has one writer): the sequence is taken from the loaded row and
-    written back with the rest of the call's changes, saving a statement per call in batches. The
-    events are inserted by :func:`insert_events`, one statement for a whole batch of calls."""
+    written back with the rest of the call's changes (:class:`service.calls.rows.CallRows`, which also
+    inserts the events, one statement for a whole batch of calls)."""
     first = call.last_event_seq + 1
     call.last_event_seq += len(events)
     return _numbered(call.id, first, events)

@@ -4,10 +4,11 @@ The hot write paths (a batch of webhooks, placing a call) change a handful of co
 calls per transaction. Through the ORM that is a load into the session's identity map and a unit-of-work
 flush, together about a millisecond of Python per call here, several times what SQLite spends on the
 statements. :class:`CallRows` reads the rows with one cached ``SELECT`` (``FOR UPDATE`` on PostgreSQL),
-hands them out as *detached* :class:`~service.db.models.Call` objects (so that the functions that apply
-Vapi's messages to a call work on them unchanged), and at the end writes back, per call, only the columns
-that changed, with one cached ``UPDATE`` each, keeping ``call_metadata`` (the metadata filter index) in
-step as the ORM's flush hook does for ORM writes.
+hands them out as transient :class:`~service.db.models.Call` objects (so that the functions that apply
+Vapi's messages to a call work on them unchanged), numbers the timeline events appended to them, and at
+the end writes back only the columns that changed (one cached ``UPDATE``, executed for every call that
+changed the same columns), keeping ``call_metadata`` (the metadata filter index) in step as the ORM's
+flush hook does for ORM writes, then inserts the events.
 
 The objects are never added to a session: a change made to one after :meth:`CallRows.save` is not
 stored, and an ORM write of the same call in the same transaction would not see them.
@@ -15,7 +16,7 @@ stored, and an ORM write of the same call in the same transaction would not see 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Column, bindparam, delete, insert, inspect, select, update
@@ -23,6 +24,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
+from service.calls.events import NewEvent, StoredEvent, append_events_to_locked, insert_events
 from service.calls.metadata import index_rows
 from service.db.models import Call, CallMetadata, utcnow
 from service.db.statements import insert_ignoring_conflicts, table_of
@@ -61,6 +63,7 @@ class CallRows:
         self._loaded: dict[str, tuple[Call, dict[str, Any]]] = {}
         self.created: set[str] = set()  # ids inserted by this transaction (first sightings)
         self._unindexed: set[str] = set()  # created here, no metadata index rows written yet
+        self._events: list[StoredEvent] = []  # appended since the last save
 
     async def _execute(
         self, statement: Executable, parameters: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -92,6 +95,16 @@ class CallRows:
             if missing:
                 await self._read(missing)
         return {call_id: self._loaded[call_id][0] for call_id in call_ids}
+
+    async def lock_one(self, call_id: str, *, origin: str) -> Call:
+        """:meth:`lock` for a single call."""
+        return (await self.lock([call_id], origin=origin))[call_id]
+
+    def append(self, call: Call, events: Sequence[NewEvent]) -> list[StoredEvent]:
+        """Number ``events`` after the call's last ones; :meth:`save` stores them with the new sequence."""
+        numbered = append_events_to_locked(call, events)
+        self._events.extend(numbered)
+        return numbered
 
     async def _insert_missing(self, missing: list[str], origin: str) -> None:
         """Empty rows for ``missing`` (sorted); a row inserted meanwhile by another transaction wins."""
@@ -134,7 +147,8 @@ class CallRows:
             self._loaded[stored["id"]] = (call, stored)
 
     async def save(self) -> None:
-        """Write back the columns each call's object changed (nothing for an unchanged call)."""
+        """Write back the columns each call's object changed (nothing for an unchanged call), then the
+        events appended since the last save."""
         now = utcnow()
         reindexed: list[Call] = []
         # Calls that changed the same columns share one executemany (a batch of webhooks mostly
@@ -162,6 +176,8 @@ class CallRows:
         rows = [row for call in reindexed for row in index_rows(call.id, call.created_at, call.call_metadata)]
         if rows:
             await self._execute(_INSERT_INDEX, rows)
+        events, self._events = self._events, []
+        await insert_events(self._session, events)
 
 
 def _copy(value: Any) -> Any:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased, selectinload
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent, append_events, append_events_to_locked, insert_events, list_events
+from service.calls.events import NewEvent, append_events, list_events
 from service.calls.metadata import METADATA_KEY, candidates
 from service.calls.redact import redact
 from service.calls.rows import CallRows
@@ -191,14 +191,14 @@ class CallService:
         vapi_call = await self._vapi.create_call(build_vapi_request(body, self._settings))
         async with self._db.write() as session:
             rows = CallRows(session)
-            call = (await rows.lock([vapi_call["id"]], origin="api"))[vapi_call["id"]]
+            call = await rows.lock_one(vapi_call["id"], origin="api")
             before = None if call.id in rows.created else call.status
             merge_vapi_call(call, vapi_call)
             call.origin = "api"
             call.customer = {**call.customer, **msgspec.to_builtins(body.customer)}
             call.customer_number = body.customer.number
             call.call_metadata = dict(body.metadata)
-            created = append_events_to_locked(call, [NewEvent("switchboard", "call.created", redact(vapi_call))])
+            rows.append(call, [NewEvent("switchboard", "call.created", redact(vapi_call))])
             await announce_status(session, call, before)
             # Lease it now: the listen session connects without waiting for a write of its own, so the
             # first seconds of audio are not lost behind other writes when many calls start at once.
@@ -206,7 +206,6 @@ class CallService:
             if listen_now:
                 self._supervisor.claim(call)
             await rows.save()
-            await insert_events(session, created)
         log.info("call placed", call_id=call.id, status=call.status)
         if listen_now:
             self._supervisor.ensure_listening(call.id, claimed=call)
@@ -265,14 +264,13 @@ class CallService:
         vapi_call = await self._vapi.get_call(call_id)
         async with self._db.write() as session:
             rows = CallRows(session)
-            call = (await rows.lock([call_id], origin="import"))[call_id]
+            call = await rows.lock_one(call_id, origin="import")
             before = call.status
             merge_vapi_call(call, vapi_call)
             await announce_status(session, call, None if call_id in rows.created else before)
-            reconciled = [NewEvent("switchboard", "call.reconciled", {"from": before, "to": call.status})]
-            events = append_events_to_locked(call, reconciled) if call.status != before else []
+            if call.status != before:
+                rows.append(call, [NewEvent("switchboard", "call.reconciled", {"from": before, "to": call.status})])
             await rows.save()
-            await insert_events(session, events)
             status = call.status
         if status == "ended":
             self._supervisor.call_ended(call_id)
@@ -288,15 +286,14 @@ class CallService:
             raise
         async with self._db.write() as session:
             rows = CallRows(session)
-            call = (await rows.lock([vapi_call["id"]], origin="import"))[vapi_call["id"]]
+            call = await rows.lock_one(vapi_call["id"], origin="import")
             created = call.id in rows.created
             before = None if created else call.status
             merge_vapi_call(call, vapi_call)
             await announce_status(session, call, before)
             kind = "call.imported" if created else "call.refreshed"
-            events = append_events_to_locked(call, [NewEvent("switchboard", kind, redact(vapi_call))])
+            rows.append(call, [NewEvent("switchboard", kind, redact(vapi_call))])
             await rows.save()
-            await insert_events(session, events)
         if call.listen_url and call_status.is_live(call.status):
             self._supervisor.ensure_listening(call.id)
         return await self.get_call(call.id)

@@ -87,15 +87,18 @@ def _inline_sqlite_creator(path: str) -> Callable[[], aiosqlite.Connection]:
     return lambda: _InlineConnection(connect, iter_chunk_size=64)
 
 
-def _is_file(url: str) -> bool:
-    """A SQLite URL naming a file (not an in-memory database)."""
-    return (make_url(url).database or "") not in ("", ":memory:")
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names; None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
-    inline = immediate and _is_file(url)
-    if inline:
-        database = make_url(url).database or ""
+    database = sqlite_file(url) if immediate else None  # writes to a file run inline (module docstring)
+    inline = database is not None
+    if database is not None:
         engine = create_async_engine(url, async_creator=_inline_sqlite_creator(database), **JSON_CODEC)
     else:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **JSON_CODEC)
@@ -140,9 +143,8 @@ def _checkpoint(path: str) -> None:
 
 def ensure_sqlite_directory(url: str) -> None:
     """Create the folder of a SQLite file so that the embedded default works on a fresh machine."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if (database := sqlite_file(url)) is not None:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 class Database:
@@ -162,10 +164,9 @@ class Database:
             self.read_engine = self.write_engine
         self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
-        self._inline_writes = self.is_sqlite and _is_file(url)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
-        database = make_url(url).database if self.is_sqlite else None
-        self._checkpoint_path = database if database not in (None, "", ":memory:") else None
+        # A SQLite file: its writes run inline on the loop (see _sqlite_engine), its WAL is checkpointed.
+        self._checkpoint_path = sqlite_file(url)
         self._checkpointed_at = 0.0
         self._checkpointing: asyncio.Task[None] | None = None
 
@@ -185,7 +186,7 @@ class Database:
         token = _in_write.set(True)
         try:
             async with self._write_lock:
-                if not self._inline_writes:
+                if self._checkpoint_path is None:  # in-memory SQLite: writes go through aiosqlite's thread
                     async with self._write_sessions() as session, session.begin():
                         yield session
                 else:

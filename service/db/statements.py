@@ -30,10 +30,9 @@ def insert_ignoring_conflicts(
     converted as the ORM would). With ``returning``, the statement returns that column of the inserted
     row, and no row when a conflicting one already existed.
     """
-    typed = [
-        table.c[name] for name in (*columns, *conflict, *([returning] if returning else []))
-    ]  # KeyError: no column
-    assert all(column.table is table for column in typed)  # only the table's own identifiers reach the text
+    # Only the table's own column names reach the text: ``table.c`` raises KeyError for any other.
+    named = [table.c[name] for name in (*columns, *conflict, *([returning] if returning else []))]
+    assert all(column.table is table for column in named)
     quoted = ", ".join(f'"{name}"' for name in columns)
     placeholders = ", ".join(f":{name}" for name in columns)
     target = ", ".join(f'"{name}"' for name in conflict)

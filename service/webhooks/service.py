@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent, append_events_to_locked, insert_events
+from service.calls.events import NewEvent
 from service.calls.redact import redact
 from service.calls.rows import CallRows
 from service.calls.tracking import announce_status, apply_status, merge_vapi_call, parse_timestamp
@@ -256,9 +256,8 @@ class WebhookService:
                 owners.append((outcome, len(call_events), len(new_events)))
                 call_events.extend(new_events)
                 outcomes.append(outcome)
-            numbered = {call_id: append_events_to_locked(calls[call_id], evs) for call_id, evs in events.items()}
+            numbered = {call_id: rows.append(calls[call_id], evs) for call_id, evs in events.items()}
             await rows.save()
-            await insert_events(session, [event for call_events in numbered.values() for event in call_events])
             for outcome, offset, count in owners:
                 assert outcome.call is not None
                 own = numbered[outcome.call.id][offset : offset + count]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from service.calls.events import transcript_key
+from service.calls.events import utterance_key
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -51,14 +51,9 @@ def upgrade() -> None:
         sa.select(events.c.id, events.c.payload).where(events.c.type == "transcript", events.c.call_id.in_(live))
     ).all()
     for row_id, payload in rows:
-        value = json.loads(payload) if isinstance(payload, str) else payload
-        if not isinstance(value, dict) or value.get("transcriptType") != "final":
-            continue
-        role, text = value.get("role"), value.get("transcript")
-        if isinstance(role, str) and isinstance(text, str):
-            connection.execute(
-                sa.update(events).where(events.c.id == row_id).values(utterance=transcript_key(role, text))
-            )
+        key = utterance_key("transcript", json.loads(payload) if isinstance(payload, str) else payload)
+        if key is not None:
+            connection.execute(sa.update(events).where(events.c.id == row_id).values(utterance=key))
 
 
 def downgrade() -> None:

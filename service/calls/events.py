@@ -37,8 +37,12 @@ def transcript_key(role: str, text: str) -> str:
 
 def utterance_of(event: NewEvent) -> str | None:
     """The :func:`transcript_key` of a final transcript (stored and indexed with it), else None."""
-    payload = event.payload
-    if event.type != "transcript" or not isinstance(payload, dict) or payload.get("transcriptType") != "final":
+    return utterance_key(event.type, event.payload)
+
+
+def utterance_key(kind: str, payload: Any) -> str | None:
+    """:func:`utterance_of` an event of type ``kind`` with this payload (also for stored rows)."""
+    if kind != "transcript" or not isinstance(payload, dict) or payload.get("transcriptType") != "final":
         return None
     role, text = payload.get("role"), payload.get("transcript")
     return transcript_key(role, text) if isinstance(role, str) and isinstance(text, str) else None

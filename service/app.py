@@ -17,8 +17,12 @@ from litestar.openapi.spec import Components, SecurityScheme
 from service import __version__
 from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
+from service.calls.announce import CallAnnouncer
+from service.calls.changes import CallChanges
+from service.calls.control import ControlChannel
 from service.calls.controllers import CallController
 from service.calls.service import CallService
+from service.calls.writer import CallWriter
 from service.console.controllers import CONSOLE_API, CONSOLE_PAGES  # console
 from service.db.engine import Database
 from service.deliveries.controllers import WebhookEndpointController  # outbound webhooks
@@ -29,9 +33,10 @@ from service.errors import EXCEPTION_HANDLERS
 from service.health.controllers import HealthController
 from service.idempotency.service import IdempotencyService
 from service.listen.controllers import live_listen
+from service.listen.journal import EventJournal
 from service.listen.leases import LeaseKeeper, replica_id
 from service.listen.relay import LiveRelay
-from service.listen.session import ListenConfig, ListenSession
+from service.listen.session import CallTarget, ListenConfig, ListenSession
 from service.listen.supervisor import ListenSupervisor
 from service.metrics import Metrics, MetricsController
 from service.openapi import document_problems
@@ -83,11 +88,19 @@ def create_app(
         public_key=settings.vapi_public_key.get_secret_value() if settings.vapi_public_key else None,
         timeout=settings.vapi_timeout_seconds,
     )
-    recordings = RecordingService(db, storage)
+    metrics = Metrics()
     api_keys = ApiKeyService(
         db, admin_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     )
-    metrics = Metrics()
+    # Calls: one writer; what it commits reaches the subscribers below, in this order.
+    changes = CallChanges()
+    writer = CallWriter(db, changes)
+    control = ControlChannel(db, vapi)
+    calls = CallService(db, writer, control, vapi, settings)
+    recordings = RecordingService(db, storage)
+    rule_engine = RuleEngine(db, control, metrics, file_rules=file_rules)
+    rules = RuleService(db, rule_engine)
+    journal = EventJournal(db, changes)
     listen_config = ListenConfig(
         sample_rate=settings.listen_sample_rate,
         channels=settings.listen_channels,
@@ -97,7 +110,7 @@ def create_app(
         read_interval=settings.listen_read_interval_ms / 1000,
     )
 
-    def new_session(call_id: str, relay: LiveRelay) -> ListenSession:
+    def new_session(call_id: str, relay: LiveRelay, target: CallTarget | None) -> ListenSession:
         return ListenSession(
             call_id,
             db=db,
@@ -107,20 +120,22 @@ def create_app(
             config=listen_config,
             metrics=metrics,
             relay=relay,
+            journal=journal,
             reconcile=calls.reconcile,
-            rules=rule_engine,  # rules
+            target=target,
         )
 
     supervisor = ListenSupervisor(
         new_session,
         leases=LeaseKeeper(db, owner=replica_id(), ttl_seconds=settings.listen_lease_seconds),
+        journal=journal,
         metrics=metrics,
         maintain_interval=settings.listen_lease_seconds / 3,
     )
-    calls = CallService(db, vapi, settings, supervisor)
-    rule_engine = RuleEngine(db, calls.inject, metrics, file_rules=file_rules)  # rules
-    rules = RuleService(db, rule_engine)  # rules
-    webhooks = WebhookService(db, supervisor, metrics, auth=WebhookAuth.from_settings(settings), rules=rule_engine)
+    changes.subscribe(CallAnnouncer())  # outbound webhooks, in the change's transaction
+    changes.subscribe(rule_engine)  # firings recorded with their milestones
+    changes.subscribe(supervisor)  # leases taken with the change; sessions started after the commit
+    webhooks = WebhookService(writer, metrics, auth=WebhookAuth.from_settings(settings))
     # Outbound webhooks: the worker owns its own HTTP client (receivers are untrusted; not Vapi's pool).
     deliveries = DeliveryWorker(
         db,

@@ -92,7 +92,7 @@ async def test_0005_backfills_call_metadata_and_downgrades(database_url: str) ->
         assert "ix_call_metadata" not in call_indexes
         db = Database(database_url)
         try:
-            service = CallService(db, cast(Any, None), cast(Any, None), cast(Any, None))
+            service = CallService(db, cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None))
             page, _ = await service.list_calls(CallFilters(metadata={"tier": "1", "vip": "true"}), limit=3, cursor=None)
         finally:
             await db.dispose()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import structlog
@@ -14,17 +13,16 @@ from sqlalchemy import ColumnElement, Select, and_, exists, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased, selectinload
 
-from service.calls import status as call_status
-from service.calls.events import NewEvent, append_events, list_events
+from service.calls.control import ControlChannel
+from service.calls.events import NewEvent, list_events
 from service.calls.metadata import METADATA_KEY, candidates
 from service.calls.redact import redact
-from service.calls.rows import CallRows
 from service.calls.schemas import CallCreate, ControlIn, SayIn
-from service.calls.tracking import announce_status, merge_vapi_call
+from service.calls.tracking import merge_vapi_call
+from service.calls.writer import CallWriter
 from service.db.engine import Database
-from service.db.models import Call, CallEvent, CallMetadata, Injection, utcnow
-from service.deliveries.outbox import enqueue
-from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
+from service.db.models import Call, CallEvent, CallMetadata, Injection
+from service.errors import InvalidInputError, NotFoundError, UpstreamError
 from service.pagination import (
     BAD_CURSOR,
     decode_cursor,
@@ -33,20 +31,13 @@ from service.pagination import (
     encode_newest_first,
 )
 from service.settings import Settings
-from service.vapi.client import ControlNotDeliveredError, VapiClient
+from service.vapi.client import VapiClient
 from service.vapi.messages import FINAL_TRANSCRIPTS, SWITCHBOARD_SERVER_MESSAGES
-
-if TYPE_CHECKING:
-    from service.listen.supervisor import ListenSupervisor
 
 log = structlog.get_logger(__name__)
 
 # What Switchboard itself needs to track calls and run rules (besides final transcripts).
 REQUIRED_SERVER_MESSAGES = ("status-update", "end-of-call-report", "speech-update", "hang")
-# First pause before retrying a control POST whose connection was refused (doubles per attempt).
-CONTROL_RETRY_SECONDS = 0.1
-# What the caller of ``inject`` records in the injection's transaction (rules: the firing's outcome).
-Journal = Callable[[AsyncSession, Injection], Awaitable[list[NewEvent]]]
 
 
 def build_vapi_request(body: CallCreate, settings: Settings) -> dict[str, Any]:
@@ -177,11 +168,14 @@ def metadata_filters(query_params: Mapping[str, str]) -> dict[str, str]:
 class CallService:
     """Everything the calls API does; controllers call exactly one method each."""
 
-    def __init__(self, db: Database, vapi: VapiClient, settings: Settings, supervisor: ListenSupervisor) -> None:
+    def __init__(
+        self, db: Database, writer: CallWriter, control: ControlChannel, vapi: VapiClient, settings: Settings
+    ) -> None:
         self._db = db
+        self._writer = writer
+        self._control = control
         self._vapi = vapi
         self._settings = settings
-        self._supervisor = supervisor
 
     async def place_call(self, body: CallCreate) -> Call:
         """Create the call at Vapi, then track it. Vapi failing means nothing is written here.
@@ -189,26 +183,17 @@ class CallService:
         Returns the call as this transaction committed it, without its recording (the listen session
         creates that after the commit; ``GET /v1/calls/{id}`` shows it)."""
         vapi_call = await self._vapi.create_call(build_vapi_request(body, self._settings))
-        async with self._db.write() as session:
-            rows = CallRows(session)
-            call = await rows.lock_one(vapi_call["id"], origin="api")
-            before = None if call.id in rows.created else call.status
+        async with self._writer.transaction() as unit:
+            call = await unit.lock_one(vapi_call["id"], origin="api")
+            before = unit.status_before(call)
             merge_vapi_call(call, vapi_call)
             call.origin = "api"
             call.customer = {**call.customer, **msgspec.to_builtins(body.customer)}
             call.customer_number = body.customer.number
             call.call_metadata = dict(body.metadata)
-            rows.append(call, [NewEvent("switchboard", "call.created", redact(vapi_call))])
-            await announce_status(session, call, before)
-            # Lease it now: the listen session connects without waiting for a write of its own, so the
-            # first seconds of audio are not lost behind other writes when many calls start at once.
-            listen_now = bool(call.listen_url) and call_status.is_live(call.status) and call.listen_owner is None
-            if listen_now:
-                self._supervisor.claim(call)
-            await rows.save()
+            events = [NewEvent("switchboard", "call.created", redact(vapi_call))]
+            unit.record(call, events, origin="api", previous_status=before)
         log.info("call placed", call_id=call.id, status=call.status)
-        if listen_now:
-            self._supervisor.ensure_listening(call.id, claimed=call)
         # The call as committed (no read back): a call placed a moment ago has no recording yet.
         return call
 
@@ -262,110 +247,43 @@ class CallService:
     async def reconcile(self, call_id: str) -> str:
         """Bring the stored call in line with Vapi's ``GET /call/{id}`` (webhooks can be lost); its status."""
         vapi_call = await self._vapi.get_call(call_id)
-        async with self._db.write() as session:
-            rows = CallRows(session)
-            call = await rows.lock_one(call_id, origin="import")
-            before = call.status
+        async with self._writer.transaction() as unit:
+            call = await unit.lock_one(call_id, origin="import")
+            before = unit.status_before(call)
+            stored_status = call.status
             merge_vapi_call(call, vapi_call)
-            await announce_status(session, call, None if call_id in rows.created else before)
-            if call.status != before:
-                rows.append(call, [NewEvent("switchboard", "call.reconciled", {"from": before, "to": call.status})])
-            await rows.save()
-            status = call.status
-        if status == "ended":
-            self._supervisor.call_ended(call_id)
-        return status
+            events = []
+            if call.status != stored_status:
+                events.append(NewEvent("switchboard", "call.reconciled", {"from": stored_status, "to": call.status}))
+            unit.record(call, events, origin="reconcile", previous_status=before)
+        return call.status
 
     async def import_call(self, vapi_call_id: str) -> Call:
-        """Track a call placed elsewhere: fetch it from Vapi and listen to it if it is live."""
+        """Track a call placed elsewhere: fetch it from Vapi (the listen supervisor, subscribed to call
+        changes, listens to it if it is live)."""
         try:
             vapi_call = await self._vapi.get_call(vapi_call_id)
         except UpstreamError as exc:
             if exc.extra.get("vapiStatus") == 404:
                 raise NotFoundError(f"Vapi has no call with id {vapi_call_id!r}") from None
             raise
-        async with self._db.write() as session:
-            rows = CallRows(session)
-            call = await rows.lock_one(vapi_call["id"], origin="import")
-            created = call.id in rows.created
-            before = None if created else call.status
+        async with self._writer.transaction() as unit:
+            call = await unit.lock_one(vapi_call["id"], origin="import")
+            before = unit.status_before(call)
             merge_vapi_call(call, vapi_call)
-            await announce_status(session, call, before)
-            kind = "call.imported" if created else "call.refreshed"
-            rows.append(call, [NewEvent("switchboard", kind, redact(vapi_call))])
-            await rows.save()
-        if call.listen_url and call_status.is_live(call.status):
-            self._supervisor.ensure_listening(call.id)
+            kind = "call.imported" if before is None else "call.refreshed"
+            unit.record(
+                call, [NewEvent("switchboard", kind, redact(vapi_call))], origin="import", previous_status=before
+            )
         return await self.get_call(call.id)
 
     async def say(self, call_id: str, body: SayIn) -> Injection:
         """Post a ``say`` to the live call and journal it; a refused POST is stored as ``failed``."""
-        return await self.inject(call_id, {"type": "say", **msgspec.to_builtins(body)}, origin="api")
+        return await self._control.send(call_id, {"type": "say", **msgspec.to_builtins(body)}, origin="api")
 
     async def control(self, call_id: str, body: ControlIn) -> Injection:
         """Any other control message (add-message, control, end-call, transfer, append-context)."""
-        return await self.inject(call_id, msgspec.to_builtins(body), origin="api")
-
-    async def inject(
-        self,
-        call_id: str,
-        message: dict[str, Any],
-        *,
-        origin: str,
-        attempts: int = 1,
-        journal: Journal | None = None,
-        call: Call | None = None,
-    ) -> Injection:
-        """POST a control message to the live call and journal it (``Injection`` + timeline event).
-
-        With ``attempts`` > 1 (rules), only a refused connection is retried, briefly: that request surely
-        did not arrive. Any other failure is final, because control messages are not idempotent.
-        ``journal`` (rules) records the caller's own outcome in the same transaction and returns the
-        timeline events to append with the injection's; ``call`` (rules) is the row the caller has just
-        read or committed, which saves a read on the latency-critical path.
-        """
-        if call is None or call.id != call_id:
-            async with self._db.read() as session:
-                call = await self._require_call(session, call_id)
-        if not call_status.is_live(call.status) or not call.control_url:
-            raise ConflictError(f"call {call_id!r} is not live (status {call.status}); nothing was sent")
-        error: str | None = None
-        for attempt in range(max(1, attempts)):  # retry of refused connections: added for rules
-            try:
-                await self._vapi.send_control(call.control_url, message, authenticated=call.control_auth)
-                error = None
-                break
-            except ControlNotDeliveredError as exc:
-                error = exc.detail
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(CONTROL_RETRY_SECONDS * 2**attempt)
-            except DomainError as exc:
-                error = exc.detail
-                break
-        async with self._db.write() as session:
-            injection = Injection(
-                call_id=call_id,
-                origin=origin,
-                type=message["type"],
-                body=message,
-                status="failed" if error else "sent",
-                sent_at=None if error else utcnow(),
-                error=error,
-            )
-            session.add(injection)
-            await session.flush()
-            event_type = "injection.failed" if error else "injection.sent"
-            payload = {"injectionId": str(injection.id), "message": message, "error": error}
-            events = [NewEvent("switchboard", event_type, payload)]
-            if journal is not None:  # rules: the firing's outcome, in the same transaction
-                events += await journal(session, injection)
-            await append_events(session, call_id, events)
-            if error:
-                await enqueue(session, "injection.failed", {"callId": call_id, "origin": origin, **payload})
-        log.info(
-            "control message sent" if not error else "control message failed", call_id=call_id, type=message["type"]
-        )
-        return injection
+        return await self._control.send(call_id, msgspec.to_builtins(body), origin="api")
 
     async def _require_call(self, session: AsyncSession, call_id: str) -> Call:
         call = await session.get(Call, call_id)

@@ -1,15 +1,17 @@
-"""Keeping the stored call in step with what Vapi says about it (its Call objects and webhooks)."""
+"""Keeping the stored call in step with what Vapi says about it (its Call objects and server messages).
+
+Pure functions on a :class:`~service.db.models.Call`; :class:`service.calls.writer.CallWriter` runs them
+inside its unit of work."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from service.calls import status as call_status
+from service.calls.events import NewEvent
+from service.calls.redact import redact
 from service.db.models import Call
-from service.deliveries.outbox import enqueue
 
 
 def parse_timestamp(value: Any) -> dt.datetime | None:
@@ -40,30 +42,6 @@ def _metadata(vapi_call: dict[str, Any]) -> dict[str, Any]:
         if isinstance(holder, dict) and isinstance(holder.get("metadata"), dict):
             return dict(holder["metadata"])
     return {}
-
-
-def call_summary(call: Call) -> dict[str, Any]:
-    """The call as outbound webhooks carry it (no monitor URLs: they are capabilities)."""
-    return {
-        "id": call.id,
-        "status": call.status,
-        "endedReason": call.ended_reason,
-        "assistantId": call.assistant_id,
-        "customer": call.customer or {},
-        "metadata": call.call_metadata or {},
-        "startedAt": call.started_at.isoformat() if call.started_at else None,
-        "endedAt": call.ended_at.isoformat() if call.ended_at else None,
-    }
-
-
-async def announce_status(session: AsyncSession, call: Call, before: str | None) -> None:
-    """Outbound webhooks for a call first seen or moved to another status, in the caller's transaction."""
-    if before is None:
-        await enqueue(session, "call.created", call_summary(call))
-    elif call.status != before:
-        await enqueue(session, "call.status_changed", {**call_summary(call), "previousStatus": before})
-    if call.status == "ended" and before != "ended":
-        await enqueue(session, "call.ended", call_summary(call))
 
 
 def merge_vapi_call(call: Call, vapi_call: dict[str, Any]) -> None:
@@ -109,3 +87,23 @@ def apply_status(call: Call, incoming: str, *, at: dt.datetime | None) -> bool:
     if new == "ended" and call.ended_at is None and at is not None:
         call.ended_at = at
     return True
+
+
+def apply_message(
+    call: Call, message: dict[str, Any], vapi_call: dict[str, Any], at: dt.datetime | None, key: str
+) -> list[NewEvent]:
+    """Apply one server message to its call; the timeline events it produces (``key``: its dedupe key)."""
+    kind: str = message["type"]
+    before = call.status
+    merge_vapi_call(call, vapi_call)
+    if kind == "status-update" and isinstance(message.get("status"), str):
+        apply_status(call, message["status"], at=at)
+    if kind in ("status-update", "end-of-call-report") and isinstance(message.get("endedReason"), str):
+        call.ended_reason = message["endedReason"]
+    if kind == "end-of-call-report":
+        apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
+        call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
+    events = [NewEvent("vapi", kind, redact(message), at, dedupe_key=key)]
+    if call.status != before:
+        events.append(NewEvent("switchboard", "call.status_changed", {"from": before, "to": call.status}, at))
+    return events

@@ -6,6 +6,9 @@ included. Sessions add events without waiting; one task writes whatever gathered
 in one transaction, calls in id order (the order the webhook writer locks them in, so the two cannot
 deadlock on PostgreSQL). Per call, events keep their order and get consecutive sequence numbers.
 
+Each transaction hands its events to the call-change subscribers (:mod:`service.calls.changes`, e.g.
+the rule engine's transcript milestones) as changes of origin ``listen``, without reading the calls.
+
 While the database is unavailable, events wait (at most ``PENDING_LIMIT`` per call, the oldest dropped)
 and are retried every ``RETRY_SECONDS``. A batch that fails for another reason is retried call by call,
 so one bad call cannot hold back the others.
@@ -15,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
 import structlog
 
+from service.calls.changes import CallChange, CallChanges
 from service.calls.events import NewEvent, StoredEvent, insert_events, number_events_of_calls
 from service.db.engine import Database
 
@@ -28,30 +31,26 @@ WINDOW_SECONDS = 0.2  # the delay a text frame's event may wait, for rules too
 RETRY_SECONDS = 1.0
 PENDING_LIMIT = 10_000
 
-Observer = Callable[[str, list[StoredEvent]], None]
-
 
 class EventJournal:
-    def __init__(self, db: Database, *, window: float = WINDOW_SECONDS) -> None:
+    def __init__(self, db: Database, changes: CallChanges, *, window: float = WINDOW_SECONDS) -> None:
         self._db = db
+        self._changes = changes
         self._window = window
         self._pending: dict[str, list[NewEvent]] = {}
         self._inflight: set[str] = set()
-        self._observers: dict[str, Observer] = {}
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
         self._pass_done: asyncio.Future[set[str]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    def add(self, call_id: str, event: NewEvent, observer: Observer | None = None) -> None:
-        """Queue ``event`` for the call's timeline; ``observer(call_id, rows)`` sees the committed rows."""
+    def add(self, call_id: str, event: NewEvent) -> None:
+        """Queue ``event`` for the call's timeline."""
         pending = self._pending.setdefault(call_id, [])
         pending.append(event)
         if len(pending) > PENDING_LIMIT:
             del pending[: len(pending) - PENDING_LIMIT]
-        if observer is not None:
-            self._observers[call_id] = observer
         self._wake.set()
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name="listen-journal")
@@ -119,7 +118,7 @@ class EventJournal:
     async def _write(self, batch: dict[str, list[NewEvent]]) -> set[str]:
         """Write ``batch`` in one transaction, else call by call; the ids whose events were not stored."""
         try:
-            rows = await self._transaction(batch)
+            await self._transaction(batch)
         except Exception as exc:
             if len(batch) == 1:
                 log.warning("listen events not stored", error=type(exc).__name__)
@@ -127,31 +126,23 @@ class EventJournal:
             failed: set[str] = set()
             for call_id, events in batch.items():
                 try:
-                    rows = await self._transaction({call_id: events})
+                    await self._transaction({call_id: events})
                 except Exception as exc_one:
                     log.warning("listen events not stored", call_id=call_id, error=type(exc_one).__name__)
                     failed.add(call_id)
-                else:
-                    self._observe(rows)
             return failed
-        self._observe(rows)
         return set()
 
-    async def _transaction(self, batch: dict[str, list[NewEvent]]) -> dict[str, list[StoredEvent]]:
+    async def _transaction(self, batch: dict[str, list[NewEvent]]) -> None:
+        """Store ``batch`` and stage its changes for the subscribers; after the commit, publish them."""
         async with self._db.write() as session:
-            rows = await number_events_of_calls(session, batch)
+            rows: dict[str, list[StoredEvent]] = await number_events_of_calls(session, batch)
             await insert_events(session, [row for call_rows in rows.values() for row in call_rows])
+            changes = [CallChange(call_id, "listen", call_rows) for call_id, call_rows in rows.items()]
+            after = await self._changes.stage(session, changes)
+        self._changes.committed(after)
         if missing := [call_id for call_id in batch if batch[call_id] and call_id not in rows]:
             log.warning("listen events dropped: their call is not stored", calls=missing)
-        return rows
-
-    def _observe(self, rows: dict[str, list[StoredEvent]]) -> None:
-        for call_id, call_rows in rows.items():
-            observer = self._observers.get(call_id)
-            if observer is not None:
-                observer(call_id, call_rows)
-            if call_id not in self._pending:
-                self._observers.pop(call_id, None)
 
     async def _write_now(self, call_id: str) -> bool:
         events = self._pending.pop(call_id, None)

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Collection
 
 from sqlalchemy import Select, bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
 from service.db.engine import Database
@@ -63,10 +64,19 @@ class LeaseKeeper:
         self.owner = owner
         self._ttl = dt.timedelta(seconds=ttl_seconds)
 
-    def claim(self, call: Call) -> None:
-        """Take the lease of a call this replica is storing right now, in the caller's transaction
-        (a call just placed here): its session then starts without a write of its own."""
-        call.listen_owner, call.listen_lease_until = self.owner, utcnow() + self._ttl
+    def held_elsewhere(self, call: Call) -> bool:
+        """Whether the loaded ``call`` is leased to another replica, and the lease has not expired."""
+        owner, until = call.listen_owner, call.listen_lease_until
+        return owner is not None and owner != self.owner and until is not None and until > utcnow()
+
+    async def claim(self, session: AsyncSession, call_id: str) -> bool:
+        """Take the call's lease in the caller's transaction (a call just stored or seen live), if it is
+        free, expired, or already ours: its session then starts without a write of its own."""
+        now = utcnow()
+        result = await session.execute(
+            _ACQUIRE, {"call_id": call_id, "owner": self.owner, "now": now, "until": now + self._ttl}
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def acquire(self, call_id: str) -> bool:
         """Take the call's lease if it is free, expired, or already ours."""

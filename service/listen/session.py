@@ -18,14 +18,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 from sqlalchemy import select
 from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidStatus
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent, StoredEvent
+from service.calls.events import NewEvent
 from service.db.engine import Database
 from service.db.models import Call
 from service.errors import database_unavailable
@@ -37,9 +37,6 @@ from service.metrics import Metrics
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage
 from service.vapi.client import VapiClient
-
-if TYPE_CHECKING:
-    from service.rules.engine import RuleEngine
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -120,11 +117,14 @@ class ListenSession:
         config: ListenConfig,
         metrics: Metrics,
         relay: LiveRelay,
+        journal: EventJournal,
         reconcile: Callable[[str], Awaitable[str | None]],
-        rules: RuleEngine | None = None,
+        target: CallTarget | None = None,
     ) -> None:
+        """``journal`` writes the session's timeline events (shared by every session); ``reconcile``
+        asks Vapi for the call's status and stores it; ``target``: what to connect to, when the caller
+        already has it (else the session reads the call first)."""
         self.call_id = call_id
-        self._rules = rules
         self._db = db
         self._storage = storage
         self._recordings = recordings
@@ -137,9 +137,8 @@ class ListenSession:
         self._stopping = asyncio.Event()
         self._answered = False
         self._storage_error: str | None = None
-        # The supervisor shares one journal between its sessions; a session on its own has its own.
-        self.journal = EventJournal(db)
-        self.target: CallTarget | None = None
+        self.journal = journal
+        self.target = target
         self._wakeup: asyncio.Future[None] | None = None
 
     def call_ended(self) -> None:
@@ -372,17 +371,13 @@ class ListenSession:
         """A text frame: journalled; a format announcement also updates the recording (returned)."""
         self._metrics.listen_text_frames.inc()
         event = text_frame_event(text)
-        self.journal.add(self.call_id, event, self._observe)
+        self.journal.add(self.call_id, event)
         fmt = announced_format(event.payload) if may_set_format else None
         return self._set_format(*fmt) if fmt else None
 
     async def _set_format(self, sample_rate: int, channels: int) -> None:
         if await self._recordings.set_format(self.call_id, sample_rate=sample_rate, channels=channels):
             log.info("listen socket announced its format", call_id=self.call_id, rate=sample_rate, channels=channels)
-
-    def _observe(self, call_id: str, rows: list[StoredEvent]) -> None:
-        if self._rules is not None:  # rules: committed text-frame events; queues work, never blocks
-            self._rules.observe(call_id, rows)
 
     async def _persist(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         """Recording bookkeeping that must reach the database: retried while it is unavailable."""
@@ -400,7 +395,7 @@ class ListenSession:
 
     def _journal(self, kind: str, payload: dict[str, Any]) -> None:
         """A Switchboard event on the call's timeline (written by the journal, in order with the rest)."""
-        self.journal.add(self.call_id, NewEvent("switchboard", kind, payload), self._observe)
+        self.journal.add(self.call_id, NewEvent("switchboard", kind, payload))
 
 
 class _Recorder:

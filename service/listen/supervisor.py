@@ -4,6 +4,10 @@ Modelled on aiojobs' scheduler and Litestar's channels plugin: spawn with a limi
 reach a handler (logged, journalled, counted), ``close()`` refuses new work, asks sessions to stop,
 waits within a timeout, cancels the rest and awaits everything.
 
+The supervisor subscribes to call changes (:mod:`service.calls.changes`): a call that becomes live
+with a listenUrl gets its lease in the transaction that stored the change, and its session starts
+once that committed; an answered or ended call is told to its session.
+
 With several replicas, a session runs only where the call's lease was taken (see ``leases``). A
 maintenance task renews the leases of running sessions, stops sessions whose lease was lost, and
 adopts live calls that nobody records (new calls first seen elsewhere, calls of a dead replica, calls
@@ -15,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from functools import partial
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
+from service.calls.changes import AfterCommit, CallChange
 from service.db.models import Call
 from service.listen.journal import EventJournal
 from service.listen.leases import LeaseKeeper
@@ -29,7 +36,8 @@ from service.tasks import finish
 
 log = structlog.get_logger(__name__)
 
-SessionFactory = Callable[[str, LiveRelay], ListenSession]
+# A new session for a call: its id, its live relay, and what to connect to when already known.
+SessionFactory = Callable[[str, LiveRelay, CallTarget | None], ListenSession]
 
 
 class ListenSupervisor:
@@ -38,6 +46,7 @@ class ListenSupervisor:
         session_factory: SessionFactory,
         *,
         leases: LeaseKeeper,
+        journal: EventJournal,
         metrics: Metrics,
         maintain_interval: float,
         limit: int = 1000,
@@ -52,7 +61,7 @@ class ListenSupervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._closing = False
-        self.journal = EventJournal(leases.db)  # one writer for every session's events
+        self._journal = journal  # one writer for every session's events, closed after them
         metrics.track_active_sessions(lambda: len(self._tasks))
 
     @property
@@ -68,15 +77,27 @@ class ListenSupervisor:
         await self._adopt_unowned()
         self._maintainer = asyncio.create_task(self._maintain(), name="listen-maintainer")
 
-    def claim(self, call: Call) -> None:
-        """Lease a call in the caller's transaction; once it committed, call ``ensure_listening(call.id,
-        claimed=call)``."""
-        self._leases.claim(call)
+    async def stage(self, session: AsyncSession, change: CallChange) -> AfterCommit | None:
+        """Call changes (subscribed): lease a call that needs a session here in the change's
+        transaction; after the commit, start its session or tell the running one what happened."""
+        call = change.call
+        if call is None:
+            return None
+        if call.status == "ended":
+            return partial(self.call_ended, call.id)
+        if not call.listen_url or not call_status.is_live(call.status):
+            return None
+        if call.id in self._tasks:
+            return partial(self.call_answered, call.id) if call.status in call_status.ANSWERED else None
+        if self._closing or len(self._tasks) >= self._limit or self._leases.held_elsewhere(call):
+            return None
+        claimed = await self._leases.claim(session, call.id)
+        return partial(self.ensure_listening, call.id, claimed=call) if claimed else None
 
     def ensure_listening(self, call_id: str, *, claimed: Call | None = None) -> None:
         """Start a session for the call unless one runs here (idempotent); it runs only under a lease.
 
-        ``claimed``: the call as committed with the lease taken by :meth:`claim`; the session connects
+        ``claimed``: the call as committed with its lease taken (:meth:`stage`); the session connects
         from it at once instead of reading the call back first (the first seconds of audio are at stake
         when many calls start)."""
         if self._closing or call_id in self._tasks:
@@ -108,8 +129,7 @@ class ListenSupervisor:
             if not acquired or self._closing:
                 return
             relay = LiveRelay()
-            session = self._session_factory(call_id, relay)
-            session.journal, session.target = self.journal, target
+            session = self._session_factory(call_id, relay, target)
             self._sessions[call_id], self._relays[call_id] = session, relay
             await session.run()
         except asyncio.CancelledError:
@@ -162,4 +182,4 @@ class ListenSupervisor:
             session.stop()
         if cancelled := await finish(list(self._tasks.values()), timeout):
             log.warning("listen sessions cancelled at shutdown", count=cancelled)
-        await self.journal.close()
+        await self._journal.close()

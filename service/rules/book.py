@@ -1,29 +1,10 @@
-"""The active rule set as the engine sees it: an immutable snapshot indexed by trigger milestone,
-and the calls-service hook the engine injects through."""
+"""The active rule set as the engine sees it: an immutable snapshot indexed by trigger milestone."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable
 
-from service.calls.service import Journal
-from service.db.models import Call, Injection
 from service.rules.schema import CompiledRule
-
-
-class Inject(Protocol):
-    """``CallService.inject``: POST a control message and journal it, with our firing in its transaction."""
-
-    def __call__(
-        self,
-        call_id: str,
-        message: dict[str, Any],
-        *,
-        origin: str,
-        attempts: int = 1,
-        journal: Journal | None = None,
-        call: Call | None = None,
-    ) -> Awaitable[Injection]: ...
 
 
 def triggers(rule: CompiledRule) -> tuple[str, ...]:

@@ -1,13 +1,15 @@
 """The rule engine: turns committed timeline events into firings, exactly once, on time.
 
-Two ways in. Webhooks (the hot path) call :meth:`RuleEngine.plan` inside the transaction that stores
-their events: conditions are evaluated there (CEL, one prepared context per occurrence shared by every
-rule) and the firing rows are inserted with the events, so a stored milestone never loses its firing
-and an immediate rule needs no transaction of its own before its control POST; after the commit,
-:meth:`RuleEngine.dispatch` hands the firings to the engine's worker. Listen-socket text frames are
-committed elsewhere and call :meth:`RuleEngine.observe` after their commit (synchronous, no I/O); the
-worker evaluates those and records each firing in its own transaction. Firing tasks are bounded by a
-semaphore and owned by the engine.
+The engine subscribes to call changes (:mod:`service.calls.changes`), two ways in. Changes that carry
+their call (webhooks: the hot path) are planned inside the transaction that stores their events
+(:meth:`RuleEngine.plan`): conditions are evaluated there (CEL, one prepared context per occurrence
+shared by every rule) and the firing rows are inserted with the events, so a stored milestone never
+loses its firing and an immediate rule needs no transaction of its own before its control POST; after
+the commit, :meth:`RuleEngine.dispatch` hands the firings to the engine's worker. Listen-socket text
+frames are committed without their call and reach :meth:`RuleEngine.observe` after their commit
+(synchronous, no I/O); the worker evaluates those and records each firing in its own transaction.
+A firing posts through the control channel, then records the injection and closes the firing in one
+transaction of its own. Firing tasks are bounded and owned by the engine.
 
 Timed firings (``delay``, ``call.elapsed``, ``user.silent``) wait as rows in ``rule_firing``; a timer
 task claims the due ones (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so they survive restarts and fire
@@ -28,6 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -35,13 +38,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
-from service.calls.events import NewEvent
+from service.calls.changes import AfterCommit, CallChange
+from service.calls.control import ControlChannel, record_injection
+from service.calls.events import NewEvent, append_events
 from service.db.engine import Database
-from service.db.models import Call, Injection, Rule, RuleFiring, utcnow
-from service.errors import ConflictError, NotFoundError
+from service.db.models import Call, Rule, RuleFiring, utcnow
+from service.errors import ConflictError
 from service.metrics import Metrics
 from service.rules import firings
-from service.rules.book import Inject, RuleBook
+from service.rules.book import RuleBook
 from service.rules.conditions import ConditionRuntimeError, make_context
 from service.rules.milestones import (
     EventLike,
@@ -113,7 +118,7 @@ class RuleEngine:
     def __init__(
         self,
         db: Database,
-        inject: Inject,
+        control: ControlChannel,
         metrics: Metrics,
         *,
         file_rules: Sequence[CompiledRule] = (),
@@ -123,7 +128,7 @@ class RuleEngine:
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._db = db
-        self._inject = inject
+        self._control = control
         self._metrics = metrics
         self._file_rules = tuple(file_rules)
         self._api_rules: dict[str, CompiledRule] = {}
@@ -218,6 +223,16 @@ class RuleEngine:
             return []
         wanted = self._book.by_trigger
         return [o for o in occurrences_from_events(call_id, events) if o.milestone in wanted]
+
+    async def stage(self, session: AsyncSession, change: CallChange) -> AfterCommit | None:
+        """Call changes (subscribed): plan the firings of a change that carries its call in its
+        transaction, dispatch them after the commit; observe the others after their commit."""
+        if self._closing or not self._book.by_trigger or not change.events:
+            return None
+        if change.call is None:
+            return partial(self.observe, change.call_id, change.events)
+        planned = await self.plan(session, change.call, change.events)
+        return partial(self.dispatch, planned) if planned is not None else None
 
     async def plan(self, session: AsyncSession, call: Call, events: Iterable[EventLike]) -> Planned | None:
         """Record the firings of ``events`` in the caller's write transaction, which also stores them.
@@ -385,30 +400,29 @@ class RuleEngine:
         observed: float | None,
         due_at: dt.datetime | None = None,
     ) -> None:
-        """Render, POST (through the calls service), and close the firing with its outcome."""
+        """Render, POST (through the control channel), and close the firing with its outcome, with the
+        injection, in one transaction."""
         call_id = call.id
         message, missing = rule.render(call_values, event)
         if missing:
             log.warning("template fields missing; rendered empty", rule=rule.name, call_id=call_id, fields=missing)
         base = {"rule": rule.name, "firingId": str(firing_id), "occurrence": key, "milestone": rule.milestone}
-
-        async def journal(session: AsyncSession, injection: Injection) -> list[NewEvent]:
-            fired = injection.status == "sent"
-            await firings.close_firing(
-                session,
-                firing_id,
-                status="fired" if fired else "failed",
-                injection_id=injection.id,
-                error=injection.error,
-            )
-            payload = {**base, "injectionId": str(injection.id), "type": message["type"], "error": injection.error}
-            return [NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)]
-
         try:
-            injection = await self._inject(
-                call_id, message, origin="rule", attempts=self._inject_attempts, journal=journal, call=call
-            )
-        except (ConflictError, NotFoundError) as exc:
+            posted = await self._control.post(call, message, attempts=self._inject_attempts)
+            async with self._db.write() as session:
+                injection, sent = await record_injection(session, posted, origin="rule")
+                fired = injection.status == "sent"
+                await firings.close_firing(
+                    session,
+                    firing_id,
+                    status="fired" if fired else "failed",
+                    injection_id=injection.id,
+                    error=injection.error,
+                )
+                payload = {**base, "injectionId": str(injection.id), "type": message["type"], "error": injection.error}
+                outcome = NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)
+                await append_events(session, call_id, [sent, outcome])
+        except ConflictError as exc:  # the call is not live (any more): nothing was sent
             await self._skip(firing_id, rule, call_id, exc.detail, base)
             return
         except Exception as exc:
@@ -423,7 +437,6 @@ class RuleEngine:
             self._metrics.rule_fire_seconds.observe(time.perf_counter() - observed)
         if due_at is not None:
             self._metrics.rule_lateness_seconds.observe(max(0.0, (self._clock() - due_at).total_seconds()))
-        fired = injection.status == "sent"
         if not fired:
             self._metrics.rule_failures.labels(reason="injection-failed").inc()
         self._metrics.rule_firings.labels(rule=rule.name, status="fired" if fired else "failed").inc()

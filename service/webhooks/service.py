@@ -9,7 +9,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import structlog
@@ -17,21 +17,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.calls import status as call_status
-from service.calls.events import NewEvent
-from service.calls.redact import redact
-from service.calls.rows import CallRows
-from service.calls.tracking import announce_status, apply_status, merge_vapi_call, parse_timestamp
-from service.db.engine import Database
-from service.db.models import Call, CallEvent
+from service.calls.tracking import apply_message, parse_timestamp
+from service.calls.writer import CallWriter
+from service.db.models import CallEvent
 from service.errors import AuthenticationError, DomainError, ServiceUnavailableError
 from service.metrics import Metrics
 from service.settings import Settings
 from service.webhooks.verify import authenticated
-
-if TYPE_CHECKING:
-    from service.listen.supervisor import ListenSupervisor
-    from service.rules.engine import Planned, RuleEngine
 
 log = structlog.get_logger(__name__)
 
@@ -104,14 +96,13 @@ class _Received:
     done: asyncio.Future[IngestResult]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Applied:
-    """What a stored message needs after the commit: notifications and its answer."""
+    """A message's answer, and what to log about its call after the commit."""
 
     result: IngestResult
-    call: Call | None = None
     created: bool = False
-    firings: Planned | None = None  # rule firings recorded with the events
+    status: str | None = None
 
 
 class WebhookService:
@@ -126,20 +117,10 @@ class WebhookService:
     so a bad message fails alone.
     """
 
-    def __init__(
-        self,
-        db: Database,
-        supervisor: ListenSupervisor,
-        metrics: Metrics,
-        *,
-        auth: WebhookAuth,
-        rules: RuleEngine | None = None,
-    ) -> None:
+    def __init__(self, calls: CallWriter, metrics: Metrics, *, auth: WebhookAuth) -> None:
         self._auth = auth
-        self._db = db
-        self._supervisor = supervisor
+        self._calls = calls
         self._metrics = metrics
-        self._rules = rules
         self._queue: asyncio.Queue[_Received] = asyncio.Queue(QUEUE_LIMIT)
         self._writer: asyncio.Task[None] | None = None
 
@@ -228,17 +209,14 @@ class WebhookService:
             return exc
 
     async def _apply(self, batch: list[_Received], *, look_up_duplicates: bool) -> list[_Applied]:
-        """Apply ``batch`` in order in one transaction."""
+        """Apply ``batch`` in order in one unit of work of the call writer."""
         outcomes: list[_Applied] = []
-        async with self._db.write() as session:
-            rows = CallRows(session)
-            calls = await rows.lock([item.vapi_call["id"] for item in batch], origin="webhook")
-            created = set(rows.created)
+        async with self._calls.transaction() as unit:
+            calls = await unit.lock([item.vapi_call["id"] for item in batch], origin="webhook")
             stored: dict[tuple[str, str], int] = {}
             if look_up_duplicates:
-                stored = await stored_dedupe_keys(session, [(item.vapi_call["id"], item.key) for item in batch])
-            events: dict[str, list[NewEvent]] = {}
-            owners: list[tuple[_Applied, int, int]] = []
+                pairs = [(item.vapi_call["id"], item.key) for item in batch]
+                stored = await stored_dedupe_keys(unit.session, pairs)
             for item in batch:
                 call = calls[item.vapi_call["id"]]
                 if (call.id, item.key) in stored:
@@ -246,60 +224,17 @@ class WebhookService:
                     outcomes.append(_Applied(IngestResult(stored=False, call_id=call.id, seq=seq, duplicate=True)))
                     continue
                 stored[(call.id, item.key)] = 0
-                first_sighting = call.id in created
-                created.discard(call.id)
-                before = call.status
-                new_events = apply_message(call, item.message, item.vapi_call, item.at, item.key)
-                await announce_status(session, call, None if first_sighting else before)
-                call_events = events.setdefault(call.id, [])
-                outcome = _Applied(IngestResult(stored=True, call_id=call.id), call=call, created=first_sighting)
-                owners.append((outcome, len(call_events), len(new_events)))
-                call_events.extend(new_events)
-                outcomes.append(outcome)
-            numbered = {call_id: rows.append(calls[call_id], evs) for call_id, evs in events.items()}
-            await rows.save()
-            for outcome, offset, count in owners:
-                assert outcome.call is not None
-                own = numbered[outcome.call.id][offset : offset + count]
-                outcome.result = IngestResult(stored=True, call_id=outcome.call.id, seq=own[0].seq)
-                if self._rules is not None:
-                    outcome.firings = await self._rules.plan(session, outcome.call, own)
+                before = unit.status_before(call)
+                events = apply_message(call, item.message, item.vapi_call, item.at, item.key)
+                change = unit.record(call, events, origin="webhook", previous_status=before)
+                result = IngestResult(stored=True, call_id=call.id, seq=change.events[0].seq)
+                outcomes.append(_Applied(result, created=change.first_sighting, status=call.status))
         return outcomes
 
-    def _after_commit(self, applied: _Applied) -> None:
-        call = applied.call
-        if call is None:
-            return
-        if self._rules is not None and applied.firings is not None:  # queues work, never blocks
-            self._rules.dispatch(applied.firings)
+    @staticmethod
+    def _after_commit(applied: _Applied) -> None:
         if applied.created:
-            log.info("call tracked from webhook", call_id=call.id, status=call.status)
-        if call.status == "ended":
-            self._supervisor.call_ended(call.id)
-        elif call.listen_url and call_status.is_live(call.status):
-            self._supervisor.ensure_listening(call.id)
-            if call.status in call_status.ANSWERED:
-                self._supervisor.call_answered(call.id)
-
-
-def apply_message(
-    call: Call, message: dict[str, Any], vapi_call: dict[str, Any], at: dt.datetime | None, key: str
-) -> list[NewEvent]:
-    """Apply one server message to its call; the timeline events it produces."""
-    kind: str = message["type"]
-    before = call.status
-    merge_vapi_call(call, vapi_call)
-    if kind == "status-update" and isinstance(message.get("status"), str):
-        apply_status(call, message["status"], at=at)
-    if kind in ("status-update", "end-of-call-report") and isinstance(message.get("endedReason"), str):
-        call.ended_reason = message["endedReason"]
-    if kind == "end-of-call-report":
-        apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
-        call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
-    events = [NewEvent("vapi", kind, redact(message), at, dedupe_key=key)]
-    if call.status != before:
-        events.append(NewEvent("switchboard", "call.status_changed", {"from": before, "to": call.status}, at))
-    return events
+            log.info("call tracked from webhook", call_id=applied.result.call_id, status=applied.status)
 
 
 async def stored_dedupe_keys(session: AsyncSession, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

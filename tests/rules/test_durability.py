@@ -7,14 +7,14 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from service.calls.control import ControlChannel
 from service.calls.events import NewEvent, append_events
-from service.calls.service import CallService
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, RuleFiring, utcnow
 from service.metrics import Metrics
@@ -23,7 +23,7 @@ from service.rules.engine import RuleEngine
 from service.rules.schema import CompiledRule, compile_rule
 from service.simulator import CallScript, SimulatorServer, VapiSimulator
 from service.vapi.client import VapiClient
-from tests.conftest import VAPI_KEY, make_settings
+from tests.conftest import VAPI_KEY
 from tests.harness import running_switchboard
 from tests.rules.conftest import firings as call_firings
 from tests.rules.conftest import says, wait_for_firings
@@ -58,8 +58,7 @@ def make_engine(
     db = Database(url)
     http = httpx.AsyncClient(transport=httpx.MockTransport(recorder.handle))
     vapi = VapiClient(http, base_url="http://vapi.test", api_key=None, public_key=None, timeout=5)
-    calls = CallService(db, vapi, make_settings(url), cast(Any, None))
-    engine = RuleEngine(db, calls.inject, Metrics(), file_rules=rules, poll_interval=poll_interval)
+    engine = RuleEngine(db, ControlChannel(db, vapi), Metrics(), file_rules=rules, poll_interval=poll_interval)
     return engine, db
 
 

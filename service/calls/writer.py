@@ -1,0 +1,88 @@
+"""The one writer of calls: a unit of work that locks calls, applies changes, appends their events,
+saves, and hands the changes to the subscribers (:mod:`service.calls.changes`).
+
+Every path that applies what Vapi says about a call — a batch of server messages, placing a call,
+importing one, reconciling one with ``GET /call/{id}`` — goes through :meth:`CallWriter.transaction`::
+
+    async with writer.transaction() as unit:
+        call = await unit.lock_one(call_id, origin="api")
+        before = unit.status_before(call)          # None for a call this transaction created
+        merge_vapi_call(call, vapi_call)           # pure: service.calls.tracking
+        unit.record(call, events, origin="api", previous_status=before)
+
+On leaving the block the calls and events are saved (:class:`~service.calls.rows.CallRows`), the
+subscribers stage their writes (outbox rows, firings, leases) in the same transaction, it commits, and
+their after-commit callbacks run. An exception rolls everything back and notifies nobody.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.calls.changes import AfterCommit, CallChange, CallChanges, Origin
+from service.calls.events import NewEvent
+from service.calls.rows import CallRows
+from service.db.engine import Database
+from service.db.models import Call
+
+
+class CallUnit:
+    """The calls of one write transaction (see the module docstring)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self._rows = CallRows(session)
+        self._unseen: set[str] = set()  # created here and not recorded yet: their first change is a sighting
+        self.changes: list[CallChange] = []
+
+    async def lock(self, call_ids: Iterable[str], *, origin: Origin) -> dict[str, Call]:
+        """The calls, locked for this transaction and created empty when not stored yet."""
+        known = set(self._rows.created)
+        calls = await self._rows.lock(call_ids, origin=origin)
+        self._unseen |= self._rows.created - known
+        return calls
+
+    async def lock_one(self, call_id: str, *, origin: Origin) -> Call:
+        return (await self.lock([call_id], origin=origin))[call_id]
+
+    def created(self, call: Call) -> bool:
+        """Whether this transaction stored the call for the first time."""
+        return call.id in self._rows.created
+
+    def status_before(self, call: Call) -> str | None:
+        """The call's status now, as the ``previous_status`` of the change about to be applied; None
+        while the call's first sighting (a call this transaction created) is not recorded yet."""
+        return None if call.id in self._unseen else call.status
+
+    def record(
+        self, call: Call, events: Sequence[NewEvent], *, origin: Origin, previous_status: str | None
+    ) -> CallChange:
+        """Number ``events`` after the call's last ones (saved at the end) and note the change."""
+        self._unseen.discard(call.id)
+        change = CallChange(call.id, origin, self._rows.append(call, events), call, previous_status)
+        self.changes.append(change)
+        return change
+
+    async def save(self) -> None:
+        await self._rows.save()
+
+
+class CallWriter:
+    """Opens :class:`CallUnit` transactions and publishes what they committed."""
+
+    def __init__(self, db: Database, changes: CallChanges) -> None:
+        self._db = db
+        self._changes = changes
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[CallUnit]:
+        after: list[AfterCommit]
+        async with self._db.write() as session:
+            unit = CallUnit(session)
+            yield unit
+            await unit.save()
+            after = await self._changes.stage(session, unit.changes)
+        self._changes.committed(after)

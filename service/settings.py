@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, PositiveFloat, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.deliveries.retry import DEFAULT_MAX_AGE_SECONDS, DEFAULT_RETRY_DELAYS
-
 STORAGE_SCHEMES = ("file", "memory", "s3")
+# Outbound webhooks: seconds before attempt 2, 3, …; the last step repeats until the maximum age runs out.
+DEFAULT_RETRY_DELAYS: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
+DEFAULT_MAX_AGE_SECONDS = 24 * 3600.0
 
 
 class ConfigurationError(ValueError):

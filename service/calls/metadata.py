@@ -23,9 +23,11 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from service.db.models import METADATA_VALUE_LENGTH
+
 # The keys a filter can name (``metadata.<key>``); metadata keys outside this get no row.
 METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
-MAX_VALUE = 200
+MAX_VALUE = METADATA_VALUE_LENGTH  # the column's length
 STRING, NUMBER = "s", "n"  # kinds; upper case: the value is the SHA-256 of a longer one
 
 

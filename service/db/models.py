@@ -22,15 +22,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    delete,
-    event,
-    insert,
     text,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import Mapped, Session, UOWTransaction, attributes, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.calls.metadata import MAX_VALUE, index_rows
+# Longest metadata value stored as is in ``call_metadata.value`` (longer ones are stored as a digest).
+METADATA_VALUE_LENGTH = 200
 
 
 def utcnow() -> dt.datetime:
@@ -89,43 +87,18 @@ class Call(TimestampedMixin, DefaultBase):
 class CallMetadata(DefaultBase):
     """The index of ``metadata.<key>=<value>`` filters: one row per top-level scalar of a call's metadata.
 
-    Kept in step with ``Call.call_metadata`` by a flush hook (below), whatever path writes it; the
-    encoding is ``service.calls.metadata``. ``created_at`` is the call's: a filter is one range of
+    Written only by :class:`service.calls.rows.CallRows`, with the call's metadata; the encoding is
+    ``service.calls.metadata``. ``created_at`` is the call's: a filter is one range of
     ``ix_call_metadata_key_value``, already newest first.
     """
 
     call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
-    value: Mapped[str] = mapped_column(String(MAX_VALUE))
+    value: Mapped[str] = mapped_column(String(METADATA_VALUE_LENGTH))
     kind: Mapped[str] = mapped_column(String(1))
     created_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True))
 
     __table_args__ = (Index("ix_call_metadata_key_value", "key", "value", "created_at", "call_id"),)
-
-
-def _metadata_changed(call: Call, *, new: bool) -> bool:
-    if new:
-        return bool(call.call_metadata)
-    history = attributes.get_history(call, "call_metadata")
-    if not history.added:
-        return False
-    # merge_vapi_call assigns an equal dict to most calls: not a change (SQLAlchemy writes no UPDATE either).
-    return not history.deleted or history.deleted[0] != history.added[0]
-
-
-@event.listens_for(Session, "after_flush")
-def _sync_call_metadata(session: Session, _flush: UOWTransaction) -> None:
-    """Rewrite the ``call_metadata`` rows of every call whose metadata this flush inserted or changed."""
-    created = [obj for obj in session.new if isinstance(obj, Call) and _metadata_changed(obj, new=True)]
-    updated = [obj for obj in session.dirty if isinstance(obj, Call) and _metadata_changed(obj, new=False)]
-    if not created and not updated:
-        return
-    connection = session.connection()
-    if updated:
-        connection.execute(delete(CallMetadata).where(CallMetadata.call_id.in_([call.id for call in updated])))
-    rows = [row for call in created + updated for row in index_rows(call.id, call.created_at, call.call_metadata)]
-    if rows:
-        connection.execute(insert(CallMetadata), rows)
 
 
 class CallEvent(BigIntBase):

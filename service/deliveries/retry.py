@@ -15,9 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-# Seconds before attempt 2, 3, …; the last step repeats until ``max_age`` runs out.
-DEFAULT_RETRY_DELAYS: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
-DEFAULT_MAX_AGE_SECONDS = 24 * 3600.0
+from service.settings import DEFAULT_MAX_AGE_SECONDS, DEFAULT_RETRY_DELAYS
 
 
 @dataclass(frozen=True, slots=True)

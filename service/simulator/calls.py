@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 from service.simulator.audio import FrameSource, call_tag
 from service.simulator.script import CallScript
 from service.vapi import messages as vapi_messages
-
-if TYPE_CHECKING:
-    from service.simulator.listen import ListenConnection
 
 DEFAULT_SERVER_MESSAGES: frozenset[str] = frozenset(vapi_messages.DEFAULT_SERVER_MESSAGES)
 """Vapi's default ``serverMessages`` subscription (no ``transcript``)."""
@@ -24,6 +22,26 @@ DEFAULT_SERVER_TIMEOUT_SECONDS = 20.0
 COST_PER_MINUTE = 0.05
 TWILIO_ACCOUNT_SID = "AC" + "51" * 16
 """The (fake) Twilio account the simulator's phone number belongs to."""
+
+
+StopReason = Literal["ended", "drop", "client", "shutdown"]
+
+
+class ListenConnection(Protocol):
+    """An accepted listen socket of a call, as the call runner drives it (``listen.ListenConnection``)."""
+
+    @property
+    def finished(self) -> asyncio.Event:
+        """Set when the socket has closed."""
+        ...
+
+    def push_text(self, text: str) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def stop(self, reason: StopReason) -> None: ...
+
+    def drop(self, *, after_frames: int = 0, close_code: int | None = None) -> None: ...
 
 
 def iso(moment: datetime) -> str:

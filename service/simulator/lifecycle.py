@@ -16,16 +16,14 @@ import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.simulator.audio import FRAME_SECONDS
 from service.simulator.calls import SimCall, epoch_ms, now_utc
 from service.simulator.listen import event_text
 from service.simulator.script import Role, Utterance, speech_seconds
 from service.simulator.webhooks import WebhookSender
-
-if TYPE_CHECKING:
-    from service.simulator.simulator import VapiSimulator
+from service.simulator.world import Paced
 
 Handler = Callable[[], Awaitable[None]]
 
@@ -62,7 +60,7 @@ def _partial_text(text: str) -> str:
 class CallRunner:
     """Runs one call's timeline until it ends."""
 
-    def __init__(self, sim: VapiSimulator, call: SimCall, webhooks: WebhookSender) -> None:
+    def __init__(self, sim: Paced, call: SimCall, webhooks: WebhookSender) -> None:
         self._sim = sim
         self.call = call
         self.webhooks = webhooks

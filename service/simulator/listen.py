@@ -14,22 +14,18 @@ import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from service.simulator.audio import FRAME_SECONDS
-from service.simulator.calls import SimCall
+from service.simulator.calls import SimCall, StopReason
 from service.simulator.log import ListenRecord
-
-if TYPE_CHECKING:
-    from service.simulator.simulator import VapiSimulator
+from service.simulator.world import ListenWorld
 
 # Plain ASGI callables: this endpoint speaks raw ASGI (see the module docstring).
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-StopReason = Literal["ended", "drop", "client", "shutdown"]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -61,7 +57,7 @@ async def _deny(scope: Scope, send: Send, status: int, message: str) -> None:
 class ListenConnection:
     """One accepted listen socket of a call."""
 
-    def __init__(self, sim: VapiSimulator, call: SimCall, send: Send, record: ListenRecord) -> None:
+    def __init__(self, sim: ListenWorld, call: SimCall, send: Send, record: ListenRecord) -> None:
         self._sim = sim
         self.call = call
         self._send = send
@@ -214,7 +210,7 @@ class ListenConnection:
 class ListenEndpoint:
     """Raw ASGI app for ``/{callId}/listen`` (and the legacy ``/{callId}/transport``)."""
 
-    def __init__(self, sim: VapiSimulator) -> None:
+    def __init__(self, sim: ListenWorld) -> None:
         self._sim = sim
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal, Self
 
 import uvicorn
 
+from service.simulator.app import build_app
 from service.simulator.simulator import VapiSimulator
 
 
@@ -134,7 +135,7 @@ class SimulatorServer:
 
     def __init__(self, sim: VapiSimulator | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sim = sim if sim is not None else VapiSimulator()
-        self._server = LoopbackServer(self.sim.app, host=host, port=port)
+        self._server = LoopbackServer(build_app(self.sim), host=host, port=port)
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -193,6 +194,6 @@ def run_simulator(
     # A wildcard address is no URL to give clients: then monitor URLs follow each request's Host header.
     sim.base_url = None if host in ("0.0.0.0", "::") else base_url  # noqa: S104 - a comparison, not a bind
     print(f"Vapi simulator listening on {base_url}", file=sys.stderr, flush=True)
-    server = uvicorn.Server(_config(sim.app, lifespan="on", log_level=log_level))
+    server = uvicorn.Server(_config(build_app(sim), lifespan="on", log_level=log_level))
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])

@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 import msgspec
@@ -22,9 +22,6 @@ from service.simulator.script import CallScript
 from service.simulator.tasks import TaskOwner
 from service.simulator.webhooks import WebhookSender
 
-if TYPE_CHECKING:
-    from litestar import Litestar
-
 T = TypeVar("T")
 
 DEFAULT_WAIT = 10.0
@@ -35,7 +32,8 @@ SHUTDOWN_LISTEN_TIMEOUT = 2.0
 class VapiSimulator:
     """A loopback imitation of Vapi: REST calls, listen sockets, control URLs, scripted server messages.
 
-    Serve ``.app`` (ASGI) with ``SimulatorServer`` (in-process) or ``run_simulator`` (CLI). ``pace`` scales
+    Serve it with ``SimulatorServer`` (in-process) or ``run_simulator`` (CLI), which build its ASGI app
+    (``app.build_app``). ``pace`` scales
     every scripted duration (pace=10: ten times faster than real time); fault durations stay real time.
     """
 
@@ -88,18 +86,8 @@ class VapiSimulator:
         self._changed = asyncio.Event()
         self._started = False
         self._closing = False
-        self._app: Litestar | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
-
-    @property
-    def app(self) -> Litestar:
-        """The ASGI application (built on first use)."""
-        if self._app is None:
-            from service.simulator.app import build_app  # the app module imports this one
-
-            self._app = build_app(self)
-        return self._app
 
     @property
     def closing(self) -> bool:

@@ -19,7 +19,10 @@ from tests.conftest import statements_sent
 async def db(database_url: str) -> AsyncIterator[Database]:
     database = Database(database_url)
     async with database.write() as session:
-        session.add(Call(id="known", status="ringing", customer={"name": "Ada"}, call_metadata={"crmId": "c-1"}))
+        rows = CallRows(session)
+        known = await rows.lock_one("known", origin="webhook")
+        known.status, known.customer, known.call_metadata = "ringing", {"name": "Ada"}, {"crmId": "c-1"}
+        await rows.save()
     yield database
     await database.dispose()
 

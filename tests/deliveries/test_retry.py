@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.deliveries.retry import DEFAULT_RETRY_DELAYS, RetryPolicy, parse_retry_after
+from service.deliveries.retry import RetryPolicy, parse_retry_after
+from service.settings import DEFAULT_RETRY_DELAYS
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 

@@ -49,6 +49,7 @@ from service.rules.files import load_rules_file  # rules
 from service.rules.schema import RuleSetError  # rules
 from service.rules.service import RuleService  # rules
 from service.settings import ConfigurationError, Settings
+from service.tasks import Background
 from service.vapi.client import VapiClient
 from service.webhooks.controllers import VapiWebhookController
 from service.webhooks.service import WebhookAuth, WebhookService
@@ -153,11 +154,12 @@ def create_app(
                 "NO WEBHOOK SECRET CONFIGURED: anyone who can reach /webhooks/vapi can forge call events; "
                 "set SWITCHBOARD_WEBHOOK_SECRET"
             )
-        await rule_engine.start()  # rules: before listen sessions, whose events it observes
         await idempotency.purge_expired()  # keys older than 24 h
-        await webhooks.start()
-        await supervisor.start()
-        await deliveries.start()  # outbound webhooks
+        # Consumers before producers; closed in reverse, so that what producers hand over at the end
+        # (a webhook's firings, a session's last events) still finds its consumer running.
+        background: list[Background] = [deliveries, rule_engine, supervisor, webhooks]
+        for part in background:
+            await part.start()
         log.info(
             "switchboard started",
             listen_sessions=supervisor.active,
@@ -166,10 +168,8 @@ def create_app(
         try:
             yield
         finally:
-            await webhooks.close()
-            await supervisor.close(settings.shutdown_timeout_seconds)
-            await rule_engine.close(settings.shutdown_timeout_seconds)  # rules
-            await deliveries.close(settings.shutdown_timeout_seconds)  # outbound webhooks
+            for part in reversed(background):
+                await part.close(settings.shutdown_timeout_seconds)
             if owns_http_client:
                 await http.aclose()
             await storage.close()

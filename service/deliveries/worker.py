@@ -31,7 +31,7 @@ from service.deliveries.retry import RetryPolicy
 from service.deliveries.sender import AttemptResult, ClaimedDelivery, WebhookSender, webhook_client
 from service.deliveries.urls import Resolver, resolve_host
 from service.metrics import Metrics
-from service.tasks import finish
+from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
 
@@ -71,27 +71,27 @@ class DeliveryWorker:
             clock=clock,
         )
         self.policy = policy or RetryPolicy()
-        self._concurrency = concurrency
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._lease = lease
         self._clock = clock
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._claimer = TaskOwner("webhook-deliveries")  # the claim loop
+        # One task per attempt; each that ends frees a slot, so the claim loop looks again.
+        self._attempts = TaskOwner("webhook-delivery", limit=concurrency, on_done=self._wake.set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._closing = False
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return len(self._attempts)
 
     async def start(self) -> None:
         """Start the claim loop; events enqueued in this process wake it as soon as they commit."""
         self._loop = asyncio.get_running_loop()
         self._unsubscribe = subscribe_wakeups(self.wake)
-        self._loop_task = asyncio.create_task(self._run(), name="webhook-deliveries")
+        self._claimer.spawn(self._run(), name="claim")
 
     def wake(self) -> None:
         """Look for due deliveries now rather than at the next poll. Safe from any thread (an
@@ -118,9 +118,8 @@ class DeliveryWorker:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._wake.set()
-        if self._loop_task is not None:
-            await finish([self._loop_task], timeout)
-        if cancelled := await finish(list(self._tasks), timeout):
+        await self._claimer.close(timeout)
+        if cancelled := await self._attempts.close(timeout):
             log.warning("webhook deliveries cancelled at shutdown", count=cancelled)
         if self._owns_http:
             await self._http.aclose()
@@ -130,7 +129,7 @@ class DeliveryWorker:
             # Cleared before looking, so a commit that lands while we look still wakes the next wait.
             self._wake.clear()
             wait = self._poll_interval
-            free = self._concurrency - len(self._tasks)
+            free = self._attempts.free or 0
             if free > 0:
                 try:
                     now = self._clock()
@@ -150,13 +149,7 @@ class DeliveryWorker:
                     await self._wake.wait()
 
     def _spawn(self, delivery: ClaimedDelivery) -> None:
-        task = asyncio.create_task(self._deliver(delivery), name=f"webhook-delivery:{delivery.delivery_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._wake.set()  # a slot is free
+        self._attempts.spawn(self._deliver(delivery), name=str(delivery.delivery_id))
 
     async def _next_due_at(self) -> dt.datetime | None:
         """The earliest ``next_attempt_at`` of a pending delivery: a read, so an idle SQLite database is

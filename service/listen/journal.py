@@ -24,6 +24,7 @@ import structlog
 from service.calls.changes import CallChange, CallChanges
 from service.calls.events import NewEvent, StoredEvent, insert_events, number_events_of_calls
 from service.db.engine import Database
+from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +43,7 @@ class EventJournal:
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
         self._pass_done: asyncio.Future[set[str]] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._writer = TaskOwner("listen-journal")  # one writer task, started by the first event
         self._closed = False
 
     def add(self, call_id: str, event: NewEvent) -> None:
@@ -52,8 +53,8 @@ class EventJournal:
         if len(pending) > PENDING_LIMIT:
             del pending[: len(pending) - PENDING_LIMIT]
         self._wake.set()
-        if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._run(), name="listen-journal")
+        if not self._writer and not self._closed:
+            self._writer.spawn(self._run(), name="writer", key="writer")
 
     def pending(self, call_id: str) -> int:
         return len(self._pending.get(call_id, ())) + (call_id in self._inflight)
@@ -61,7 +62,7 @@ class EventJournal:
     async def flush(self, call_id: str) -> bool:
         """Write the call's queued events now; True when they are stored (False: the attempt failed)."""
         while call_id in self._pending or call_id in self._inflight:
-            if self._task is None or self._task.done():
+            if "writer" not in self._writer:
                 return await self._write_now(call_id)
             self._urgent.set()
             self._wake.set()
@@ -73,10 +74,7 @@ class EventJournal:
     async def close(self) -> None:
         """One last attempt for everything queued, then stop."""
         self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._writer.close()
         self._inflight.clear()
         for call_id in list(self._pending):
             await self._write_now(call_id)

@@ -16,7 +16,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -36,6 +36,7 @@ from service.listen.writer import RecordingWriter
 from service.metrics import Metrics
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage
+from service.tasks import TaskOwner
 from service.vapi.client import VapiClient
 
 log = structlog.get_logger(__name__)
@@ -367,7 +368,7 @@ class ListenSession:
         self._wakeup = None
         return False
 
-    def _on_text(self, text: str, may_set_format: bool) -> Awaitable[None] | None:
+    def _on_text(self, text: str, may_set_format: bool) -> Coroutine[Any, Any, None] | None:
         """A text frame: journalled; a format announcement also updates the recording (returned)."""
         self._metrics.listen_text_frames.inc()
         event = text_frame_event(text)
@@ -408,7 +409,7 @@ class _Recorder:
         self._writer = writer
         self._append = writer.append
         self._relay = session._relay
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner("listen-format")
         self.may_set_format = may_set_format
         self.texts = 0
 
@@ -422,13 +423,10 @@ class _Recorder:
         may_set_format = self.may_set_format and self._writer.received == 0
         work = self._session._on_text(text, may_set_format)
         if work is not None:
-            task: asyncio.Task[None] = asyncio.ensure_future(work)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(work, name=self._session.call_id)
         if self._relay:
             self._relay.publish(text)
 
     async def settle(self) -> None:
         """Wait for the work text frames started (a format announcement's update)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.wait()

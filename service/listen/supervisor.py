@@ -32,7 +32,7 @@ from service.listen.leases import LeaseKeeper
 from service.listen.relay import LiveRelay
 from service.listen.session import CallTarget, ListenSession
 from service.metrics import Metrics
-from service.tasks import finish
+from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +58,8 @@ class ListenSupervisor:
         self._limit = limit
         self._sessions: dict[str, ListenSession] = {}
         self._relays: dict[str, LiveRelay] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._maintainer: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("listen", limit=limit)  # one session task per call, keyed by call id
+        self._maintainer = TaskOwner("listen-leases")
         self._closing = False
         self._journal = journal  # one writer for every session's events, closed after them
         metrics.track_active_sessions(lambda: len(self._tasks))
@@ -75,7 +75,7 @@ class ListenSupervisor:
     async def start(self) -> None:
         """Adopt calls left live (restart) and keep leases renewed from now on."""
         await self._adopt_unowned()
-        self._maintainer = asyncio.create_task(self._maintain(), name="listen-maintainer")
+        self._maintainer.spawn(self._maintain(), name="maintain")
 
     async def stage(self, session: AsyncSession, change: CallChange) -> AfterCommit | None:
         """Call changes (subscribed): lease a call that needs a session here in the change's
@@ -89,7 +89,7 @@ class ListenSupervisor:
             return None
         if call.id in self._tasks:
             return partial(self.call_answered, call.id) if call.status in call_status.ANSWERED else None
-        if self._closing or len(self._tasks) >= self._limit or self._leases.held_elsewhere(call):
+        if self._closing or not self._tasks.free or self._leases.held_elsewhere(call):
             return None
         claimed = await self._leases.claim(session, call.id)
         return partial(self.ensure_listening, call.id, claimed=call) if claimed else None
@@ -102,7 +102,7 @@ class ListenSupervisor:
         when many calls start)."""
         if self._closing or call_id in self._tasks:
             return
-        if len(self._tasks) >= self._limit:
+        if not self._tasks.free:
             log.error("listen session limit reached; call left to other replicas", call_id=call_id, limit=self._limit)
             return
         target = None
@@ -110,7 +110,7 @@ class ListenSupervisor:
             answered = claimed.status in call_status.ANSWERED
             target = CallTarget(claimed.listen_url, bool(claimed.listen_auth), answered)
         leased = claimed is not None
-        self._tasks[call_id] = asyncio.create_task(self._run(call_id, leased, target), name=f"listen:{call_id}")
+        self._tasks.spawn(self._run(call_id, leased, target), name=call_id, key=call_id)
 
     def call_answered(self, call_id: str) -> None:
         session = self._sessions.get(call_id)
@@ -143,7 +143,6 @@ class ListenSupervisor:
             if relay_ is not None:
                 self._metrics.fanout_dropped.inc(relay_.dropped)
                 relay_.close()
-            self._tasks.pop(call_id, None)
             if acquired:
                 with contextlib.suppress(Exception):  # an expired lease frees the call anyway
                     await self._leases.release(call_id)
@@ -175,11 +174,9 @@ class ListenSupervisor:
     async def close(self, timeout: float) -> None:
         """Stop accepting, ask every session to stop (handing calls over), wait, cancel the rest."""
         self._closing = True
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            await asyncio.gather(self._maintainer, return_exceptions=True)
+        await self._maintainer.close()
         for session in list(self._sessions.values()):
             session.stop()
-        if cancelled := await finish(list(self._tasks.values()), timeout):
+        if cancelled := await self._tasks.close(timeout):
             log.warning("listen sessions cancelled at shutdown", count=cancelled)
         await self._journal.close()

@@ -28,7 +28,7 @@ import heapq
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -58,7 +58,7 @@ from service.rules.milestones import (
     occurrences_from_events,
 )
 from service.rules.schema import CompiledRule, RuleSetError, compile_rule
-from service.tasks import finish
+from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
 
@@ -135,13 +135,11 @@ class RuleEngine:
         self._book = RuleBook(self._file_rules)
         self._fingerprint: tuple[int, dt.datetime | None] | None = None
         self._poll_interval = poll_interval
-        self._slots = asyncio.Semaphore(concurrency)
         self._inject_attempts = inject_attempts
         self._clock = clock
         self._queue: asyncio.Queue[_Batch | Planned] = asyncio.Queue(maxsize=QUEUE_LIMIT)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._worker: asyncio.Task[None] | None = None
-        self._timer: asyncio.Task[None] | None = None
+        self._loops = TaskOwner("rules")  # the worker and the timer
+        self._firings = TaskOwner("rule", limit=concurrency)  # one task per firing being delivered
         self._wake = asyncio.Event()
         self._dues: list[dt.datetime] = []  # heap: due times this replica scheduled, not yet passed
         self._closing = False
@@ -182,39 +180,19 @@ class RuleEngine:
 
     async def start(self) -> None:
         await self.refresh()
-        self._worker = asyncio.create_task(self._work(), name="rules-worker")
-        self._timer = asyncio.create_task(self._tick(), name="rules-timer")
+        self._loops.spawn(self._work(), name="worker")
+        self._loops.spawn(self._tick(), name="timer")
 
     async def close(self, timeout: float) -> None:
         """Refuse new work, stop the worker and the timer, let firing tasks finish, cancel the rest."""
         self._closing = True
-        for task in (self._worker, self._timer):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in (self._worker, self._timer) if t is not None), return_exceptions=True)
-        if cancelled := await finish(list(self._tasks), timeout):
+        await self._loops.close()
+        if cancelled := await self._firings.close(timeout):
             log.warning("rule firings cancelled at shutdown", count=cancelled)
 
-    async def _spawn(self, work: Awaitable[None], name: str) -> None:
+    async def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``work`` as an owned task; waits for a free slot (backpressure on the worker and timer)."""
-        await self._slots.acquire()
-        task = asyncio.create_task(self._guard(work, name), name=name)
-        self._tasks.add(task)
-
-        def done(finished: asyncio.Task[None]) -> None:
-            self._tasks.discard(finished)
-            self._slots.release()
-
-        task.add_done_callback(done)
-
-    @staticmethod
-    async def _guard(work: Awaitable[None], name: str) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("rule task failed", task=name)
+        await self._firings.spawn_when_free(work, name=name)
 
     # -- observing -----------------------------------------------------------------------------------
 

@@ -19,8 +19,8 @@ from service.simulator.faults import ANY_CALL, ControlFault, ListenFault, RestFa
 from service.simulator.lifecycle import END_CALL_REASON, CallRunner
 from service.simulator.log import ListenRecord, SimulatorLog
 from service.simulator.script import CallScript
-from service.simulator.tasks import TaskOwner
 from service.simulator.webhooks import WebhookSender
+from service.tasks import TaskOwner
 
 T = TypeVar("T")
 
@@ -107,7 +107,7 @@ class VapiSimulator:
         if self._closing:
             return
         self._closing = True
-        await self._runner_tasks.aclose()
+        await self._runner_tasks.close()
         connections = [conn for call in self.calls.values() for conn in call.connections]
         for connection in connections:
             connection.stop("shutdown")
@@ -117,7 +117,7 @@ class VapiSimulator:
                     await connection.finished.wait()
         for sender in self._senders.values():
             sender.close()
-        await self._sender_tasks.aclose(grace=self.webhook_grace)
+        await self._sender_tasks.close(grace=self.webhook_grace)
         if self._client is not None and self._given_client is None:
             await self._client.aclose()
             self._client = None

@@ -127,13 +127,14 @@ class WebhookService:
     async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_batches(), name="webhook-writer")
 
-    async def close(self) -> None:
-        """Answer what is queued, then stop the writer (requests still arriving get 503)."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Answer what is queued (within ``timeout``), then stop the writer (requests still arriving
+        get 503)."""
         writer, self._writer = self._writer, None
         if writer is None:
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(timeout):
                 await self._queue.join()
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)

@@ -14,10 +14,12 @@ async def test_keyed_tasks_are_found_until_they_end() -> None:
     owner = TaskOwner("test")
     release = asyncio.Event()
     owner.spawn(release.wait(), name="a", key="call-1")
-    assert "call-1" in owner and len(owner) == 1
+    assert "call-1" in owner
+    assert len(owner) == 1
     release.set()
     assert await owner.wait(1.0)
-    assert "call-1" not in owner and len(owner) == 0
+    assert "call-1" not in owner
+    assert len(owner) == 0
 
 
 async def test_spawn_when_free_waits_for_a_slot() -> None:
@@ -58,7 +60,8 @@ async def test_close_lets_tasks_finish_within_the_grace_then_cancels_the_rest() 
     cancelled = await owner.close(grace=0.2)
     assert cancelled == 1
     assert sorted(ended) == ["quick", "stuck cancelled"]
-    assert len(owner) == 0 and len(done) == 2
+    assert len(owner) == 0
+    assert len(done) == 2
     coroutine = quick()
     with pytest.raises(OwnerClosedError):
         owner.spawn(coroutine, name="late")

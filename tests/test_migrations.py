@@ -1,6 +1,7 @@
 """The Alembic migrations produce exactly the schema the models describe, on both backends."""
 
 import datetime as dt
+import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -10,11 +11,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Table, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.calls.events import transcript_key
+from service.calls.events import transcript_key, utterance_key
 from service.calls.metadata import index_rows
 from service.calls.service import CallFilters, CallService
 from service.db.engine import Database
-from service.db.migrate import alembic_config
+from service.db.migrate import alembic_config, migrations_path
 from service.db.models import Call, CallEvent, CallMetadata, metadata
 
 
@@ -160,3 +161,34 @@ async def test_0008_keys_the_final_transcripts_of_live_calls(database_url: str) 
     finally:
         _migrate(database_url, "up", "head")
         await engine.dispose()
+
+
+def _revision_module(name: str) -> Any:
+    """A revision file as a module (migrations freeze the helpers they use)."""
+    path = next((migrations_path() / "versions").glob(f"*_{name}.py"))
+    spec = importlib.util.spec_from_file_location(f"revision_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_frozen_migration_helpers_still_agree_with_the_service() -> None:
+    """0005 and 0008 keep their own copies of the metadata index and utterance key encodings; rows they
+    wrote must still be found by the service, so a change of encoding needs a migration of its own."""
+    metadata_0005, utterance_0008 = _revision_module("0005"), _revision_module("0008")
+    created = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    samples: list[dict[str, Any]] = [
+        {"crmId": "c-1", "tier": 3, "score": 3.0, "big": 1e300, "vip": True, "none": None, "list": [1]},
+        {"long": "x" * 500, "bad key!": "skipped", "float": 0.1, "n": -7},
+    ]
+    for sample in samples:
+        assert metadata_0005.index_rows("call-1", created, sample) == index_rows("call-1", created, sample)
+    for payload in (
+        {"transcriptType": "final", "role": "user", "transcript": "  I want to   CANCEL "},
+        {"transcriptType": "partial", "role": "user", "transcript": "cancel"},
+        {"transcriptType": "final", "role": "assistant"},
+    ):
+        assert utterance_0008.utterance_key("transcript", payload) == utterance_key("transcript", payload)
+    assert utterance_0008.utterance_key("status-update", {}) is None

@@ -11,13 +11,14 @@ Create Date: 2026-11-26 16:40:00
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from service.calls.events import utterance_key
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -25,6 +26,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 LIVE = ("queued", "ringing", "in-progress", "forwarding")
+_SPACES = re.compile(r"\s+")
+
+
+def utterance_key(kind: str, payload: Any) -> str | None:
+    """Frozen copy of ``service.calls.events.utterance_key`` as of this revision (a migration keeps
+    producing what it produced when written, whatever the service's code becomes)."""
+    if kind != "transcript" or not isinstance(payload, dict) or payload.get("transcriptType") != "final":
+        return None
+    role, text = payload.get("role"), payload.get("transcript")
+    if not isinstance(role, str) or not isinstance(text, str):
+        return None
+    normalized = _SPACES.sub(" ", text.strip().lower())
+    return f"transcript:{role}:{hashlib.sha256(normalized.encode()).hexdigest()[:16]}"
 
 
 def upgrade() -> None:

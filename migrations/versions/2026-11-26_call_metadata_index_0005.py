@@ -7,20 +7,60 @@ Create Date: 2026-11-26 13:00:00
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from advanced_alchemy.types import DateTimeUTC
 from alembic import op
 
-from service.calls.metadata import index_rows
-
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# Frozen copy of ``service.calls.metadata.index_rows`` as of this revision: a migration must keep
+# producing the rows it produced when written, whatever the service's code becomes.
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_MAX_VALUE = 200
+
+
+def _canonical(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        exact = Decimal(repr(value))
+        return str(int(exact)) if exact == exact.to_integral_value() else repr(value)
+    return None
+
+
+def _stored(text: str, kind: str) -> tuple[str, str]:
+    if len(text) <= _MAX_VALUE:
+        return text, kind
+    return hashlib.sha256(text.encode()).hexdigest(), kind.upper()
+
+
+def index_rows(call_id: str, created_at: Any, metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rows = []
+    for key, value in (metadata or {}).items():
+        if not _KEY.fullmatch(key):
+            continue
+        canonical = None if isinstance(value, str) else _canonical(value)
+        if isinstance(value, str):
+            encoded = _stored(value, "s")
+        elif canonical is not None:
+            encoded = _stored(canonical, "n")
+        else:
+            continue
+        rows.append({"call_id": call_id, "key": key, "value": encoded[0], "kind": encoded[1], "created_at": created_at})
+    return rows
 
 BATCH = 2000  # calls read (and their rows written) at a time: memory stays flat on a big table
 

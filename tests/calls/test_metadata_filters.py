@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from service.calls.metadata import MAX_VALUE, candidates, encode, index_rows
+from service.calls.rows import CallRows
 from service.db.engine import Database
 from service.db.models import Call, CallMetadata
 from tests.conftest import WEBHOOK_SECRET
@@ -122,13 +123,14 @@ async def test_changed_metadata_no_longer_matches_its_old_value(
     vapi.imported["imported-1"] = {"metadata": {"crmId": 8, "region": "CA"}}
     assert (await client.post("/v1/calls/import", json={"vapiCallId": "imported-1"})).status_code == 201
     assert await found(client, crmId="8") == ["imported-1"]
-    # A call's metadata rewritten (here by the ORM, as any path would): only its new values match.
+    # A call's metadata rewritten (by CallRows, the one writer of calls): only its new values match.
     db = Database(database_url)
     try:
         async with db.write() as session:
-            call = await session.get(Call, "imported-1")
-            assert call is not None
+            rows_ = CallRows(session)
+            call = await rows_.lock_one("imported-1", origin="webhook")
             call.call_metadata = {"crmId": "9"}
+            await rows_.save()
         assert await found(client, crmId="8") == []
         assert await found(client, region="CA") == []
         assert await found(client, crmId="9") == ["imported-1"]

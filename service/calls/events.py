@@ -9,12 +9,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.db.engine import is_postgresql
 from service.db.models import Call, CallEvent, utcnow
-from service.db.statements import table_of
+from service.db.stores import calls as calls_sql
+from service.db.stores import events as sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,33 +105,23 @@ async def number_events_of_calls(
     if not counts:
         return {}
     ids = sorted(counts)
-    if len(ids) > 1 and session.bind.dialect.name == "postgresql":
-        await session.execute(select(Call.id).where(Call.id.in_(ids)).order_by(Call.id).with_for_update())
+    connection = await session.connection()
+    if len(ids) > 1 and is_postgresql(session):
+        await connection.execute(calls_sql.LOCK_IN_ORDER, {"call_ids": ids})
     # One statement per distinct count (usually one or two): each shape is compiled once, whatever
     # the batch's size, where a CASE over the calls would be a new statement for every batch size.
     by_count: dict[int, list[str]] = {}
     for call_id in ids:
         by_count.setdefault(counts[call_id], []).append(call_id)
     last: dict[str, int] = {}
-    connection = await session.connection()
     for count, call_ids in by_count.items():
-        result = await connection.execute(_NUMBER, {"count": count, "call_ids": call_ids, "now": utcnow()})
+        result = await connection.execute(sql.NUMBER, {"count": count, "call_ids": call_ids, "now": utcnow()})
         last.update(result.tuples().all())
     return {
         call_id: _numbered(call_id, last[call_id] - counts[call_id] + 1, batch[call_id])
         for call_id in ids
         if call_id in last
     }
-
-
-_CALL = table_of(Call)
-_INSERT_EVENTS = insert(table_of(CallEvent))
-_NUMBER = (
-    update(_CALL)
-    .where(_CALL.c.id.in_(bindparam("call_ids", expanding=True)))
-    .values(last_event_seq=_CALL.c.last_event_seq + bindparam("count"), updated_at=bindparam("now"))
-    .returning(_CALL.c.id, _CALL.c.last_event_seq)
-)
 
 
 def append_events_to_locked(call: Call, events: Sequence[NewEvent]) -> list[StoredEvent]:
@@ -164,7 +156,7 @@ async def insert_events(session: AsyncSession, events: Sequence[StoredEvent]) ->
     """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path)."""
     if events:
         # On the transaction's connection: the session's execute adds ORM bookkeeping for nothing here.
-        await (await session.connection()).execute(_INSERT_EVENTS, [event.row() for event in events])
+        await (await session.connection()).execute(sql.INSERT_EVENTS, [event.row() for event in events])
 
 
 async def list_events(

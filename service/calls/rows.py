@@ -19,38 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Column, bindparam, delete, insert, inspect, select, update
+from sqlalchemy import inspect
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
 from service.calls.events import NewEvent, StoredEvent, append_events_to_locked, insert_events
 from service.calls.metadata import index_rows
-from service.db.models import Call, CallMetadata, utcnow
-from service.db.statements import insert_ignoring_conflicts, table_of
+from service.db.engine import is_postgresql
+from service.db.models import Call, utcnow
+from service.db.stores import calls as sql
 
-_TABLE = table_of(Call)
-# (attribute, column) of every mapped column: ``call_metadata`` is stored in the ``metadata`` column.
-_FIELDS: tuple[tuple[str, Column[Any]], ...] = tuple(
-    (attribute.key, attribute.columns[0])  # type: ignore[misc]
-    for attribute in inspect(Call).column_attrs
-)
-_SELECT = select(*(column for _, column in _FIELDS))
-_BY_ID = _SELECT.where(_TABLE.c.id == bindparam("call_id"))
-_BY_IDS = _SELECT.where(_TABLE.c.id.in_(bindparam("call_ids", expanding=True))).order_by(_TABLE.c.id)
-# FOR UPDATE, not the weaker FOR NO KEY UPDATE: that one lets the foreign-key checks of concurrent
-# inserts (events, injections) key-share the row meanwhile, which makes PostgreSQL track the row's
-# lockers as a MultiXact; measured on the rules path: p99 30-40 ms (one run 213 ms) against 11-15 ms.
-_LOCK_BY_ID, _LOCK_BY_IDS = _BY_ID.with_for_update(), _BY_IDS.with_for_update()
-_IDS_PRESENT = select(_TABLE.c.id).where(_TABLE.c.id.in_(bindparam("call_ids", expanding=True)))
-# SET what the parameters name besides ``call_id``: compiled once per set of changed columns.
-_UPDATE = update(_TABLE).where(_TABLE.c.id == bindparam("call_id"))
 _new_call = inspect(Call).class_manager.new_instance
-_INDEX = table_of(CallMetadata)  # the metadata filter index
-_DELETE_INDEX = delete(_INDEX).where(_INDEX.c.call_id.in_(bindparam("call_ids", expanding=True)))
-_INSERT_INDEX = insert(_INDEX)
-_NEW_ROW = ("id", "status", "origin", "customer", "metadata", "listen_auth", "control_auth", "last_event_seq")
-_INSERT_NEW = insert_ignoring_conflicts(_TABLE, (*_NEW_ROW, "created_at", "updated_at"), ("id",))
 
 
 class CallRows:
@@ -59,7 +39,7 @@ class CallRows:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
         self._connection: AsyncConnection | None = None
-        self._postgresql = session.bind.dialect.name == "postgresql"
+        self._postgresql = is_postgresql(session)
         self._loaded: dict[str, tuple[Call, dict[str, Any]]] = {}
         self.created: set[str] = set()  # ids inserted by this transaction (first sightings)
         self._unindexed: set[str] = set()  # created here, no metadata index rows written yet
@@ -85,7 +65,7 @@ class CallRows:
             if self._postgresql and len(wanted) > 1:
                 # Insert what is missing before locking anything: holding one call's lock while waiting
                 # on another transaction's insert of the next could deadlock. Then lock all in order.
-                present = set((await self._execute(_IDS_PRESENT, {"call_ids": wanted})).scalars())
+                present = set((await self._execute(sql.IDS_PRESENT, {"call_ids": wanted})).scalars())
                 await self._insert_missing([call_id for call_id in wanted if call_id not in present], origin)
                 await self._read(wanted)
                 return {call_id: self._loaded[call_id][0] for call_id in call_ids}
@@ -111,7 +91,7 @@ class CallRows:
         for call_id in missing:
             now = utcnow()
             result = await self._execute(
-                _INSERT_NEW,
+                sql.INSERT_NEW,
                 {
                     "id": call_id,
                     "status": "queued",
@@ -133,13 +113,13 @@ class CallRows:
         # One call (most batches): an equality, which spares the IN list's per-execution expansion.
         params: dict[str, str | list[str]]
         if len(call_ids) == 1:
-            query, params = _BY_ID, {"call_id": call_ids[0]}
+            query, params = sql.BY_ID, {"call_id": call_ids[0]}
         else:
-            query, params = _BY_IDS, {"call_ids": call_ids}
+            query, params = sql.BY_IDS, {"call_ids": call_ids}
         if self._postgresql:
-            query = _LOCK_BY_ID if query is _BY_ID else _LOCK_BY_IDS
+            query = sql.LOCK_BY_ID if query is sql.BY_ID else sql.LOCK_BY_IDS
         for row in (await self._execute(query, params)).tuples():
-            stored = {attribute: value for (attribute, _), value in zip(_FIELDS, row, strict=True)}
+            stored = {attribute: value for (attribute, _), value in zip(sql.FIELDS, row, strict=True)}
             # The object gets its own copies of the JSON columns: changing one in place is still a change.
             fresh = {key: _copy(value) for key, value in stored.items()}
             call = _new_call()  # as the ORM's loader makes one: no constructor, no attribute events
@@ -158,24 +138,24 @@ class CallRows:
             current = call.__dict__  # the loaded values and whatever was set since
             changes = {
                 column.key: current[attribute]
-                for attribute, column in _FIELDS
+                for attribute, column in sql.FIELDS
                 if current[attribute] != stored[attribute]
             }
             if not changes:
                 continue
             changes["updated_at"] = call.updated_at = now
             updates.setdefault(tuple(changes), []).append({"call_id": call.id, **changes})
-            stored.update({attribute: _copy(current[attribute]) for attribute, _ in _FIELDS})
+            stored.update({attribute: _copy(current[attribute]) for attribute, _ in sql.FIELDS})
             if "metadata" in changes:
                 reindexed.append(call)
         for parameters in updates.values():
-            await self._execute(_UPDATE, parameters)
+            await self._execute(sql.UPDATE, parameters)
         if stale := [call.id for call in reindexed if call.id not in self._unindexed]:  # a new call has none yet
-            await self._execute(_DELETE_INDEX, {"call_ids": stale})
+            await self._execute(sql.DELETE_METADATA, {"call_ids": stale})
         self._unindexed.difference_update(call.id for call in reindexed)
         rows = [row for call in reindexed for row in index_rows(call.id, call.created_at, call.call_metadata)]
         if rows:
-            await self._execute(_INSERT_INDEX, rows)
+            await self._execute(sql.INSERT_METADATA, rows)
         events, self._events = self._events, []
         await insert_events(self._session, events)
 

@@ -147,6 +147,12 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
+def is_postgresql(session: AsyncSession) -> bool:
+    """Whether ``session`` talks to PostgreSQL (else SQLite): the one place that tells them apart
+    where a statement differs (row locks, upserts)."""
+    return session.bind.dialect.name == "postgresql"
+
+
 class Database:
     """Engines plus ``read()`` / ``write()`` units of work; one per app."""
 

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import uuid_utils
-from sqlalchemy import event, select
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from service.db.models import WebhookDelivery, WebhookEndpoint, utcnow
-from service.db.statements import table_of
+from service.db.models import WebhookDelivery, utcnow
+from service.db.stores import outbox as sql
 
 EVENT_TYPES: Final = (
     "call.created",
@@ -39,12 +39,6 @@ EVENT_TYPES: Final = (
 _ENQUEUED_FLAG = "switchboard.deliveries.enqueued"
 _ENDPOINTS = "switchboard.deliveries.endpoints"  # session.info: the endpoints read in this transaction
 _wakeup_callbacks: set[Callable[[], None]] = set()
-_ENDPOINT = table_of(WebhookEndpoint)
-_ENABLED_ENDPOINTS = (
-    select(_ENDPOINT.c.id, _ENDPOINT.c.events)
-    .where(_ENDPOINT.c.enabled.is_(True))
-    .with_for_update(read=True, key_share=True)
-)
 
 
 def new_message_id() -> str:
@@ -64,7 +58,7 @@ async def _endpoints(session: AsyncSession) -> list[tuple[Any, tuple[str, ...]]]
     if cached is None:
         # A Core statement on the transaction's connection: no flush of the caller's pending changes
         # (they are not read here), none of the session's per-statement bookkeeping.
-        rows = await (await session.connection()).execute(_ENABLED_ENDPOINTS)
+        rows = await (await session.connection()).execute(sql.ENABLED_ENDPOINTS)
         cached = session.info[_ENDPOINTS] = [(endpoint_id, tuple(events or ())) for endpoint_id, events in rows]
     return cached
 

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from service.db.engine import Database
+from service.db.engine import Database, is_postgresql
 from service.db.models import IdempotencyRecord, utcnow
 from service.errors import PROBLEM_JSON, ConflictError, DomainError, InvalidInputError, problem_body
 
@@ -82,7 +82,7 @@ class IdempotencyService:
     async def _claim(self, principal: str, route: str, key: str, request_hash: str) -> StoredResponse | None:
         now = utcnow()
         async with self._db.write() as session:
-            insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+            insert = pg_insert if is_postgresql(session) else sqlite_insert
             claimed = await session.execute(
                 insert(IdempotencyRecord)
                 .values(

@@ -14,42 +14,13 @@ import socket
 import uuid
 from collections.abc import Collection
 
-from sqlalchemy import Select, bindparam, or_, select, update
+from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
 from service.db.engine import Database
 from service.db.models import Call, Recording, utcnow
-from service.db.statements import table_of
-
-# Core statements on the call table, compiled once (ORM-enabled updates cost several times more).
-_CALL = table_of(Call)
-_OURS = _CALL.c.listen_owner == bindparam("owner")
-_ACQUIRE = (
-    update(_CALL)
-    .where(
-        _CALL.c.id == bindparam("call_id"),
-        or_(_CALL.c.listen_owner.is_(None), _OURS, _CALL.c.listen_lease_until < bindparam("now")),
-    )
-    .values(listen_owner=bindparam("owner"), listen_lease_until=bindparam("until"))
-)
-# The rows are locked in id order first (PostgreSQL; SQLite has one writer), as every writer of
-# several calls does: an UPDATE of an IN list locks them in whatever order its plan visits them.
-_OURS_IN_ORDER = (
-    select(_CALL.c.id)
-    .where(_CALL.c.id.in_(bindparam("call_ids", expanding=True)), _OURS)
-    .order_by(_CALL.c.id)
-    .with_for_update()
-)
-_RENEW = (
-    update(_CALL)
-    .where(_CALL.c.id.in_(_OURS_IN_ORDER.scalar_subquery()), _OURS)
-    .values(listen_lease_until=bindparam("until"))
-    .returning(_CALL.c.id)
-)
-_RELEASE = (
-    update(_CALL).where(_CALL.c.id == bindparam("call_id"), _OURS).values(listen_owner=None, listen_lease_until=None)
-)
+from service.db.stores import leases as sql
 
 
 def replica_id() -> str:
@@ -74,7 +45,7 @@ class LeaseKeeper:
         free, expired, or already ours: its session then starts without a write of its own."""
         now = utcnow()
         result = await session.execute(
-            _ACQUIRE, {"call_id": call_id, "owner": self.owner, "now": now, "until": now + self._ttl}
+            sql.ACQUIRE, {"call_id": call_id, "owner": self.owner, "now": now, "until": now + self._ttl}
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -83,7 +54,7 @@ class LeaseKeeper:
         now = utcnow()
         async with self._db.write() as session:
             result = await session.execute(
-                _ACQUIRE, {"call_id": call_id, "owner": self.owner, "now": now, "until": now + self._ttl}
+                sql.ACQUIRE, {"call_id": call_id, "owner": self.owner, "now": now, "until": now + self._ttl}
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -93,13 +64,13 @@ class LeaseKeeper:
             return set()
         async with self._db.write() as session:
             result = await session.execute(
-                _RENEW, {"call_ids": list(call_ids), "owner": self.owner, "until": utcnow() + self._ttl}
+                sql.RENEW, {"call_ids": list(call_ids), "owner": self.owner, "until": utcnow() + self._ttl}
             )
             return set(result.scalars().all())
 
     async def release(self, call_id: str) -> None:
         async with self._db.write() as session:
-            await session.execute(_RELEASE, {"call_id": call_id, "owner": self.owner})
+            await session.execute(sql.RELEASE, {"call_id": call_id, "owner": self.owner})
 
     async def unowned_calls(self, limit: int = 500) -> list[str]:
         """Calls that need a session and that nobody holds (see :func:`unowned_calls_query`)."""

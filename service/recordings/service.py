@@ -9,25 +9,20 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from uuid_utils.compat import uuid7
 
 from service.calls.service import CallFilters
-from service.db.engine import Database
+from service.db.engine import Database, is_postgresql
 from service.db.models import Call, Recording, RecordingSegment, utcnow
-from service.db.statements import insert_ignoring_conflicts, table_of
+from service.db.stores import recordings as sql
 from service.deliveries.outbox import enqueue
 from service.errors import InvalidInputError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_newest_first, encode_newest_first
 from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
 from service.recordings.storage import RecordingStorage
-
-_RECORDING = table_of(Recording)
-_SEGMENT = table_of(RecordingSegment)
-_NEW_RECORDING = ("id", "call_id", "status", "encoding", "sample_rate", "channels", "bytes", "gaps", "started_at")
-_INSERT_RECORDING = insert_ignoring_conflicts(_RECORDING, (*_NEW_RECORDING, "created_at", "updated_at"), ("call_id",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,25 +43,9 @@ class SegmentRow(NamedTuple):
     sha256: str | None
 
 
-# Hot-path statements, built once (a statement built per call is also keyed for the cache per call).
-_INSERT_SEGMENT = insert(_SEGMENT)
-_CLOSE_SEGMENT = update(_SEGMENT).where(_SEGMENT.c.id == bindparam("segment_id"))  # SET: the other parameters
-_SEGMENTS_OF = (
-    select(_SEGMENT.c.storage_key, _SEGMENT.c.bytes, _SEGMENT.c.sha256)
-    .join(_RECORDING, _RECORDING.c.id == _SEGMENT.c.recording_id)
-    .where(_RECORDING.c.call_id == bindparam("call_id"))
-    .order_by(_SEGMENT.c.index)
-)
-_RECORDING_OF = select(_RECORDING.c.id, _RECORDING.c.gaps, _RECORDING.c.sample_rate, _RECORDING.c.channels).where(
-    _RECORDING.c.call_id == bindparam("call_id")
-)
-_LOCK_RECORDING = _RECORDING_OF.with_for_update()
-_FINALIZE = update(_RECORDING).where(_RECORDING.c.id == bindparam("recording_id"))  # SET: the other parameters
-
-
 async def _segments_of(session: AsyncSession, call_id: str) -> list[SegmentRow]:
     """The call's segments in order, as finalisation reads them (not locked: the caller holds the lease)."""
-    return [SegmentRow(*row) for row in (await session.execute(_SEGMENTS_OF, {"call_id": call_id})).tuples()]
+    return [SegmentRow(*row) for row in (await session.execute(sql.SEGMENTS_OF, {"call_id": call_id})).tuples()]
 
 
 def _known_checksum(segments: Sequence[SegmentRow]) -> str | None:
@@ -76,7 +55,7 @@ def _known_checksum(segments: Sequence[SegmentRow]) -> str | None:
 
 async def _lock_recording(session: AsyncSession, call_id: str) -> Any:
     """The call's recording row (id, gaps, format), locked on PostgreSQL; None without a recording."""
-    query = _LOCK_RECORDING if session.bind.dialect.name == "postgresql" else _RECORDING_OF
+    query = sql.LOCK_RECORDING if is_postgresql(session) else sql.RECORDING_OF
     return (await session.execute(query, {"call_id": call_id})).one_or_none()
 
 
@@ -124,7 +103,7 @@ class RecordingService:
             # The first connection of a call (nearly every session): two inserts, no ORM.
             now, recording_id, segment_id, key = utcnow(), uuid7(), uuid7(), f"{call_id}/{0:04d}.pcm"
             first = await session.execute(
-                _INSERT_RECORDING,
+                sql.INSERT_RECORDING,
                 {
                     "id": recording_id,
                     "call_id": call_id,
@@ -141,7 +120,7 @@ class RecordingService:
             )
             if first.rowcount:  # type: ignore[attr-defined]  # a CursorResult for inserts
                 await session.execute(
-                    _INSERT_SEGMENT,
+                    sql.INSERT_SEGMENT,
                     {"id": segment_id, "recording_id": recording_id, "index": 0, "storage_key": key, "started_at": now},
                 )
                 return OpenSegment(recording_id, segment_id, 0, key, 0.0)
@@ -208,7 +187,7 @@ class RecordingService:
     async def close_segment(self, segment: OpenSegment, *, size: int, sha256: str) -> None:
         async with self._db.write() as session:
             await session.execute(
-                _CLOSE_SEGMENT,
+                sql.CLOSE_SEGMENT,
                 {
                     "segment_id": segment.segment_id,
                     "bytes": size,
@@ -256,7 +235,7 @@ class RecordingService:
         finalized = Finalized(status, size, sha256, gaps, error, size / byte_rate if byte_rate else 0.0)
         now = utcnow()
         await session.execute(
-            _FINALIZE,
+            sql.FINALIZE,
             {
                 "recording_id": recording.id,
                 "status": status,

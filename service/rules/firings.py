@@ -19,21 +19,12 @@ from uuid_utils.compat import uuid7
 from service.calls.events import NewEvent, append_events
 from service.db.engine import Database
 from service.db.models import CallEvent, RuleFiring, utcnow
-from service.db.statements import insert_ignoring_conflicts, table_of
+from service.db.stores import firings as sql
 from service.rules.milestones import Occurrence
 
 # A firing left in "firing" this long was interrupted (crash, kill -9) after its row was written: whether
 # the POST left is unknown, so it is closed as failed rather than retried (never speak twice).
 STUCK_AFTER = dt.timedelta(seconds=60)
-
-
-# The exactly-once insert: returns the new row's id, or nothing when the key is taken.
-_INSERT_ONCE = insert_ignoring_conflicts(
-    table_of(RuleFiring),
-    ("id", "rule_name", "call_id", "occurrence", "status", "due_at", "detail", "created_at", "updated_at"),
-    ("rule_name", "call_id", "occurrence"),
-    returning="id",
-)
 
 
 async def insert_firing(
@@ -59,7 +50,7 @@ async def insert_firing(
         "created_at": now,
         "updated_at": now,
     }
-    result = await session.execute(_INSERT_ONCE, values)
+    result = await session.execute(sql.INSERT_ONCE, values)
     firing_id: uuid.UUID | None = result.scalar_one_or_none()
     return firing_id
 

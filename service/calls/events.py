@@ -14,7 +14,7 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.engine import is_postgresql
-from service.db.models import Call, CallEvent, utcnow
+from service.db.models import CallEvent, utcnow
 from service.db.stores import calls as calls_sql
 from service.db.stores import events as sql
 
@@ -90,7 +90,7 @@ async def append_events(session: AsyncSession, call_id: str, events: Sequence[Ne
 
 
 async def number_events_of_calls(
-    session: AsyncSession, batch: Mapping[str, Sequence[NewEvent]]
+    session: AsyncSession, batch: Mapping[str, Sequence[NewEvent]], *, locked: bool = False
 ) -> dict[str, list[StoredEvent]]:
     """Give each call's events its next sequence numbers (for :func:`insert_events`, same transaction),
     with one ``UPDATE … RETURNING`` per distinct number of events. Calls that do not exist are left out
@@ -99,14 +99,15 @@ async def number_events_of_calls(
     Sequence numbers come from an atomic increment of ``call.last_event_seq``: the row lock (PostgreSQL)
     or the write lock (SQLite) orders concurrent writers, so ``seq`` is strictly increasing per call
     with no gaps and no duplicates. On PostgreSQL several rows are locked in id order first, as every
-    other multi-call writer does, so that two such transactions cannot deadlock.
+    other multi-call writer does, so that two such transactions cannot deadlock (``locked``: the caller
+    already holds their locks, taken in that order). This is the one way events get their numbers.
     """
     counts = {call_id: len(events) for call_id, events in batch.items() if events}
     if not counts:
         return {}
     ids = sorted(counts)
     connection = await session.connection()
-    if len(ids) > 1 and is_postgresql(session):
+    if len(ids) > 1 and not locked and is_postgresql(session):
         await connection.execute(calls_sql.LOCK_IN_ORDER, {"call_ids": ids})
     # One statement per distinct count (usually one or two): each shape is compiled once, whatever
     # the batch's size, where a CASE over the calls would be a new statement for every batch size.
@@ -122,16 +123,6 @@ async def number_events_of_calls(
         for call_id in ids
         if call_id in last
     }
-
-
-def append_events_to_locked(call: Call, events: Sequence[NewEvent]) -> list[StoredEvent]:
-    """Like :func:`append_events`, for a call row this transaction has locked and loaded (``SELECT … FOR
-    UPDATE`` on PostgreSQL; SQLite has one writer): the sequence is taken from the loaded row and
-    written back with the rest of the call's changes (:class:`service.calls.rows.CallRows`, which also
-    inserts the events, one statement for a whole batch of calls)."""
-    first = call.last_event_seq + 1
-    call.last_event_seq += len(events)
-    return _numbered(call.id, first, events)
 
 
 def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[StoredEvent]:

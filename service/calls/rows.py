@@ -24,7 +24,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
-from service.calls.events import NewEvent, StoredEvent, append_events_to_locked, insert_events
+from service.calls.events import NewEvent, StoredEvent, insert_events, number_events_of_calls
 from service.calls.metadata import index_rows
 from service.db.engine import is_postgresql
 from service.db.models import Call, utcnow
@@ -43,7 +43,7 @@ class CallRows:
         self._loaded: dict[str, tuple[Call, dict[str, Any]]] = {}
         self.created: set[str] = set()  # ids inserted by this transaction (first sightings)
         self._unindexed: set[str] = set()  # created here, no metadata index rows written yet
-        self._events: list[StoredEvent] = []  # appended since the last save
+        self._events: dict[str, list[NewEvent]] = {}  # appended since the last save, per call
 
     async def _execute(
         self, statement: Executable, parameters: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -80,11 +80,11 @@ class CallRows:
         """:meth:`lock` for a single call."""
         return (await self.lock([call_id], origin=origin))[call_id]
 
-    def append(self, call: Call, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        """Number ``events`` after the call's last ones; :meth:`save` stores them with the new sequence."""
-        numbered = append_events_to_locked(call, events)
-        self._events.extend(numbered)
-        return numbered
+    def append(self, call: Call, events: Sequence[NewEvent]) -> None:
+        """Add ``events`` to the call's timeline: :meth:`save` numbers them after the call's last ones
+        and stores them."""
+        if events:
+            self._events.setdefault(call.id, []).extend(events)
 
     async def _insert_missing(self, missing: list[str], origin: str) -> None:
         """Empty rows for ``missing`` (sorted); a row inserted meanwhile by another transaction wins."""
@@ -126,13 +126,18 @@ class CallRows:
             call.__dict__.update(fresh)
             self._loaded[stored["id"]] = (call, stored)
 
-    async def save(self) -> None:
-        """Write back the columns each call's object changed (nothing for an unchanged call), then the
-        events appended since the last save."""
+    async def save(self) -> dict[str, list[StoredEvent]]:
+        """Number the events appended since the last save (:func:`~service.calls.events.number_events_of_calls`,
+        on the rows this transaction holds), write back the columns each call's object changed (nothing
+        for an unchanged call), then insert the events; the numbered events of each call, in order."""
+        pending, self._events = self._events, {}
+        numbered = await number_events_of_calls(self._session, pending, locked=True)
+        for call_id, events in numbered.items():
+            call, stored = self._loaded[call_id]
+            call.last_event_seq = stored["last_event_seq"] = events[-1].seq  # the numbering wrote it
         now = utcnow()
         reindexed: list[Call] = []
-        # Calls that changed the same columns share one executemany (a batch of webhooks mostly
-        # moves each call's event sequence and nothing else).
+        # Calls that changed the same columns share one executemany.
         updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for call, stored in self._loaded.values():
             current = call.__dict__  # the loaded values and whatever was set since
@@ -156,8 +161,8 @@ class CallRows:
         rows = [row for call in reindexed for row in index_rows(call.id, call.created_at, call.call_metadata)]
         if rows:
             await self._execute(sql.INSERT_METADATA, rows)
-        events, self._events = self._events, []
-        await insert_events(self._session, events)
+        await insert_events(self._session, [event for events in numbered.values() for event in events])
+        return numbered
 
 
 def _copy(value: Any) -> Any:

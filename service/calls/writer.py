@@ -10,9 +10,10 @@ importing one, reconciling one with ``GET /call/{id}`` — goes through :meth:`C
         merge_vapi_call(call, vapi_call)           # pure: service.calls.tracking
         unit.record(call, events, origin="api", previous_status=before)
 
-On leaving the block the calls and events are saved (:class:`~service.calls.rows.CallRows`), the
-subscribers stage their writes (outbox rows, firings, leases) in the same transaction, it commits, and
-their after-commit callbacks run. An exception rolls everything back and notifies nobody.
+On leaving the block the calls and events are saved (:class:`~service.calls.rows.CallRows`: the events
+numbered after each call's last ones), the subscribers stage their writes (outbox rows, firings, leases)
+in the same transaction, it commits, and their after-commit callbacks run. An exception rolls
+everything back and notifies nobody.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class CallUnit:
         self.session = session
         self._rows = CallRows(session)
         self._unseen: set[str] = set()  # created here and not recorded yet: their first change is a sighting
-        self.changes: list[CallChange] = []
+        self._recorded: list[tuple[Call, int, Origin, str | None]] = []  # (call, events, origin, before)
+        self.changes: list[CallChange] = []  # once saved: what was recorded, with the events numbered
 
     async def lock(self, call_ids: Iterable[str], *, origin: Origin) -> dict[str, Call]:
         """The calls, locked for this transaction and created empty when not stored yet."""
@@ -57,17 +59,24 @@ class CallUnit:
         while the call's first sighting (a call this transaction created) is not recorded yet."""
         return None if call.id in self._unseen else call.status
 
-    def record(
-        self, call: Call, events: Sequence[NewEvent], *, origin: Origin, previous_status: str | None
-    ) -> CallChange:
-        """Number ``events`` after the call's last ones (saved at the end) and note the change."""
+    def record(self, call: Call, events: Sequence[NewEvent], *, origin: Origin, previous_status: str | None) -> int:
+        """Note a change of ``call`` and the events it adds to its timeline (numbered and stored when
+        the unit is saved); the change's position in :attr:`changes` once saved."""
         self._unseen.discard(call.id)
-        change = CallChange(call.id, origin, self._rows.append(call, events), call, previous_status)
-        self.changes.append(change)
-        return change
+        self._rows.append(call, events)
+        self._recorded.append((call, len(events), origin, previous_status))
+        return len(self.changes) + len(self._recorded) - 1
 
     async def save(self) -> None:
-        await self._rows.save()
+        """Store the calls and their events; :attr:`changes` then holds every recorded change."""
+        numbered = await self._rows.save()
+        taken: dict[str, int] = {}
+        for call, count, origin, previous_status in self._recorded:
+            first = taken.get(call.id, 0)
+            taken[call.id] = first + count
+            events = numbered.get(call.id, [])[first : first + count]
+            self.changes.append(CallChange(call.id, origin, events, call, previous_status))
+        self._recorded = []
 
 
 class CallWriter:

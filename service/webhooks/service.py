@@ -17,12 +17,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.calls.changes import CallChange
 from service.calls.tracking import apply_message, parse_timestamp
 from service.calls.writer import CallWriter
 from service.db.models import CallEvent
 from service.errors import AuthenticationError, DomainError, ServiceUnavailableError
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tasks import TaskOwner
 from service.webhooks.verify import authenticated
 
 log = structlog.get_logger(__name__)
@@ -122,22 +124,23 @@ class WebhookService:
         self._calls = calls
         self._metrics = metrics
         self._queue: asyncio.Queue[_Received] = asyncio.Queue(QUEUE_LIMIT)
-        self._writer: asyncio.Task[None] | None = None
+        self._writer = TaskOwner("webhooks")  # the batch writer
+        self._accepting = False
 
     async def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_batches(), name="webhook-writer")
+        self._writer.spawn(self._write_batches(), name="writer")
+        self._accepting = True
 
     async def close(self, timeout: float = 5.0) -> None:
         """Answer what is queued (within ``timeout``), then stop the writer (requests still arriving
         get 503)."""
-        writer, self._writer = self._writer, None
-        if writer is None:
+        if not self._accepting:
             return
+        self._accepting = False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._queue.join()
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        await self._writer.close()
 
     async def receive(self, headers: Mapping[str, str], raw: bytes) -> IngestResult:
         """Authenticate the raw request (before parsing anything), then ingest it."""
@@ -162,7 +165,7 @@ class WebhookService:
             # Messages not tied to a call (rare: phone-number level requests) have no timeline.
             log.info("webhook without a call ignored", type=kind)
             return IngestResult(stored=False, call_id=None)
-        if self._writer is None:
+        if not self._accepting:
             raise ServiceUnavailableError("the service is not running its webhook writer (starting or stopping)")
         done: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         await self._queue.put(
@@ -211,7 +214,7 @@ class WebhookService:
 
     async def _apply(self, batch: list[_Received], *, look_up_duplicates: bool) -> list[_Applied]:
         """Apply ``batch`` in order in one unit of work of the call writer."""
-        outcomes: list[_Applied] = []
+        outcomes: list[_Applied | int] = []  # an int: the position of the change that stored the message
         async with self._calls.transaction() as unit:
             calls = await unit.lock([item.vapi_call["id"] for item in batch], origin="webhook")
             stored: dict[tuple[str, str], int] = {}
@@ -227,15 +230,19 @@ class WebhookService:
                 stored[(call.id, item.key)] = 0
                 before = unit.status_before(call)
                 events = apply_message(call, item.message, item.vapi_call, item.at, item.key)
-                change = unit.record(call, events, origin="webhook", previous_status=before)
-                result = IngestResult(stored=True, call_id=call.id, seq=change.events[0].seq)
-                outcomes.append(_Applied(result, created=change.first_sighting, status=call.status))
-        return outcomes
+                outcomes.append(unit.record(call, events, origin="webhook", previous_status=before))
+        return [outcome if isinstance(outcome, _Applied) else _stored(unit.changes[outcome]) for outcome in outcomes]
 
     @staticmethod
     def _after_commit(applied: _Applied) -> None:
         if applied.created:
             log.info("call tracked from webhook", call_id=applied.result.call_id, status=applied.status)
+
+
+def _stored(change: CallChange) -> _Applied:
+    assert change.call is not None
+    result = IngestResult(stored=True, call_id=change.call_id, seq=change.events[0].seq)
+    return _Applied(result, created=change.first_sighting, status=change.call.status)
 
 
 async def stored_dedupe_keys(session: AsyncSession, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

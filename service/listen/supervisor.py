@@ -74,6 +74,7 @@ class ListenSupervisor:
 
     async def start(self) -> None:
         """Adopt calls left live (restart) and keep leases renewed from now on."""
+        await self._resume_from_dead_processes_here()
         await self._adopt_unowned()
         self._maintainer.spawn(self._maintain(), name="maintain")
 
@@ -152,6 +153,7 @@ class ListenSupervisor:
             await asyncio.sleep(self._maintain_interval)
             try:
                 await self._renew()
+                await self._resume_from_dead_processes_here()
                 await self._adopt_unowned()
             except Exception as exc:  # the database may be briefly away; sessions keep recording
                 log.warning("lease maintenance failed", error=type(exc).__name__)
@@ -166,6 +168,14 @@ class ListenSupervisor:
             if session is not None:
                 log.warning("listen lease lost; another replica records the call now", call_id=call_id)
                 session.stop()
+
+    async def _resume_from_dead_processes_here(self) -> None:
+        """Calls whose lease a dead process of this host holds: taken over now, not at expiry."""
+        if self._closing:
+            return
+        for call_id in await self._leases.take_over_from_dead_processes_here():
+            log.info("listen lease of a dead process of this host taken over", call_id=call_id)
+            self.ensure_listening(call_id)
 
     async def _adopt_unowned(self) -> None:
         for call_id in await self._leases.unowned_calls():

@@ -115,3 +115,37 @@ async def test_a_dead_replicas_calls_are_taken_over_within_seconds(postgresql_ur
                 assert pcm[kept_before:] == b"".join(after)
                 assert recording["status"] == "partial"
                 assert len(recording["segments"]) == 1 + len(after)  # type: ignore[arg-type]
+
+
+async def test_a_restart_on_the_same_host_resumes_listening_at_once(database_url: str, tmp_path: Path) -> None:
+    """kill -9, then an immediate restart on the same data: the old process's lease (30 s here) is not
+    waited for; listening resumes as soon as the new process is up."""
+    script = CallScript(ring_after=0.2, answer_after=0.2, talk_seconds=30.0, turns=())
+    async with SimulatorServer(VapiSimulator(api_key=VAPI_KEY, pace=2.0, script=script)) as simulator:
+        sim = simulator.sim
+        port = free_port()
+        env = serve_env(
+            database_url, tmp_path / "recordings", simulator.base_url, port, SWITCHBOARD_LISTEN_LEASE_SECONDS="30"
+        )
+        async with httpx.AsyncClient() as client:
+            async with serve_process(env, port, tmp_path / "first.log") as first:
+                created = await client.post(f"{first.base_url}/v1/calls", json=CALL, headers=AUTH)
+                assert created.status_code == 201, created.text
+                call_id = created.json()["id"]
+                await sim.wait_for_status(call_id, "in-progress")
+                async with asyncio.timeout(15):
+                    while len(sim.audio_sent(call_id)) < 2 * 64_000:
+                        await asyncio.sleep(0.02)
+                first.kill()
+            async with serve_process(env, port, tmp_path / "second.log") as second:
+                healthy_at = asyncio.get_running_loop().time()
+                async with asyncio.timeout(10):
+                    while len(sim.listen_records(call_id)) < 2:
+                        await asyncio.sleep(0.02)
+                resumed_after = asyncio.get_running_loop().time() - healthy_at
+                await sim.wait_for_status(call_id, "ended", timeout=40)
+                recording = await recording_when_final(client, second.base_url, call_id)
+    assert resumed_after < 1.0, f"listening resumed {resumed_after:.2f} s after the restart was healthy"
+    assert "taken over" in second.log()
+    assert recording["status"] == "partial"
+    assert len(recording["gaps"]) == 1  # type: ignore[arg-type]

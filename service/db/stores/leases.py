@@ -33,3 +33,9 @@ RENEW = (
 RELEASE = (
     update(CALL).where(CALL.c.id == bindparam("call_id"), _OURS).values(listen_owner=None, listen_lease_until=None)
 )
+# Take over the lease of a dead process (the exact owner it had), whatever its expiry.
+TAKE_OVER = (
+    update(CALL)
+    .where(CALL.c.id == bindparam("call_id"), CALL.c.listen_owner == bindparam("dead"))
+    .values(listen_owner=bindparam("owner"), listen_lease_until=bindparam("until"))
+)

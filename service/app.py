@@ -9,10 +9,14 @@ from typing import Any
 import httpx
 import structlog
 from litestar import Litestar, Router
+from litestar.channels import ChannelsPlugin
+from litestar.channels.backends.memory import MemoryChannelsBackend
+from litestar.channels.backends.redis import RedisChannelsPubSubBackend
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import Redis
 
 from service import __version__
 from service.apikeys.service import ApiKeyService
@@ -24,6 +28,7 @@ from service.calls.controllers import CallController
 from service.calls.service import CallService
 from service.calls.writer import CallWriter
 from service.console.controllers import CONSOLE_API, CONSOLE_PAGES  # console
+from service.console.feed import CallNotices
 from service.db.engine import Database
 from service.deliveries.controllers import WebhookEndpointController  # outbound webhooks
 from service.deliveries.retry import RetryPolicy  # outbound webhooks
@@ -37,6 +42,7 @@ from service.listen.journal import EventJournal
 from service.listen.leases import LeaseKeeper, replica_id
 from service.listen.relay import LiveRelay
 from service.listen.session import CallTarget, ListenConfig, ListenSession
+from service.listen.sharing import LiveSharing
 from service.listen.supervisor import ListenSupervisor
 from service.metrics import Metrics, MetricsController
 from service.openapi import document_problems
@@ -133,6 +139,15 @@ def create_app(
         metrics=metrics,
         maintain_interval=settings.listen_lease_seconds / 3,
     )
+    # Live frames and call changes between replicas: Redis pub/sub when configured, else in memory.
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    channels = ChannelsPlugin(
+        backend=RedisChannelsPubSubBackend(redis=redis) if redis is not None else MemoryChannelsBackend(),
+        arbitrary_channels_allowed=True,
+    )
+    notices = CallNotices(channels)
+    db.after_commit(notices.committed)  # the console feed's push
+    sharing = LiveSharing(channels, supervisor.relay, shared=redis is not None)
     changes.subscribe(CallAnnouncer())  # outbound webhooks, in the change's transaction
     changes.subscribe(rule_engine)  # firings recorded with their milestones
     changes.subscribe(supervisor)  # leases taken with the change; sessions started after the commit
@@ -157,7 +172,8 @@ def create_app(
         await idempotency.purge_expired()  # keys older than 24 h
         # Consumers before producers; closed in reverse, so that what producers hand over at the end
         # (a webhook's firings, a session's last events) still finds its consumer running.
-        background: list[Background] = [deliveries, rule_engine, supervisor, webhooks]
+        background: list[Background] = [deliveries, rule_engine, supervisor, sharing, webhooks]
+        await channels.__aenter__()  # the channels outlive every part that publishes or listens
         for part in background:
             await part.start()
         log.info(
@@ -170,6 +186,9 @@ def create_app(
         finally:
             for part in reversed(background):
                 await part.close(settings.shutdown_timeout_seconds)
+            await channels.__aexit__(None, None, None)
+            if redis is not None:
+                await redis.aclose()
             if owns_http_client:
                 await http.aclose()
             await storage.close()
@@ -202,6 +221,8 @@ def create_app(
             "metrics": _constant(metrics),
             "idempotency": _constant(idempotency),
             "supervisor": _constant(supervisor),
+            "sharing": _constant(sharing),
+            "channels": _constant(channels),
             "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
             "rules": _constant(rules),  # rules
         },

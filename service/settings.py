@@ -60,10 +60,20 @@ class Settings(BaseSettings):
     # of the event loop per interval instead of one per 20 ms frame. Delays live fan-out by as much.
     listen_read_interval_ms: int = Field(default=200, ge=0, le=500)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Replicas share live frames and call changes through Redis pub/sub (redis://HOST:PORT/DB); unset:
+    # one process, in memory.
+    redis_url: str | None = None
     # Outbound webhooks: seconds before each retry (JSON list; the last step repeats, with full jitter)
     # until a delivery is this old, then it is abandoned.
     webhook_retry_delays: tuple[PositiveFloat, ...] = Field(default=DEFAULT_RETRY_DELAYS, min_length=1)
     webhook_retry_max_age_seconds: float = Field(default=DEFAULT_MAX_AGE_SECONDS, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported Redis URL {value!r}: use redis://HOST:PORT/DB or rediss://…")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -118,11 +118,22 @@ async def number_events_of_calls(
     for count, call_ids in by_count.items():
         result = await connection.execute(sql.NUMBER, {"count": count, "call_ids": call_ids, "now": utcnow()})
         last.update(result.tuples().all())
+    session.info.setdefault(TOUCHED_CALLS, set()).update(last)
     return {
         call_id: _numbered(call_id, last[call_id] - counts[call_id] + 1, batch[call_id])
         for call_id in ids
         if call_id in last
     }
+
+
+# ``session.info`` key: the ids of the calls whose timelines the transaction added to.
+TOUCHED_CALLS = "switchboard.touched_calls"
+
+
+def touched_calls(info: dict[str, Any]) -> set[str]:
+    """The calls whose timelines a committed transaction added to (its ``session.info``)."""
+    touched: set[str] = info.pop(TOUCHED_CALLS, set())
+    return touched
 
 
 def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[StoredEvent]:

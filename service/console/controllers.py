@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Controller, Request, Response, get, post
+from litestar.channels import ChannelsPlugin
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -83,8 +84,8 @@ console_static = create_static_files_router(
 )
 
 
-def provide_feed(db: NamedDependency[Database]) -> CallFeed:
-    return CallFeed(db)
+def provide_feed(db: NamedDependency[Database], channels: NamedDependency[ChannelsPlugin]) -> CallFeed:
+    return CallFeed(db, channels)
 
 
 def provide_dry_runs(calls: NamedDependency[CallService]) -> DryRunService:

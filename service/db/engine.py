@@ -175,6 +175,20 @@ class Database:
         self._checkpoint_path = sqlite_file(url)
         self._checkpointed_at = 0.0
         self._checkpointing: asyncio.Task[None] | None = None
+        self._after_commit: list[Callable[[dict[str, Any]], None]] = []
+
+    def after_commit(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``callback(session.info)`` after every write transaction that committed (on the event
+        loop, right after the commit): how a writer's notes about its transaction (e.g. the calls it
+        touched) reach whoever publishes them. Must not block."""
+        self._after_commit.append(callback)
+
+    def _committed(self, session: AsyncSession) -> None:
+        for callback in self._after_commit:
+            try:
+                callback(session.info)
+            except Exception:
+                log.exception("after-commit callback failed")
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -186,6 +200,7 @@ class Database:
         if self._write_lock is None:
             async with self._write_sessions() as session, session.begin():
                 yield session
+            self._committed(session)
             return
         if _in_write.get():
             raise RuntimeError("nested write transaction: it would wait for itself on SQLite")
@@ -195,6 +210,7 @@ class Database:
                 if self._checkpoint_path is None:  # in-memory SQLite: writes go through aiosqlite's thread
                     async with self._write_sessions() as session, session.begin():
                         yield session
+                    self._committed(session)
                 else:
                     # AsyncSession's own ``async with`` closes in a shielded task (a task and two more
                     # loop turns per transaction); on the inline connection nothing in close() suspends,
@@ -205,6 +221,7 @@ class Database:
                             yield session
                     finally:
                         await session.close()
+                    self._committed(session)
         finally:
             _in_write.reset(token)
         self._maybe_checkpoint()

@@ -3,6 +3,7 @@ connection this replica already holds for recording."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from litestar import WebSocket, websocket
@@ -11,6 +12,10 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath
 
 from service.auth import scoped
+from service.calls import status as call_status
+from service.calls.service import CallService
+from service.errors import NotFoundError
+from service.listen.sharing import LiveSharing
 from service.listen.supervisor import ListenSupervisor
 
 # Close codes in the private range (4000-4999), echoing HTTP where one fits.
@@ -25,17 +30,22 @@ CLOSE_TOO_SLOW = 4408
     description=(
         "Live audio and events of a call: the same binary (PCM) and text (JSON) frames as Vapi's listen "
         "socket. API key in the Authorization header or ?token=. A listener that falls more than ~2 s "
-        f"behind is closed with {CLOSE_TOO_SLOW}; a call not recorded by this replica is closed with "
-        f"{CLOSE_NOT_RECORDED_HERE}."
+        f"behind is closed with {CLOSE_TOO_SLOW}. Any replica serves any live call when replicas share "
+        f"Redis (SWITCHBOARD_REDIS_URL); a call that is not live (or, without Redis, not recorded by this "
+        f"replica) is closed with {CLOSE_NOT_RECORDED_HERE}."
     ),
 )
 async def live_listen(
-    socket: WebSocket[Any, Any, Any], call_id: FromPath[str], supervisor: NamedDependency[ListenSupervisor]
+    socket: WebSocket[Any, Any, Any],
+    call_id: FromPath[str],
+    supervisor: NamedDependency[ListenSupervisor],
+    sharing: NamedDependency[LiveSharing],
+    calls: NamedDependency[CallService],
 ) -> None:
     await socket.accept()
     relay = supervisor.relay(call_id)
     if relay is None:
-        await socket.close(code=CLOSE_NOT_RECORDED_HERE, reason="call is not live or not recorded by this replica")
+        await _listen_elsewhere(socket, call_id, sharing, calls)
         return
     subscription = relay.subscribe()
     try:
@@ -50,5 +60,28 @@ async def live_listen(
         subscription.close()
     if subscription.dropped:
         await socket.close(code=CLOSE_TOO_SLOW, reason="listener too slow; reconnect")
+    else:
+        await socket.close(code=1000, reason="call ended")
+
+
+async def _listen_elsewhere(
+    socket: WebSocket[Any, Any, Any], call_id: str, sharing: LiveSharing, calls: CallService
+) -> None:
+    """A call this replica does not record: relayed from the replica that does (shared through Redis)."""
+    live = False
+    if sharing.shared:
+        with contextlib.suppress(NotFoundError):
+            live = call_status.is_live((await calls.get_call(call_id)).status)
+    if not live:
+        await socket.close(code=CLOSE_NOT_RECORDED_HERE, reason="call is not live or not recorded by this replica")
+        return
+    try:
+        outcome = await sharing.listen_remote(call_id, socket.send_bytes, socket.send_text)
+    except WebSocketDisconnect:
+        return
+    if outcome == "slow":
+        await socket.close(code=CLOSE_TOO_SLOW, reason="listener too slow; reconnect")
+    elif outcome == "silent":
+        await socket.close(code=CLOSE_NOT_RECORDED_HERE, reason="no replica is recording the call")
     else:
         await socket.close(code=1000, reason="call ended")

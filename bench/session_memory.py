@@ -1,0 +1,145 @@
+"""What each live listen session holds: tracemalloc over N simulated calls recorded in this process.
+
+    python bench/session_memory.py --calls 100 --seconds 20 [--top 25]
+
+The Vapi simulator runs in its own process (real time); Switchboard (SQLite + local files in a temporary
+folder) runs in this one, with tracemalloc on. Five calls warm everything up first (modules, compiled
+statements, pools). Then N calls are placed; once every session has recorded a few seconds, a snapshot
+is compared with the one taken before, and the allocations still alive are printed per session,
+grouped by the line that made them (the innermost frame in ``service/``), largest first. RSS growth per
+call is printed too (it includes the allocator's own overhead and fragmentation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import linecache
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import ProcessGroup, free_port, switchboard_argv, wait_http_ok  # noqa: E402
+
+from service.app import create_app  # noqa: E402
+from service.logging import configure_logging  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def ours(trace: tracemalloc.Traceback) -> str:
+    """The innermost frame of the traceback that is Switchboard's own code (else the innermost)."""
+    for frame in reversed(trace):
+        if "/service/" in frame.filename and "/simulator/" not in frame.filename:
+            line = linecache.getline(frame.filename, frame.lineno).strip()
+            return f"{frame.filename.split('/service/', 1)[1]}:{frame.lineno}  {line[:70]}"
+    frame = trace[-1]
+    return f"{frame.filename.rsplit('/', 2)[-1]}:{frame.lineno}"
+
+
+async def main(args: argparse.Namespace) -> None:
+    configure_logging("warning")
+    tmp = Path(tempfile.mkdtemp(prefix="switchboard-memory-"))
+    secret, admin = secrets.token_hex(8), secrets.token_hex(8)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sim_port = free_port()
+    async with ProcessGroup(tmp) as procs, httpx.AsyncClient(timeout=60) as client:
+        sim_argv = switchboard_argv("simulate", "--port", str(sim_port), "--talk-seconds", str(args.seconds))
+        sim_argv += ["--server-url", f"{base}/webhooks/vapi", "--secret", secret]
+        sim = await procs.start("simulate", sim_argv, env=dict(os.environ))
+        await wait_http_ok(client, f"http://127.0.0.1:{sim_port}/_sim/calls", sim)
+        settings = Settings(
+            _env_file=None,
+            database_url=f"sqlite+aiosqlite:///{tmp}/memory.db",
+            storage_url=f"file://{tmp}/rec",
+            vapi_base_url=f"http://127.0.0.1:{sim_port}",
+            public_url=base,
+            webhook_secret=secret,
+            admin_api_key=admin,
+            log_level="warning",
+            auto_migrate=True,
+        )
+        from service.db.migrate import upgrade
+
+        upgrade(settings.database_url)
+        app = create_app(settings)
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, ws="websockets-sansio"))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        await wait_http_ok(client, f"{base}/healthz", sim)
+        auth = {"Authorization": f"Bearer {admin}"}
+        supervisor = app.state["supervisor"] if "supervisor" in app.state else None
+
+        placing = asyncio.Semaphore(10)
+        placed = 0
+
+        async def place(n: int) -> None:
+            nonlocal placed
+            body = {"assistantId": "a", "phoneNumberId": "p", "customer": {"number": f"+1415555{n:04d}"}}
+            async with placing:
+                placed += (await client.post(f"{base}/v1/calls", json=body, headers=auth)).status_code == 201
+
+        async def settle(count: int) -> None:
+            async with asyncio.timeout(60):
+                while supervisor is not None and supervisor.active < count:
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(args.record_seconds)
+
+        await asyncio.gather(*(place(n) for n in range(5)))
+        await settle(placed)
+        tracemalloc.start(args.depth)
+        before, rss_before = tracemalloc.take_snapshot(), rss_bytes()
+        warm = placed
+        await asyncio.gather(*(place(100 + n) for n in range(args.calls)))
+        sessions = placed - warm
+        await settle(placed)
+        after, rss_after = tracemalloc.take_snapshot(), rss_bytes()
+        tracemalloc.stop()
+        sizes: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
+        for stat in after.compare_to(before, "traceback"):
+            if stat.size_diff > 0:
+                sizes[ours(stat.traceback)] += stat.size_diff
+                counts[ours(stat.traceback)] += max(stat.count_diff, 0)
+        total = sum(sizes.values())
+        print(f"{sessions} sessions: {total / sessions / 1024:.1f} KiB traced per session, ", end="")
+        print(f"RSS {(rss_after - rss_before) / sessions / 1024:.1f} KiB per session")
+        for where, size in sizes.most_common(args.top):
+            print(f"{size / sessions:9.0f} B  {counts[where] / sessions:6.1f} blocks  {where}")
+        sys.stdout.flush()
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+    with contextlib.suppress(OSError):
+        for path in sorted(tmp.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        tmp.rmdir()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=30.0, help="talk time of each simulated call")
+    parser.add_argument("--record-seconds", type=float, default=4.0, help="recording before the snapshot")
+    parser.add_argument("--depth", type=int, default=12, help="traceback depth kept by tracemalloc")
+    parser.add_argument("--top", type=int, default=25)
+    asyncio.run(main(parser.parse_args()))

@@ -18,6 +18,7 @@ import contextlib
 import linecache
 import os
 import secrets
+import shutil
 import socket
 import sys
 import tempfile
@@ -87,7 +88,11 @@ async def main(args: argparse.Namespace) -> None:
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         await wait_http_ok(client, f"{base}/healthz", sim)
         auth = {"Authorization": f"Bearer {admin}"}
-        supervisor = app.state["supervisor"] if "supervisor" in app.state else None
+
+        async def active_sessions() -> float:
+            text = (await client.get(f"{base}/metrics")).text
+            lines = [line for line in text.splitlines() if line.startswith("switchboard_listen_sessions_active ")]
+            return float(lines[0].split()[1]) if lines else 0.0
 
         placing = asyncio.Semaphore(10)
         placed = 0
@@ -100,7 +105,7 @@ async def main(args: argparse.Namespace) -> None:
 
         async def settle(count: int) -> None:
             async with asyncio.timeout(60):
-                while supervisor is not None and supervisor.active < count:
+                while await active_sessions() < count:  # noqa: ASYNC110 - another process's state
                     await asyncio.sleep(0.2)
             await asyncio.sleep(args.record_seconds)
 
@@ -129,10 +134,7 @@ async def main(args: argparse.Namespace) -> None:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await serving
-    with contextlib.suppress(OSError):
-        for path in sorted(tmp.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        tmp.rmdir()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from service.calls.schemas import (
     CallImport,
     CallOut,
     CallPage,
-    ControlIn,
     EventOut,
     EventPage,
     InjectionOut,
@@ -28,6 +27,7 @@ from service.calls.schemas import (
 from service.calls.service import CallFilters, CallService, metadata_filters
 from service.db.models import Call, CallEvent, Injection
 from service.idempotency.service import HEADER, IdempotencyService
+from service.vapi.control import ControlRequest
 
 Calls = NamedDependency[CallService]
 Idempotency = NamedDependency[IdempotencyService]
@@ -245,7 +245,7 @@ class CallController(Controller):
         self,
         request: Request[Any, Any, Any],
         call_id: FromPath[str],
-        data: JSONBody[ControlIn],
+        data: JSONBody[ControlRequest],
         calls: Calls,
         idempotency: Idempotency,
         idempotency_key: IdempotencyKey = None,

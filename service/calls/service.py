@@ -19,7 +19,7 @@ from service.calls.events import NewEvent, append_events, list_events
 from service.calls.metadata import METADATA_KEY, candidates
 from service.calls.redact import redact
 from service.calls.rows import CallRows
-from service.calls.schemas import CallCreate, ControlIn, SayIn
+from service.calls.schemas import CallCreate
 from service.calls.tracking import announce_status, merge_vapi_call
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, CallMetadata, Injection, utcnow
@@ -34,6 +34,7 @@ from service.pagination import (
 )
 from service.settings import Settings
 from service.vapi.client import ControlNotDeliveredError, VapiClient
+from service.vapi.control import ControlRequest, SayFields
 from service.vapi.messages import FINAL_TRANSCRIPTS, SWITCHBOARD_SERVER_MESSAGES
 
 if TYPE_CHECKING:
@@ -298,11 +299,11 @@ class CallService:
             self._supervisor.ensure_listening(call.id)
         return await self.get_call(call.id)
 
-    async def say(self, call_id: str, body: SayIn) -> Injection:
+    async def say(self, call_id: str, body: SayFields) -> Injection:
         """Post a ``say`` to the live call and journal it; a refused POST is stored as ``failed``."""
         return await self.inject(call_id, {"type": "say", **msgspec.to_builtins(body)}, origin="api")
 
-    async def control(self, call_id: str, body: ControlIn) -> Injection:
+    async def control(self, call_id: str, body: ControlRequest) -> Injection:
         """Any other control message (add-message, control, end-call, transfer, append-context)."""
         return await self.inject(call_id, msgspec.to_builtins(body), origin="api")
 

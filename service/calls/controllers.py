@@ -27,6 +27,7 @@ from service.calls.schemas import (
 from service.calls.service import CallFilters, CallService, metadata_filters
 from service.db.models import Call, CallEvent, Injection
 from service.idempotency.service import HEADER, IdempotencyService
+from service.pagination import Cursor, Limit
 from service.vapi.control import ControlRequest
 
 Calls = NamedDependency[CallService]
@@ -38,9 +39,6 @@ IdempotencyKey = Annotated[
         description="Retries with the same key and body get the first response; another body gets 422.",
     ),
 ]
-
-Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size")]
-Cursor = Annotated[str | None, QueryParameter(description="nextCursor of the previous page")]
 
 
 def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:

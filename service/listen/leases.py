@@ -59,7 +59,6 @@ def replica_id() -> str:
 class LeaseKeeper:
     def __init__(self, db: Database, *, owner: str, ttl_seconds: float) -> None:
         self.db = db
-        self._db = db
         self.owner = owner
         self._ttl = dt.timedelta(seconds=ttl_seconds)
 
@@ -71,7 +70,7 @@ class LeaseKeeper:
     async def acquire(self, call_id: str) -> bool:
         """Take the call's lease if it is free, expired, or already ours."""
         now = utcnow()
-        async with self._db.write() as session:
+        async with self.db.write() as session:
             result = await session.execute(
                 _ACQUIRE, {"call_id": call_id, "owner": self.owner, "now": now, "until": now + self._ttl}
             )
@@ -81,19 +80,19 @@ class LeaseKeeper:
         """Extend our leases on ``call_ids``; returns the ones we still hold."""
         if not call_ids:
             return set()
-        async with self._db.write() as session:
+        async with self.db.write() as session:
             result = await session.execute(
                 _RENEW, {"call_ids": list(call_ids), "owner": self.owner, "until": utcnow() + self._ttl}
             )
             return set(result.scalars().all())
 
     async def release(self, call_id: str) -> None:
-        async with self._db.write() as session:
+        async with self.db.write() as session:
             await session.execute(_RELEASE, {"call_id": call_id, "owner": self.owner})
 
     async def unowned_calls(self, limit: int = 500) -> list[str]:
         """Calls that need a session and that nobody holds (see :func:`unowned_calls_query`)."""
-        async with self._db.read() as session:
+        async with self.db.read() as session:
             return list((await session.scalars(unowned_calls_query(utcnow(), limit))).all())
 
 

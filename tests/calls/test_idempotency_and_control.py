@@ -10,9 +10,8 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from service.app import create_app
-from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET, make_settings
-from tests.servers import bind_loopback, serve
+from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET
+from tests.harness import app_client, build_app, served_app
 
 CALL_BODY = {"assistantId": "asst-1", "phoneNumberId": "pn-1", "customer": {"number": "+14155550123"}}
 CONTROL_URL = "http://vapi.test/call-x/control"
@@ -81,11 +80,10 @@ async def test_same_key_same_body_replays_without_a_second_vapi_call(
 async def test_concurrent_duplicates_reach_vapi_once(database_url: str, vapi: SlowVapi) -> None:
     vapi.delay = 0.5
     headers = {"Idempotency-Key": "order-2", "Authorization": f"Bearer {ADMIN_KEY}"}
-    sock = bind_loopback()
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(vapi)) as http,
-        serve(create_app(make_settings(database_url), http_client=http), sock) as base_url,
-        httpx.AsyncClient(base_url=base_url, headers=headers) as client,
+        served_app(database_url, http_client=http) as served,
+        httpx.AsyncClient(base_url=served.base_url, headers=headers) as client,
     ):
         first, second = await asyncio.gather(
             client.post("/v1/calls", json=CALL_BODY), client.post("/v1/calls", json=CALL_BODY)
@@ -273,8 +271,8 @@ async def test_expired_idempotency_keys_are_purged_at_start_up(database_url: str
                     principal="p", route="POST /v1/calls", key=key, request_hash="h", status="done", expires_at=expires
                 )
             )
-    async with AsyncTestClient(create_app(make_settings(database_url))):
-        pass
+    async with app_client(build_app(database_url)):
+        pass  # start-up purges
     async with db.read() as session:
         keys = (await session.scalars(select(IdempotencyRecord.key))).all()
         assert list(keys) == ["fresh"]

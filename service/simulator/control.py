@@ -37,14 +37,17 @@ def validate_control(message: object) -> list[str]:
     if not isinstance(message, Mapping):
         return ["body must be a JSON object"]
     kind = message.get("type")
+    known = {*CONTROL_TYPES, *UNSIMULATED_TYPES}
+    if not isinstance(kind, str) or kind not in known:
+        return [f"type must be one of: {', '.join(sorted(known))}"]
     if kind in UNSIMULATED_TYPES:
         if kind == "send-transport-message" and not isinstance(message.get("message"), Mapping):
             return ["message must be an object"]
         return []
-    if kind not in CONTROL_TYPES:
-        return [f"type must be one of: {', '.join(sorted({*CONTROL_TYPES, *UNSIMULATED_TYPES}))}"]
     if kind == "say" and "content" not in message and isinstance(message.get("message"), str):
-        message = {**{k: v for k, v in message.items() if k != "message"}, "content": message["message"]}
+        legacy = dict(message)
+        legacy["content"] = legacy.pop("message")
+        message = legacy
     try:
         parse_control(message)
     except ControlError as exc:

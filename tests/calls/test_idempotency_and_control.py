@@ -114,6 +114,18 @@ async def test_without_a_key_every_request_is_new(client: AsyncTestClient[Any], 
     assert len(vapi.creates) == 2
 
 
+@pytest.mark.parametrize("body", [{"content": "  "}, {"content": "x" * 5001}, {"content": "hi", "type": "say"}])
+async def test_a_say_that_vapi_would_not_take_is_400_and_not_sent(
+    client: AsyncTestClient[Any], vapi: SlowVapi, body: dict[str, Any]
+) -> None:
+    await client.post("/v1/calls/import", json={"vapiCallId": "call-x"})
+    response = await client.post("/v1/calls/call-x/say", json=body)
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert vapi.controls == []
+    assert (await client.get("/v1/calls/call-x/events", params={"type": "injection.sent"})).json()["data"] == []
+
+
 async def test_say_is_idempotent(client: AsyncTestClient[Any], vapi: SlowVapi) -> None:
     await client.post("/v1/calls/import", json={"vapiCallId": "call-x"})
     headers = {"Idempotency-Key": "say-1"}
@@ -164,6 +176,9 @@ async def test_every_control_type_is_forwarded_and_journalled(
         {"type": "control", "control": "explode"},
         {"type": "transfer", "destination": {"type": "number", "number": "555"}},
         {"type": "add-message", "message": {"role": "robot", "content": "x"}},
+        {"type": "add-message", "message": {"role": "user", "content": "   "}},
+        {"type": "transfer", "destination": {"type": "number", "number": "+14155550999"}, "content": ""},
+        {"type": "say", "content": "say has its own route"},
         {"type": "end-call", "extra": 1},
     ],
 )

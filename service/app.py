@@ -226,14 +226,7 @@ def create_app(
             "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
             "rules": _constant(rules),  # rules
         },
-        state=State(
-            {
-                "api_keys": api_keys,
-                "supervisor": supervisor,
-                "deliveries": deliveries,  # outbound webhooks
-                "db": db,
-            }
-        ),
+        state=State({"api_keys": api_keys}),  # read by the authentication guard
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

@@ -1,4 +1,8 @@
-"""Opaque cursors for keyset pagination (``?limit=&cursor=`` → ``{"data": […], "nextCursor": …}``)."""
+"""Keyset pagination for every list endpoint: ``?limit=&cursor=`` → ``{"data": […], "nextCursor": …}``.
+
+A list asks the database for one row more than the page (``limit + 1``): if it comes back, another page
+follows, and the cursor names the last row of this one. Cursors are opaque to clients (base64 JSON).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,32 @@ import base64
 import binascii
 import datetime as dt
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Protocol, TypeVar
+
+from litestar.params import QueryParameter
+from sqlalchemy import ColumnElement, Select, tuple_
 
 from service.errors import InvalidInputError
 
 BAD_CURSOR = "the cursor is not valid: pass back nextCursor unchanged"
+MAX_LIMIT = 500
+
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size")]
+Cursor = Annotated[str | None, QueryParameter(description="nextCursor of the previous page")]
+
+Row = TypeVar("Row")
+SelectT = TypeVar("SelectT", bound=Select[Any])
+
+
+class Dated(Protocol):
+    """A row of a newest-first listing."""
+
+    @property
+    def created_at(self) -> dt.datetime: ...
+
+    @property
+    def id(self) -> object: ...
 
 
 def encode_cursor(*parts: Any) -> str:
@@ -27,15 +52,33 @@ def decode_cursor(cursor: str) -> list[Any]:
     return parts
 
 
-def encode_newest_first(created_at: dt.datetime, row_id: object) -> str:
+def keyset_page(rows: Sequence[Row], limit: int, cursor_after: Callable[[Row], str]) -> tuple[list[Row], str | None]:
+    """The page (the first ``limit`` of ``rows``, read with ``limit + 1``) and the cursor of the next, if any."""
+    if len(rows) <= limit:
+        return list(rows), None
+    page = list(rows[:limit])
+    return page, cursor_after(page[-1])
+
+
+def newest_first_cursor(row: Dated) -> str:
     """The cursor after a row of a ``(created_at, id)`` newest-first listing."""
-    return encode_cursor(created_at.isoformat(), str(row_id))
+    return encode_cursor(row.created_at.isoformat(), str(row.id))
 
 
-def decode_newest_first(cursor: str) -> tuple[dt.datetime, str]:
-    """``(created_at, id)`` of the last row of the previous page."""
-    parts = decode_cursor(cursor)
-    try:
-        return dt.datetime.fromisoformat(parts[0]), str(parts[1])
-    except (IndexError, TypeError, ValueError):
-        raise InvalidInputError(BAD_CURSOR) from None
+def newest_first(
+    query: SelectT,
+    created_at: ColumnElement[Any] | Any,
+    row_id: ColumnElement[Any] | Any,
+    cursor: str | None,
+    *,
+    id_type: Callable[[str], object] = str,
+) -> SelectT:
+    """``query`` ordered newest first on ``(created_at, id)``, after the row ``cursor`` names (no limit)."""
+    if cursor:
+        parts = decode_cursor(cursor)
+        try:
+            after = (dt.datetime.fromisoformat(parts[0]), id_type(str(parts[1])))
+        except (IndexError, TypeError, ValueError):
+            raise InvalidInputError(BAD_CURSOR) from None
+        query = query.where(tuple_(created_at, row_id) < after)
+    return query.order_by(created_at.desc(), row_id.desc())

@@ -26,9 +26,26 @@ POSTGRES_ADMIN_DSN = os.environ.get("SWITCHBOARD_TEST_POSTGRES_DSN", "postgresql
 REQUIRE_POSTGRES = os.environ.get("SWITCHBOARD_TEST_REQUIRE_POSTGRES") == "1"
 configure_logging("info")
 
+# pytest-timeout: pyproject.toml sets 120 s per test; process-level tests (kill -9, replicas) take longer.
+SLOW_TIMEOUT_SECONDS = 600
+
 ADMIN_KEY = "test-admin-key"
 WEBHOOK_SECRET = "test-webhook-secret"
 VAPI_KEY = "test-vapi-private-key"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots",
+        action="store_true",
+        help="regenerate docs/screenshots/ from the console's browser tests (otherwise they go to a temporary folder)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_SECONDS))
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,19 @@
-"""The whole stack for end-to-end tests: the Vapi simulator and Switchboard, both on loopback."""
+"""What tests build on: Switchboard as an app under test (in process or served on loopback), the whole
+stack with the Vapi simulator, and ``eventually`` for what happens in the background."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import httpx
 from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from service.app import create_app
 from service.recordings.storage import RecordingStorage
@@ -18,6 +21,9 @@ from service.simulator import CallScript, SimulatorServer, Utterance, VapiSimula
 from tests.conftest import ADMIN_KEY, VAPI_KEY, make_settings
 from tests.servers import bind_loopback, serve, url_of
 
+T = TypeVar("T")
+
+FINAL_RECORDING = ("completed", "partial", "failed")
 CALL = {
     "assistantId": "asst-e2e",
     "phoneNumberId": "pn-e2e",
@@ -33,6 +39,82 @@ SHORT_SCRIPT = CallScript(
         Utterance("user", "I want to cancel my plan.", at=2.0),
     ),
 )
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], Awaitable[T | None]], timeout: float = 10, *, interval: float = 0.02, what: str = ""
+) -> T: ...
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], T | None], timeout: float = 10, *, interval: float = 0.02, what: str = ""
+) -> T: ...
+
+
+async def eventually(
+    predicate: Callable[[], Any], timeout: float = 10, *, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll ``predicate`` (plain or async) until it returns something truthy, and return that.
+
+    Fails the test with ``what`` (or the predicate's name) after ``timeout`` seconds, however long a
+    single call of the predicate takes. Errors the predicate raises are not retried: they fail at once.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = predicate()
+                value = await result if inspect.isawaitable(result) else result
+                if value:
+                    return value
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"still not true after {timeout} s: {what or predicate.__name__}") from None
+
+
+def build_app(
+    database_url: str,
+    *,
+    storage: RecordingStorage | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    **settings: Any,
+) -> Litestar:
+    """Switchboard as tests build it: the test settings (``make_settings``) with ``settings`` on top."""
+    return create_app(make_settings(database_url, **settings), storage=storage, http_client=http_client)
+
+
+@asynccontextmanager
+async def app_client(
+    app: Litestar, *, key: str | None = ADMIN_KEY, **kwargs: Any
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """An in-process client of ``app`` (lifespan run), signed in with ``key`` (the admin key by default)."""
+    async with AsyncTestClient(app, **kwargs) as client:
+        if key is not None:
+            client.headers["Authorization"] = f"Bearer {key}"
+        yield client
+
+
+@dataclass
+class Served:
+    app: Litestar
+    base_url: str
+
+
+@asynccontextmanager
+async def served_app(
+    database_url: str,
+    *,
+    storage: RecordingStorage | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    **settings: Any,
+) -> AsyncIterator[Served]:
+    """``build_app`` served by uvicorn on a free loopback port, its ``public_url`` pointing there."""
+    sock = bind_loopback()
+    settings.setdefault("public_url", url_of(sock))
+    app = build_app(database_url, storage=storage, http_client=http_client, **settings)
+    async with serve(app, sock) as base_url:
+        yield Served(app, base_url)
 
 
 @dataclass
@@ -61,13 +143,13 @@ class Stack:
 
     async def wait_for_recording(self, call_id: str, timeout: float = 20) -> dict[str, Any]:
         """The recording once finalised (completed, partial or failed)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                response = await self.client.get(f"/v1/calls/{call_id}/recording")
-                body: dict[str, Any] = response.json()
-                if response.status_code == 200 and body["status"] in ("completed", "partial", "failed"):
-                    return body
-                await asyncio.sleep(0.05)
+
+        async def final() -> dict[str, Any] | None:
+            response = await self.client.get(f"/v1/calls/{call_id}/recording")
+            body: dict[str, Any] = response.json()
+            return body if response.status_code == 200 and body["status"] in FINAL_RECORDING else None
+
+        return await eventually(final, timeout, interval=0.05, what=f"the recording of {call_id} is final")
 
 
 @asynccontextmanager
@@ -80,22 +162,12 @@ async def running_switchboard(
     **settings: Any,
 ) -> AsyncIterator[Stack]:
     """Switchboard on loopback, pointed at ``simulator``; recordings under ``tmp_path``."""
-    sock = bind_loopback()
-    app = create_app(
-        make_settings(
-            database_url,
-            storage_url=f"file://{tmp_path / 'recordings'}",
-            vapi_base_url=simulator.base_url,
-            public_url=url_of(sock),
-            **settings,
-        ),
-        storage=storage,
-    )
+    settings.setdefault("storage_url", f"file://{tmp_path / 'recordings'}")
     async with (
-        serve(app, sock) as base_url,
-        httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client,
+        served_app(database_url, storage=storage, vapi_base_url=simulator.base_url, **settings) as served,
+        httpx.AsyncClient(base_url=served.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client,
     ):
-        yield Stack(client, simulator.sim, app)
+        yield Stack(client, simulator.sim, served.app)
 
 
 @asynccontextmanager

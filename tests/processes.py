@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -15,12 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ADMIN_KEY, VAPI_KEY, WEBHOOK_SECRET
-from tests.servers import bind_loopback
-
-
-def free_port() -> int:
-    with bind_loopback() as sock:
-        return int(sock.getsockname()[1])
+from tests.harness import eventually
 
 
 @dataclass
@@ -66,15 +60,17 @@ async def serve_process(env: dict[str, str], port: int, log_path: Path) -> Async
             stderr=subprocess.STDOUT,
         )
     running = ServeProcess(process, f"http://127.0.0.1:{port}", log_path)
+
+    async def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"switchboard serve exited at start-up:\n{running.log()}")
+        with suppress(httpx.TransportError):
+            return (await client.get(f"{running.base_url}/healthz")).status_code == 200
+        return False
+
     try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(30):
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"switchboard serve exited at start-up:\n{running.log()}")
-                with suppress(httpx.TransportError):
-                    if (await client.get(f"{running.base_url}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
+        async with httpx.AsyncClient() as client:
+            await eventually(healthy, 30, interval=0.1, what="switchboard serve answers /healthz")
         yield running
     finally:
         if process.poll() is None:

@@ -20,14 +20,22 @@ def bind_loopback() -> socket.socket:
     return sock
 
 
+def free_port() -> int:
+    """A loopback port free right now (for servers in other processes, which bind it themselves)."""
+    with bind_loopback() as sock:
+        return int(sock.getsockname()[1])
+
+
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://{host}:{port}"
 
 
 @asynccontextmanager
-async def serve(app: Any, sock: socket.socket) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn (lifespan included) on ``sock`` until the block exits."""
+async def serve(app: Any, sock: socket.socket | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn (lifespan included) on ``sock`` (default: a free loopback port) until the
+    block exits; yields its base URL. Pass ``sock`` when the app must know its URL before it is built."""
+    sock = sock or bind_loopback()
     server = uvicorn.Server(
         uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, ws="websockets-sansio")
     )

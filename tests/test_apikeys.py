@@ -13,10 +13,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from service.apikeys.service import ApiKeyService, hash_key, parse_scopes
-from service.app import create_app
 from service.db.engine import Database
 from service.errors import InvalidInputError
-from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET, make_settings
+from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET
+from tests.harness import app_client, build_app
 
 
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,7 +64,7 @@ async def keys(database_url: str) -> AsyncIterator[ApiKeyService]:
 
 @pytest.fixture
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(create_app(make_settings(database_url))) as test_client:
+    async with app_client(build_app(database_url), key=None) as test_client:
         yield test_client
 
 

@@ -17,6 +17,7 @@ from service.db.engine import Database
 from service.db.migrate import upgrade
 from service.db.models import Call
 from service.errors import database_unavailable
+from tests.harness import eventually
 
 
 @pytest.fixture
@@ -64,9 +65,8 @@ async def test_the_wal_is_checkpointed_in_the_background(sqlite_file: str, monke
         for n in range(200):
             async with db.write() as session:
                 session.add(Call(id=f"call-{n}", status="queued", origin="api", customer={"name": "x" * 2000}))
-        async with asyncio.timeout(10):
-            while file_size(path) <= before + 200 * 2000:  # the WAL holds them until a checkpoint
-                await asyncio.sleep(0.01)
+        # The WAL holds the rows until a checkpoint copies them into the main file.
+        await eventually(lambda: file_size(path) > before + 200 * 2000, what="a checkpoint ran")
     finally:
         await db.dispose()
     assert file_size(path) > before + 200 * 2000, "the rows reached the main database file"

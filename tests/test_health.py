@@ -1,14 +1,11 @@
 from pathlib import Path
 
-from litestar.testing import AsyncTestClient
-
-from service.app import create_app
 from service.recordings.storage import LocalStorage
-from tests.conftest import make_settings
+from tests.harness import app_client, build_app
 
 
 async def test_ready_when_database_and_storage_are_reachable(database_url: str, tmp_path: Path) -> None:
-    async with AsyncTestClient(create_app(make_settings(database_url), storage=LocalStorage(tmp_path))) as client:
+    async with app_client(build_app(database_url, storage=LocalStorage(tmp_path)), key=None) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok", "checks": {}}
         ready = await client.get("/readyz")
         assert ready.status_code == 200
@@ -18,8 +15,7 @@ async def test_ready_when_database_and_storage_are_reachable(database_url: str, 
 async def test_not_ready_when_storage_is_unusable(database_url: str, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the recordings folder should be")
-    app = create_app(make_settings(database_url), storage=LocalStorage(blocker / "recordings"))
-    async with AsyncTestClient(app) as client:
+    async with app_client(build_app(database_url, storage=LocalStorage(blocker / "recordings")), key=None) as client:
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         body = ready.json()

@@ -17,7 +17,6 @@ from service.calls.schemas import (
     CallImport,
     CallOut,
     CallPage,
-    ControlIn,
     EventOut,
     EventPage,
     InjectionOut,
@@ -28,6 +27,8 @@ from service.calls.schemas import (
 from service.calls.service import CallFilters, CallService, metadata_filters
 from service.db.models import Call, CallEvent, Injection
 from service.idempotency.service import HEADER, IdempotencyService
+from service.pagination import Cursor, Limit
+from service.vapi.control import ControlRequest
 
 Calls = NamedDependency[CallService]
 Idempotency = NamedDependency[IdempotencyService]
@@ -38,9 +39,6 @@ IdempotencyKey = Annotated[
         description="Retries with the same key and body get the first response; another body gets 422.",
     ),
 ]
-
-Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size")]
-Cursor = Annotated[str | None, QueryParameter(description="nextCursor of the previous page")]
 
 
 def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
@@ -245,7 +243,7 @@ class CallController(Controller):
         self,
         request: Request[Any, Any, Any],
         call_id: FromPath[str],
-        data: JSONBody[ControlIn],
+        data: JSONBody[ControlRequest],
         calls: Calls,
         idempotency: Idempotency,
         idempotency_key: IdempotencyKey = None,

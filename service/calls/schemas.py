@@ -1,14 +1,18 @@
-"""The calls API contract (msgspec Structs, camelCase on the wire). Separate from the ORM models."""
+"""The calls API contract (msgspec Structs, camelCase on the wire). Separate from the ORM models.
+
+The bodies of the say and control routes are Vapi's control messages: ``service.vapi.control``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
-E164 = Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{6,14}$", examples=["+14155550123"])]
+from service.vapi.control import E164, SayFields
+
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
@@ -81,13 +85,8 @@ class EventPage(msgspec.Struct, rename="camel"):
     next_cursor: str | None
 
 
-class SayIn(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    """A sentence for the assistant to speak now."""
-
-    content: Annotated[str, msgspec.Meta(min_length=1, max_length=5000)]
-    end_call_after_spoken: bool = False
-    interrupt_assistant_enabled: bool = False
-    interruptions_enabled: bool = True
+class SayIn(SayFields):
+    """A sentence for the assistant to speak now: Vapi's ``say`` without its ``type``."""
 
 
 class InjectionOut(msgspec.Struct, rename="camel"):
@@ -108,55 +107,3 @@ class CallImport(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """Track a call Switchboard did not place."""
 
     vapi_call_id: VapiId
-
-
-class ConversationMessage(msgspec.Struct, forbid_unknown_fields=True):
-    role: Literal["system", "user", "assistant", "tool", "function"]
-    content: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
-
-
-class AddMessage(msgspec.Struct, tag="add-message", tag_field="type", rename="camel", forbid_unknown_fields=True):
-    """Add a message to the conversation; the assistant answers it unless told not to."""
-
-    message: ConversationMessage
-    trigger_response_enabled: bool = True
-
-
-class Control(msgspec.Struct, tag="control", tag_field="type", forbid_unknown_fields=True):
-    """Mute or unmute a side, or make the assistant say its first message."""
-
-    control: Literal["mute-assistant", "unmute-assistant", "mute-customer", "unmute-customer", "say-first-message"]
-
-
-class EndCall(msgspec.Struct, tag="end-call", tag_field="type", forbid_unknown_fields=True):
-    """End the call now."""
-
-
-class NumberDestination(
-    msgspec.Struct, tag="number", tag_field="type", rename="camel", omit_defaults=True, forbid_unknown_fields=True
-):
-    number: E164
-    extension: str | None = None
-    caller_id: str | None = None
-
-
-class SipDestination(
-    msgspec.Struct, tag="sip", tag_field="type", rename="camel", omit_defaults=True, forbid_unknown_fields=True
-):
-    sip_uri: Annotated[str, msgspec.Meta(pattern=r"^sips?:", examples=["sip:agent@example.com"])]
-    sip_headers: dict[str, str] | None = None
-
-
-class Transfer(msgspec.Struct, tag="transfer", tag_field="type", omit_defaults=True, forbid_unknown_fields=True):
-    """Transfer the call; ``content`` is spoken first."""
-
-    destination: NumberDestination | SipDestination
-    content: str | None = None
-
-
-class AppendContext(msgspec.Struct, tag="append-context", tag_field="type", forbid_unknown_fields=True):
-    kind: Literal["commentary", "thinking", "instructions"]
-    content: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
-
-
-ControlIn = AddMessage | Control | EndCall | Transfer | AppendContext

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import ColumnElement, Select, and_, exists, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased, selectinload
 
@@ -17,21 +17,16 @@ from service.calls.control import ControlChannel
 from service.calls.events import NewEvent, list_events
 from service.calls.metadata import METADATA_KEY, candidates
 from service.calls.redact import redact
-from service.calls.schemas import CallCreate, ControlIn, SayIn
+from service.calls.schemas import CallCreate
 from service.calls.tracking import merge_vapi_call
 from service.calls.writer import CallWriter
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, CallMetadata, Injection
 from service.errors import InvalidInputError, NotFoundError, UpstreamError
-from service.pagination import (
-    BAD_CURSOR,
-    decode_cursor,
-    decode_newest_first,
-    encode_cursor,
-    encode_newest_first,
-)
+from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
 from service.settings import Settings
 from service.vapi.client import VapiClient
+from service.vapi.control import ControlRequest, SayFields
 from service.vapi.messages import FINAL_TRANSCRIPTS, SWITCHBOARD_SERVER_MESSAGES
 
 log = structlog.get_logger(__name__)
@@ -103,10 +98,7 @@ class CallFilters:
     def page(self, *, limit: int, cursor: str | None) -> Select[tuple[Call]]:
         """The calls matching the filters, newest first, after ``cursor``: at most ``limit``."""
         query, (created_at_column, id_column) = self.newest_first_calls()
-        if cursor:
-            created_at, call_id = decode_newest_first(cursor)
-            query = query.where(tuple_(created_at_column, id_column) < (created_at, call_id))
-        return query.order_by(created_at_column.desc(), id_column.desc()).limit(limit)
+        return newest_first(query, created_at_column, id_column, cursor).limit(limit)
 
     def _apply(
         self, query: Select[Any], created_at: SortColumn, call_id: SortColumn, metadata: dict[str, str]
@@ -210,13 +202,8 @@ class CallService:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
         query = filters.page(limit=limit + 1, cursor=cursor).options(selectinload(Call.recording))
         async with self._db.read() as session:
-            calls = list((await session.scalars(query)).all())
-        next_cursor = None
-        if len(calls) > limit:
-            calls = calls[:limit]
-            last = calls[-1]
-            next_cursor = encode_newest_first(last.created_at, last.id)
-        return calls, next_cursor
+            calls = (await session.scalars(query)).all()
+        return keyset_page(calls, limit, newest_first_cursor)
 
     async def list_events(
         self,
@@ -238,11 +225,7 @@ class CallService:
             events = await list_events(
                 session, call_id, after_seq=after_seq, limit=limit + 1, types=types, source=source
             )
-        next_cursor = None
-        if len(events) > limit:
-            events = events[:limit]
-            next_cursor = encode_cursor(events[-1].seq)
-        return events, next_cursor
+        return keyset_page(events, limit, lambda event: encode_cursor(event.seq))
 
     async def reconcile(self, call_id: str) -> str:
         """Bring the stored call in line with Vapi's ``GET /call/{id}`` (webhooks can be lost); its status."""
@@ -277,11 +260,11 @@ class CallService:
             )
         return await self.get_call(call.id)
 
-    async def say(self, call_id: str, body: SayIn) -> Injection:
+    async def say(self, call_id: str, body: SayFields) -> Injection:
         """Post a ``say`` to the live call and journal it; a refused POST is stored as ``failed``."""
         return await self._control.send(call_id, {"type": "say", **msgspec.to_builtins(body)}, origin="api")
 
-    async def control(self, call_id: str, body: ControlIn) -> Injection:
+    async def control(self, call_id: str, body: ControlRequest) -> Injection:
         """Any other control message (add-message, control, end-call, transfer, append-context)."""
         return await self._control.send(call_id, msgspec.to_builtins(body), origin="api")
 

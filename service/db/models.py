@@ -1,6 +1,6 @@
 """Every table of the service, in one place.
 
-Names follow ``docs/style.md``: singular snake_case tables (inferred from the class name by
+Names: singular snake_case tables (inferred from the class name by
 advanced-alchemy), ``_at`` suffix for timestamps, constraint names from advanced-alchemy's
 deterministic naming convention so that migrations stay reproducible.
 """
@@ -196,7 +196,7 @@ class Injection(TimestampedMixin, UUIDv7Base):
     type: Mapped[str] = mapped_column(String(32))
     body: Mapped[dict[str, Any]] = mapped_column(JsonB)
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    # Who asked: "api" for now; rules and the console come later.
+    # Who asked: "api" (the say and control routes) or "rule" (a rule's firing).
     origin: Mapped[str] = mapped_column(String(16), default="api")
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service.auth import scoped
@@ -22,11 +21,9 @@ from service.deliveries.schemas import (
     EndpointPage,
 )
 from service.deliveries.service import WebhookEndpointService
+from service.pagination import Cursor, Limit
 
 Endpoints = NamedDependency[WebhookEndpointService]
-
-Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size")]
-Cursor = Annotated[str | None, QueryParameter(description="nextCursor of the previous page")]
 
 
 def endpoint_out(endpoint: WebhookEndpoint) -> EndpointOut:

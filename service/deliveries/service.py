@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import secrets
 import uuid
 from collections import defaultdict
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, select
 
 from service.db.engine import Database
 from service.db.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from service.deliveries.schemas import EndpointCreate
 from service.deliveries.urls import Resolver, UnsafeUrlError, check_webhook_url, resolve_host
 from service.errors import InvalidInputError, NotFoundError
-from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
+from service.pagination import keyset_page, newest_first, newest_first_cursor
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 GENERATED_SECRET_BYTES = 24
@@ -41,13 +40,6 @@ def check_secret(secret: str) -> str:
             field="secret",
         )
     return secret
-
-
-def _page_cursor(parts: list[object]) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        return dt.datetime.fromisoformat(str(parts[0])), uuid.UUID(str(parts[1]))
-    except (IndexError, ValueError):
-        raise InvalidInputError(BAD_CURSOR) from None
 
 
 class WebhookEndpointService:
@@ -77,19 +69,12 @@ class WebhookEndpointService:
 
     async def list_endpoints(self, *, limit: int, cursor: str | None) -> tuple[list[WebhookEndpoint], str | None]:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
-        query = select(WebhookEndpoint)
-        if cursor:
-            query = query.where(
-                tuple_(WebhookEndpoint.created_at, WebhookEndpoint.id) < _page_cursor(decode_cursor(cursor))
-            )
-        query = query.order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc()).limit(limit + 1)
+        query = newest_first(
+            select(WebhookEndpoint), WebhookEndpoint.created_at, WebhookEndpoint.id, cursor, id_type=uuid.UUID
+        ).limit(limit + 1)
         async with self._db.read() as session:
-            endpoints = list((await session.scalars(query)).all())
-        next_cursor = None
-        if len(endpoints) > limit:
-            endpoints = endpoints[:limit]
-            next_cursor = encode_cursor(endpoints[-1].created_at.isoformat(), str(endpoints[-1].id))
-        return endpoints, next_cursor
+            endpoints = (await session.scalars(query)).all()
+        return keyset_page(endpoints, limit, newest_first_cursor)
 
     async def delete_endpoint(self, endpoint_id: uuid.UUID) -> None:
         """Remove the endpoint with its pending deliveries and its log (the foreign keys cascade)."""
@@ -106,20 +91,17 @@ class WebhookEndpointService:
         self, endpoint_id: uuid.UUID, *, limit: int, cursor: str | None
     ) -> tuple[list[tuple[WebhookDelivery, list[WebhookDeliveryAttempt]]], str | None]:
         """The endpoint's deliveries, newest first, each with its attempts in the order they were made."""
-        query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
-        if cursor:
-            query = query.where(
-                tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < _page_cursor(decode_cursor(cursor))
-            )
-        query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(limit + 1)
+        query = newest_first(
+            select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id),
+            WebhookDelivery.created_at,
+            WebhookDelivery.id,
+            cursor,
+            id_type=uuid.UUID,
+        ).limit(limit + 1)
         async with self._db.read() as session:
             if await session.get(WebhookEndpoint, endpoint_id) is None:
                 raise NotFoundError(f"no webhook endpoint with id {str(endpoint_id)!r}")
-            deliveries = list((await session.scalars(query)).all())
-            next_cursor = None
-            if len(deliveries) > limit:
-                deliveries = deliveries[:limit]
-                next_cursor = encode_cursor(deliveries[-1].created_at.isoformat(), str(deliveries[-1].id))
+            deliveries, next_cursor = keyset_page((await session.scalars(query)).all(), limit, newest_first_cursor)
             attempts: dict[uuid.UUID, list[WebhookDeliveryAttempt]] = defaultdict(list)
             if deliveries:
                 rows = await session.scalars(

@@ -57,7 +57,6 @@ def dead_here(owner: str, *, host: str, pid: int) -> bool:
 class LeaseKeeper:
     def __init__(self, db: Database, *, owner: str, ttl_seconds: float) -> None:
         self.db = db
-        self._db = db
         self.owner = owner
         self._ttl = dt.timedelta(seconds=ttl_seconds)
 
@@ -78,7 +77,7 @@ class LeaseKeeper:
     async def acquire(self, call_id: str) -> bool:
         """Take the call's lease if it is free, expired, or already ours."""
         now = utcnow()
-        async with self._db.write() as session:
+        async with self.db.write() as session:
             result = await session.execute(
                 sql.ACQUIRE, {"call_id": call_id, "owner": self.owner, "now": now, "until": now + self._ttl}
             )
@@ -88,20 +87,20 @@ class LeaseKeeper:
         """Extend our leases on ``call_ids``; returns the ones we still hold."""
         if not call_ids:
             return set()
-        async with self._db.write() as session:
+        async with self.db.write() as session:
             result = await session.execute(
                 sql.RENEW, {"call_ids": list(call_ids), "owner": self.owner, "until": utcnow() + self._ttl}
             )
             return set(result.scalars().all())
 
     async def release(self, call_id: str) -> None:
-        async with self._db.write() as session:
+        async with self.db.write() as session:
             await session.execute(sql.RELEASE, {"call_id": call_id, "owner": self.owner})
 
     async def take_over_from_dead_processes_here(self, limit: int = 500) -> list[str]:
         """Take the leases that a dead process of this host still holds (a crash, ``kill -9``, a
         container restart) at once, rather than when they expire; the calls taken."""
-        async with self._db.read() as session:
+        async with self.db.read() as session:
             held = (await session.execute(held_on_host_query(this_host(), utcnow(), limit))).tuples().all()
         host, pid = this_host(), os.getpid()
         dead = [
@@ -113,7 +112,7 @@ class LeaseKeeper:
             return []
         taken = []
         until = utcnow() + self._ttl
-        async with self._db.write() as session:
+        async with self.db.write() as session:
             for call_id, owner in dead:
                 result = await session.execute(
                     sql.TAKE_OVER, {"call_id": call_id, "dead": owner, "owner": self.owner, "until": until}
@@ -124,7 +123,7 @@ class LeaseKeeper:
 
     async def unowned_calls(self, limit: int = 500) -> list[str]:
         """Calls that need a session and that nobody holds (see :func:`unowned_calls_query`)."""
-        async with self._db.read() as session:
+        async with self.db.read() as session:
             return list((await session.scalars(unowned_calls_query(utcnow(), limit))).all())
 
 

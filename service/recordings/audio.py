@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from service.recordings.storage import RecordingStorage
 
 SAMPLE_BYTES = 2  # pcm_s16le
-WAV_HEADER_BYTES = 44
 SILENCE_CHUNK = bytes(64 * 1024)
 
 

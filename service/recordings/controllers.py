@@ -14,6 +14,7 @@ from service.auth import scoped
 from service.calls.service import CallFilters, metadata_filters
 from service.db.models import Call, Recording
 from service.errors import DomainError
+from service.pagination import Cursor, Limit
 from service.recordings.audio import RangeNotSatisfiableError, parse_range
 from service.recordings.schemas import Gap, RecordingListItem, RecordingOut, RecordingPage, SegmentOut
 from service.recordings.service import Download, RecordingService, RecordingView
@@ -177,8 +178,8 @@ def recording_item(recording: Recording, call: Call) -> RecordingListItem:
 async def list_recordings(
     request: Request[Any, Any, Any],
     recordings: Recordings,
-    limit: Annotated[int, QueryParameter(ge=1, le=500, description="Page size")] = 50,
-    cursor: Annotated[str | None, QueryParameter(description="nextCursor of the previous page")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
     status: Annotated[str | None, QueryParameter(description="none|recording|completed|partial|failed")] = None,
     assistant_id: Annotated[str | None, QueryParameter(name="assistantId")] = None,
     customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,

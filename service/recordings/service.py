@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from uuid_utils.compat import uuid7
@@ -19,8 +19,8 @@ from service.db.engine import Database, is_postgresql
 from service.db.models import Call, Recording, RecordingSegment, utcnow
 from service.db.stores import recordings as sql
 from service.deliveries.outbox import enqueue
-from service.errors import InvalidInputError, NotFoundError
-from service.pagination import BAD_CURSOR, decode_newest_first, encode_newest_first
+from service.errors import NotFoundError
+from service.pagination import keyset_page, newest_first, newest_first_cursor
 from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
 from service.recordings.storage import RecordingStorage
 
@@ -285,22 +285,10 @@ class RecordingService:
             query = query.where(Recording.status == status)
         if min_duration_seconds is not None:
             query = query.where(Recording.bytes >= min_duration_seconds * Recording.byte_rate)
-        if cursor:
-            created_at, last_id = decode_newest_first(cursor)
-            try:
-                recording_id = uuid.UUID(last_id)
-            except ValueError:
-                raise InvalidInputError(BAD_CURSOR) from None
-            query = query.where(tuple_(Recording.created_at, Recording.id) < (created_at, recording_id))
-        query = query.order_by(Recording.created_at.desc(), Recording.id.desc()).limit(limit + 1)
+        query = newest_first(query, Recording.created_at, Recording.id, cursor, id_type=uuid.UUID).limit(limit + 1)
         async with self._db.read() as session:
             rows = [(row[0], row[1]) for row in (await session.execute(query)).all()]
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            last = rows[-1][0]
-            next_cursor = encode_newest_first(last.created_at, last.id)
-        return rows, next_cursor
+        return keyset_page(rows, limit, lambda row: newest_first_cursor(row[0]))
 
     async def pcm_download(self, call_id: str) -> Download:
         return pcm_download(await self.view(call_id), self._storage)

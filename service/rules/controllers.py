@@ -6,21 +6,20 @@ rule, the field and the reason (422 with an ``errors`` list), exactly as ``switc
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Controller, Response, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service.auth import scoped
 from service.db.models import RuleFiring
+from service.pagination import Cursor, Limit
 from service.rules.schemas import FiringOut, FiringPage, RuleOut, RulePage, RuleProblem, ValidationOut
 from service.rules.service import RuleService, RuleView
 
 Rules = NamedDependency[RuleService]
-Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size")]
-Cursor = Annotated[str | None, QueryParameter(description="nextCursor of the previous page")]
 
 
 def rule_out(view: RuleView) -> RuleOut:

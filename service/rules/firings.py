@@ -163,10 +163,6 @@ async def list_firings(session: AsyncSession, call_id: str, *, after: uuid.UUID 
     return list((await session.scalars(query.order_by(RuleFiring.id).limit(limit))).all())
 
 
-async def count_scheduled(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).where(RuleFiring.status == "scheduled")) or 0)
-
-
 async def occurrence_key(session: AsyncSession, occurrence: Occurrence) -> str:
     """The firing key of a ``once: false`` rule: the occurrence itself.
 

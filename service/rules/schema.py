@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from service.rules.actions import ACTION_TYPES, Action, ActionError, SayAction, parse_action
 from service.rules.conditions import Condition, ConditionSyntaxError, compile_condition
 from service.rules.templates import Template, TemplateError, compile_template, is_template
+from service.vapi.control import CONTROL_TYPES, ControlError, ControlMessage, Say, parse_control
 
 STATUS_MILESTONES = {
     "queued": "call.queued",
@@ -40,6 +40,10 @@ MAX_DURATION_SECONDS = 24 * 3600.0
 FIELDS = ("name", "description", "on", "delay", "at", "for", "if", "say", "action", "once")
 _DURATION = re.compile(r"^\s*(?P<number>[-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# A template stands for text known only when it is rendered. Where a field's format is checked (a number
+# must be E.164), the rule is checked at load time with a value of that format in the template's place;
+# other fields are checked with the template's own text (its length, that it is not blank).
+_TEMPLATE_STAND_INS = {"number": "+10000000000", "sipUri": "sip:template@example.invalid"}
 
 # Where a field of the n-th rule sits in its file: (rule index, field path) → line (1-based), or None.
 LineLookup = Callable[[int, str], int | None]
@@ -85,7 +89,8 @@ class CompiledRule:
 
     name: str
     milestone: str
-    action: Action
+    action: ControlMessage
+    """The control message, checked; a field that holds a template holds its stand-in (see ``body``)."""
     templates: Mapping[str, Template]
     """Template per dotted path of a string in the action body (``content``, ``message.content``, …)."""
     delay: float = 0.0
@@ -110,7 +115,7 @@ class CompiledRule:
             form["forSeconds"] = self.silence
         form["if"] = self.condition.source if self.condition else None
         form["once"] = self.once
-        form["action"] = msgspec.to_builtins(self.action)
+        form["action"] = self.body({path: template.source for path, template in self.templates.items()})
         form["templateFields"] = sorted({f for t in self.templates.values() for f in t.fields})
         if self.description:
             form["description"] = self.description
@@ -118,17 +123,23 @@ class CompiledRule:
 
     def render(self, call: dict[str, Any], event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The control message for this occurrence and the template fields that were missing."""
-        body: dict[str, Any] = msgspec.to_builtins(self.action)
+        texts: dict[str, str] = {}
         missing: list[str] = []
         for path, template in self.templates.items():
-            text, absent = template.render(call, event)
+            texts[path], absent = template.render(call, event)
             missing.extend(absent)
+        return self.body(texts), missing
+
+    def body(self, texts: Mapping[str, str]) -> dict[str, Any]:
+        """The action as JSON with ``texts`` (dotted path → string) in place of its templates."""
+        body: dict[str, Any] = msgspec.to_builtins(self.action)
+        for path, text in texts.items():
             *parents, leaf = path.split(".")
             holder = body
             for part in parents:
                 holder = holder[part]
             holder[leaf] = text
-        return body, missing
+        return body
 
 
 def parse_duration(value: object) -> float:
@@ -251,7 +262,7 @@ def compile_rule(document: object, *, index: int = 0, lines: LineLookup | None =
         description = None
 
     action, templates = _compile_action(document, errors)
-    if isinstance(action, SayAction) and milestone == "call.ended":
+    if isinstance(action, Say) and milestone == "call.ended":
         errors.add("say" if "say" in document else "action", "a say cannot be heard on call.ended: the call is over")
 
     if errors.errors or action is None or milestone is None or not isinstance(name, str):
@@ -271,7 +282,9 @@ def compile_rule(document: object, *, index: int = 0, lines: LineLookup | None =
     )
 
 
-def _compile_action(document: Mapping[str, Any], errors: _Collector) -> tuple[Action | None, dict[str, Template]]:
+def _compile_action(
+    document: Mapping[str, Any], errors: _Collector
+) -> tuple[ControlMessage | None, dict[str, Template]]:
     if "say" in document and "action" in document:
         errors.add("action", "give either say (shorthand) or action, not both")
         return None, {}
@@ -290,24 +303,41 @@ def _compile_action(document: Mapping[str, Any], errors: _Collector) -> tuple[Ac
     else:
         errors.add("say", "a rule needs something to do: say: TEXT or action: {type: …}")
         return None, {}
-    try:
-        action = parse_action(raw)
-    except ActionError as exc:
-        reason = exc.reason
-        if exc.field == "type" and isinstance(raw, Mapping):
-            reason = f"unknown action type {raw.get('type')!r}; known: {', '.join(ACTION_TYPES)}"
-        field_ = "say" if field_prefix == "say" else ".".join(p for p in ("action", exc.field) if p)
-        errors.add(field_, reason)
-        return None, {}
+    templated = {path: text for path, text in _string_paths(raw) if is_template(text)}
     templates: dict[str, Template] = {}
-    for path, text in _string_paths(msgspec.to_builtins(action)):
-        if not is_template(text):
-            continue
+    for path, text in templated.items():
         try:
             templates[path] = compile_template(text)
         except TemplateError as exc:
             errors.add("say" if field_prefix == "say" else f"action.{path}", str(exc))
+    try:
+        action = parse_control(_with_stand_ins(raw, templated))
+    except ControlError as exc:
+        reason = exc.reason
+        if exc.field == "type" and isinstance(raw, Mapping):
+            reason = f"unknown action type {raw.get('type')!r}; known: {', '.join(CONTROL_TYPES)}"
+        field_ = "say" if field_prefix == "say" else ".".join(p for p in ("action", exc.field) if p)
+        errors.add(field_, reason)
+        return None, {}
     return action, templates
+
+
+def _with_stand_ins(raw: object, templated: Mapping[str, str]) -> object:
+    """``raw`` with a stand-in of the right format for each template in a format-checked field."""
+    if not isinstance(raw, Mapping):
+        return raw
+    copy = dict(raw)
+    for path in templated:
+        *parents, leaf = path.split(".")
+        if leaf not in _TEMPLATE_STAND_INS:
+            continue
+        holder = copy
+        for part in parents:  # copied on the way down: the document itself is left as written
+            inner = dict(holder[part])
+            holder[part] = inner
+            holder = inner
+        holder[leaf] = _TEMPLATE_STAND_INS[leaf]
+    return copy
 
 
 def compile_rules(

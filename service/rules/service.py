@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from service.db.engine import Database
 from service.db.models import Call, Rule, RuleFiring, utcnow
 from service.errors import ConflictError, InvalidInputError, NotFoundError
-from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
+from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page
 from service.rules import firings
 from service.rules.engine import RuleEngine
 from service.rules.schema import CompiledRule, RuleError, RuleSetError, compile_rule, compile_rules
@@ -62,9 +62,7 @@ class RuleService:
             if isinstance(compiled, CompiledRule) and self._file_rule(row.name) is None:
                 views.append(RuleView(compiled, "api", row.created_at, row.updated_at))
         views.sort(key=lambda view: view.rule.name)
-        page = views[:limit]
-        next_cursor = encode_cursor(page[-1].rule.name) if len(views) > limit else None
-        return page, next_cursor
+        return keyset_page(views, limit, lambda view: encode_cursor(view.rule.name))
 
     async def get_rule(self, name: str) -> RuleView:
         if (rule := self._file_rule(name)) is not None:
@@ -147,5 +145,4 @@ class RuleService:
             if await session.get(Call, call_id) is None:
                 raise NotFoundError(f"no call with id {call_id!r}")
             rows = await firings.list_firings(session, call_id, after=after, limit=limit + 1)
-        next_cursor = encode_cursor(str(rows[limit - 1].id)) if len(rows) > limit else None
-        return rows[:limit], next_cursor
+        return keyset_page(rows, limit, lambda firing: encode_cursor(str(firing.id)))

@@ -10,8 +10,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from service.app import create_app
-from tests.conftest import ADMIN_KEY, make_settings
+from tests.harness import app_client, build_app
 
 
 @pytest.fixture
@@ -26,9 +25,8 @@ async def client(
     settings_overrides: dict[str, Any],
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     """The app with the admin key, its Vapi client talking to the module's ``vapi`` handler."""
-    http = httpx.AsyncClient(transport=httpx.MockTransport(vapi))
-    app = create_app(make_settings(database_url, **settings_overrides), http_client=http)
-    async with AsyncTestClient(app) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(vapi)) as http,
+        app_client(build_app(database_url, http_client=http, **settings_overrides)) as test_client,
+    ):
         yield test_client
-    await http.aclose()

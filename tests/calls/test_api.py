@@ -11,10 +11,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
-from service.app import create_app
 from service.db.engine import Database
 from service.db.models import Call
-from tests.conftest import make_settings
+from tests.harness import app_client, build_app
 
 Handler = Callable[[httpx.Request], httpx.Response]
 CALL_BODY = {"assistantId": "asst-1", "phoneNumberId": "pn-1", "customer": {"number": "+14155550123"}}
@@ -166,8 +165,7 @@ async def test_unknown_route_and_method_are_problems(client: AsyncTestClient[Any
 
 
 async def test_oversized_body_is_413(database_url: str) -> None:
-    app = create_app(make_settings(database_url, max_body_bytes=1000))
-    async with AsyncTestClient(app) as client:
+    async with app_client(build_app(database_url, max_body_bytes=1000), key=None) as client:
         response = await client.post(
             "/webhooks/vapi", content=b"{" + b" " * 5000 + b"}", headers={"X-Vapi-Secret": "test-webhook-secret"}
         )

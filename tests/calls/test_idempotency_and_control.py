@@ -10,9 +10,8 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from service.app import create_app
-from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET, make_settings
-from tests.servers import bind_loopback, serve
+from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET
+from tests.harness import app_client, build_app, served_app
 
 CALL_BODY = {"assistantId": "asst-1", "phoneNumberId": "pn-1", "customer": {"number": "+14155550123"}}
 CONTROL_URL = "http://vapi.test/call-x/control"
@@ -81,11 +80,10 @@ async def test_same_key_same_body_replays_without_a_second_vapi_call(
 async def test_concurrent_duplicates_reach_vapi_once(database_url: str, vapi: SlowVapi) -> None:
     vapi.delay = 0.5
     headers = {"Idempotency-Key": "order-2", "Authorization": f"Bearer {ADMIN_KEY}"}
-    sock = bind_loopback()
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(vapi)) as http,
-        serve(create_app(make_settings(database_url), http_client=http), sock) as base_url,
-        httpx.AsyncClient(base_url=base_url, headers=headers) as client,
+        served_app(database_url, http_client=http) as served,
+        httpx.AsyncClient(base_url=served.base_url, headers=headers) as client,
     ):
         first, second = await asyncio.gather(
             client.post("/v1/calls", json=CALL_BODY), client.post("/v1/calls", json=CALL_BODY)
@@ -114,6 +112,18 @@ async def test_without_a_key_every_request_is_new(client: AsyncTestClient[Any], 
     await client.post("/v1/calls", json=CALL_BODY)
     await client.post("/v1/calls", json=CALL_BODY)
     assert len(vapi.creates) == 2
+
+
+@pytest.mark.parametrize("body", [{"content": "  "}, {"content": "x" * 5001}, {"content": "hi", "type": "say"}])
+async def test_a_say_that_vapi_would_not_take_is_400_and_not_sent(
+    client: AsyncTestClient[Any], vapi: SlowVapi, body: dict[str, Any]
+) -> None:
+    await client.post("/v1/calls/import", json={"vapiCallId": "call-x"})
+    response = await client.post("/v1/calls/call-x/say", json=body)
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert vapi.controls == []
+    assert (await client.get("/v1/calls/call-x/events", params={"type": "injection.sent"})).json()["data"] == []
 
 
 async def test_say_is_idempotent(client: AsyncTestClient[Any], vapi: SlowVapi) -> None:
@@ -166,6 +176,9 @@ async def test_every_control_type_is_forwarded_and_journalled(
         {"type": "control", "control": "explode"},
         {"type": "transfer", "destination": {"type": "number", "number": "555"}},
         {"type": "add-message", "message": {"role": "robot", "content": "x"}},
+        {"type": "add-message", "message": {"role": "user", "content": "   "}},
+        {"type": "transfer", "destination": {"type": "number", "number": "+14155550999"}, "content": ""},
+        {"type": "say", "content": "say has its own route"},
         {"type": "end-call", "extra": 1},
     ],
 )
@@ -273,8 +286,8 @@ async def test_expired_idempotency_keys_are_purged_at_start_up(database_url: str
                     principal="p", route="POST /v1/calls", key=key, request_hash="h", status="done", expires_at=expires
                 )
             )
-    async with AsyncTestClient(create_app(make_settings(database_url))):
-        pass
+    async with app_client(build_app(database_url)):
+        pass  # start-up purges
     async with db.read() as session:
         keys = (await session.scalars(select(IdempotencyRecord.key))).all()
         assert list(keys) == ["fresh"]

@@ -6,14 +6,13 @@ any console error or uncaught page error.
 
 from __future__ import annotations
 
-import asyncio
 import wave
 
 from playwright.async_api import expect
 
 from service.simulator import VapiSimulator
 from tests.console.conftest import Console
-from tests.harness import Stack
+from tests.harness import Stack, eventually
 
 DISCLOSURE = {
     "name": "recording-disclosure",
@@ -40,15 +39,17 @@ async def end_call(stack: Stack, call_id: str) -> None:
 
 async def wait_for_user_transcript(stack: Stack, call_id: str) -> None:
     """Until the customer's final transcript is stored (by the webhook: the listen copy may come first)."""
-    async with asyncio.timeout(10):
-        while not any(
+
+    async def stored() -> bool:
+        return any(
             event["source"] == "vapi"
             and event["type"] == "transcript"
             and event["payload"].get("role") == "user"
             and event["payload"].get("transcriptType") == "final"
             for event in await stack.events(call_id)
-        ):
-            await asyncio.sleep(0.05)
+        )
+
+    await eventually(stored, interval=0.05)
 
 
 async def test_a_bad_key_is_refused_with_a_clear_message(console: Console) -> None:

@@ -15,7 +15,8 @@ from sqlalchemy import select
 from service.db.engine import Database
 from service.db.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from service.deliveries.service import generate_secret
-from tests.servers import bind_loopback, serve
+from tests.harness import eventually
+from tests.servers import serve
 
 ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
@@ -50,9 +51,7 @@ class Receiver:
         return seen
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.requests) < count:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: len(self.requests) >= count, timeout, what=f"{count} requests arrived")
 
     async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
         if scope["type"] == "lifespan":
@@ -87,7 +86,7 @@ def receiver() -> Receiver:
 
 @pytest.fixture
 async def receiver_url(receiver: Receiver) -> AsyncIterator[str]:
-    async with serve(receiver, bind_loopback()) as url:
+    async with serve(receiver) as url:
         yield url + "/hooks"
 
 
@@ -122,9 +121,3 @@ async def attempts_of(db: Database, delivery_id: Any) -> list[WebhookDeliveryAtt
             .order_by(WebhookDeliveryAttempt.attempted_at)
         )
         return list(rows.all())
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.02)

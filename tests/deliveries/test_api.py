@@ -13,31 +13,29 @@ from litestar.testing import AsyncTestClient
 from standardwebhooks import Webhook
 
 from service.apikeys.service import ApiKeyService
-from service.app import create_app
 from service.db.engine import Database
 from service.deliveries.outbox import enqueue
 from service.deliveries.service import generate_secret
-from tests.conftest import ADMIN_KEY, make_settings
+from tests.conftest import ADMIN_KEY
 from tests.deliveries.conftest import Receiver
+from tests.harness import app_client, build_app, eventually
 
 PROBLEM = "application/problem+json"
 
 
-def build_app(database_url: str, **overrides: Any) -> Litestar:
-    values: dict[str, Any] = {"webhook_allow_private": True, "webhook_retry_delays": (0.05,)}
-    values.update(overrides)
-    return create_app(make_settings(database_url, **values))
+def endpoints_app(database_url: str, **overrides: Any) -> Litestar:
+    """The app with loopback receivers allowed and a quick retry."""
+    return build_app(database_url, **{"webhook_allow_private": True, "webhook_retry_delays": (0.05,), **overrides})
 
 
 @pytest.fixture
 def app(database_url: str) -> Litestar:
-    return build_app(database_url)
+    return endpoints_app(database_url)
 
 
 @pytest.fixture
 async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+    async with app_client(app) as test_client:
         yield test_client
 
 
@@ -75,11 +73,11 @@ async def test_fails_twice_then_succeeds_arrives_once_signed_with_three_attempts
         page: dict[str, Any] = response.json()
         return page
 
-    page = await logged()
-    for _ in range(200):
-        if page["data"][0]["status"] != "pending":
-            break
+    async def settled() -> dict[str, Any] | None:
         page = await logged()
+        return page if page["data"][0]["status"] != "pending" else None
+
+    page = await eventually(settled, what="the delivery is settled")
     [delivery] = page["data"]
     assert delivery["status"] == "delivered"
     assert delivery["messageId"] == message_id
@@ -146,7 +144,7 @@ PRIVATE_URLS = [
 
 
 async def test_private_urls_are_refused_unless_allowed(database_url: str) -> None:
-    async with AsyncTestClient(build_app(database_url, webhook_allow_private=False)) as client:
+    async with app_client(endpoints_app(database_url, webhook_allow_private=False), key=None) as client:
         client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
         for url, reason in PRIVATE_URLS:
             response = await client.post("/v1/webhook-endpoints", json={"url": url, "events": ["call.created"]})
@@ -161,7 +159,7 @@ async def test_private_urls_are_refused_unless_allowed(database_url: str) -> Non
         )
         assert public.status_code == 201, public.text
 
-    async with AsyncTestClient(build_app(database_url, webhook_allow_private=True)) as client:
+    async with app_client(endpoints_app(database_url, webhook_allow_private=True), key=None) as client:
         client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
         for url, _ in PRIVATE_URLS:
             response = await client.post("/v1/webhook-endpoints", json={"url": url, "events": ["call.created"]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from standardwebhooks import Webhook
 
 from service.simulator import CallScript
 from tests.deliveries.conftest import Receiver
-from tests.harness import running_stack
+from tests.harness import eventually, running_stack
 
 SCRIPT = CallScript(ring_after=0.2, answer_after=0.2, talk_seconds=3.0, turns=())
 
@@ -31,9 +30,11 @@ async def test_call_lifecycle_events_are_delivered_signed(
         call_id = await stack.place_call()
         await stack.sim.wait_for_status(call_id, "ended", timeout=30)
         await stack.wait_for_recording(call_id)
-        async with asyncio.timeout(15):
-            while not any(json.loads(r.body)["type"] == "recording.completed" for r in receiver.requests):
-                await asyncio.sleep(0.05)
+        await eventually(
+            lambda: any(json.loads(r.body)["type"] == "recording.completed" for r in receiver.requests),
+            15,
+            what="recording.completed was delivered",
+        )
 
     verifier = Webhook(secret)
     events = []

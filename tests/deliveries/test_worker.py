@@ -23,7 +23,8 @@ from service.deliveries.urls import IPAddress
 from service.deliveries.worker import DeliveryWorker
 from service.metrics import Metrics
 from tests.conftest import statements_sent
-from tests.deliveries.conftest import Receiver, add_endpoint, attempts_of, deliveries_of, wait_until
+from tests.deliveries.conftest import Receiver, add_endpoint, attempts_of, deliveries_of
+from tests.harness import eventually
 from tests.servers import bind_loopback, url_of
 
 FAST = RetryPolicy(delays=(0.05,))
@@ -123,7 +124,7 @@ async def test_an_enqueued_event_arrives_signed_soon_after_commit(
     assert body["type"] == "call.created"
     assert body["data"] == {"callId": "c1"}
     assert request.headers["content-type"] == "application/json"
-    await wait_until(lambda: all_settled(db))
+    await eventually(lambda: all_settled(db))
     [delivery] = await deliveries_of(db)
     assert delivery.status == "delivered"
     assert request.headers["webhook-id"] == delivery.message_id
@@ -139,7 +140,7 @@ async def test_410_disables_the_endpoint_and_abandons_its_queue(
     await emit(db, callId="c2")
     receiver.answer(410, 410)
     await start_worker(concurrency=1)
-    await wait_until(lambda: all_settled(db))
+    await eventually(lambda: all_settled(db))
     assert len(receiver.requests) == 1  # the second delivery was abandoned, never sent
     deliveries = await deliveries_of(db)
     assert [delivery.status for delivery in deliveries] == ["abandoned", "abandoned"]
@@ -164,7 +165,7 @@ async def test_retry_after_is_honoured(
     # The schedule alone would have retried after 0.05 s.
     assert 0.9 <= second.at - first.at < 2.5
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
-    await wait_until(lambda: all_settled(db))
+    await eventually(lambda: all_settled(db))
     [delivery] = await deliveries_of(db)
     assert [attempt.status_code for attempt in await attempts_of(db, delivery.id)] == [503, 200]
 
@@ -181,7 +182,7 @@ async def test_private_destinations_are_refused_at_delivery_time_too(
         deliveries = await deliveries_of(db)
         return bool(deliveries and deliveries[0].last_error)
 
-    await wait_until(attempted)
+    await eventually(attempted)
     [delivery] = await deliveries_of(db)
     assert delivery.status == "pending"  # DNS may change back: retried later
     assert delivery.next_attempt_at > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
@@ -198,7 +199,7 @@ async def test_a_delivery_is_abandoned_once_it_is_too_old(db: Database, start_wo
         await add_endpoint(db, url_of(closed) + "/hooks")
         await emit(db)
         await start_worker(policy=RetryPolicy(delays=(0.05,), max_age=dt.timedelta(seconds=1)))
-        await wait_until(lambda: all_settled(db))
+        await eventually(lambda: all_settled(db))
     finally:
         closed.close()
     [delivery] = await deliveries_of(db)
@@ -229,7 +230,7 @@ async def test_two_replicas_never_send_one_attempt_twice(
             for index in range(count):
                 await enqueue(session, "call.created", {"callId": f"c{index}"})
         await receiver.wait_for(count, timeout=15)
-        await wait_until(lambda: all_settled(db))
+        await eventually(lambda: all_settled(db))
         await asyncio.sleep(0.2)  # anything sent twice would have arrived by now
     finally:
         for worker in workers:
@@ -281,7 +282,7 @@ async def test_requests_go_to_the_checked_address(db: Database, start_worker: St
     try:
         await start_worker(allow_private=False, resolver=resolve, http_client=http)
         await emit(db)
-        await wait_until(lambda: all_settled(db))
+        await eventually(lambda: all_settled(db))
     finally:
         await http.aclose()
     [request] = seen
@@ -327,7 +328,7 @@ async def test_an_endpoint_deleted_during_an_attempt_is_no_error(
     async def idle() -> bool:
         return worker.in_flight == 0
 
-    await wait_until(idle)
+    await eventually(idle)
     assert await deliveries_of(db) == []
     async with db.read() as session:
         assert (await session.scalars(select(WebhookDeliveryAttempt))).all() == []

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from pathlib import Path
 
 from service.recordings.storage import LocalStorage, SegmentWriter
 from service.simulator import CallScript, SimulatorServer, VapiSimulator
 from tests.conftest import VAPI_KEY
-from tests.harness import running_stack, running_switchboard
+from tests.harness import eventually, running_stack, running_switchboard
 
 QUIET = CallScript(ring_after=0.2, answer_after=0.2, talk_seconds=10.0, turns=())
 
 
 async def wait_for_audio(sim: VapiSimulator, call_id: str, at_least: int) -> None:
-    async with asyncio.timeout(10):
-        while len(sim.audio_sent(call_id)) < at_least:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: len(sim.audio_sent(call_id)) >= at_least, what=f"{at_least} bytes of audio were sent")
 
 
 async def test_refused_connections_are_retried(database_url: str, tmp_path: Path) -> None:

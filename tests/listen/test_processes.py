@@ -15,8 +15,9 @@ from service.listen.writer import FLUSH_BYTES
 from service.settings import Settings
 from service.simulator import CallScript, SimulatorServer, VapiSimulator
 from tests.conftest import ADMIN_KEY, VAPI_KEY
-from tests.harness import CALL
-from tests.processes import free_port, serve_env, serve_process
+from tests.harness import CALL, FINAL_RECORDING, eventually
+from tests.processes import serve_env, serve_process
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -26,13 +27,12 @@ READ_INTERVAL = Settings.model_fields["listen_read_interval_ms"].default / 1000
 
 
 async def recording_when_final(client: httpx.AsyncClient, base_url: str, call_id: str) -> dict[str, object]:
-    async with asyncio.timeout(40):
-        while True:
-            response = await client.get(f"{base_url}/v1/calls/{call_id}/recording", headers=AUTH)
-            if response.status_code == 200 and response.json()["status"] in ("completed", "partial", "failed"):
-                body: dict[str, object] = response.json()
-                return body
-            await asyncio.sleep(0.1)
+    async def final() -> dict[str, object] | None:
+        response = await client.get(f"{base_url}/v1/calls/{call_id}/recording", headers=AUTH)
+        body: dict[str, object] = response.json()
+        return body if response.status_code == 200 and body["status"] in FINAL_RECORDING else None
+
+    return await eventually(final, 40, interval=0.1, what=f"the recording of {call_id} is final")
 
 
 async def test_kill_9_mid_call_keeps_what_came_before_and_after(database_url: str, tmp_path: Path) -> None:
@@ -48,9 +48,7 @@ async def test_kill_9_mid_call_keeps_what_came_before_and_after(database_url: st
                 assert created.status_code == 201, created.text
                 call_id = created.json()["id"]
                 await sim.wait_for_status(call_id, "in-progress")
-                async with asyncio.timeout(15):
-                    while len(sim.audio_sent(call_id)) < 6 * 64_000:
-                        await asyncio.sleep(0.02)
+                await eventually(lambda: len(sim.audio_sent(call_id)) >= 6 * 64_000, 15, what="6 s of audio were sent")
                 first.kill()
             async with serve_process(env, port, tmp_path / "second.log") as second:
                 await sim.wait_for_status(call_id, "ended", timeout=40)
@@ -98,9 +96,11 @@ async def test_a_dead_replicas_calls_are_taken_over_within_seconds(postgresql_ur
 
             replica_a.kill()
             killed_at = asyncio.get_running_loop().time()
-            async with asyncio.timeout(10):
-                while not all(len(sim.listen_records(call_id)) >= 2 for call_id in call_ids):
-                    await asyncio.sleep(0.05)
+            await eventually(
+                lambda: all(len(sim.listen_records(call_id)) >= 2 for call_id in call_ids),
+                interval=0.05,
+                what="replica B listens to every call",
+            )
             takeover = asyncio.get_running_loop().time() - killed_at
             assert takeover < 10
 

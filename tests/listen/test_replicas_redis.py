@@ -16,7 +16,8 @@ from websockets.exceptions import ConnectionClosed
 from service.simulator import CallScript, SimulatorServer, VapiSimulator
 from tests.conftest import ADMIN_KEY, VAPI_KEY
 from tests.harness import CALL
-from tests.processes import free_port, serve_env, serve_process
+from tests.processes import serve_env, serve_process
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 REDIS_URL = os.environ.get("SWITCHBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

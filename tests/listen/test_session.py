@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 from pathlib import Path
 
 from service.listen.session import BACKOFF_CAP_SECONDS, backoff_delay, text_frame_event
 from service.simulator import CallScript
-from tests.harness import running_stack
+from tests.harness import eventually, running_stack
 
 
 def test_text_frames_become_events_and_garbage_is_kept_raw() -> None:
@@ -32,9 +31,7 @@ async def test_a_dropped_socket_reconnects_and_keeps_every_byte(database_url: st
     async with running_stack(database_url, tmp_path, script=script, pace=5) as stack:
         call_id = await stack.place_call()
         await stack.sim.wait_for_status(call_id, "in-progress")
-        async with asyncio.timeout(10):
-            while len(stack.sim.audio_sent(call_id)) < 20_000:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: len(stack.sim.audio_sent(call_id)) >= 20_000, what="20 kB of audio were sent")
         assert stack.sim.drop_listen(call_id) == 1
         await stack.sim.wait_for_status(call_id, "ended", timeout=30)
         recording = await stack.wait_for_recording(call_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,10 @@ from pathlib import Path
 import pytest
 
 from service.recordings.storage import RecordingStorage, build_storage
+from tests.servers import free_port
 
 S3_BUCKET = "switchboard-test"
 S3_SECRET = "moto-secret-key-never-in-messages"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_until_up(endpoint: str, process: subprocess.Popen[bytes]) -> None:

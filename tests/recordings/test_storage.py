@@ -27,7 +27,8 @@ from service.recordings.storage import (
     build_storage,
 )
 from service.settings import ConfigurationError
-from tests.recordings.conftest import S3_BUCKET, S3_SECRET, free_port, s3_environment
+from tests.recordings.conftest import S3_BUCKET, S3_SECRET, s3_environment
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

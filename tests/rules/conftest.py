@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
 
-from tests.harness import Stack
+from tests.harness import Stack, eventually
 
 
 @pytest.fixture
@@ -36,12 +35,12 @@ async def wait_for_firings(
     stack: Stack, call_id: str, count: int, *, status: str = "fired", timeout: float = 10
 ) -> list[dict[str, Any]]:
     """The call's firings once ``count`` of them have ``status``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            found = await firings(stack, call_id)
-            if sum(1 for firing in found if firing["status"] == status) >= count:
-                return found
-            await asyncio.sleep(0.05)
+
+    async def enough() -> list[dict[str, Any]] | None:
+        found = await firings(stack, call_id)
+        return found if sum(1 for firing in found if firing["status"] == status) >= count else None
+
+    return await eventually(enough, timeout, interval=0.05, what=f"{count} firings of {call_id} are {status}")
 
 
 def says(stack: Stack, call_id: str) -> list[str]:

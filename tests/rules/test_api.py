@@ -10,10 +10,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from service.apikeys.service import ApiKeyService
-from service.app import create_app
 from service.db.engine import Database
 from service.settings import ConfigurationError
-from tests.conftest import ADMIN_KEY, make_settings
+from tests.harness import app_client, build_app
 
 FILE_RULES = """
 rules:
@@ -33,9 +32,7 @@ GOOD = {
 async def client(database_url: str, tmp_path: Path) -> AsyncIterator[AsyncTestClient[Any]]:
     path = tmp_path / "rules.yaml"
     path.write_text(FILE_RULES)
-    app = create_app(make_settings(database_url, rules_file=path))
-    async with AsyncTestClient(app) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+    async with app_client(build_app(database_url, rules_file=path)) as test_client:
         yield test_client
 
 
@@ -141,7 +138,7 @@ async def test_a_rules_file_with_errors_refuses_start_up_listing_them_all(databa
         "  - name: a\n    on: call.answered\n    delay: -1\n    say: hi\n"
     )
     with pytest.raises(ConfigurationError) as raised:
-        create_app(make_settings(database_url, rules_file=path))
+        build_app(database_url, rules_file=path)
     message = str(raised.value)
     assert "rule 'a', field 'on' (line 3): unknown milestone 'call.answerd'" in message
     assert "rule 'a', field 'delay' (line 7): the duration must not be negative" in message

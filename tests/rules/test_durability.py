@@ -24,7 +24,7 @@ from service.rules.schema import CompiledRule, compile_rule
 from service.simulator import CallScript, SimulatorServer, VapiSimulator
 from service.vapi.client import VapiClient
 from tests.conftest import VAPI_KEY
-from tests.harness import running_switchboard
+from tests.harness import eventually, running_switchboard
 from tests.rules.conftest import firings as call_firings
 from tests.rules.conftest import says, wait_for_firings
 
@@ -117,9 +117,7 @@ async def test_two_replicas_never_fire_the_same_firing_twice(database_url: str, 
 
 
 async def wait_idle(engine: RuleEngine, recorder: ControlRecorder, count: int, timeout: float = 5) -> None:
-    async with asyncio.timeout(timeout):
-        while len(recorder.received) < count:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: len(recorder.received) >= count, timeout, what=f"{count} control messages arrived")
     await asyncio.sleep(0.1)
 
 
@@ -275,9 +273,11 @@ async def test_a_restart_between_milestone_and_due_time_still_fires_once(
         async with running_switchboard(database_url, tmp_path, sim_server, rules_file=rules) as first:
             call_id = await first.place_call()
             await simulator.wait_for_status(call_id, "in-progress")
-            async with asyncio.timeout(5):
-                while len(await call_firings(first, call_id)) < 2:
-                    await asyncio.sleep(0.05)
+
+            async def both_stored() -> bool:
+                return len(await call_firings(first, call_id)) >= 2
+
+            await eventually(both_stored, 5, interval=0.05)
             assert {f["status"] for f in await call_firings(first, call_id)} == {"scheduled"}
         await asyncio.sleep(1.3)  # both moments pass while no Switchboard runs
         assert says(first, call_id) == []

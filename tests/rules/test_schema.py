@@ -140,6 +140,8 @@ def test_other_control_messages_and_their_templates() -> None:
         },
     )
     body, _ = transfer.render({"metadata": {"agent": "+14155550100"}}, {})
+    # The number is checked when rendered; until then the rule shows the template as written.
+    assert transfer.compiled_form()["action"]["destination"]["number"] == "{{ call.metadata.agent }}"
     assert body == {
         "type": "transfer",
         "destination": {"type": "number", "number": "+14155550100"},
@@ -209,6 +211,22 @@ def test_other_control_messages_and_their_templates() -> None:
         (
             {"name": "a", "on": "call.answered", "action": {"type": "control", "control": "dance"}},
             [("action.control", "Invalid enum value 'dance'")],
+        ),
+        (
+            {
+                "name": "a",
+                "on": "call.answered",
+                "action": {"type": "transfer", "destination": {"type": "number", "number": "555-0100"}},
+            },
+            [("action.destination.number", "Expected `str` matching regex '^\\\\+[1-9][0-9]{6,14}$'")],
+        ),
+        (
+            {
+                "name": "a",
+                "on": "call.answered",
+                "action": {"type": "add-message", "message": {"role": "developer", "content": "x"}},
+            },
+            [("action.message.role", "Invalid enum value 'developer'")],
         ),
         (
             {

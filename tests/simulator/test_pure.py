@@ -88,6 +88,7 @@ def test_valid_control_messages(message: dict[str, Any]) -> None:
     "message",
     [
         {"type": "dance"},
+        {"type": ["say"]},
         {"content": "no type"},
         {"type": "say"},
         {"type": "say", "content": "  "},

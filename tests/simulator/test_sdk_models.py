@@ -1,4 +1,5 @@
-"""Everything the simulator sends validates against the official vapi-server-sdk models.
+"""Everything the simulator sends, and every control message Switchboard sends, validates against the
+official vapi-server-sdk models.
 
 The SDK models are Fern-generated pydantic models that accept extra fields and make enums open
 (``Union[Literal[...], Any]``), so validation alone would accept misspelt keys and unknown values. The tests
@@ -16,10 +17,31 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import msgspec
+import pydantic
 import pytest
 
 from service.simulator import SimulatorServer
+from service.simulator.control import validate_control
 from service.simulator.lifecycle import END_CALL_REASON, SAY_THEN_END_REASON, TRANSFER_REASON
+from service.vapi.control import (
+    CONTROL_TYPES,
+    AddMessage,
+    AppendContext,
+    ContextKind,
+    Control,
+    ControlAction,
+    ControlError,
+    ControlMessage,
+    ConversationMessage,
+    EndCall,
+    NumberDestination,
+    Role,
+    Say,
+    SipDestination,
+    Transfer,
+    parse_control,
+)
 from tests.simulator.conftest import ALL_MESSAGES, LONG_SCRIPT, WebhookReceiver, place_call, with_overrides
 
 # Fields Vapi has sent in end-of-call reports for a long time that the SDK model no longer lists.
@@ -29,7 +51,6 @@ LEGACY_REPORT_FIELDS = {"durationSeconds", "durationMs", "durationMinutes", "sum
 @pytest.fixture(scope="session")
 def sdk() -> SimpleNamespace:
     """The SDK models, imported once per session (the models that reference Call take seconds to build)."""
-    import pydantic
     from vapi import types as vapi_types
 
     names = [
@@ -53,10 +74,14 @@ def sdk() -> SimpleNamespace:
         "ClientInboundMessageAppendContext",
         "ClientInboundMessageSendTransportMessage",
         "ClientInboundMessageMessage",
+        "ClientInboundMessageControlControl",
+        "ClientInboundMessageAppendContextKind",
+        "OpenAiMessageRole",
         "AssistantOverridesServerMessagesItem",
     ]
     namespace = SimpleNamespace(**{name: getattr(vapi_types, name) for name in names})
     namespace.control_union = pydantic.TypeAdapter(vapi_types.ClientInboundMessageMessage)
+    namespace.control_members = typing.get_args(typing.get_args(vapi_types.ClientInboundMessageMessage)[0])
     return namespace
 
 
@@ -169,30 +194,102 @@ async def test_ended_reasons_are_sdk_values(
     _check_call(sdk, ended.to_vapi())
 
 
-CONTROL_EXAMPLES = [
-    ("ClientInboundMessageSay", {"type": "say", "content": "Hi", "endCallAfterSpoken": False}),
-    ("ClientInboundMessageAddMessage", {"type": "add-message", "message": {"role": "system", "content": "x"}}),
-    ("ClientInboundMessageControl", {"type": "control", "control": "mute-assistant"}),
-    ("ClientInboundMessageEndCall", {"type": "end-call"}),
-    (
-        "ClientInboundMessageTransfer",
+# The most each control message can say (every optional field set), by type: what Switchboard sends.
+CONTROL_MESSAGES: dict[str, ControlMessage] = {
+    "say": Say(content="Hi", end_call_after_spoken=True, interrupt_assistant_enabled=True, interruptions_enabled=False),
+    "add-message": AddMessage(ConversationMessage(role="system", content="x"), trigger_response_enabled=False),
+    "control": Control(control="mute-assistant"),
+    "end-call": EndCall(),
+    "transfer": Transfer(
+        destination=NumberDestination(number="+15550001111", extension="12", caller_id="+15550002222"),
+        content="Hold on",
+    ),
+    "append-context": AppendContext(kind="instructions", content="x"),
+}
+SIP_TRANSFER = Transfer(destination=SipDestination(sip_uri="sip:agent@example.com", sip_headers={"X-Team": "a"}))
+SDK_MODELS = {
+    "say": "ClientInboundMessageSay",
+    "add-message": "ClientInboundMessageAddMessage",
+    "control": "ClientInboundMessageControl",
+    "end-call": "ClientInboundMessageEndCall",
+    "transfer": "ClientInboundMessageTransfer",
+    "append-context": "ClientInboundMessageAppendContext",
+}
+
+
+def _no_extras(model: Any) -> None:
+    """No key of ``model`` or of a model inside it is unknown to the SDK (it would accept a misspelt one)."""
+    assert _extras(model) == set(), (type(model).__name__, _extras(model))
+    for value in dict(model).values():
+        if isinstance(value, pydantic.BaseModel):
+            _no_extras(value)
+
+
+def test_every_control_type_has_an_example_and_an_sdk_model(sdk: SimpleNamespace) -> None:
+    assert set(CONTROL_TYPES) == set(CONTROL_MESSAGES) == set(SDK_MODELS)
+    sdk_types = {typing.get_args(member.model_fields["type"].annotation)[0] for member in sdk.control_members}
+    assert set(CONTROL_TYPES) <= sdk_types
+
+
+@pytest.mark.parametrize("message", [*CONTROL_MESSAGES.values(), SIP_TRANSFER], ids=lambda m: type(m).__name__)
+def test_control_messages_are_sdk_messages(sdk: SimpleNamespace, message: ControlMessage) -> None:
+    body = msgspec.to_builtins(message)
+    fields = {key: value for key, value in body.items() if key != "type"}  # the type names the model
+    _no_extras(getattr(sdk, SDK_MODELS[body["type"]]).model_validate(fields))
+    parsed = sdk.control_union.validate_python(body)
+    assert parsed.type == body["type"]
+    _no_extras(parsed)
+    assert msgspec.to_builtins(parse_control(body)) == body  # and our own schema reads it back
+    if isinstance(message, AddMessage):
+        assert message.message.role in _literals(sdk.OpenAiMessageRole)
+    if isinstance(message, Control):
+        assert message.control in _literals(sdk.ClientInboundMessageControlControl)
+    if isinstance(message, AppendContext):
+        assert message.kind in _literals(sdk.ClientInboundMessageAppendContextKind)
+
+
+def test_every_role_control_and_kind_is_an_sdk_value(sdk: SimpleNamespace) -> None:
+    assert set(typing.get_args(Role)) == _literals(sdk.OpenAiMessageRole)
+    assert set(typing.get_args(ControlAction)) <= _literals(sdk.ClientInboundMessageControlControl)
+    assert set(typing.get_args(ContextKind)) <= _literals(sdk.ClientInboundMessageAppendContextKind)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "say", "content": "Hi", "endCallAfterSpoken": False},
+        {"type": "say", "message": "Hi"},  # the text where older docs put it
+        {"type": "add-message", "message": {"role": "system", "content": "x"}},
+        {"type": "control", "control": "mute-assistant"},
+        {"type": "end-call"},
         {"type": "transfer", "destination": {"type": "number", "number": "+15550001111"}, "content": "Hold on"},
-    ),
-    ("ClientInboundMessageAppendContext", {"type": "append-context", "kind": "instructions", "content": "x"}),
-    (
-        "ClientInboundMessageSendTransportMessage",
+        {"type": "append-context", "kind": "instructions", "content": "x"},
         {"type": "send-transport-message", "message": {"transport": "twilio", "twiml": "<Response/>"}},
-    ),
-]
-
-
-@pytest.mark.parametrize(("model", "message"), CONTROL_EXAMPLES)
-def test_control_messages_the_simulator_accepts_are_sdk_messages(
-    sdk: SimpleNamespace, model: str, message: dict[str, Any]
-) -> None:
-    from service.simulator.control import validate_control
-
+    ],
+)
+def test_control_messages_the_simulator_accepts_are_sdk_messages(sdk: SimpleNamespace, message: dict[str, Any]) -> None:
     assert validate_control(message) == []
-    getattr(sdk, model).model_validate(message)
     parsed = sdk.control_union.validate_python(message)
     assert parsed.type == message["type"]
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"type": "say", "content": "   "}, "content"),
+        ({"type": "say", "content": "x" * 5001}, "content"),
+        ({"type": "say", "content": "x", "interruptionEnabled": True}, "interruptionEnabled"),
+        ({"type": "add-message", "message": {"role": "developer", "content": "x"}}, "message.role"),
+        ({"type": "add-message", "message": {"role": "user", "content": "x" * 20001}}, "message.content"),
+        ({"type": "transfer", "destination": {"type": "number", "number": "5550001111"}}, "destination.number"),
+        ({"type": "transfer", "destination": {"type": "sip", "sipUri": "agent@example.com"}}, "destination.sipUri"),
+        ({"type": "transfer", "destination": {"type": "number", "number": "+15550001111"}, "content": ""}, "content"),
+        ({"type": "append-context", "kind": "gossip", "content": "x"}, "kind"),
+        ({"type": "dance"}, "type"),
+    ],
+)
+def test_control_messages_are_stricter_than_the_sdk(message: dict[str, Any], field: str) -> None:
+    """What the SDK's open models would let through, the one schema refuses, naming the field."""
+    with pytest.raises(ControlError) as refused:
+        parse_control(message)
+    assert refused.value.field == field

@@ -9,9 +9,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from service.app import create_app
-from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET, make_settings
-from tests.servers import bind_loopback, serve
+from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET
+from tests.harness import served_app
 
 _clock = itertools.count(1_800_000_000_000)
 
@@ -23,13 +22,12 @@ def body(call_id: str, kind: str = "speech-update", **fields: Any) -> bytes:
 
 
 async def test_concurrent_webhooks_are_each_stored_once_in_order(database_url: str) -> None:
-    sock = bind_loopback()
     headers = {"X-Vapi-Secret": WEBHOOK_SECRET, "Authorization": f"Bearer {ADMIN_KEY}"}
     bodies = [body(f"call-{n % 5}", status="started", role="user") for n in range(60)]
     duplicates = bodies[:10]  # delivered twice, concurrently with the first delivery
     async with (
-        serve(create_app(make_settings(database_url)), sock) as base_url,
-        httpx.AsyncClient(base_url=base_url, headers=headers) as client,
+        served_app(database_url) as served,
+        httpx.AsyncClient(base_url=served.base_url, headers=headers) as client,
     ):
         answers = await asyncio.gather(*(client.post("/webhooks/vapi", content=raw) for raw in [*bodies, *duplicates]))
         assert all(answer.status_code == 200 for answer in answers)
@@ -45,13 +43,12 @@ async def test_concurrent_webhooks_are_each_stored_once_in_order(database_url: s
 
 async def test_a_batch_with_redeliveries_of_stored_webhooks_stores_only_the_new_ones(database_url: str) -> None:
     """Duplicates are left to the unique index first: its refusal re-applies the batch with a lookup."""
-    sock = bind_loopback()
     headers = {"X-Vapi-Secret": WEBHOOK_SECRET, "Authorization": f"Bearer {ADMIN_KEY}"}
     earlier = [body(f"call-{n % 3}", status="started", role="user") for n in range(6)]
     later = [body(f"call-{n % 3}", status="stopped", role="user") for n in range(30)]
     async with (
-        serve(create_app(make_settings(database_url)), sock) as base_url,
-        httpx.AsyncClient(base_url=base_url, headers=headers) as client,
+        served_app(database_url) as served,
+        httpx.AsyncClient(base_url=served.base_url, headers=headers) as client,
     ):
         first = [(await client.post("/webhooks/vapi", content=raw)).json() for raw in earlier]
         assert all(ack["stored"] for ack in first)

@@ -12,17 +12,15 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
-from service.app import create_app
 from service.db.engine import Database
 from service.db.models import Call, CallEvent
-from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET, make_settings
+from tests.conftest import WEBHOOK_SECRET
+from tests.harness import app_client, build_app
 
 
 @pytest.fixture
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(make_settings(database_url))
-    async with AsyncTestClient(app) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+    async with app_client(build_app(database_url)) as test_client:
         yield test_client
 
 

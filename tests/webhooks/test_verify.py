@@ -10,9 +10,8 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from service.app import create_app
 from service.webhooks.verify import authenticated, hmac_ok, hmac_signature, secret_header_ok
-from tests.conftest import make_settings
+from tests.harness import app_client, build_app
 
 HMAC_SECRET = "hmac-test-secret"
 NOW = 1_800_000_000
@@ -63,8 +62,8 @@ def test_either_configured_mode_authenticates() -> None:
 
 @pytest.fixture
 async def hmac_client(database_url: str) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(make_settings(database_url, webhook_secret=None, webhook_hmac_secret=HMAC_SECRET))
-    async with AsyncTestClient(app) as client:
+    app = build_app(database_url, webhook_secret=None, webhook_hmac_secret=HMAC_SECRET)
+    async with app_client(app, key=None) as client:
         yield client
 
 

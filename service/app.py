@@ -218,6 +218,7 @@ def create_app(
             ),
         ),
         debug=False,
+        logging_config=None,  # service.logging configures logging once, for every library
     )
     document_problems(app.openapi_schema)
     return app

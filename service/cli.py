@@ -3,42 +3,81 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
 from pathlib import Path
 
-from service.settings import ConfigurationError, Settings, load_settings
+from service.settings import ConfigurationError, Settings, load_settings, unknown_variables
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
+def _start_logging(settings: Settings) -> None:
+    """Logging first, so that everything after it (warnings, migrations) is in the configured format."""
+    import structlog
 
-    from service.app import create_app
-    from service.db.migrate import upgrade
     from service.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    for warning in unknown_variables():
+        structlog.get_logger("service.settings").warning(warning)
+
+
+def _ready_database(settings: Settings) -> None:
+    """Reach the database, migrate it when the settings say so, and refuse one that is not migrated."""
+    from service.db.migrate import upgrade
+    from service.preflight import check_database_migrated, check_database_reachable
+
+    revision = check_database_reachable(settings.database_url)
     if settings.should_auto_migrate:
         upgrade(settings.database_url)
+    else:
+        check_database_migrated(settings.database_url, revision)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import structlog
+    import uvicorn
+
+    from service.app import create_app
+    from service.preflight import bind_port, check_storage_writable
+
+    _start_logging(settings)
+    # The port first: a busy port is refused before anything starts, not after "switchboard started".
+    sock = bind_port(args.host, args.port)
+    check_storage_writable(settings.storage_url)
+    _ready_database(settings)
     app = create_app(settings)
     # Everything built so far (modules, mappers, routes) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise stall the event loop for 50-130 ms under load.
     gc.collect()
     gc.freeze()
-    uvicorn.run(
-        app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="on", ws="websockets-sansio"
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,  # service.logging renders uvicorn's lines too
+        access_log=settings.access_log,
+        lifespan="on",
+        ws="websockets-sansio",
     )
+    structlog.get_logger(__name__).info("listening", host=args.host, port=args.port)
+    # uvicorn re-raises the signal that stopped it once it has shut down: a clean stop, not an error.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
-    from service.db.migrate import upgrade
-    from service.logging import configure_logging
+    import structlog
 
-    configure_logging(settings.log_level, settings.log_format)
+    from service.db.migrate import upgrade
+    from service.preflight import check_database_reachable
+
+    _start_logging(settings)
+    check_database_reachable(settings.database_url)
     upgrade(settings.database_url)
-    print("database is up to date", file=sys.stderr)
+    structlog.get_logger(__name__).info("database is up to date")
     return 0
 
 
@@ -47,11 +86,9 @@ def _apikeys(args: argparse.Namespace, settings: Settings) -> int:
 
     from service.apikeys.service import ApiKeyService
     from service.db.engine import Database
-    from service.db.migrate import upgrade
     from service.errors import DomainError
 
-    if settings.should_auto_migrate:
-        upgrade(settings.database_url)
+    _ready_database(settings)
 
     async def run() -> int:
         db = Database(settings.database_url)
@@ -100,9 +137,11 @@ def _openapi(args: argparse.Namespace, _settings: Settings | None) -> int:
 
 def _simulate(args: argparse.Namespace, _settings: Settings | None) -> int:
     from service.logging import configure_logging
+    from service.preflight import bind_port
     from service.simulator import run_simulator
 
     configure_logging("info")
+    bind_port(args.host, args.port).close()  # a busy port: one line, not a traceback
     run_simulator(
         host=args.host,
         port=args.port,
@@ -184,12 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a configuration or start-up check that fails exits 2 with its message alone."""
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings() if args.needs_settings else None
         return int(args.handler(args, settings))
     except ConfigurationError as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
+        if settings is not None and settings.log_format == "json":  # log shippers read JSON lines only
+            import structlog
+
+            from service.logging import configure_logging
+
+            configure_logging(settings.log_level, "json")
+            structlog.get_logger(__name__).error(str(exc))
+        else:
+            print(f"switchboard: {exc}", file=sys.stderr)
         return 2
 
 

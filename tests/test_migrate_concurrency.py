@@ -4,29 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_DSN, _admin, run_blocking
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def new_postgresql_url() -> Iterator[str]:
-    """A PostgreSQL database created for this test alone and never migrated."""
-    name = f"switchboard_new_{uuid.uuid4().hex[:12]}"
-    try:
-        run_blocking(_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_DSN}: {exc}")
-    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    yield f"{base}/{name}"
-    run_blocking(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _migrate_at_once(database_url: str, processes: int) -> list[subprocess.CompletedProcess[str]]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
 from service.db.models import Call
 from service.deliveries.outbox import enqueue
+
+log = structlog.get_logger(__name__)
 
 
 def parse_timestamp(value: Any) -> dt.datetime | None:
@@ -64,6 +67,19 @@ async def announce_status(session: AsyncSession, call: Call, before: str | None)
         await enqueue(session, "call.status_changed", {**call_summary(call), "previousStatus": before})
     if call.status == "ended" and before != "ended":
         await enqueue(session, "call.ended", call_summary(call))
+        log.info("call ended", **ended_call_fields(call))
+
+
+def ended_call_fields(call: Call) -> dict[str, Any]:
+    """What an operator wants to know of an ended call, as log fields."""
+    talked = call.ended_at - call.started_at if call.started_at and call.ended_at else None
+    return {
+        "call_id": call.id,
+        "ended_reason": call.ended_reason,
+        "duration_seconds": round(talked.total_seconds(), 3) if talked is not None else None,
+        "type": call.type,
+        "assistant_id": call.assistant_id,
+    }
 
 
 def merge_vapi_call(call: Call, vapi_call: dict[str, Any]) -> None:

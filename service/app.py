@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service import __version__
+from service.apidocs import SCHEMA_PATH, assets_router, render_plugins
 from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
 from service.calls.controllers import CallController
@@ -176,7 +177,14 @@ def create_app(
         ],
     )
     app = Litestar(
-        route_handlers=[api, *CONSOLE_PAGES, VapiWebhookController, HealthController, MetricsController],
+        route_handlers=[
+            api,
+            *CONSOLE_PAGES,
+            VapiWebhookController,
+            HealthController,
+            MetricsController,
+            assets_router(),  # /schema's Swagger UI, served locally
+        ],
         dependencies={
             "settings": _constant(settings),
             "db": _constant(db),
@@ -205,7 +213,8 @@ def create_app(
             title="Switchboard",
             version=__version__,
             description="Call tracking, durable recordings, live control and rules for Vapi calls.",
-            path="/schema",
+            path=SCHEMA_PATH,
+            render_plugins=render_plugins(),
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(

@@ -1,4 +1,4 @@
-"""The ``switchboard`` command: serve, migrate, openapi, simulate."""
+"""The ``switchboard`` command: serve, migrate, apikeys, rules, openapi, simulate."""
 
 from __future__ import annotations
 
@@ -175,12 +175,20 @@ def _rules_check(args: argparse.Namespace, _settings: Settings | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="switchboard",
+        description="Switchboard: call tracking, durable recordings, live control and rules for Vapi calls. "
+        "Commands: serve, migrate, apikeys, rules, openapi, simulate.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the API, webhook receiver and listen sessions")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = commands.add_parser(
+        "serve",
+        help="run the API, webhook receiver and listen sessions",
+        description="Run the service. Everything else is configured with SWITCHBOARD_* variables (see the README).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.set_defaults(handler=_serve, needs_settings=True)
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
@@ -198,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     actions.add_parser("list", help="list keys (never the keys themselves)")
     revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
-    revoke.add_argument("key", help="the key's id or its prefix as listed (sb_xxxxxxx)")
+    revoke.add_argument("key", help="the key's id or its prefix as listed (sb_xxxxxxx…, with or without the …)")
     apikeys.set_defaults(handler=_apikeys, needs_settings=True)
 
     openapi = commands.add_parser("openapi", help="write the OpenAPI document")
@@ -206,11 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.set_defaults(handler=_openapi, needs_settings=False)
 
     simulate = commands.add_parser("simulate", help="run the built-in Vapi simulator")
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8001)
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    simulate.add_argument("--port", type=int, default=8001, help="port to listen on (default: %(default)s)")
     simulate.add_argument("--server-url", help="where to POST server messages (webhooks)")
     simulate.add_argument("--secret", help="sent as X-Vapi-Secret with every server message")
-    simulate.add_argument("--pace", type=float, default=1.0, help="audio speed: 1 = real time, 10 = ten times faster")
+    simulate.add_argument(
+        "--pace", type=float, default=1.0, help="audio speed: 1 = real time, 10 = 10x (default: %(default)s)"
+    )
     simulate.add_argument("--talk-seconds", type=float, default=None, help="how long each call talks")
     simulate.set_defaults(handler=_simulate, needs_settings=False)
 

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from service.errors import InvalidInputError
+from service.errors import InvalidQueryError
 
 BAD_CURSOR = "the cursor is not valid: pass back nextCursor unchanged"
 
@@ -21,9 +21,9 @@ def decode_cursor(cursor: str) -> list[Any]:
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError):
-        raise InvalidInputError(BAD_CURSOR) from None
+        raise InvalidQueryError(BAD_CURSOR) from None
     if not isinstance(parts, list):
-        raise InvalidInputError(BAD_CURSOR)
+        raise InvalidQueryError(BAD_CURSOR)
     return parts
 
 
@@ -38,4 +38,4 @@ def decode_newest_first(cursor: str) -> tuple[dt.datetime, str]:
     try:
         return dt.datetime.fromisoformat(parts[0]), str(parts[1])
     except (IndexError, TypeError, ValueError):
-        raise InvalidInputError(BAD_CURSOR) from None
+        raise InvalidQueryError(BAD_CURSOR) from None

@@ -26,6 +26,7 @@ from service.calls.schemas import (
     SayIn,
 )
 from service.calls.service import CallFilters, CallService, metadata_filters
+from service.calls.status import CallStatus
 from service.db.models import Call, CallEvent, Injection
 from service.idempotency.service import HEADER, IdempotencyService
 
@@ -170,7 +171,7 @@ class CallController(Controller):
         calls: Calls,
         limit: Limit = 50,
         cursor: Cursor = None,
-        status: Annotated[str | None, QueryParameter(description="Call status")] = None,
+        status: Annotated[CallStatus | None, QueryParameter(description="Call status")] = None,
         assistant_id: Annotated[str | None, QueryParameter(name="assistantId")] = None,
         customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,
         created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,

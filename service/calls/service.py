@@ -24,7 +24,14 @@ from service.calls.tracking import announce_status, merge_vapi_call
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, CallMetadata, Injection, utcnow
 from service.deliveries.outbox import enqueue
-from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
+from service.errors import (
+    ConflictError,
+    DomainError,
+    InvalidInputError,
+    InvalidQueryError,
+    NotFoundError,
+    UpstreamError,
+)
 from service.pagination import (
     BAD_CURSOR,
     decode_cursor,
@@ -246,7 +253,7 @@ class CallService:
         if cursor:
             parts = decode_cursor(cursor)
             if not parts or not isinstance(parts[0], int):
-                raise InvalidInputError(BAD_CURSOR)
+                raise InvalidQueryError(BAD_CURSOR)
             after_seq = max(after_seq, parts[0])
         async with self._db.read() as session:
             await self._require_call(session, call_id)

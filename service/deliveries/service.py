@@ -15,7 +15,7 @@ from service.db.engine import Database
 from service.db.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from service.deliveries.schemas import EndpointCreate
 from service.deliveries.urls import Resolver, UnsafeUrlError, check_webhook_url, resolve_host
-from service.errors import InvalidInputError, NotFoundError
+from service.errors import InvalidInputError, InvalidQueryError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
@@ -47,7 +47,7 @@ def _page_cursor(parts: list[object]) -> tuple[dt.datetime, uuid.UUID]:
     try:
         return dt.datetime.fromisoformat(str(parts[0])), uuid.UUID(str(parts[1]))
     except (IndexError, ValueError):
-        raise InvalidInputError(BAD_CURSOR) from None
+        raise InvalidQueryError(BAD_CURSOR) from None
 
 
 class WebhookEndpointService:

@@ -19,7 +19,7 @@ from service.db.engine import Database
 from service.db.models import Call, Recording, RecordingSegment, utcnow
 from service.db.statements import insert_ignoring_conflicts, table_of
 from service.deliveries.outbox import enqueue
-from service.errors import InvalidInputError, NotFoundError
+from service.errors import InvalidQueryError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_newest_first, encode_newest_first
 from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
 from service.recordings.storage import RecordingStorage
@@ -311,7 +311,7 @@ class RecordingService:
             try:
                 recording_id = uuid.UUID(last_id)
             except ValueError:
-                raise InvalidInputError(BAD_CURSOR) from None
+                raise InvalidQueryError(BAD_CURSOR) from None
             query = query.where(tuple_(Recording.created_at, Recording.id) < (created_at, recording_id))
         query = query.order_by(Recording.created_at.desc(), Recording.id.desc()).limit(limit + 1)
         async with self._db.read() as session:

@@ -27,6 +27,7 @@ from service.db.models import Call, CallEvent
 from service.errors import AuthenticationError, DomainError, ServiceUnavailableError
 from service.metrics import Metrics
 from service.settings import Settings
+from service.webhooks.compact import timeline_message
 from service.webhooks.verify import authenticated
 
 if TYPE_CHECKING:
@@ -296,7 +297,8 @@ def apply_message(
     if kind == "end-of-call-report":
         apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
         call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
-    events = [NewEvent("vapi", kind, redact(message), at, dedupe_key=key)]
+    stored = timeline_message(message, status_changed=call.status != before)  # the call object once, not per event
+    events = [NewEvent("vapi", kind, redact(stored), at, dedupe_key=key)]
     if call.status != before:
         events.append(NewEvent("switchboard", "call.status_changed", {"from": before, "to": call.status}, at))
     return events

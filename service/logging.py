@@ -56,9 +56,10 @@ def _access_fields(_logger: WrappedLogger, _name: str, event_dict: EventDict) ->
 
 
 def _redact_foreign(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
-    event = event_dict.get("event")
-    if isinstance(event, str):
-        event_dict["event"] = redact_query_strings(event)
+    """Query strings out of a library's message and of its traceback (which may quote a URL)."""
+    for key in ("event", "exception"):
+        if isinstance(value := event_dict.get(key), str):
+            event_dict[key] = redact_query_strings(value)
     return event_dict
 
 
@@ -90,7 +91,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _access_fields, _redact_foreign],
         pass_foreign_args=True,  # uvicorn's access line is rebuilt from its arguments
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exceptions, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exceptions, _redact_foreign, renderer],
     )
     handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(formatter)

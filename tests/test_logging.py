@@ -47,7 +47,7 @@ def test_standard_library_lines_render_as_json(capfd: pytest.CaptureFixture[str]
         )
         logging.getLogger("uvicorn.error").info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/l?token=sb_y")
         try:
-            raise ValueError("boom")
+            raise ValueError("boom at /v1/calls?token=sb_z")
         except ValueError:
             logging.getLogger("litestar").exception("failed")
     finally:
@@ -57,7 +57,7 @@ def test_standard_library_lines_render_as_json(capfd: pytest.CaptureFixture[str]
     assert access["logger"] == "uvicorn.access"
     assert websocket["event"] == '127.0.0.1:5 - "WebSocket /l?[redacted]" [accepted]'
     assert failure["level"] == "error"
-    assert "ValueError: boom" in failure["exception"], "a traceback stays inside its line"
+    assert "ValueError: boom at /v1/calls?[redacted]" in failure["exception"], "a traceback stays in its line"
 
 
 async def _listen_briefly(url: str) -> int:

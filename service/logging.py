@@ -89,8 +89,9 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _access_fields, _redact_foreign],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _access_fields],
         pass_foreign_args=True,  # uvicorn's access line is rebuilt from its arguments
+        # Redaction after the traceback is formatted: it may quote a URL too.
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *exceptions, _redact_foreign, renderer],
     )
     handler = logging.StreamHandler(_CurrentStderr())

@@ -34,6 +34,7 @@ async def client(database_url: str) -> AsyncIterator[AsyncTestClient[Any]]:
         ("/v1/recordings", {"minDurationSeconds": "x"}, "float"),
         ("/v1/recordings", {"cursor": "garbage!"}, "the cursor is not valid"),
         ("/v1/webhook-endpoints", {"cursor": "garbage!"}, "the cursor is not valid"),
+        ("/v1/calls/any/events", {"source": "bogus"}, "Invalid enum value 'bogus'"),
     ],
 )
 async def test_every_bad_filter_is_a_400_problem(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -40,6 +40,8 @@ IdempotencyKey = Annotated[
     ),
 ]
 
+# Who wrote an event: Vapi (webhooks), the listen socket (its text frames), Switchboard itself.
+EventSource = Literal["vapi", "listen", "switchboard"]
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="Page size")]
 Cursor = Annotated[str | None, QueryParameter(description="nextCursor of the previous page")]
 
@@ -203,7 +205,7 @@ class CallController(Controller):
         cursor: Cursor = None,
         after_seq: Annotated[int, QueryParameter(name="afterSeq", ge=0)] = 0,
         event_type: Annotated[list[str] | None, QueryParameter(name="type")] = None,
-        source: Annotated[str | None, QueryParameter(name="source")] = None,
+        source: Annotated[EventSource | None, QueryParameter(name="source")] = None,
     ) -> EventPage:
         events, next_cursor = await calls.list_events(
             call_id, after_seq=after_seq, limit=limit, types=event_type or (), source=source, cursor=cursor

@@ -6,7 +6,9 @@ import datetime as dt
 from typing import Any
 
 import structlog
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from service.calls import status as call_status
 from service.db.models import Call
@@ -67,7 +69,17 @@ async def announce_status(session: AsyncSession, call: Call, before: str | None)
         await enqueue(session, "call.status_changed", {**call_summary(call), "previousStatus": before})
     if call.status == "ended" and before != "ended":
         await enqueue(session, "call.ended", call_summary(call))
-        log.info("call ended", **ended_call_fields(call))
+        _log_when_committed(session, ended_call_fields(call))
+
+
+def _log_when_committed(session: AsyncSession, fields: dict[str, Any]) -> None:
+    """``call ended`` once the transaction commits: a batch that is rolled back and applied again
+    (webhooks) must not log the end twice, nor one that never happened."""
+
+    def committed(_session: Session) -> None:
+        log.info("call ended", **fields)
+
+    event.listen(session.sync_session, "after_commit", committed, once=True)
 
 
 def ended_call_fields(call: Call) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
 from service import __version__
+from service.apidocs import SCHEMA_PATH, assets_router, render_plugins
 from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
 from service.calls.announce import CallAnnouncer
@@ -210,7 +211,14 @@ def create_app(
         ],
     )
     app = Litestar(
-        route_handlers=[api, *CONSOLE_PAGES, VapiWebhookController, HealthController, MetricsController],
+        route_handlers=[
+            api,
+            *CONSOLE_PAGES,
+            VapiWebhookController,
+            HealthController,
+            MetricsController,
+            assets_router(),  # /schema's Swagger UI, served locally
+        ],
         dependencies={
             "settings": _constant(settings),
             "db": _constant(db),
@@ -234,7 +242,8 @@ def create_app(
             title="Switchboard",
             version=__version__,
             description="Call tracking, durable recordings, live control and rules for Vapi calls.",
-            path="/schema",
+            path=SCHEMA_PATH,
+            render_plugins=render_plugins(),
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(
@@ -247,6 +256,7 @@ def create_app(
             ),
         ),
         debug=False,
+        logging_config=None,  # service.logging configures logging once, for every library
     )
     document_problems(app.openapi_schema)
     return app

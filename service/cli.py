@@ -1,44 +1,83 @@
-"""The ``switchboard`` command: serve, migrate, openapi, simulate."""
+"""The ``switchboard`` command: serve, migrate, apikeys, rules, openapi, simulate."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
 from pathlib import Path
 
-from service.settings import ConfigurationError, Settings, load_settings
+from service.settings import ConfigurationError, Settings, load_settings, unknown_variables
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
+def _start_logging(settings: Settings) -> None:
+    """Logging first, so that everything after it (warnings, migrations) is in the configured format."""
+    import structlog
 
-    from service.app import create_app
-    from service.db.migrate import upgrade
     from service.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    for warning in unknown_variables():
+        structlog.get_logger("service.settings").warning(warning)
+
+
+def _ready_database(settings: Settings) -> None:
+    """Reach the database, migrate it when the settings say so, and refuse one that is not migrated."""
+    from service.db.migrate import upgrade
+    from service.preflight import check_database_migrated, check_database_reachable
+
+    revision = check_database_reachable(settings.database_url)
     if settings.should_auto_migrate:
         upgrade(settings.database_url)
+    else:
+        check_database_migrated(settings.database_url, revision)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import structlog
+    import uvicorn
+
+    from service.app import create_app
+    from service.preflight import bind_port, check_storage_writable
+
+    _start_logging(settings)
+    # The port first: a busy port is refused before anything starts, not after "switchboard started".
+    sock = bind_port(args.host, args.port)
+    check_storage_writable(settings.storage_url)
+    _ready_database(settings)
     app = create_app(settings)
     # Everything built so far (modules, mappers, routes) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise stall the event loop for 50-130 ms under load.
     gc.collect()
     gc.freeze()
-    uvicorn.run(
-        app, host=args.host, port=args.port, log_config=None, access_log=False, lifespan="on", ws="websockets-sansio"
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,  # service.logging renders uvicorn's lines too
+        access_log=settings.access_log,
+        lifespan="on",
+        ws="websockets-sansio",
     )
+    structlog.get_logger(__name__).info("listening", host=args.host, port=args.port)
+    # uvicorn re-raises the signal that stopped it once it has shut down: a clean stop, not an error.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
-    from service.db.migrate import upgrade
-    from service.logging import configure_logging
+    import structlog
 
-    configure_logging(settings.log_level, settings.log_format)
+    from service.db.migrate import upgrade
+    from service.preflight import check_database_reachable
+
+    _start_logging(settings)
+    check_database_reachable(settings.database_url)
     upgrade(settings.database_url)
-    print("database is up to date", file=sys.stderr)
+    structlog.get_logger(__name__).info("database is up to date")
     return 0
 
 
@@ -47,11 +86,9 @@ def _apikeys(args: argparse.Namespace, settings: Settings) -> int:
 
     from service.apikeys.service import ApiKeyService
     from service.db.engine import Database
-    from service.db.migrate import upgrade
     from service.errors import DomainError
 
-    if settings.should_auto_migrate:
-        upgrade(settings.database_url)
+    _ready_database(settings)
 
     async def run() -> int:
         db = Database(settings.database_url)
@@ -100,9 +137,11 @@ def _openapi(args: argparse.Namespace, _settings: Settings | None) -> int:
 
 def _simulate(args: argparse.Namespace, _settings: Settings | None) -> int:
     from service.logging import configure_logging
+    from service.preflight import bind_port
     from service.simulator import run_simulator
 
     configure_logging("info")
+    bind_port(args.host, args.port).close()  # a busy port: one line, not a traceback
     run_simulator(
         host=args.host,
         port=args.port,
@@ -136,12 +175,20 @@ def _rules_check(args: argparse.Namespace, _settings: Settings | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="switchboard",
+        description="Switchboard: call tracking, durable recordings, live control and rules for Vapi calls. "
+        "Commands: serve, migrate, apikeys, rules, openapi, simulate.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the API, webhook receiver and listen sessions")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = commands.add_parser(
+        "serve",
+        help="run the API, webhook receiver and listen sessions",
+        description="Run the service. Everything else is configured with SWITCHBOARD_* variables (see the README).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.set_defaults(handler=_serve, needs_settings=True)
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
@@ -159,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     actions.add_parser("list", help="list keys (never the keys themselves)")
     revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
-    revoke.add_argument("key", help="the key's id or its prefix as listed (sb_xxxxxxx)")
+    revoke.add_argument("key", help="the key's id or its prefix as listed (sb_xxxxxxx…, with or without the …)")
     apikeys.set_defaults(handler=_apikeys, needs_settings=True)
 
     openapi = commands.add_parser("openapi", help="write the OpenAPI document")
@@ -167,11 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.set_defaults(handler=_openapi, needs_settings=False)
 
     simulate = commands.add_parser("simulate", help="run the built-in Vapi simulator")
-    simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8001)
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    simulate.add_argument("--port", type=int, default=8001, help="port to listen on (default: %(default)s)")
     simulate.add_argument("--server-url", help="where to POST server messages (webhooks)")
     simulate.add_argument("--secret", help="sent as X-Vapi-Secret with every server message")
-    simulate.add_argument("--pace", type=float, default=1.0, help="audio speed: 1 = real time, 10 = ten times faster")
+    simulate.add_argument(
+        "--pace", type=float, default=1.0, help="audio speed: 1 = real time, 10 = 10x (default: %(default)s)"
+    )
     simulate.add_argument("--talk-seconds", type=float, default=None, help="how long each call talks")
     simulate.set_defaults(handler=_simulate, needs_settings=False)
 
@@ -184,12 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a configuration or start-up check that fails exits 2 with its message alone."""
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings() if args.needs_settings else None
         return int(args.handler(args, settings))
     except ConfigurationError as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
+        if settings is not None and settings.log_format == "json":  # log shippers read JSON lines only
+            import structlog
+
+            from service.logging import configure_logging
+
+            configure_logging(settings.log_level, "json")
+            structlog.get_logger(__name__).error(str(exc))
+        else:
+            print(f"switchboard: {exc}", file=sys.stderr)
         return 2
 
 

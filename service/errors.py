@@ -53,6 +53,15 @@ class InvalidInputError(DomainError):
     title = "Invalid input"
 
 
+class InvalidQueryError(DomainError):
+    """A query parameter that cannot be used (an unknown filter value, a foreign cursor): 400, as for
+    every malformed query parameter Litestar refuses; 422 stays for bodies that parse but make no sense."""
+
+    status_code = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
 class AuthenticationError(DomainError):
     status_code = 401
     slug = "unauthenticated"
@@ -127,6 +136,22 @@ def database_unavailable(exc: BaseException) -> bool:
     return exc.__cause__ is not None and database_unavailable(exc.__cause__)
 
 
+EMPTY_BODY = "the request body is empty: send a JSON object"
+
+
+def _readable(errors: Any) -> Any:
+    """Litestar's validation errors, except the one a missing body gives: the ``KeyError`` of its
+    parameter (``'data'``), which tells a client nothing."""
+    if not isinstance(errors, list):
+        return errors
+    return [
+        {**error, "message": EMPTY_BODY}
+        if isinstance(error, dict) and error.get("source") == "body" and error.get("message") == f"'{error.get('key')}'"
+        else error
+        for error in errors
+    ]
+
+
 def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """The one exception handler: every 4xx/5xx leaves the service as a problem document."""
     if isinstance(exc, DomainError):
@@ -140,7 +165,7 @@ def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response
         slug, title = _HTTP_TITLES.get(status, ("http-error", "HTTP error"))
         extra: dict[str, Any] = {}
         if isinstance(exc, ValidationException) and exc.extra:
-            extra["errors"] = exc.extra
+            extra["errors"] = _readable(exc.extra)
         response = problem(status, slug, title, str(exc.detail), **extra)
         if exc.headers:
             response.headers.update(exc.headers)
@@ -162,6 +187,7 @@ __all__ = [
     "ConflictError",
     "DomainError",
     "InvalidInputError",
+    "InvalidQueryError",
     "NotFoundError",
     "UpstreamError",
     "UpstreamTimeoutError",

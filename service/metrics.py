@@ -106,9 +106,13 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# Litestar appends "; charset=utf-8" to every text/* type itself: without it, prometheus' type once.
+METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+
+
 class MetricsController(Controller):
     tags = ["service"]
 
-    @get("/metrics", operation_id="metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+    @get("/metrics", operation_id="metrics", summary="Prometheus metrics", media_type=METRICS_MEDIA_TYPE)
     async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=METRICS_MEDIA_TYPE)

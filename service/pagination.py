@@ -16,7 +16,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 from litestar.params import QueryParameter
 from sqlalchemy import ColumnElement, Select, tuple_
 
-from service.errors import InvalidInputError
+from service.errors import InvalidQueryError
 
 BAD_CURSOR = "the cursor is not valid: pass back nextCursor unchanged"
 MAX_LIMIT = 500
@@ -46,9 +46,9 @@ def decode_cursor(cursor: str) -> list[Any]:
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError):
-        raise InvalidInputError(BAD_CURSOR) from None
+        raise InvalidQueryError(BAD_CURSOR) from None
     if not isinstance(parts, list):
-        raise InvalidInputError(BAD_CURSOR)
+        raise InvalidQueryError(BAD_CURSOR)
     return parts
 
 
@@ -79,6 +79,6 @@ def newest_first(
         try:
             after = (dt.datetime.fromisoformat(parts[0]), id_type(str(parts[1])))
         except (IndexError, TypeError, ValueError):
-            raise InvalidInputError(BAD_CURSOR) from None
+            raise InvalidQueryError(BAD_CURSOR) from None
         query = query.where(tuple_(created_at, row_id) < after)
     return query.order_by(created_at.desc(), row_id.desc())

@@ -6,14 +6,20 @@ environment at import time.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, PositiveFloat, SecretStr, field_validator, model_validator
+from pydantic import Field, PositiveFloat, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STORAGE_SCHEMES = ("file", "memory", "s3")
+ENV_PREFIX = "SWITCHBOARD_"
+# Variables of the test suite and the benchmarks, not of the service: no warning for them.
+_NOT_SETTINGS_PREFIXES = ("SWITCHBOARD_TEST_", "SWITCHBOARD_BENCH_")
 # Outbound webhooks: seconds before attempt 2, 3, …; the last step repeats until the maximum age runs out.
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
 DEFAULT_MAX_AGE_SECONDS = 24 * 3600.0
@@ -26,9 +32,7 @@ class ConfigurationError(ValueError):
 class Settings(BaseSettings):
     """Every knob of the service. Field names map to ``SWITCHBOARD_<NAME>``."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SWITCHBOARD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     database_url: str = "sqlite+aiosqlite:///./data/switchboard.db"
     storage_url: str = "file://./data/recordings"
@@ -49,6 +53,8 @@ class Settings(BaseSettings):
     auto_migrate: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
+    # uvicorn's access log (one line per request, query strings masked); off by default: it costs per request.
+    access_log: bool = False
     # Listen sessions: how long a session keeps trying to (re)connect before it gives up.
     listen_connect_timeout_seconds: float = Field(default=120.0, gt=0)
     # A socket silent this long after the call was answered is treated as dropped.
@@ -104,11 +110,12 @@ class Settings(BaseSettings):
             raise ValueError(f"not an http(s) URL: {value!r}")
         return value.rstrip("/")
 
-    @model_validator(mode="after")
-    def _check_rules_file(self) -> Settings:
-        if self.rules_file is not None and not self.rules_file.is_file():
-            raise ValueError(f"rules file {str(self.rules_file)!r} does not exist or is not a file")
-        return self
+    @field_validator("rules_file")
+    @classmethod
+    def _check_rules_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"rules file {str(value)!r} does not exist or is not a file")
+        return value
 
     @property
     def is_sqlite(self) -> bool:
@@ -137,3 +144,24 @@ def load_settings(**overrides: object) -> Settings:
             env = f"SWITCHBOARD_{field.upper()}" if error["loc"] else field
             lines.append(f"  {env}: {error['msg']}")
         raise ConfigurationError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def variable_names() -> list[str]:
+    """Every ``SWITCHBOARD_*`` variable the service reads."""
+    return [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``SWITCHBOARD_*`` variable that is set but read by nothing (a misspelling is
+    otherwise silently ignored), naming the closest valid variable when one is close."""
+    environ = os.environ if environ is None else environ
+    known = variable_names()
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings matches names case-insensitively
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(_NOT_SETTINGS_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is set but is not a Switchboard setting: it is ignored{hint}")
+    return warnings

@@ -85,6 +85,21 @@ def postgresql_url() -> Iterator[str]:
     run_blocking(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+def new_postgresql_url() -> Iterator[str]:
+    """A PostgreSQL database created for one test and never migrated."""
+    name = f"switchboard_new_{uuid.uuid4().hex[:12]}"
+    try:
+        run_blocking(_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required but unreachable at {POSTGRES_ADMIN_DSN}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_DSN}: {exc}")
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    yield f"{base}/{name}"
+    run_blocking(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 async def _empty_tables(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as connection:

@@ -49,6 +49,29 @@ def test_cli_creates_lists_and_revokes_keys(database_url: str) -> None:
     assert "unknown scope(s) everything" in bad.stderr
 
 
+def test_cli_revokes_by_the_prefix_as_listed(database_url: str) -> None:
+    assert run_cli(database_url, "create", "--name", "ops", "--scopes", "calls:read").returncode == 0
+    (line,) = (line for line in run_cli(database_url, "list").stdout.splitlines() if " ops " in line)
+    shown = line.split()[1]
+    assert shown.endswith("…")
+    revoked = run_cli(database_url, "revoke", shown)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked" in run_cli(database_url, "list").stdout
+
+
+def test_two_active_keys_may_not_share_a_name(database_url: str) -> None:
+    first = run_cli(database_url, "create", "--name", "crm", "--scopes", "calls:read")
+    assert first.returncode == 0, first.stderr
+    second = run_cli(database_url, "create", "--name", " crm ", "--scopes", "calls:write")
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        "switchboard: an active key is already named 'crm': choose another name or revoke it first"
+    )
+    assert len([line for line in run_cli(database_url, "list").stdout.splitlines() if " crm " in line]) == 1
+    assert run_cli(database_url, "revoke", first.stdout.strip().splitlines()[-1][:10]).returncode == 0
+    assert run_cli(database_url, "create", "--name", "crm", "--scopes", "calls:read").returncode == 0, "rotation"
+
+
 def test_scopes_are_parsed_strictly() -> None:
     assert parse_scopes(" calls:write,calls:read ,calls:read") == ["calls:read", "calls:write"]
     with pytest.raises(InvalidInputError):

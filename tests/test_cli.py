@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,24 @@ def test_migrate_creates_the_embedded_database(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert database.is_file()
     assert "database is up to date" in result.stderr
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(capsys)
+    for command in ("serve", "migrate", "apikeys", "rules", "openapi", "simulate"):
+        assert re.search(rf"^\s+{command}\s+\w", text, re.MULTILINE), f"{command} is not described"
+    assert "Commands: serve, migrate, apikeys, rules, openapi, simulate." in " ".join(text.split())
+
+
+def test_serve_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(_help(capsys, "serve").split())
+    assert "--host HOST address to listen on (default: 127.0.0.1)" in text
+    assert "--port PORT port to listen on (default: 8000)" in text
+    assert "SWITCHBOARD_*" in text

@@ -1,6 +1,6 @@
 import pytest
 
-from service.settings import ConfigurationError, load_settings
+from service.settings import ConfigurationError, load_settings, unknown_variables
 
 
 def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,4 +29,18 @@ def test_bad_configuration_is_refused_with_a_clear_message(
     with pytest.raises(ConfigurationError) as caught:
         load_settings(_env_file=None)
     assert message in str(caught.value)
-    assert variable in str(caught.value) or variable == "SWITCHBOARD_RULES_FILE"
+    assert variable in str(caught.value)
+
+
+def test_every_unread_switchboard_variable_is_named() -> None:
+    environ = {
+        "SWITCHBOARD_LOG_LEVEL": "info",
+        "SWITCHBOARD_DATABSE_URL": "sqlite+aiosqlite:///x.db",
+        "switchboard_storage_url": "memory://",  # case-insensitive, as pydantic-settings reads them
+        "SWITCHBOARD_TEST_POSTGRES_DSN": "postgresql://x",  # the test suite's own
+        "OTHER_DATABSE_URL": "x",
+    }
+    assert unknown_variables(environ) == [
+        "SWITCHBOARD_DATABSE_URL is set but is not a Switchboard setting: it is ignored; "
+        "did you mean SWITCHBOARD_DATABASE_URL?"
+    ]

@@ -20,7 +20,7 @@ from sqlalchemy import or_, select, update
 
 from service.db.engine import Database
 from service.db.models import ApiKey, utcnow
-from service.errors import InvalidInputError, NotFoundError
+from service.errors import ConflictError, InvalidInputError, NotFoundError
 
 KEY_PREFIX = "sb_"
 PREFIX_CHARS = 10
@@ -74,11 +74,17 @@ class ApiKeyService:
 
     async def create(self, name: str, scopes: Sequence[str]) -> tuple[ApiKey, str]:
         """A new key; the plain key is returned here and never again."""
-        if not name.strip():
+        name = name.strip()
+        if not name:
             raise InvalidInputError("a key needs a name")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        row = ApiKey(name=name.strip(), prefix=key[:PREFIX_CHARS], key_hash=hash_key(key), scopes=parse_scopes(scopes))
+        row = ApiKey(name=name, prefix=key[:PREFIX_CHARS], key_hash=hash_key(key), scopes=parse_scopes(scopes))
         async with self._db.write() as session:
+            # Names tell keys apart in lists and logs: an active key's name is not given twice (a revoked
+            # key's may be reused, as when a key is rotated).
+            taken = select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).limit(1)
+            if await session.scalar(taken) is not None:
+                raise ConflictError(f"an active key is already named {name!r}: choose another name or revoke it first")
             session.add(row)
         return row, key
 
@@ -87,7 +93,9 @@ class ApiKeyService:
             return list((await session.scalars(select(ApiKey).order_by(ApiKey.created_at))).all())
 
     async def revoke(self, id_or_prefix: str) -> ApiKey:
-        """Revoke by id or by the key's shown prefix (``sb_xxxxxxx``)."""
+        """Revoke by id or by the key's prefix, as ``apikeys list`` shows it (``sb_xxxxxxx…``) or without
+        the ellipsis."""
+        id_or_prefix = id_or_prefix.strip().removesuffix("…").removesuffix("...")
         condition = ApiKey.prefix == id_or_prefix
         with contextlib.suppress(ValueError):  # not an id: a prefix
             condition = or_(condition, ApiKey.id == uuid.UUID(id_or_prefix))

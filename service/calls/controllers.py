@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -25,6 +25,7 @@ from service.calls.schemas import (
     SayIn,
 )
 from service.calls.service import CallFilters, CallService, metadata_filters
+from service.calls.status import CallStatus
 from service.db.models import Call, CallEvent, Injection
 from service.idempotency.service import HEADER, IdempotencyService
 from service.pagination import Cursor, Limit
@@ -39,6 +40,9 @@ IdempotencyKey = Annotated[
         description="Retries with the same key and body get the first response; another body gets 422.",
     ),
 ]
+
+# Who wrote an event: Vapi (webhooks), the listen socket (its text frames), Switchboard itself.
+EventSource = Literal["vapi", "listen", "switchboard"]
 
 
 def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
@@ -168,7 +172,7 @@ class CallController(Controller):
         calls: Calls,
         limit: Limit = 50,
         cursor: Cursor = None,
-        status: Annotated[str | None, QueryParameter(description="Call status")] = None,
+        status: Annotated[CallStatus | None, QueryParameter(description="Call status")] = None,
         assistant_id: Annotated[str | None, QueryParameter(name="assistantId")] = None,
         customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,
         created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
@@ -200,7 +204,7 @@ class CallController(Controller):
         cursor: Cursor = None,
         after_seq: Annotated[int, QueryParameter(name="afterSeq", ge=0)] = 0,
         event_type: Annotated[list[str] | None, QueryParameter(name="type")] = None,
-        source: Annotated[str | None, QueryParameter(name="source")] = None,
+        source: Annotated[EventSource | None, QueryParameter(name="source")] = None,
     ) -> EventPage:
         events, next_cursor = await calls.list_events(
             call_id, after_seq=after_seq, limit=limit, types=event_type or (), source=source, cursor=cursor

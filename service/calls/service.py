@@ -22,7 +22,7 @@ from service.calls.tracking import merge_vapi_call
 from service.calls.writer import CallWriter
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, CallMetadata, Injection
-from service.errors import InvalidInputError, NotFoundError, UpstreamError
+from service.errors import InvalidInputError, InvalidQueryError, NotFoundError, UpstreamError
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
 from service.settings import Settings
 from service.vapi.client import VapiClient
@@ -218,7 +218,7 @@ class CallService:
         if cursor:
             parts = decode_cursor(cursor)
             if not parts or not isinstance(parts[0], int):
-                raise InvalidInputError(BAD_CURSOR)
+                raise InvalidQueryError(BAD_CURSOR)
             after_seq = max(after_seq, parts[0])
         async with self._db.read() as session:
             await self._require_call(session, call_id)

@@ -7,7 +7,10 @@ forwarded call can come back to ``in-progress`` (a transfer that returned). ``en
 
 from __future__ import annotations
 
-ORDER = ("scheduled", "queued", "ringing", "in-progress", "forwarding", "ended")
+from typing import Literal, get_args
+
+CallStatus = Literal["scheduled", "queued", "ringing", "in-progress", "forwarding", "ended"]
+ORDER: tuple[str, ...] = get_args(CallStatus)
 RANK = {status: rank for rank, status in enumerate(ORDER)}
 LIVE = frozenset({"queued", "ringing", "in-progress", "forwarding"})
 ANSWERED = frozenset({"in-progress", "forwarding"})

@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any
 
 from service.calls import status as call_status
+from service.calls.compact import timeline_message
 from service.calls.events import NewEvent
 from service.calls.redact import redact
 from service.db.models import Call
@@ -103,7 +104,8 @@ def apply_message(
     if kind == "end-of-call-report":
         apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
         call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
-    events = [NewEvent("vapi", kind, redact(message), at, dedupe_key=key)]
+    stored = timeline_message(message, status_changed=call.status != before)  # the call object once, not per event
+    events = [NewEvent("vapi", kind, redact(stored), at, dedupe_key=key)]
     if call.status != before:
         events.append(NewEvent("switchboard", "call.status_changed", {"from": before, "to": call.status}, at))
     return events

@@ -53,7 +53,8 @@ _templates = Environment(
 
 def page(template: str, **context: Any) -> Response[str]:
     html = _templates.get_template(template).render(**context)
-    return Response(html, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+    # Litestar appends "; charset=utf-8" to every text/* type itself.
+    return Response(html, media_type="text/html", headers=SECURITY_HEADERS)
 
 
 class ConsolePages(Controller):

@@ -218,6 +218,16 @@ class ListenSession:
             log.warning("listen session ended with an error", call_id=self.call_id, reason=error)
             self._journal("listen.failed", {"reason": error})
         if recording is not None:
+            log.info(
+                "recording completed",
+                call_id=self.call_id,
+                status=recording.status,
+                bytes=recording.bytes,
+                duration_seconds=round(recording.seconds, 3),
+                gaps=len(recording.gaps),
+                gap_seconds=round(sum(gap["durationSeconds"] for gap in recording.gaps), 3),
+                error=recording.error,
+            )
             self._journal(
                 "recording.completed",
                 {"status": recording.status, "bytes": recording.bytes, "sha256": recording.sha256},

@@ -20,6 +20,7 @@ from service.recordings.schemas import Gap, RecordingListItem, RecordingOut, Rec
 from service.recordings.service import Download, RecordingService, RecordingView
 
 Recordings = NamedDependency[RecordingService]
+RecordingStatusFilter = Literal["recording", "completed", "partial", "failed"]
 
 CHANNELS = {"customer": 0, "assistant": 1}
 Channel = Annotated[
@@ -180,7 +181,7 @@ async def list_recordings(
     recordings: Recordings,
     limit: Limit = 50,
     cursor: Cursor = None,
-    status: Annotated[str | None, QueryParameter(description="none|recording|completed|partial|failed")] = None,
+    status: Annotated[RecordingStatusFilter | None, QueryParameter(description="Recording status")] = None,
     assistant_id: Annotated[str | None, QueryParameter(name="assistantId")] = None,
     customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,
     min_duration_seconds: Annotated[float | None, QueryParameter(name="minDurationSeconds", ge=0)] = None,

@@ -144,7 +144,7 @@ async def test_list_is_newest_first_with_working_cursor(client: AsyncTestClient[
     filtered = (await client.get("/v1/calls", params={"customerNumber": "+14155550123", "status": "queued"})).json()
     assert len(filtered["data"]) == 5
     assert (await client.get("/v1/calls", params={"status": "ended"})).json()["data"] == []
-    assert (await client.get("/v1/calls", params={"cursor": "garbage!"})).status_code == 422
+    assert (await client.get("/v1/calls", params={"cursor": "garbage!"})).status_code == 400
 
 
 async def test_say_to_an_ended_call_is_409(client: AsyncTestClient[Any], vapi: FakeVapi) -> None:

@@ -188,7 +188,7 @@ async def test_listing_is_paginated_newest_first(client: AsyncTestClient[Any]) -
     assert [endpoint["id"] for endpoint in second["data"]] == ids[:1]
     assert second["nextCursor"] is None
     bad = await client.get("/v1/webhook-endpoints", params={"cursor": "garbage"})
-    assert bad.status_code == 422
+    assert bad.status_code == 400  # a query parameter, like every bad filter
 
 
 async def test_every_route_needs_the_webhooks_scope(client: AsyncTestClient[Any], db: Database) -> None:

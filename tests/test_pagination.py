@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import Column, DateTime, MetaData, Table, Uuid, select
 
-from service.errors import InvalidInputError
+from service.errors import InvalidQueryError
 from service.pagination import encode_cursor, keyset_page, newest_first, newest_first_cursor
 
 
@@ -43,5 +43,5 @@ def test_the_cursor_names_the_last_row_and_pages_after_it() -> None:
     ["%%%", encode_cursor("yesterday", str(uuid.uuid4())), encode_cursor("2026-01-02T00:00:00", "not-a-uuid"), "e30"],
 )
 def test_a_cursor_the_service_did_not_write_is_a_400(cursor: str) -> None:
-    with pytest.raises(InvalidInputError, match="the cursor is not valid"):
+    with pytest.raises(InvalidQueryError, match="the cursor is not valid"):
         newest_first(select(ROWS), ROWS.c.created_at, ROWS.c.id, cursor, id_type=uuid.UUID)

@@ -7,7 +7,7 @@ from typing import Any, cast
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, Table, insert, inspect, select
+from sqlalchemy import Connection, MetaData, Table, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.calls.events import transcript_key
@@ -53,6 +53,14 @@ def _migrate(url: str, direction: str, revision: str) -> None:
         pool.submit(step, alembic_config(url), revision).result()
 
 
+def _call_table_before_0009() -> Table:
+    """The ``call`` table without the columns 0009 adds: inserts into older revisions (the model's
+    Python-side defaults would name those columns)."""
+    added = {"legal_hold", "legal_hold_reason", "erasing_until"}
+    full = cast(Table, Call.__table__)
+    return Table("call", MetaData(), *(c._copy() for c in full.c if c.name not in added))
+
+
 def _indexes(sync: Connection, table: str) -> set[str | None]:
     return {index["name"] for index in inspect(sync).get_indexes(table)}
 
@@ -73,7 +81,7 @@ async def test_0005_backfills_call_metadata_and_downgrades(database_url: str) ->
         for i in range(2100)
     ]
     engine = create_async_engine(database_url)
-    call_table = cast(Table, Call.__table__)
+    call_table = _call_table_before_0009()
     try:
         _migrate(database_url, "down", "0004")
         async with engine.begin() as connection:
@@ -90,6 +98,7 @@ async def test_0005_backfills_call_metadata_and_downgrades(database_url: str) ->
         }
         assert all(row["created_at"] == created[row["call_id"]] for row in rows)
         assert "ix_call_metadata" not in call_indexes
+        _migrate(database_url, "up", "head")  # the service reads the model's columns, added up to head
         db = Database(database_url)
         try:
             service = CallService(db, cast(Any, None), cast(Any, None), cast(Any, None))
@@ -114,7 +123,7 @@ async def test_0008_keys_the_final_transcripts_of_live_calls(database_url: str) 
     fire); ended calls and other events keep none."""
     now = dt.datetime.now(dt.UTC)
     engine = create_async_engine(database_url)
-    call_table, event_table = cast(Table, Call.__table__), cast(Table, CallEvent.__table__)
+    call_table, event_table = _call_table_before_0009(), cast(Table, CallEvent.__table__)
     final = {"type": "transcript", "role": "user", "transcriptType": "final", "transcript": "  Yes  PLEASE "}
     partial = {**final, "transcriptType": "partial"}
     try:

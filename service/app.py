@@ -28,6 +28,10 @@ from service.deliveries.worker import DeliveryWorker  # outbound webhooks
 from service.errors import EXCEPTION_HANDLERS
 from service.health.controllers import HealthController
 from service.idempotency.service import IdempotencyService
+from service.lifecycle.archive import Archiver  # lifecycle
+from service.lifecycle.controllers import delete_call, put_legal_hold  # lifecycle
+from service.lifecycle.erasure import Eraser  # lifecycle
+from service.lifecycle.worker import LifecycleWorker  # lifecycle
 from service.listen.controllers import live_listen
 from service.listen.leases import LeaseKeeper, replica_id
 from service.listen.relay import LiveRelay
@@ -129,6 +133,15 @@ def create_app(
         policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
     )
     idempotency = IdempotencyService(db)
+    eraser = Eraser(db, storage, metrics=metrics)  # lifecycle
+    lifecycle = LifecycleWorker(  # lifecycle
+        db,
+        eraser,
+        metrics,
+        retention=settings.retention,
+        sweep_seconds=settings.retention_sweep_seconds,
+        archiver=Archiver(db, storage) if settings.archive_format == "flac" else None,
+    )
     webhook_endpoints = WebhookEndpointService(db, allow_private=settings.webhook_allow_private)
 
     @asynccontextmanager
@@ -143,6 +156,7 @@ def create_app(
         await webhooks.start()
         await supervisor.start()
         await deliveries.start()  # outbound webhooks
+        await lifecycle.start()  # lifecycle: finishes erasures a crash interrupted
         log.info(
             "switchboard started",
             listen_sessions=supervisor.active,
@@ -155,6 +169,7 @@ def create_app(
             await supervisor.close(settings.shutdown_timeout_seconds)
             await rule_engine.close(settings.shutdown_timeout_seconds)  # rules
             await deliveries.close(settings.shutdown_timeout_seconds)  # outbound webhooks
+            await lifecycle.close(settings.shutdown_timeout_seconds)  # lifecycle
             if owns_http_client:
                 await http.aclose()
             await storage.close()
@@ -172,6 +187,8 @@ def create_app(
             RuleController,  # rules
             FiringController,  # rules
             live_listen,
+            delete_call,  # lifecycle
+            put_legal_hold,  # lifecycle
             *CONSOLE_API,  # console
         ],
     )
@@ -189,6 +206,7 @@ def create_app(
             "supervisor": _constant(supervisor),
             "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
             "rules": _constant(rules),  # rules
+            "eraser": _constant(eraser),  # lifecycle
         },
         state=State(
             {

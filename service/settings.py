@@ -14,6 +14,7 @@ from pydantic import Field, PositiveFloat, SecretStr, field_validator, model_val
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.deliveries.retry import DEFAULT_MAX_AGE_SECONDS, DEFAULT_RETRY_DELAYS
+from service.durations import parse_duration
 
 STORAGE_SCHEMES = ("file", "memory", "s3")
 
@@ -63,6 +64,22 @@ class Settings(BaseSettings):
     # until a delivery is this old, then it is abandoned.
     webhook_retry_delays: tuple[PositiveFloat, ...] = Field(default=DEFAULT_RETRY_DELAYS, min_length=1)
     webhook_retry_max_age_seconds: float = Field(default=DEFAULT_MAX_AGE_SECONDS, gt=0)
+    # Recordings lifecycle (service.lifecycle): calls that ended longer ago than ``retention`` (a duration:
+    # "90d", "12h", "3s"; unset: kept) are erased, except held ones, by a sweep every so many seconds.
+    retention: float | None = None
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    # "flac": finished recordings are re-encoded losslessly and their raw segments removed.
+    archive_format: Literal["pcm", "flac"] = "pcm"
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: object) -> float | None:
+        if value is None or value == "":
+            return None
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("the retention must be longer than zero (unset it to keep calls forever)")
+        return seconds
 
     @field_validator("database_url")
     @classmethod

@@ -33,6 +33,11 @@ class RangeError(DomainError):
     title = "Range not satisfiable"
 
 
+def stored_bytes(recording: Recording, raw_bytes: int) -> int:
+    """Bytes at rest: the archive's size, or the raw PCM's."""
+    return recording.stored_bytes if recording.stored_bytes is not None else raw_bytes
+
+
 def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
     recording = view.recording
     return RecordingOut(
@@ -55,6 +60,8 @@ def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
             )
             for segment, extent in zip(recording.segments, view.extents, strict=True)
         ],
+        format=recording.format,
+        stored_bytes=stored_bytes(recording, view.bytes),
         error=recording.error,
         started_at=recording.started_at,
         completed_at=recording.completed_at,
@@ -74,6 +81,8 @@ def no_recording_out(call_id: str) -> RecordingOut:
         sha256=None,
         gaps=[],
         segments=[],
+        format="pcm",
+        stored_bytes=0,
         error=None,
         started_at=None,
         completed_at=None,
@@ -146,6 +155,23 @@ class RecordingController(Controller):
             download, request.headers.get("range"), media_type="audio/wav", filename=f"{call_id}{suffix}.wav"
         )
 
+    @get(
+        "/recording.flac",
+        operation_id="downloadRecordingFlac",
+        summary="The lossless archive, as stored (Range supported; 404 while the recording is kept raw)",
+        media_type="audio/flac",
+    )
+    async def download_flac(
+        self,
+        request: Request[Any, Any, Any],
+        call_id: FromPath[str],
+        recordings: Recordings,
+    ) -> Stream:
+        download = await recordings.flac_download(call_id)
+        return ranged_stream(
+            download, request.headers.get("range"), media_type="audio/flac", filename=f"{call_id}.flac"
+        )
+
 
 def recording_item(recording: Recording, call: Call) -> RecordingListItem:
     return RecordingListItem(
@@ -158,6 +184,8 @@ def recording_item(recording: Recording, call: Call) -> RecordingListItem:
         duration_seconds=recording.seconds(recording.bytes),
         sha256=recording.sha256,
         gaps=[Gap(gap["atSeconds"], gap["durationSeconds"], gap["reason"]) for gap in recording.gaps],
+        format=recording.format,
+        stored_bytes=stored_bytes(recording, recording.bytes),
         started_at=recording.started_at,
         completed_at=recording.completed_at,
         assistant_id=call.assistant_id,

@@ -21,7 +21,16 @@ from service.db.statements import insert_ignoring_conflicts, table_of
 from service.deliveries.outbox import enqueue
 from service.errors import InvalidInputError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_newest_first, encode_newest_first
-from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
+from service.recordings.audio import (
+    SAMPLE_BYTES,
+    AudioSource,
+    Piece,
+    SegmentExtent,
+    stream_timeline,
+    timeline,
+    wav_header,
+)
+from service.recordings.flac import ArchivedAudio, archive_key
 from service.recordings.storage import RecordingStorage
 
 _RECORDING = table_of(Recording)
@@ -324,10 +333,29 @@ class RecordingService:
         return rows, next_cursor
 
     async def pcm_download(self, call_id: str) -> Download:
-        return pcm_download(await self.view(call_id), self._storage)
+        view = await self.view(call_id)
+        return pcm_download(view, self._source(view))
 
     async def wav_download(self, call_id: str, *, channel: int | None) -> Download:
-        return wav_download(await self.view(call_id), self._storage, channel=channel)
+        view = await self.view(call_id)
+        return wav_download(view, self._source(view), channel=channel)
+
+    async def flac_download(self, call_id: str) -> Download:
+        """The recording's lossless archive as stored: 404 while the recording is kept raw."""
+        recording = (await self.view(call_id)).recording
+        if recording.format != "flac":
+            raise NotFoundError(
+                f"the recording of call {call_id!r} is not archived as FLAC (it is stored as {recording.format})",
+                recordingFormat=recording.format,
+            )
+        pieces = [Piece(recording.stored_bytes or 0, archive_key(call_id))]
+        return Download(self._storage, b"", pieces, None, recording.channels)
+
+    def _source(self, view: RecordingView) -> AudioSource:
+        """Where the recording's audio is read: its raw segments, or its archive."""
+        if view.recording.format == "flac":
+            return ArchivedAudio(self._storage, view.recording.call_id, view.extents, view.recording.channels)
+        return self._storage
 
     async def view(self, call_id: str) -> RecordingView:
         """The call's recording, for downloads: 404 while nothing has been recorded."""
@@ -355,7 +383,7 @@ class RecordingService:
 class Download:
     """A downloadable view of a recording: an optional header, then a timeline of pieces."""
 
-    storage: RecordingStorage
+    storage: AudioSource
     prefix: bytes
     pieces: list[Piece]
     channel: int | None
@@ -382,14 +410,14 @@ class Download:
                 yield chunk
 
 
-def pcm_download(view: RecordingView, storage: RecordingStorage) -> Download:
+def pcm_download(view: RecordingView, storage: AudioSource) -> Download:
     """Exactly the bytes received, in order, nothing added."""
     channels = view.recording.channels
     pieces = timeline(view.extents, channels=channels, fill_gaps=False, mono=False)
     return Download(storage, b"", pieces, None, channels)
 
 
-def wav_download(view: RecordingView, storage: RecordingStorage, *, channel: int | None) -> Download:
+def wav_download(view: RecordingView, storage: AudioSource, *, channel: int | None) -> Download:
     """A WAV whose timeline matches the call: gaps filled with silence; optionally one channel."""
     channels = view.recording.channels
     mono = channel is not None and channels > 1

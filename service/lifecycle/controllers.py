@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import delete, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from service.auth import scoped
 from service.db.engine import Database
@@ -39,6 +39,6 @@ async def delete_call(call_id: FromPath[str], eraser: NamedDependency[Eraser]) -
     tags=["calls"],
     **scoped("admin"),
 )
-async def put_legal_hold(call_id: FromPath[str], data: LegalHoldIn, db: NamedDependency[Database]) -> LegalHoldOut:
+async def put_legal_hold(call_id: FromPath[str], data: JSONBody[LegalHoldIn], db: NamedDependency[Database]) -> LegalHoldOut:
     await set_legal_hold(db, call_id, hold=data.hold, reason=data.reason)
     return LegalHoldOut(call_id=call_id, hold=data.hold, reason=data.reason)

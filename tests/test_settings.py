@@ -30,3 +30,26 @@ def test_bad_configuration_is_refused_with_a_clear_message(
         load_settings(_env_file=None)
     assert message in str(caught.value)
     assert variable in str(caught.value) or variable == "SWITCHBOARD_RULES_FILE"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90d", 90 * 86400.0), ("12h", 43200.0), ("3s", 3.0), ("45", 45.0)])
+def test_retention_is_a_duration(monkeypatch: pytest.MonkeyPatch, text: str, seconds: float) -> None:
+    monkeypatch.setenv("SWITCHBOARD_RETENTION", text)
+    settings = load_settings(_env_file=None)
+    assert settings.retention == seconds
+    assert settings.retention_sweep_seconds == 3600
+    assert settings.archive_format == "pcm"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"), [("soon", "is not a duration"), ("0s", "longer than zero"), ("-1d", "negative")]
+)
+def test_bad_retention_is_refused(monkeypatch: pytest.MonkeyPatch, text: str, reason: str) -> None:
+    monkeypatch.setenv("SWITCHBOARD_RETENTION", text)
+    with pytest.raises(ConfigurationError, match=rf"SWITCHBOARD_RETENTION: .*{reason}"):
+        load_settings(_env_file=None)
+
+
+def test_unset_retention_keeps_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWITCHBOARD_RETENTION", raising=False)
+    assert load_settings(_env_file=None).retention is None

@@ -39,6 +39,8 @@ async def delete_call(call_id: FromPath[str], eraser: NamedDependency[Eraser]) -
     tags=["calls"],
     **scoped("admin"),
 )
-async def put_legal_hold(call_id: FromPath[str], data: JSONBody[LegalHoldIn], db: NamedDependency[Database]) -> LegalHoldOut:
+async def put_legal_hold(
+    call_id: FromPath[str], data: JSONBody[LegalHoldIn], db: NamedDependency[Database]
+) -> LegalHoldOut:
     await set_legal_hold(db, call_id, hold=data.hold, reason=data.reason)
     return LegalHoldOut(call_id=call_id, hold=data.hold, reason=data.reason)

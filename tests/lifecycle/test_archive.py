@@ -144,8 +144,12 @@ def test_the_archive_command_converts_existing_recordings(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage_url = f"file://{tmp_path}/recordings"
-    for call_id in ("call-1", "call-2"):
-        run_blocking(_seed(database_url, storage_url, call_id))
+
+    async def seed_two() -> None:
+        for call_id in ("call-1", "call-2"):
+            await _seed(database_url, storage_url, call_id)
+
+    run_blocking(seed_two())
     monkeypatch.setenv("SWITCHBOARD_DATABASE_URL", database_url)
     monkeypatch.setenv("SWITCHBOARD_STORAGE_URL", storage_url)
     assert main(["archive"]) == 0

@@ -133,7 +133,7 @@ def create_app(
         policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
     )
     idempotency = IdempotencyService(db)
-    eraser = Eraser(db, storage, metrics=metrics)  # lifecycle
+    eraser = Eraser(db, storage, metrics=metrics, claim_seconds=settings.erasure_claim_seconds)  # lifecycle
     lifecycle = LifecycleWorker(  # lifecycle
         db,
         eraser,

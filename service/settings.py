@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # "90d", "12h", "3s"; unset: kept) are erased, except held ones, by a sweep every so many seconds.
     retention: float | None = None
     retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    # A replica's claim on a call it erases: an erasure cut short by a crash is finished by the sweep of
+    # any replica once the claim has lapsed (tombstones are looked for at least this often).
+    erasure_claim_seconds: float = Field(default=60.0, ge=1)
     # "flac": finished recordings are re-encoded losslessly and their raw segments removed.
     archive_format: Literal["pcm", "flac"] = "pcm"
 

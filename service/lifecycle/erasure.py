@@ -75,6 +75,11 @@ class Eraser:
         self._metrics = metrics
         self._claim = dt.timedelta(seconds=claim_seconds)
 
+    @property
+    def claim_seconds(self) -> float:
+        """How long a claim lasts: an eraser that died is replaced this long after it claimed."""
+        return self._claim.total_seconds()
+
     async def erase(self, call_id: str) -> None:
         """Erase the call now: 404 when unknown, 409 while live, held or being erased by another.
 

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from service.db.engine import Database
 from service.db.models import Recording
 from service.lifecycle.archive import ArchiveError, Archiver
-from service.lifecycle.erasure import CLAIM_SECONDS, Eraser
+from service.lifecycle.erasure import Eraser
 from service.metrics import Metrics
 from service.tasks import finish
 
@@ -49,7 +49,7 @@ class LifecycleWorker:
         self._retention = retention
         self._sweep_seconds = sweep_seconds
         # Tombstones are looked for at least as often as an eraser's claim lapses.
-        self._tick = min(sweep_seconds, CLAIM_SECONDS)
+        self._tick = min(sweep_seconds, eraser.claim_seconds)
         self._archiver = archiver
         self._batch = batch
         self._archive_poll = archive_poll_seconds

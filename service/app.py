@@ -133,7 +133,13 @@ def create_app(
         policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
     )
     idempotency = IdempotencyService(db)
-    eraser = Eraser(db, storage, metrics=metrics, claim_seconds=settings.erasure_claim_seconds)  # lifecycle
+    eraser = Eraser(  # lifecycle
+        db,
+        storage,
+        vapi=vapi if settings.vapi_api_key else None,
+        metrics=metrics,
+        claim_seconds=settings.erasure_claim_seconds,
+    )
     lifecycle = LifecycleWorker(  # lifecycle
         db,
         eraser,

@@ -5,7 +5,9 @@ An erasure runs in three steps, so that a crash at any point leaves something a 
 1. **Tombstone** (one transaction): the call is checked (not live, not held) and ``erasing_until`` is
    set. It is both the tombstone (this call is being erased) and the eraser's claim, which lapses after
    :data:`CLAIM_SECONDS`: a replica killed half-way loses its claim, and the next sweep finishes.
-2. **Storage**: every object under ``<call id>/`` is deleted (idempotent: deleting nothing is fine).
+2. **Storage**: every object under ``<call id>/`` is deleted (idempotent: deleting nothing is fine);
+   then **Vapi's copy** (``DELETE /call/{id}``; a call Vapi does not know is fine). Either failing
+   releases the claim and leaves the tombstone to the next sweep; the audio goes first, whatever Vapi says.
 3. **Rows** (one transaction): the idempotency records and outbound deliveries that carry the call,
    then the call row, whose foreign keys cascade to the timeline, metadata index, recording and its
    segments, injections and rule firings; a ``call.deleted`` event is queued in the same transaction.
@@ -28,9 +30,10 @@ from service.calls.status import is_live
 from service.db.engine import Database
 from service.db.models import Call, IdempotencyRecord, Recording, WebhookDelivery, utcnow
 from service.deliveries.outbox import enqueue
-from service.errors import ConflictError, NotFoundError, ServiceUnavailableError
+from service.errors import ConflictError, NotFoundError, ServiceUnavailableError, UpstreamError
 from service.metrics import Metrics
 from service.recordings.storage import RecordingStorage, StorageError
+from service.vapi.client import VapiClient
 
 log = structlog.get_logger(__name__)
 
@@ -67,11 +70,14 @@ class Eraser:
         db: Database,
         storage: RecordingStorage,
         *,
+        vapi: VapiClient | None = None,
         metrics: Metrics | None = None,
         claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
+        """``vapi``: where the call's copy at Vapi is deleted (None: no Vapi API key, nothing to delete there)."""
         self._db = db
         self._storage = storage
+        self._vapi = vapi
         self._metrics = metrics
         self._claim = dt.timedelta(seconds=claim_seconds)
 
@@ -83,7 +89,7 @@ class Eraser:
     async def erase(self, call_id: str) -> None:
         """Erase the call now: 404 when unknown, 409 while live, held or being erased by another.
 
-        When storage fails after the tombstone is committed, the erasure is left to the sweep (503).
+        When storage or Vapi fails after the tombstone is committed, the erasure is left to the sweep (503).
         """
         async with self._db.write() as session:
             query = select(Call.status, Call.legal_hold, Call.erasing_until, _OPEN_RECORDING).where(Call.id == call_id)
@@ -103,16 +109,19 @@ class Eraser:
             await session.execute(update(Call).where(Call.id == call_id).values(erasing_until=now + self._claim))
         if not await self.finish(call_id, reason="request"):
             raise ServiceUnavailableError(
-                f"the erasure of call {call_id!r} started but storage failed; it is finished by the next sweep "
-                "(or retry the request)"
+                f"the erasure of call {call_id!r} started but storage or Vapi failed; it is finished by the next "
+                "sweep (or retry the request)"
             )
 
     async def finish(self, call_id: str, *, reason: Reason) -> bool:
-        """Steps 2 and 3 for a call this process has claimed; False (claim released) when storage failed."""
+        """Steps 2 and 3 for a call this process has claimed; False (claim released) when storage or
+        Vapi failed."""
         try:
             removed = await self._storage.delete_prefix(call_id)
-        except StorageError as exc:
-            log.warning("call erasure: storage failed; the sweep retries", call_id=call_id, error=str(exc))
+            if self._vapi is not None:
+                await self._vapi.delete_call(call_id)
+        except (StorageError, UpstreamError) as exc:
+            log.warning("call erasure interrupted; the sweep retries", call_id=call_id, error=exc.args[0])
             async with self._db.write() as session:  # release the claim: the next sweep need not wait
                 await session.execute(update(Call).where(Call.id == call_id).values(erasing_until=utcnow()))
             return False

@@ -68,6 +68,7 @@ async def test_delete_erases_the_call_everywhere(stack: Stack, database_url: str
 
     assert await rows_of(database_url, call_id) == dict.fromkeys(before, 0)
     assert await storage.keys(call_id) == []
+    assert call_id in stack.sim.deleted, "Vapi's copy was deleted too"
     for path in ("", "/events", "/recording", "/recording.pcm", "/recording.wav", "/firings"):
         response = await client.get(f"/v1/calls/{call_id}{path}")
         assert response.status_code == 404, (path, response.text)
@@ -144,6 +145,23 @@ async def test_erasure_needs_the_calls_delete_scope(database_url: str, tmp_path:
             assert hold.status_code == 403, "legal hold is for admins"
             erased = await client.delete(f"/v1/calls/{call_id}", headers={"Authorization": f"Bearer {eraser}"})
             assert erased.status_code == 204
+
+
+async def test_when_vapi_fails_the_audio_goes_and_the_rest_is_finished_later(database_url: str, tmp_path: Path) -> None:
+    async with running_stack(database_url, tmp_path, script=SCRIPT, pace=3) as stack:
+        call_id = await stack.place_call()
+        await stack.sim.wait_for_status(call_id, "ended", timeout=30)
+        await stack.wait_for_recording(call_id)
+        stack.sim.set_rest_fault(status=503, count=1)
+        failed = await stack.client.delete(f"/v1/calls/{call_id}")
+        assert failed.status_code == 503, failed.text
+        assert not (tmp_path / "recordings" / call_id).exists(), "the audio went first"
+        assert (await rows_of(database_url, call_id))["call"] == 1
+        assert call_id not in stack.sim.deleted
+        retried = await stack.client.delete(f"/v1/calls/{call_id}")
+        assert retried.status_code == 204, retried.text
+        assert call_id in stack.sim.deleted
+        assert set((await rows_of(database_url, call_id)).values()) == {0}
 
 
 class FailingDeletes:

@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from service.db.engine import Database
 from service.db.models import Call
-from tests.conftest import ADMIN_KEY
+from service.simulator import SimulatorServer, VapiSimulator
+from tests.conftest import ADMIN_KEY, VAPI_KEY
 from tests.lifecycle.conftest import rows_of, storage_at
 from tests.lifecycle.seed import seed_call, seed_recording, tone
 from tests.processes import free_port, serve_env, serve_process
@@ -46,9 +47,9 @@ async def test_kill_9_during_an_erasure_is_finished_by_the_next_process(database
         await storage.close()
 
     port = free_port()
-    env = serve_env(database_url, root, "http://127.0.0.1:9", port, SWITCHBOARD_ERASURE_CLAIM_SECONDS="2")
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with SimulatorServer(VapiSimulator(api_key=VAPI_KEY)) as vapi, httpx.AsyncClient(timeout=30) as client:
+            env = serve_env(database_url, root, vapi.base_url, port, SWITCHBOARD_ERASURE_CLAIM_SECONDS="2")
             async with serve_process(env, port, tmp_path / "first.log") as first:
                 request = asyncio.create_task(client.delete(f"{first.base_url}/v1/calls/doomed", headers=AUTH))
                 async with asyncio.timeout(10):

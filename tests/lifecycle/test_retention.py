@@ -14,7 +14,8 @@ from service.db.engine import Database
 from service.lifecycle.erasure import Eraser
 from service.lifecycle.worker import LifecycleWorker
 from service.metrics import Metrics
-from tests.conftest import ADMIN_KEY, make_settings
+from service.simulator import SimulatorServer, VapiSimulator
+from tests.conftest import ADMIN_KEY, VAPI_KEY, make_settings
 from tests.lifecycle.conftest import rows_of, storage_at
 from tests.lifecycle.seed import seed_call, seed_recording, tone
 
@@ -32,17 +33,24 @@ async def test_retention_erases_only_old_unheld_calls(database_url: str, storage
         await seed_call(db, "live", ended_ago=None)
     finally:
         await db.dispose()
-    settings = make_settings(database_url, storage_url=storage_url, retention="1h", retention_sweep_seconds=0.2)
-    async with AsyncTestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
-        async with asyncio.timeout(10):
-            while (await client.get("/v1/calls/old")).status_code != 404:
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # more passes: nothing else goes
-        for kept in ("old-held", "recent", "live"):
-            assert (await client.get(f"/v1/calls/{kept}")).status_code == 200, kept
-        assert (await client.get("/v1/calls/old-held/recording.pcm")).content == tone(1.0)
-        metrics = (await client.get("/metrics")).text
+    async with SimulatorServer(VapiSimulator(api_key=VAPI_KEY)) as vapi:
+        settings = make_settings(
+            database_url,
+            storage_url=storage_url,
+            vapi_base_url=vapi.base_url,
+            retention="1h",
+            retention_sweep_seconds=0.2,
+        )
+        async with AsyncTestClient(create_app(settings)) as client:
+            client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+            async with asyncio.timeout(10):
+                while (await client.get("/v1/calls/old")).status_code != 404:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # more passes: nothing else goes
+            for kept in ("old-held", "recent", "live"):
+                assert (await client.get(f"/v1/calls/{kept}")).status_code == 200, kept
+            assert (await client.get("/v1/calls/old-held/recording.pcm")).content == tone(1.0)
+            metrics = (await client.get("/metrics")).text
     assert 'switchboard_calls_erased_total{reason="retention"} 1.0' in metrics
     assert f'switchboard_recording_stored_bytes{{format="pcm"}} {len(tone(1.0))}.0' in metrics
     assert set((await rows_of(database_url, "old")).values()) == {0}

@@ -43,7 +43,7 @@ from service.recordings.storage import RecordingStorage, StorageError
 
 log = structlog.get_logger(__name__)
 
-UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
+UPLOAD_CHUNK_BYTES = 1024 * 1024  # one object per MiB on S3; what the upload holds in memory
 CLAIM_SECONDS = 600.0  # an archiver's claim on one recording (a one-hour recording takes a few seconds)
 FINISHED = ("completed", "partial")
 

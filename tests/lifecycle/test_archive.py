@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import io
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from service.cli import main
 from service.db.engine import Database
 from service.lifecycle.archive import ArchiveError, Archiver
 from service.recordings.flac import archive_key
+from service.recordings.service import RecordingService
 from tests.conftest import ADMIN_KEY, make_settings, run_blocking
 from tests.lifecycle.conftest import storage_at
 from tests.lifecycle.seed import seed_call, seed_recording, tone
@@ -163,3 +165,32 @@ def test_the_archive_command_converts_existing_recordings(
         "recording.flac",
         "recording.flac",
     ]
+
+
+async def test_archiving_and_reading_an_archive_stream_in_blocks(database_url: str, tmp_path: Path) -> None:
+    """A long recording is never held whole: Python allocations peak far below its size."""
+    storage_url = f"file://{tmp_path}/recordings"
+    db, storage = Database(database_url), storage_at(storage_url)
+    minute = tone(60.0)
+    try:
+        await seed_call(db, "long", ended_ago=dt.timedelta(minutes=1))
+        pcm = await seed_recording(db, storage, "long", [(None, minute * 3)])  # 11.5 MB
+        del minute
+        tracemalloc.start()
+        try:
+            assert (await Archiver(db, storage).archive_all()) == (1, 0)
+            _, archive_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            download = await RecordingService(db, storage).pcm_download("long")
+            digest = hashlib.sha256()
+            async for chunk in download.stream(0, download.total):
+                digest.update(chunk)
+            _, read_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        await storage.close()
+        await db.dispose()
+    assert digest.hexdigest() == hashlib.sha256(pcm).hexdigest()
+    assert archive_peak < len(pcm) / 4, f"archiving peaked at {archive_peak} bytes of Python memory"
+    assert read_peak < len(pcm) / 4, f"reading peaked at {read_peak} bytes of Python memory"

@@ -116,6 +116,8 @@ async def test_live_and_held_calls_are_not_erased(database_url: str, tmp_path: P
         held = await client.put(f"/v1/calls/{call_id}/legal-hold", json={"hold": True, "reason": "dispute 12"})
         assert held.status_code == 200, held.text
         assert held.json() == {"callId": call_id, "hold": True, "reason": "dispute 12"}
+        shown = (await client.get(f"/v1/calls/{call_id}")).json()
+        assert (shown["legalHold"], shown["legalHoldReason"]) == (True, "dispute 12")
         refused = await client.delete(f"/v1/calls/{call_id}")
         assert refused.status_code == 409
         assert refused.json()["legalHold"] is True

@@ -5,7 +5,8 @@
   claims at most :data:`SWEEP_BATCH` calls (bounded work per pass; a full pass is followed by another
   right away, so a backlog drains without one replica holding a long transaction).
 - **Archiver** (``SWITCHBOARD_ARCHIVE_FORMAT=flac``): finished PCM recordings are archived one at a time.
-- The ``switchboard_recording_stored_bytes`` gauge is refreshed after each pass.
+- The ``switchboard_recording_stored_bytes`` gauge is refreshed at start-up, after each retention pass
+  or erasure, and when the archiver has caught up (it sums every recording: not on every idle tick).
 """
 
 from __future__ import annotations
@@ -96,12 +97,14 @@ class LifecycleWorker:
                 erased = await self.sweep(retention=due)
                 if erased >= self._batch:
                     wait = 0.0  # a backlog: the next bounded pass right away
-                await self.refresh_stored_bytes()
+                if due or erased:
+                    await self.refresh_stored_bytes()
             except Exception as exc:  # the database or storage may be briefly away: the next pass retries
                 log.warning("lifecycle sweep failed", error=f"{type(exc).__name__}: {exc}")
             await self._sleep(wait)
 
     async def _archive_loop(self, archiver: Archiver) -> None:
+        busy = False  # archived something since the gauge was last refreshed
         while not self._stopping.is_set():
             try:
                 archived = await archiver.archive_next()
@@ -112,9 +115,12 @@ class LifecycleWorker:
                 archived = None
             if archived is not None:
                 self._metrics.recordings_archived.inc()
+                busy = True
                 continue
-            with contextlib.suppress(Exception):
-                await self.refresh_stored_bytes()
+            if busy:
+                with contextlib.suppress(Exception):
+                    await self.refresh_stored_bytes()
+                busy = False
             await self._sleep(self._archive_poll)
 
     async def _sleep(self, seconds: float) -> None:

@@ -4,7 +4,8 @@
 - ``call.erasing_until``: set when an erasure starts (before any storage object is deleted), it is the
   tombstone a sweep finishes after a crash, and the eraser's claim.
 - ``recording.format`` (``pcm`` | ``flac``), ``stored_bytes`` (bytes at rest when not ``bytes``) and
-  ``archiving_until`` (the archiver's claim).
+  ``archiving_until`` (the archiver's claim); ``listening_key`` / ``listening_bytes``: the Opus
+  listening copy, made on demand.
 - Indexes for the sweeps: calls by ``ended_at`` (retention) and ``erasing_until``; recordings by
   ``(format, status)`` (the archiver's queue).
 
@@ -38,12 +39,14 @@ def upgrade() -> None:
     op.add_column("recording", sa.Column("format", sa.String(8), nullable=False, server_default="pcm"))
     op.add_column("recording", sa.Column("stored_bytes", sa.BigInteger(), nullable=True))
     op.add_column("recording", sa.Column("archiving_until", DateTimeUTC(timezone=True), nullable=True))
+    op.add_column("recording", sa.Column("listening_key", sa.Text(), nullable=True))
+    op.add_column("recording", sa.Column("listening_bytes", sa.BigInteger(), nullable=True))
     op.create_index("ix_recording_format_status", "recording", ["format", "status"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_recording_format_status", table_name="recording")
-    for column in ("archiving_until", "stored_bytes", "format"):
+    for column in ("listening_bytes", "listening_key", "archiving_until", "stored_bytes", "format"):
         op.drop_column("recording", column)
     op.drop_index("ix_call_erasing_until", table_name="call")
     op.drop_index("ix_call_ended_at", table_name="call")

@@ -189,6 +189,9 @@ class Recording(TimestampedMixin, UUIDv7Base):
     stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # The archiver's claim on the recording (one archiver per recording across replicas).
     archiving_until: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # The Opus listening copy (recording.ogg), made on the first request and kept: where, how big.
+    listening_key: Mapped[str | None] = mapped_column(Text)
+    listening_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
     call: Mapped[Call] = relationship(back_populates="recording", lazy="noload", viewonly=True)
 

@@ -172,6 +172,22 @@ class RecordingController(Controller):
             download, request.headers.get("range"), media_type="audio/flac", filename=f"{call_id}.flac"
         )
 
+    @get(
+        "/recording.ogg",
+        operation_id="downloadRecordingOgg",
+        summary="A small listening copy (Opus, gaps as silence), made on the first request and kept",
+        description="Lossy: for browsers and players, not for analysis. 409 while the call is still recorded.",
+        media_type="audio/ogg",
+    )
+    async def download_ogg(
+        self,
+        request: Request[Any, Any, Any],
+        call_id: FromPath[str],
+        recordings: Recordings,
+    ) -> Stream:
+        download = await recordings.ogg_download(call_id)
+        return ranged_stream(download, request.headers.get("range"), media_type="audio/ogg", filename=f"{call_id}.ogg")
+
 
 def recording_item(recording: Recording, call: Call) -> RecordingListItem:
     return RecordingListItem(

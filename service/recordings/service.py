@@ -19,7 +19,7 @@ from service.db.engine import Database
 from service.db.models import Call, Recording, RecordingSegment, utcnow
 from service.db.statements import insert_ignoring_conflicts, table_of
 from service.deliveries.outbox import enqueue
-from service.errors import InvalidInputError, NotFoundError
+from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_newest_first, encode_newest_first
 from service.recordings.audio import (
     SAMPLE_BYTES,
@@ -31,6 +31,7 @@ from service.recordings.audio import (
     wav_header,
 )
 from service.recordings.flac import ArchivedAudio, archive_key
+from service.recordings.listening import ListeningCopies
 from service.recordings.storage import RecordingStorage
 
 _RECORDING = table_of(Recording)
@@ -118,6 +119,7 @@ class RecordingService:
     def __init__(self, db: Database, storage: RecordingStorage) -> None:
         self._db = db
         self._storage = storage
+        self._listening = ListeningCopies(db, storage)
 
     async def open_segment(
         self, call_id: str, *, sample_rate: int, channels: int, gap_seconds: float | None, gap_reason: str
@@ -350,6 +352,20 @@ class RecordingService:
             )
         pieces = [Piece(recording.stored_bytes or 0, archive_key(call_id))]
         return Download(self._storage, b"", pieces, None, recording.channels)
+
+    async def ogg_download(self, call_id: str) -> Download:
+        """The Opus listening copy (made on the first request): 409 while the call is still recorded."""
+        view = await self.view(call_id)
+        recording = view.recording
+        if recording.status == "recording":
+            raise ConflictError(
+                f"call {call_id!r} is still being recorded: its listening copy is made once the recording is "
+                "finished (recording.wav serves it now)",
+                recordingStatus=recording.status,
+            )
+        wav = wav_download(view, self._source(view), channel=None)
+        key, size = await self._listening.ensure(recording, wav.stream(len(wav.prefix), wav.total))
+        return Download(self._storage, b"", [Piece(size, key)], None, recording.channels)
 
     def _source(self, view: RecordingView) -> AudioSource:
         """Where the recording's audio is read: its raw segments, or its archive."""

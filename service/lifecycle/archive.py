@@ -33,7 +33,7 @@ from typing import Any
 
 import soundfile
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from service.db.engine import Database
 from service.db.models import Recording, RecordingSegment, utcnow
@@ -93,8 +93,8 @@ class Archiver:
     async def pending(self) -> int:
         """Finished recordings still stored raw."""
         async with self._db.read() as session:
-            query = select(Recording.id).where(Recording.format == "pcm", Recording.status.in_(FINISHED))
-            return len((await session.scalars(query)).all())
+            query = select(func.count()).where(Recording.format == "pcm", Recording.status.in_(FINISHED))
+            return int(await session.scalar(query) or 0)
 
     async def archive_next(self) -> Archived | None:
         """Claim one finished PCM recording and archive it; None when there is nothing (left) to claim.

@@ -1,6 +1,7 @@
 """The Alembic migrations produce exactly the schema the models describe, on both backends."""
 
 import datetime as dt
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -15,7 +16,7 @@ from service.calls.metadata import index_rows
 from service.calls.service import CallFilters, CallService
 from service.db.engine import Database
 from service.db.migrate import alembic_config
-from service.db.models import Call, CallEvent, CallMetadata, metadata
+from service.db.models import Call, CallEvent, CallMetadata, WebhookDelivery, WebhookEndpoint, metadata
 
 
 def _other_dialects_indexes(dialect: str) -> set[str | None]:
@@ -53,12 +54,15 @@ def _migrate(url: str, direction: str, revision: str) -> None:
         pool.submit(step, alembic_config(url), revision).result()
 
 
-def _call_table_before_0009() -> Table:
-    """The ``call`` table without the columns 0009 adds: inserts into older revisions (the model's
+def _table_before_0009(model: type[Any], added: set[str]) -> Table:
+    """A model's table without the columns 0009 adds: inserts into older revisions (the model's
     Python-side defaults would name those columns)."""
-    added = {"legal_hold", "legal_hold_reason", "erasing_until"}
-    full = cast(Table, Call.__table__)
-    return Table("call", MetaData(), *(c._copy() for c in full.c if c.name not in added))
+    full = cast(Table, model.__table__)
+    return Table(full.name, MetaData(), *(c._copy() for c in full.c if c.name not in added))
+
+
+def _call_table_before_0009() -> Table:
+    return _table_before_0009(Call, {"legal_hold", "legal_hold_reason", "erasing_until"})
 
 
 def _indexes(sync: Connection, table: str) -> set[str | None]:
@@ -166,6 +170,49 @@ async def test_0008_keys_the_final_transcripts_of_live_calls(database_url: str) 
             ("done", 2): None,
             ("done", 3): None,
         }
+    finally:
+        _migrate(database_url, "up", "head")
+        await engine.dispose()
+
+
+async def test_0009_fills_the_call_of_stored_deliveries(database_url: str) -> None:
+    """0009 adds ``webhook_delivery.call_id`` and fills it from the payloads already stored: ``data.id`` of
+    call events, ``data.callId`` of the others (what erasure then finds by index)."""
+    now = dt.datetime.now(dt.UTC)
+    engine = create_async_engine(database_url)
+    endpoint = {"id": uuid.uuid4(), "url": "https://x.example/h", "events": [], "secret": "s", "enabled": True}
+    payloads = {
+        "call.ended": {"type": "call.ended", "data": {"id": "call-1", "status": "ended"}},
+        "recording.completed": {"type": "recording.completed", "data": {"callId": "call-2", "bytes": 3}},
+        "rule.fired": {"type": "rule.fired", "data": {"rule": "r"}},
+    }
+    try:
+        _migrate(database_url, "down", "0008")
+        async with engine.begin() as connection:
+            stamped = {**endpoint, "created_at": now, "updated_at": now}
+            await connection.execute(insert(_table_before_0009(WebhookEndpoint, set())), [stamped])
+            await connection.execute(
+                insert(_table_before_0009(WebhookDelivery, {"call_id"})),
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "endpoint_id": endpoint["id"],
+                        "message_id": f"m-{kind}",
+                        "event_type": kind,
+                        "payload": payload,
+                        "status": "delivered",
+                        "attempts": 1,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for kind, payload in payloads.items()
+                ],
+            )
+        _migrate(database_url, "up", "0009")
+        async with engine.connect() as connection:
+            rows = (await connection.execute(select(WebhookDelivery.event_type, WebhookDelivery.call_id))).tuples()
+        assert dict(rows) == {"call.ended": "call-1", "recording.completed": "call-2", "rule.fired": None}
     finally:
         _migrate(database_url, "up", "head")
         await engine.dispose()

@@ -6,6 +6,8 @@
 - ``recording.format`` (``pcm`` | ``flac``), ``stored_bytes`` (bytes at rest when not ``bytes``) and
   ``archiving_until`` (the archiver's claim); ``listening_key`` / ``listening_bytes``: the Opus
   listening copy, made on demand.
+- ``webhook_delivery.call_id`` (indexed, filled in for the rows already stored): the call an outbound
+  event is about, so that erasing a call finds its deliveries without reading every payload.
 - Indexes for the sweeps: calls by ``ended_at`` (retention) and ``erasing_until``; recordings by
   ``(format, status)`` (the archiver's queue).
 
@@ -42,9 +44,26 @@ def upgrade() -> None:
     op.add_column("recording", sa.Column("listening_key", sa.Text(), nullable=True))
     op.add_column("recording", sa.Column("listening_bytes", sa.BigInteger(), nullable=True))
     op.create_index("ix_recording_format_status", "recording", ["format", "status"])
+    op.add_column("webhook_delivery", sa.Column("call_id", sa.String(64), nullable=True))
+    _fill_delivery_call_ids()
+    op.create_index("ix_webhook_delivery_call_id", "webhook_delivery", ["call_id"])
+
+
+def _fill_delivery_call_ids() -> None:
+    """``data.id`` of ``call.*`` events, ``data.callId`` of the others (as ``deliveries.outbox.call_of``)."""
+    if op.get_bind().dialect.name == "postgresql":
+        call_id, other_id = "payload->'data'->>'id'", "payload->'data'->>'callId'"
+    else:
+        call_id, other_id = "json_extract(payload, '$.data.id')", "json_extract(payload, '$.data.callId')"
+    op.execute(
+        f"UPDATE webhook_delivery SET call_id = CASE WHEN event_type LIKE 'call.%' THEN {call_id} "  # noqa: S608
+        f"ELSE {other_id} END"
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_delivery_call_id", table_name="webhook_delivery")
+    op.drop_column("webhook_delivery", "call_id")
     op.drop_index("ix_recording_format_status", table_name="recording")
     for column in ("listening_bytes", "listening_key", "archiving_until", "stored_bytes", "format"):
         op.drop_column("recording", column)

@@ -292,6 +292,8 @@ class WebhookDelivery(TimestampedMixin, UUIDv7Base):
     message_id: Mapped[str] = mapped_column(String(64))  # the webhook-id header, stable across retries
     event_type: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    # The call the event is about (None for others): erasing a call deletes its deliveries by this index.
+    call_id: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | abandoned
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
@@ -302,6 +304,7 @@ class WebhookDelivery(TimestampedMixin, UUIDv7Base):
     __table_args__ = (
         Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
         Index("ix_webhook_delivery_endpoint_id", "endpoint_id", "created_at"),
+        Index("ix_webhook_delivery_call_id", "call_id"),
     )
 
 

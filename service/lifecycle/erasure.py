@@ -45,12 +45,6 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _carries_call(call_id: str) -> ColumnElement[bool]:
-    """Outbound deliveries whose payload is about the call: ``data.id`` (call.*) or ``data.callId``."""
-    data = WebhookDelivery.payload["data"]
-    return or_(data["id"].as_string() == call_id, data["callId"].as_string() == call_id)
-
-
 def _idempotency_of(call_id: str) -> ColumnElement[bool]:
     """Idempotency records of the call: its creation (the stored answer is the call) and its controls."""
     return or_(
@@ -134,7 +128,7 @@ class Eraser:
 
     async def _delete_rows(self, session: AsyncSession, call_id: str, reason: Reason) -> None:
         await session.execute(delete(IdempotencyRecord).where(_idempotency_of(call_id)))
-        await session.execute(delete(WebhookDelivery).where(_carries_call(call_id)))
+        await session.execute(delete(WebhookDelivery).where(WebhookDelivery.call_id == call_id))  # indexed
         # Cascades: call_event, call_metadata, recording (and its segments), injection, rule_firing.
         deleted = await session.execute(delete(Call).where(Call.id == call_id, Call.erasing_until.is_not(None)))
         if deleted.rowcount:  # type: ignore[attr-defined]  # a CursorResult for deletes

@@ -211,7 +211,8 @@ async def test_0009_fills_the_call_of_stored_deliveries(database_url: str) -> No
             )
         _migrate(database_url, "up", "0009")
         async with engine.connect() as connection:
-            rows = (await connection.execute(select(WebhookDelivery.event_type, WebhookDelivery.call_id))).tuples()
+            query = select(WebhookDelivery.event_type, WebhookDelivery.call_id)
+            rows = (await connection.execute(query)).tuples().all()
         assert dict(rows) == {"call.ended": "call-1", "recording.completed": "call-2", "rule.fired": None}
     finally:
         _migrate(database_url, "up", "head")

@@ -38,6 +38,10 @@ from service.deliveries.worker import DeliveryWorker  # outbound webhooks
 from service.errors import EXCEPTION_HANDLERS
 from service.health.controllers import HealthController
 from service.idempotency.service import IdempotencyService
+from service.lifecycle.archive import Archiver  # lifecycle
+from service.lifecycle.controllers import delete_call, put_legal_hold  # lifecycle
+from service.lifecycle.erasure import Eraser  # lifecycle
+from service.lifecycle.worker import LifecycleWorker  # lifecycle
 from service.listen.controllers import live_listen
 from service.listen.journal import EventJournal
 from service.listen.leases import LeaseKeeper, replica_id
@@ -161,6 +165,21 @@ def create_app(
         policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
     )
     idempotency = IdempotencyService(db)
+    eraser = Eraser(  # lifecycle
+        db,
+        storage,
+        vapi=vapi if settings.vapi_api_key else None,
+        metrics=metrics,
+        claim_seconds=settings.erasure_claim_seconds,
+    )
+    lifecycle = LifecycleWorker(  # lifecycle
+        db,
+        eraser,
+        metrics,
+        retention=settings.retention,
+        sweep_seconds=settings.retention_sweep_seconds,
+        archiver=Archiver(db, storage) if settings.archive_format == "flac" else None,
+    )
     webhook_endpoints = WebhookEndpointService(db, allow_private=settings.webhook_allow_private)
 
     @asynccontextmanager
@@ -173,7 +192,7 @@ def create_app(
         await idempotency.purge_expired()  # keys older than 24 h
         # Consumers before producers; closed in reverse, so that what producers hand over at the end
         # (a webhook's firings, a session's last events) still finds its consumer running.
-        background: list[Background] = [deliveries, rule_engine, supervisor, sharing, webhooks]
+        background: list[Background] = [deliveries, lifecycle, rule_engine, supervisor, sharing, webhooks]
         await channels.__aenter__()  # the channels outlive every part that publishes or listens
         for part in background:
             await part.start()
@@ -207,6 +226,8 @@ def create_app(
             RuleController,  # rules
             FiringController,  # rules
             live_listen,
+            delete_call,  # lifecycle
+            put_legal_hold,  # lifecycle
             *CONSOLE_API,  # console
         ],
     )
@@ -233,6 +254,7 @@ def create_app(
             "channels": _constant(channels),
             "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
             "rules": _constant(rules),  # rules
+            "eraser": _constant(eraser),  # lifecycle
         },
         state=State({"api_keys": api_keys}),  # read by the authentication guard
         lifespan=[lifespan],

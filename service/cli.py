@@ -1,4 +1,4 @@
-"""The ``switchboard`` command: serve, migrate, apikeys, rules, openapi, simulate."""
+"""The ``switchboard`` command: serve, migrate, apikeys, rules, archive, openapi, simulate."""
 
 from __future__ import annotations
 
@@ -117,6 +117,44 @@ def _apikeys(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(run())
 
 
+def _archive(_args: argparse.Namespace, settings: Settings) -> int:
+    """Re-encode every finished raw recording as a lossless FLAC archive, with a progress line."""
+    import asyncio
+
+    from service.db.engine import Database
+    from service.db.migrate import upgrade
+    from service.lifecycle.archive import Archiver
+    from service.logging import configure_logging
+    from service.recordings.storage import build_storage
+
+    configure_logging("warning", settings.log_format)  # the progress line is the output
+    if settings.should_auto_migrate:
+        upgrade(settings.database_url)
+
+    def progress(done: int, total: int, raw: int, stored: int) -> None:
+        ratio = f"{stored / raw:.0%} of raw" if raw else "-"
+        print(
+            f"\rarchived {done}/{total}: {raw / 1e6:,.1f} MB raw -> {stored / 1e6:,.1f} MB ({ratio})",
+            end="",
+            file=sys.stderr,
+        )
+
+    async def run() -> int:
+        db = Database(settings.database_url)
+        storage = build_storage(settings.storage_url)
+        try:
+            archiver = Archiver(db, storage)
+            print(f"{await archiver.pending()} recording(s) to archive", file=sys.stderr)
+            done, failed = await archiver.archive_all(progress)
+        finally:
+            await storage.close()
+            await db.dispose()
+        print(f"\n{done} archived, {failed} failed (kept raw; see the log)", file=sys.stderr)
+        return 1 if failed else 0
+
+    return asyncio.run(run())
+
+
 def openapi_document() -> str:
     """The OpenAPI document as stable, sorted JSON (what ``openapi/openapi.json`` holds)."""
     from service.app import create_app
@@ -201,13 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--scopes",
         required=True,
-        help="comma-separated: calls:read, calls:write, recordings:read, rules:read, rules:write, "
+        help="comma-separated: calls:read, calls:write, calls:delete, recordings:read, rules:read, rules:write, "
         "webhooks:write, admin",
     )
     actions.add_parser("list", help="list keys (never the keys themselves)")
     revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", help="the key's id or its prefix as listed (sb_xxxxxxx…, with or without the …)")
     apikeys.set_defaults(handler=_apikeys, needs_settings=True)
+
+    archive = commands.add_parser("archive", help="re-encode finished raw recordings as lossless FLAC archives")
+    archive.set_defaults(handler=_archive, needs_settings=True)
 
     openapi = commands.add_parser("openapi", help="write the OpenAPI document")
     openapi.add_argument("--out", help="file to write (default: standard output)")

@@ -99,6 +99,18 @@ class Metrics:
             "switchboard_rule_events_dropped", "Milestones dropped because the rule queue was full", registry=r
         )
 
+        # Recordings lifecycle (service.lifecycle).
+        self.recording_stored_bytes = Gauge(
+            "switchboard_recording_stored_bytes",
+            "Bytes of recordings at rest, by format (pcm: raw segments, flac: archives); refreshed by each sweep",
+            ["format"],
+            registry=r,
+        )
+        self.calls_erased = Counter("switchboard_calls_erased", "Calls erased, by reason", ["reason"], registry=r)
+        self.recordings_archived = Counter(
+            "switchboard_recordings_archived", "Recordings re-encoded as lossless archives", registry=r
+        )
+
     def track_active_sessions(self, count: Callable[[], int]) -> None:
         self.listen_sessions_active.set_function(count)
 

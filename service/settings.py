@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, PositiveFloat, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.durations import parse_duration
+
 STORAGE_SCHEMES = ("file", "memory", "s3")
 ENV_PREFIX = "SWITCHBOARD_"
 # Variables of the test suite and the benchmarks, not of the service: no warning for them.
@@ -73,6 +75,25 @@ class Settings(BaseSettings):
     # until a delivery is this old, then it is abandoned.
     webhook_retry_delays: tuple[PositiveFloat, ...] = Field(default=DEFAULT_RETRY_DELAYS, min_length=1)
     webhook_retry_max_age_seconds: float = Field(default=DEFAULT_MAX_AGE_SECONDS, gt=0)
+    # Recordings lifecycle (service.lifecycle): calls that ended longer ago than ``retention`` (a duration:
+    # "90d", "12h", "3s"; unset: kept) are erased, except held ones, by a sweep every so many seconds.
+    retention: float | None = None
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    # A replica's claim on a call it erases: an erasure cut short by a crash is finished by the sweep of
+    # any replica once the claim has lapsed (tombstones are looked for at least this often).
+    erasure_claim_seconds: float = Field(default=60.0, ge=1)
+    # "flac": finished recordings are re-encoded losslessly and their raw segments removed.
+    archive_format: Literal["pcm", "flac"] = "pcm"
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: object) -> float | None:
+        if value is None or value == "":
+            return None
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("the retention must be longer than zero (unset it to keep calls forever)")
+        return seconds
 
     @field_validator("redis_url")
     @classmethod

@@ -2,13 +2,14 @@
 
 import datetime as dt
 import importlib.util
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, Table, insert, inspect, select
+from sqlalchemy import Connection, MetaData, Table, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.calls.events import transcript_key, utterance_key
@@ -16,7 +17,7 @@ from service.calls.metadata import index_rows
 from service.calls.service import CallFilters, CallService
 from service.db.engine import Database
 from service.db.migrate import alembic_config, migrations_path
-from service.db.models import Call, CallEvent, CallMetadata, metadata
+from service.db.models import Call, CallEvent, CallMetadata, WebhookDelivery, WebhookEndpoint, metadata
 
 
 def _other_dialects_indexes(dialect: str) -> set[str | None]:
@@ -54,6 +55,17 @@ def _migrate(url: str, direction: str, revision: str) -> None:
         pool.submit(step, alembic_config(url), revision).result()
 
 
+def _table_before_0009(model: type[Any], added: set[str]) -> Table:
+    """A model's table without the columns 0009 adds: inserts into older revisions (the model's
+    Python-side defaults would name those columns)."""
+    full = cast(Table, model.__table__)
+    return Table(full.name, MetaData(), *(c._copy() for c in full.c if c.name not in added))
+
+
+def _call_table_before_0009() -> Table:
+    return _table_before_0009(Call, {"legal_hold", "legal_hold_reason", "erasing_until"})
+
+
 def _indexes(sync: Connection, table: str) -> set[str | None]:
     return {index["name"] for index in inspect(sync).get_indexes(table)}
 
@@ -74,7 +86,7 @@ async def test_0005_backfills_call_metadata_and_downgrades(database_url: str) ->
         for i in range(2100)
     ]
     engine = create_async_engine(database_url)
-    call_table = cast(Table, Call.__table__)
+    call_table = _call_table_before_0009()
     try:
         _migrate(database_url, "down", "0004")
         async with engine.begin() as connection:
@@ -91,6 +103,7 @@ async def test_0005_backfills_call_metadata_and_downgrades(database_url: str) ->
         }
         assert all(row["created_at"] == created[row["call_id"]] for row in rows)
         assert "ix_call_metadata" not in call_indexes
+        _migrate(database_url, "up", "head")  # the service reads the model's columns, added up to head
         db = Database(database_url)
         try:
             service = CallService(db, cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None))
@@ -115,7 +128,7 @@ async def test_0008_keys_the_final_transcripts_of_live_calls(database_url: str) 
     fire); ended calls and other events keep none."""
     now = dt.datetime.now(dt.UTC)
     engine = create_async_engine(database_url)
-    call_table, event_table = cast(Table, Call.__table__), cast(Table, CallEvent.__table__)
+    call_table, event_table = _call_table_before_0009(), cast(Table, CallEvent.__table__)
     final = {"type": "transcript", "role": "user", "transcriptType": "final", "transcript": "  Yes  PLEASE "}
     partial = {**final, "transcriptType": "partial"}
     try:
@@ -192,3 +205,47 @@ def test_frozen_migration_helpers_still_agree_with_the_service() -> None:
     ):
         assert utterance_0008.utterance_key("transcript", payload) == utterance_key("transcript", payload)
     assert utterance_0008.utterance_key("status-update", {}) is None
+
+
+async def test_0009_fills_the_call_of_stored_deliveries(database_url: str) -> None:
+    """0009 adds ``webhook_delivery.call_id`` and fills it from the payloads already stored: ``data.id`` of
+    call events, ``data.callId`` of the others (what erasure then finds by index)."""
+    now = dt.datetime.now(dt.UTC)
+    engine = create_async_engine(database_url)
+    endpoint = {"id": uuid.uuid4(), "url": "https://x.example/h", "events": [], "secret": "s", "enabled": True}
+    payloads = {
+        "call.ended": {"type": "call.ended", "data": {"id": "call-1", "status": "ended"}},
+        "recording.completed": {"type": "recording.completed", "data": {"callId": "call-2", "bytes": 3}},
+        "rule.fired": {"type": "rule.fired", "data": {"rule": "r"}},
+    }
+    try:
+        _migrate(database_url, "down", "0008")
+        async with engine.begin() as connection:
+            stamped = {**endpoint, "created_at": now, "updated_at": now}
+            await connection.execute(insert(_table_before_0009(WebhookEndpoint, set())), [stamped])
+            await connection.execute(
+                insert(_table_before_0009(WebhookDelivery, {"call_id"})),
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "endpoint_id": endpoint["id"],
+                        "message_id": f"m-{kind}",
+                        "event_type": kind,
+                        "payload": payload,
+                        "status": "delivered",
+                        "attempts": 1,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for kind, payload in payloads.items()
+                ],
+            )
+        _migrate(database_url, "up", "0009")
+        async with engine.connect() as connection:
+            query = select(WebhookDelivery.event_type, WebhookDelivery.call_id)
+            rows = (await connection.execute(query)).tuples().all()
+        assert dict(rows) == {"call.ended": "call-1", "recording.completed": "call-2", "rule.fired": None}
+    finally:
+        _migrate(database_url, "up", "head")
+        await engine.dispose()

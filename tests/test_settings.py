@@ -44,3 +44,26 @@ def test_every_unread_switchboard_variable_is_named() -> None:
         "SWITCHBOARD_DATABSE_URL is set but is not a Switchboard setting: it is ignored; "
         "did you mean SWITCHBOARD_DATABASE_URL?"
     ]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90d", 90 * 86400.0), ("12h", 43200.0), ("3s", 3.0), ("45", 45.0)])
+def test_retention_is_a_duration(monkeypatch: pytest.MonkeyPatch, text: str, seconds: float) -> None:
+    monkeypatch.setenv("SWITCHBOARD_RETENTION", text)
+    settings = load_settings(_env_file=None)
+    assert settings.retention == seconds
+    assert settings.retention_sweep_seconds == 3600
+    assert settings.archive_format == "pcm"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"), [("soon", "is not a duration"), ("0s", "longer than zero"), ("-1d", "negative")]
+)
+def test_bad_retention_is_refused(monkeypatch: pytest.MonkeyPatch, text: str, reason: str) -> None:
+    monkeypatch.setenv("SWITCHBOARD_RETENTION", text)
+    with pytest.raises(ConfigurationError, match=rf"SWITCHBOARD_RETENTION: .*{reason}"):
+        load_settings(_env_file=None)
+
+
+def test_unset_retention_keeps_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWITCHBOARD_RETENTION", raising=False)
+    assert load_settings(_env_file=None).retention is None

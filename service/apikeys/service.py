@@ -24,7 +24,16 @@ from service.errors import ConflictError, InvalidInputError, NotFoundError
 
 KEY_PREFIX = "sb_"
 PREFIX_CHARS = 10
-SCOPES = ("calls:read", "calls:write", "recordings:read", "rules:read", "rules:write", "webhooks:write", "admin")
+SCOPES = (
+    "calls:read",
+    "calls:write",
+    "calls:delete",
+    "recordings:read",
+    "rules:read",
+    "rules:write",
+    "webhooks:write",
+    "admin",
+)
 TOUCH_INTERVAL = dt.timedelta(minutes=1)
 
 

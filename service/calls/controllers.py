@@ -71,6 +71,8 @@ def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
         started_at=call.started_at,
         ended_at=call.ended_at,
         recording=recording,
+        legal_hold=call.legal_hold,
+        legal_hold_reason=call.legal_hold_reason,
     )
 
 

@@ -65,6 +65,9 @@ class CallOut(msgspec.Struct, rename="camel"):
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
     recording: RecordingSummary | None
+    # PUT /v1/calls/{id}/legal-hold: a held call is never erased (service.lifecycle).
+    legal_hold: bool = False
+    legal_hold_reason: str | None = None
 
 
 class CallPage(msgspec.Struct, rename="camel"):

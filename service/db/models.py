@@ -66,6 +66,12 @@ class Call(TimestampedMixin, DefaultBase):
     # Which replica records the call, until when: a lease renewed every few seconds (see listen.leases).
     listen_owner: Mapped[str | None] = mapped_column(String(64))
     listen_lease_until: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # Lifecycle (service.lifecycle): a held call is never erased. ``erasing_until`` set is the erasure's
+    # tombstone, committed before any storage object is deleted; it is also the eraser's claim, and a
+    # sweep finishes a tombstone whose claim has lapsed (its eraser died).
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    legal_hold_reason: Mapped[str | None] = mapped_column(Text)
+    erasing_until: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
     # Read-only (recordings are written through their own rows; the foreign key cascades deletes): a
     # writable relationship made every flush of a changed call inspect it, ~5 % of webhook ingest.
@@ -81,6 +87,8 @@ class Call(TimestampedMixin, DefaultBase):
         Index("ix_call_customer_number_created_at", "customer_number", "created_at", "id"),
         Index("ix_call_assistant_id_created_at", "assistant_id", "created_at", "id"),
         Index("ix_call_updated_at", "updated_at"),  # the console's change stream (service/console/feed.py)
+        Index("ix_call_ended_at", "ended_at"),  # the retention sweep: calls ended before a cutoff
+        Index("ix_call_erasing_until", "erasing_until"),  # the erasure sweep: tombstones left by a crash
     )
 
 
@@ -147,11 +155,22 @@ class Recording(TimestampedMixin, UUIDv7Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # How the audio is at rest: "pcm" (the segments as received) or "flac" (one lossless archive,
+    # ``{call_id}/recording.flac``, whose decoded PCM is the segments concatenated; the segment rows stay
+    # as the timeline's map). ``stored_bytes``: bytes at rest, when they differ from ``bytes`` (archives).
+    format: Mapped[str] = mapped_column(String(8), default="pcm")
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # The archiver's claim on the recording (one archiver per recording across replicas).
+    archiving_until: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # The Opus listening copy (recording.ogg), made on the first request and kept: where, how big.
+    listening_key: Mapped[str | None] = mapped_column(Text)
+    listening_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
     call: Mapped[Call] = relationship(back_populates="recording", lazy="noload", viewonly=True)
 
-    # The open recordings (status "recording") are looked up every few seconds by every replica.
-    __table_args__ = (Index("ix_recording_status", "status"),)
+    # The open recordings (status "recording") are looked up every few seconds by every replica; the
+    # archiver looks up the finished recordings still in PCM.
+    __table_args__ = (Index("ix_recording_status", "status"), Index("ix_recording_format_status", "format", "status"))
 
     @hybrid_property
     def byte_rate(self) -> int:
@@ -246,6 +265,8 @@ class WebhookDelivery(TimestampedMixin, UUIDv7Base):
     message_id: Mapped[str] = mapped_column(String(64))  # the webhook-id header, stable across retries
     event_type: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JsonB)
+    # The call the event is about (None for others): erasing a call deletes its deliveries by this index.
+    call_id: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | abandoned
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
@@ -256,6 +277,7 @@ class WebhookDelivery(TimestampedMixin, UUIDv7Base):
     __table_args__ = (
         Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
         Index("ix_webhook_delivery_endpoint_id", "endpoint_id", "created_at"),
+        Index("ix_webhook_delivery_call_id", "call_id"),
     )
 
 

@@ -33,6 +33,7 @@ EVENT_TYPES: Final = (
     "recording.completed",
     "rule.fired",
     "injection.failed",
+    "call.deleted",
 )
 
 # Set on a session that enqueued deliveries; read (and cleared) when it commits or rolls back.
@@ -63,6 +64,12 @@ async def _endpoints(session: AsyncSession) -> list[tuple[Any, tuple[str, ...]]]
     return cached
 
 
+def call_of(event_type: str, data: dict[str, Any]) -> str | None:
+    """The call an event is about: ``data.id`` of ``call.*`` events, ``data.callId`` of the others."""
+    call_id = data.get("id") if event_type.startswith("call.") else data.get("callId")
+    return call_id if isinstance(call_id, str) else None
+
+
 async def enqueue(session: AsyncSession, event_type: str, data: dict[str, Any]) -> int:
     """Queue ``event_type`` for every enabled endpoint subscribed to it; returns how many deliveries.
 
@@ -78,12 +85,14 @@ async def enqueue(session: AsyncSession, event_type: str, data: dict[str, Any]) 
         return 0
     now = utcnow()
     payload = event_payload(event_type, data, now)
+    call_id = call_of(event_type, data)
     session.add_all(
         WebhookDelivery(
             endpoint_id=endpoint_id,
             message_id=new_message_id(),
             event_type=event_type,
             payload=payload,
+            call_id=call_id,
             status="pending",
             attempts=0,
             next_attempt_at=now,

@@ -10,11 +10,18 @@ from __future__ import annotations
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-
-from service.recordings.storage import RecordingStorage
+from typing import Protocol
 
 SAMPLE_BYTES = 2  # pcm_s16le
 SILENCE_CHUNK = bytes(64 * 1024)
+
+
+class AudioSource(Protocol):
+    """Where a timeline's stored pieces are read: the storage (raw segments) or a recording's archive."""
+
+    def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of segment ``key``."""
+        ...
 
 
 class RangeNotSatisfiableError(Exception):
@@ -110,7 +117,7 @@ def extract_channel(stereo: bytes, channel: int, channels: int) -> bytes:
 
 
 async def _stored_range(
-    storage: RecordingStorage, key: str, start: int, end: int, channel: int | None, channels: int
+    storage: AudioSource, key: str, start: int, end: int, channel: int | None, channels: int
 ) -> AsyncIterator[bytes]:
     if channel is None:
         async for chunk in storage.read(key, start, end):
@@ -140,7 +147,7 @@ async def _stored_range(
 
 
 async def stream_timeline(
-    storage: RecordingStorage,
+    storage: AudioSource,
     pieces: Sequence[Piece],
     start: int,
     end: int,

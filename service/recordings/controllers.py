@@ -35,6 +35,11 @@ class RangeError(DomainError):
     title = "Range not satisfiable"
 
 
+def stored_bytes(recording: Recording, raw_bytes: int) -> int:
+    """Bytes at rest: the archive's size, or the raw PCM's."""
+    return recording.stored_bytes if recording.stored_bytes is not None else raw_bytes
+
+
 def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
     recording = view.recording
     return RecordingOut(
@@ -57,6 +62,8 @@ def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
             )
             for segment, extent in zip(recording.segments, view.extents, strict=True)
         ],
+        format=recording.format,
+        stored_bytes=stored_bytes(recording, view.bytes),
         error=recording.error,
         started_at=recording.started_at,
         completed_at=recording.completed_at,
@@ -76,6 +83,8 @@ def no_recording_out(call_id: str) -> RecordingOut:
         sha256=None,
         gaps=[],
         segments=[],
+        format="pcm",
+        stored_bytes=0,
         error=None,
         started_at=None,
         completed_at=None,
@@ -148,6 +157,39 @@ class RecordingController(Controller):
             download, request.headers.get("range"), media_type="audio/wav", filename=f"{call_id}{suffix}.wav"
         )
 
+    @get(
+        "/recording.flac",
+        operation_id="downloadRecordingFlac",
+        summary="The lossless archive, as stored (Range supported; 404 while the recording is kept raw)",
+        media_type="audio/flac",
+    )
+    async def download_flac(
+        self,
+        request: Request[Any, Any, Any],
+        call_id: FromPath[str],
+        recordings: Recordings,
+    ) -> Stream:
+        download = await recordings.flac_download(call_id)
+        return ranged_stream(
+            download, request.headers.get("range"), media_type="audio/flac", filename=f"{call_id}.flac"
+        )
+
+    @get(
+        "/recording.ogg",
+        operation_id="downloadRecordingOgg",
+        summary="A small listening copy (Opus, gaps as silence), made on the first request and kept",
+        description="Lossy: for browsers and players, not for analysis. 409 while the call is still recorded.",
+        media_type="audio/ogg",
+    )
+    async def download_ogg(
+        self,
+        request: Request[Any, Any, Any],
+        call_id: FromPath[str],
+        recordings: Recordings,
+    ) -> Stream:
+        download = await recordings.ogg_download(call_id)
+        return ranged_stream(download, request.headers.get("range"), media_type="audio/ogg", filename=f"{call_id}.ogg")
+
 
 def recording_item(recording: Recording, call: Call) -> RecordingListItem:
     return RecordingListItem(
@@ -160,6 +202,8 @@ def recording_item(recording: Recording, call: Call) -> RecordingListItem:
         duration_seconds=recording.seconds(recording.bytes),
         sha256=recording.sha256,
         gaps=[Gap(gap["atSeconds"], gap["durationSeconds"], gap["reason"]) for gap in recording.gaps],
+        format=recording.format,
+        stored_bytes=stored_bytes(recording, recording.bytes),
         started_at=recording.started_at,
         completed_at=recording.completed_at,
         assistant_id=call.assistant_id,

@@ -33,6 +33,9 @@ class RecordingOut(msgspec.Struct, rename="camel"):
     sha256: str | None
     gaps: list[Gap]
     segments: list[SegmentOut]
+    # At rest: "pcm" (raw segments, storedBytes == bytes) or "flac" (the lossless archive's size).
+    format: str
+    stored_bytes: int
     error: str | None
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
@@ -48,6 +51,8 @@ class RecordingListItem(msgspec.Struct, rename="camel"):
     duration_seconds: float
     sha256: str | None
     gaps: list[Gap]
+    format: str
+    stored_bytes: int
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
     assistant_id: str | None

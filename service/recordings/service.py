@@ -19,9 +19,19 @@ from service.db.engine import Database, is_postgresql
 from service.db.models import Call, Recording, RecordingSegment, utcnow
 from service.db.stores import recordings as sql
 from service.deliveries.outbox import enqueue
-from service.errors import NotFoundError
+from service.errors import ConflictError, NotFoundError
 from service.pagination import keyset_page, newest_first, newest_first_cursor
-from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
+from service.recordings.audio import (
+    SAMPLE_BYTES,
+    AudioSource,
+    Piece,
+    SegmentExtent,
+    stream_timeline,
+    timeline,
+    wav_header,
+)
+from service.recordings.flac import ArchivedAudio, archive_key
+from service.recordings.listening import ListeningCopies
 from service.recordings.storage import RecordingStorage
 
 
@@ -88,6 +98,7 @@ class RecordingService:
     def __init__(self, db: Database, storage: RecordingStorage) -> None:
         self._db = db
         self._storage = storage
+        self._listening = ListeningCopies(db, storage)
 
     async def open_segment(
         self, call_id: str, *, sample_rate: int, channels: int, gap_seconds: float | None, gap_reason: str
@@ -291,10 +302,43 @@ class RecordingService:
         return keyset_page(rows, limit, lambda row: newest_first_cursor(row[0]))
 
     async def pcm_download(self, call_id: str) -> Download:
-        return pcm_download(await self.view(call_id), self._storage)
+        view = await self.view(call_id)
+        return pcm_download(view, self._source(view))
 
     async def wav_download(self, call_id: str, *, channel: int | None) -> Download:
-        return wav_download(await self.view(call_id), self._storage, channel=channel)
+        view = await self.view(call_id)
+        return wav_download(view, self._source(view), channel=channel)
+
+    async def flac_download(self, call_id: str) -> Download:
+        """The recording's lossless archive as stored: 404 while the recording is kept raw."""
+        recording = (await self.view(call_id)).recording
+        if recording.format != "flac":
+            raise NotFoundError(
+                f"the recording of call {call_id!r} is not archived as FLAC (it is stored as {recording.format})",
+                recordingFormat=recording.format,
+            )
+        pieces = [Piece(recording.stored_bytes or 0, archive_key(call_id))]
+        return Download(self._storage, b"", pieces, None, recording.channels)
+
+    async def ogg_download(self, call_id: str) -> Download:
+        """The Opus listening copy (made on the first request): 409 while the call is still recorded."""
+        view = await self.view(call_id)
+        recording = view.recording
+        if recording.status == "recording":
+            raise ConflictError(
+                f"call {call_id!r} is still being recorded: its listening copy is made once the recording is "
+                "finished (recording.wav serves it now)",
+                recordingStatus=recording.status,
+            )
+        wav = wav_download(view, self._source(view), channel=None)
+        key, size = await self._listening.ensure(recording, wav.stream(len(wav.prefix), wav.total))
+        return Download(self._storage, b"", [Piece(size, key)], None, recording.channels)
+
+    def _source(self, view: RecordingView) -> AudioSource:
+        """Where the recording's audio is read: its raw segments, or its archive."""
+        if view.recording.format == "flac":
+            return ArchivedAudio(self._storage, view.recording.call_id, view.extents, view.recording.channels)
+        return self._storage
 
     async def view(self, call_id: str) -> RecordingView:
         """The call's recording, for downloads: 404 while nothing has been recorded."""
@@ -322,7 +366,7 @@ class RecordingService:
 class Download:
     """A downloadable view of a recording: an optional header, then a timeline of pieces."""
 
-    storage: RecordingStorage
+    storage: AudioSource
     prefix: bytes
     pieces: list[Piece]
     channel: int | None
@@ -349,14 +393,14 @@ class Download:
                 yield chunk
 
 
-def pcm_download(view: RecordingView, storage: RecordingStorage) -> Download:
+def pcm_download(view: RecordingView, storage: AudioSource) -> Download:
     """Exactly the bytes received, in order, nothing added."""
     channels = view.recording.channels
     pieces = timeline(view.extents, channels=channels, fill_gaps=False, mono=False)
     return Download(storage, b"", pieces, None, channels)
 
 
-def wav_download(view: RecordingView, storage: RecordingStorage, *, channel: int | None) -> Download:
+def wav_download(view: RecordingView, storage: AudioSource, *, channel: int | None) -> Download:
     """A WAV whose timeline matches the call: gaps filled with silence; optionally one channel."""
     channels = view.recording.channels
     mono = channel is not None and channels > 1

@@ -13,15 +13,18 @@ as nothing. Every storage failure surfaces as `StorageError`; a bad key is a pro
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
+import io
 import os
 import re
+import shutil
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, ParamSpec, Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 import obstore
@@ -39,7 +42,8 @@ P = ParamSpec("P")
 READ_CHUNK_BYTES = 256 * 1024
 CHUNK_DIGITS = 8  # zero-padded so that names sort like numbers: 10**8 one-second chunks is three years
 STORAGE_THREADS = 16
-READ_AHEAD_CHUNKS = 4  # chunk GETs in flight per download: bounded memory, no per-chunk round-trip stall
+READ_AHEAD_CHUNKS = 4
+READ_FILE_BUFFER_BYTES = 1024 * 1024  # chunk GETs in flight per download: bounded memory, no per-chunk round-trip stall
 
 # obstore retries 5xx, connection errors and timeouts itself, with backoff and jitter. Its defaults
 # (10 retries, up to 3 minutes) would stall a listen session's write for minutes; bounded here instead,
@@ -79,6 +83,21 @@ class RecordingStorage(Protocol):
 
     async def check(self) -> None:
         """Raise `StorageError` when the storage is not usable (readiness)."""
+
+    def open_file(self, key: str) -> BinaryIO:
+        """``key`` as a seekable, *blocking* file (for libraries that read files: the FLAC decoder).
+
+        Call it, and use the file, from a worker thread, never from the event loop.
+        """
+
+    async def keys(self, prefix: str) -> list[str]:
+        """The stored objects under the folder ``prefix`` (a call id), sorted: what erasure must remove."""
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (a segment or an archive); a missing key is not an error."""
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove everything under the folder ``prefix`` (a call id); how many objects were removed."""
 
     async def close(self) -> None: ...
 
@@ -153,6 +172,36 @@ class LocalStorage:
                 remaining -= len(chunk)
                 yield chunk
 
+    def open_file(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except OSError as exc:
+            raise StorageError(f"cannot open {key}: {exc.strerror}") from exc
+
+    async def keys(self, prefix: str) -> list[str]:
+        folder = self._path(prefix)
+        root = self._resolved_root or self.root.resolve()
+        return sorted(str(path.relative_to(root)) for path in folder.rglob("*") if path.is_file())
+
+    async def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"delete {key} failed: {exc.strerror}") from exc
+
+    async def delete_prefix(self, prefix: str) -> int:
+        folder = self._path(prefix)
+        if folder == (self._resolved_root or self.root.resolve()):
+            raise ValueError("refusing to delete the whole storage root")
+        count = len(await self.keys(prefix))
+        try:
+            await asyncio.to_thread(shutil.rmtree, folder)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise StorageError(f"delete {prefix}/ failed: {exc.strerror}") from exc
+        return count
+
     async def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -186,6 +235,17 @@ def _chunk_list(store: ObjectStore, key: str) -> list[tuple[str, int]]:
     return sorted(chunks)
 
 
+def _all_under(store: ObjectStore, prefix: str) -> list[str]:
+    # A prefix matches whole path parts: "call-1" lists "call-1/…", never "call-10/…".
+    return sorted(meta["path"] for batch in obstore.list(store, prefix, chunk_size=1000) for meta in batch)
+
+
+def _delete_all(store: ObjectStore, paths: list[str]) -> None:
+    # S3 deletes up to 1000 objects a request (DeleteObjects); obstore batches them itself.
+    if paths:
+        obstore.delete(store, paths)
+
+
 def _get_range(store: ObjectStore, path: str, start: int, end: int) -> bytes:
     return bytes(obstore.get_range(store, path, start=start, end=end))
 
@@ -194,6 +254,46 @@ def _probe(store: ObjectStore) -> None:
     # One LIST page under the store's prefix: fails when the endpoint is down, the bucket is missing
     # or the credentials are refused.
     next(iter(obstore.list(store, chunk_size=1)), None)
+
+
+class _ChunkedFile(io.RawIOBase):
+    """A segment's chunk objects as one seekable, blocking file: each read is one ranged GET."""
+
+    def __init__(self, store: ObjectStore, chunks: list[tuple[str, int]]) -> None:
+        self._store = store
+        self._paths = [path for path, _ in chunks]
+        self._starts = [0]
+        for _, size in chunks:
+            self._starts.append(self._starts[-1] + size)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._starts[-1]}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._position >= self._starts[-1] or not len(buffer):
+            return 0
+        index = bisect.bisect_right(self._starts, self._position) - 1
+        low = self._position - self._starts[index]
+        high = min(self._starts[index + 1] - self._starts[index], low + len(buffer))
+        try:
+            data = _get_range(self._store, self._paths[index], low, high)
+        except ObstoreError as exc:
+            raise OSError(f"read {self._paths[index]} failed: {_describe(exc)}") from exc
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
 
 
 class _ChunkWriter:
@@ -286,6 +386,25 @@ class ObjectStorage:
                 future.cancel()
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def open_file(self, key: str) -> BinaryIO:
+        try:
+            chunks = _chunk_list(self.store, _check_key(key))
+        except ObstoreError as exc:
+            raise StorageError(f"list {key} failed: {_describe(exc)}") from exc
+        # Reads of a decoder are small and mostly sequential: buffered, one GET per megabyte.
+        return io.BufferedReader(_ChunkedFile(self.store, chunks), buffer_size=READ_FILE_BUFFER_BYTES)
+
+    async def keys(self, prefix: str) -> list[str]:
+        return await self._call(f"list {prefix}", _all_under, self.store, _check_key(prefix))
+
+    async def delete(self, key: str) -> None:
+        await self.delete_prefix(key)  # a segment is the folder of its chunks
+
+    async def delete_prefix(self, prefix: str) -> int:
+        paths = await self.keys(prefix)
+        await self._call(f"delete {prefix}/", _delete_all, self.store, paths)
+        return len(paths)
 
     async def check(self) -> None:
         await self._call("check", _probe, self.store)

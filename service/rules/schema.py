@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from service import durations
 from service.rules.conditions import Condition, ConditionSyntaxError, compile_condition
 from service.rules.templates import Template, TemplateError, compile_template, is_template
 from service.vapi.control import CONTROL_TYPES, ControlError, ControlMessage, Say, parse_control
@@ -38,8 +39,6 @@ NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
 MAX_NAME_CHARS = 100
 MAX_DURATION_SECONDS = 24 * 3600.0
 FIELDS = ("name", "description", "on", "delay", "at", "for", "if", "say", "action", "once")
-_DURATION = re.compile(r"^\s*(?P<number>[-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 # A template stands for text known only when it is rendered. Where a field's format is checked (a number
 # must be E.164), the rule is checked at load time with a value of that format in the template's place;
 # other fields are checked with the template's own text (its length, that it is not blank).
@@ -143,23 +142,8 @@ class CompiledRule:
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from a number or a string with a unit (``500ms``, ``0.5s``, ``90s``, ``2m``, ``1h``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a number of seconds or a string like '500ms', '90s', '2m', got {value!r}")
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f"{value!r} is not a duration: use a number of seconds or '500ms', '0.5s', '90s', '2m'")
-        seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]]
-    else:
-        seconds = float(value)
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
-        raise ValueError("the duration must be a finite number")
-    if seconds < 0:
-        raise ValueError(f"the duration must not be negative (got {value!r})")
-    if seconds > MAX_DURATION_SECONDS:
-        raise ValueError("the duration must not exceed 24 hours")
-    return round(seconds, 6)
+    """Seconds from a number or a string with a unit (``500ms``, ``0.5s``, ``90s``, ``2m``, ``1h``), up to 24 h."""
+    return durations.parse_duration(value, maximum=MAX_DURATION_SECONDS, maximum_text="24 hours")
 
 
 def _string_paths(body: Any, prefix: str = "") -> list[tuple[str, str]]:

@@ -121,7 +121,7 @@ async def get_call(request: AnyRequest, call_id: FromPath[str]) -> Response[Any]
     """``GET /call/{id}``: the call as it is now."""
     sim = _simulator(request)
     refusal = await _rest_refusal(sim, request)
-    call = sim.calls.get(call_id)
+    call = sim.calls.get(call_id) if call_id not in sim.deleted else None
     if refusal is None and call is None:
         refusal = 404, vapi_error(404, "Call not found")
     if refusal is not None:
@@ -134,6 +134,26 @@ async def get_call(request: AnyRequest, call_id: FromPath[str]) -> Response[Any]
     return _json(rendered)
 
 
+@delete("/call/{call_id:str}", operation_id="simDeleteCall", status_code=200)
+async def delete_call(request: AnyRequest, call_id: FromPath[str]) -> Response[Any]:
+    """``DELETE /call/{id}``: the call's data is deleted (an ended call only); answers the call."""
+    sim = _simulator(request)
+    refusal = await _rest_refusal(sim, request)
+    call = sim.calls.get(call_id) if call_id not in sim.deleted else None
+    if refusal is None and call is None:
+        refusal = 404, vapi_error(404, "Call not found")
+    if refusal is None and call is not None and not call.ended:
+        refusal = 400, vapi_error(400, "Call is still active")
+    if refusal is not None:
+        status, error = refusal
+        _log_rest(sim, request, status, None, error, call_id)
+        return _json(error, status)
+    assert call is not None
+    sim.deleted.add(call_id)
+    _log_rest(sim, request, 200, None, {"deleted": True}, call_id)
+    return _json(call.to_vapi())
+
+
 @get("/call", operation_id="simListCalls")
 async def list_calls(request: AnyRequest, limit: FromQuery[int] = 100) -> Response[Any]:
     """``GET /call``: calls, newest first."""
@@ -143,7 +163,8 @@ async def list_calls(request: AnyRequest, limit: FromQuery[int] = 100) -> Respon
         status, error = refusal
         _log_rest(sim, request, status, None, error, None)
         return _json(error, status)
-    calls = sorted(sim.calls.values(), key=lambda c: c.created_at, reverse=True)[: max(0, limit)]
+    kept = (call for call in sim.calls.values() if call.id not in sim.deleted)
+    calls = sorted(kept, key=lambda c: c.created_at, reverse=True)[: max(0, limit)]
     _log_rest(sim, request, 200, None, {"count": len(calls)}, None)
     return _json([call.to_vapi() for call in calls])
 
@@ -441,6 +462,7 @@ def build_app(sim: VapiSimulator) -> Litestar:
             create_call,
             create_phone_call,
             get_call,
+            delete_call,
             list_calls,
             control,
             listen_socket,

@@ -71,6 +71,7 @@ class VapiSimulator:
         self.strict_properties = strict_properties
         self.webhook_grace = webhook_grace
         self.calls: dict[str, SimCall] = {}
+        self.deleted: set[str] = set()  # ids deleted through DELETE /call/{id}: gone from the REST API
         self.runners: dict[str, CallRunner] = {}
         self.log = SimulatorLog()
         self._senders: dict[str, WebhookSender] = {}

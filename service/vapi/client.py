@@ -94,6 +94,19 @@ class VapiClient:
         """``GET /call/{id}``."""
         return await self._request("GET", f"/call/{quote(call_id, safe='')}")
 
+    async def delete_call(self, call_id: str) -> bool:
+        """``DELETE /call/{id}``: Vapi deletes its copy of the call (recording, transcript, …).
+
+        False when Vapi has no such call (already deleted, or never there); other refusals raise.
+        """
+        try:
+            await self._request("DELETE", f"/call/{quote(call_id, safe='')}")
+        except UpstreamError as exc:
+            if exc.extra.get("vapiStatus") == 404:
+                return False
+            raise
+        return True
+
     async def send_control(self, control_url: str, message: dict[str, Any], *, authenticated: bool) -> None:
         """POST one control message to a live call. Any 2xx is acceptance (the body is undocumented)."""
         kind = message.get("type", "?")

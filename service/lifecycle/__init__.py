@@ -1,0 +1,1 @@
+"""Recordings lifecycle: erasure (on request and after retention), legal hold, and the lossless archive."""

@@ -10,7 +10,7 @@ cancels the rest and awaits them all. The parts that run for the whole life of t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Protocol
 
 import structlog
@@ -132,14 +132,3 @@ class TaskOwner:
                 self._tasks.pop(task, None)
         return cancelled
 
-
-async def finish(tasks: Collection[asyncio.Task[Any]], timeout: float) -> int:
-    """Give ``tasks`` up to ``timeout`` seconds to end, cancel the ones still running, and wait for all
-    of them (their errors are theirs to report); the number cancelled."""
-    if not tasks:
-        return 0
-    _, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return len(pending)

@@ -23,7 +23,7 @@ from service.db.models import Recording
 from service.lifecycle.archive import ArchiveError, Archiver
 from service.lifecycle.erasure import Eraser
 from service.metrics import Metrics
-from service.tasks import finish
+from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
 
@@ -55,19 +55,19 @@ class LifecycleWorker:
         self._batch = batch
         self._archive_poll = archive_poll_seconds
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskOwner("lifecycle")
 
     async def start(self) -> None:
         """Start the sweep (its first pass runs now: a crash's tombstones are finished at start-up)."""
-        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="lifecycle-sweep"))
+        self._tasks.spawn(self._sweep_loop(), name="sweep")
         if self._archiver is not None:
-            self._tasks.append(asyncio.create_task(self._archive_loop(self._archiver), name="lifecycle-archive"))
+            self._tasks.spawn(self._archive_loop(self._archiver), name="archive")
 
     async def close(self, timeout: float) -> None:
         """Stop: the call being erased or archived gets ``timeout`` seconds; a cancelled one is finished
         later from its tombstone or claim."""
         self._stopping.set()
-        await finish(self._tasks, timeout)
+        await self._tasks.close(timeout)
 
     async def sweep(self, *, retention: bool = True) -> int:
         """One pass: claim up to a batch of calls (lapsed tombstones, then expired calls) and erase them."""

@@ -12,6 +12,7 @@ from service.calls.announce import CallAnnouncer
 from service.calls.changes import CallChange, CallChanges
 from service.db.engine import Database
 from service.db.models import Call
+from service.logging import configure_logging
 
 STARTED = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
 
@@ -44,6 +45,7 @@ async def announce(db: Database, before: str, *, abandon: bool = False) -> None:
 
 
 async def test_call_ended_is_logged_once_after_commit(database_url: str) -> None:
+    configure_logging("info")  # another test may have left a higher level, which filters before capture
     db = Database(database_url)
     try:
         with capture_logs() as logs:

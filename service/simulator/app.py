@@ -134,6 +134,36 @@ async def get_call(request: AnyRequest, call_id: FromPath[str]) -> Response[Any]
     return _json(rendered)
 
 
+async def _stored_object(
+    request: AnyRequest, kind: str, store: dict[str, dict[str, Any]], object_id: str
+) -> Response[Any]:
+    sim = _simulator(request)
+    refusal = await _rest_refusal(sim, request)
+    found = store.get(object_id)
+    if refusal is None and found is None:
+        refusal = 404, vapi_error(404, f"Couldn't Find {kind}")
+    if refusal is not None:
+        status, error = refusal
+        _log_rest(sim, request, status, None, error, None)
+        return _json(error, status)
+    rendered = {"id": object_id, "orgId": sim.org_id, **(found or {})}
+    _log_rest(sim, request, 200, None, {"id": object_id}, None)
+    return _json(rendered)
+
+
+@get("/assistant/{assistant_id:str}", operation_id="simGetAssistant")
+async def get_assistant(request: AnyRequest, assistant_id: FromPath[str]) -> Response[Any]:
+    """``GET /assistant/{id}``: a stored assistant (vapi-server-sdk ``Assistant``: ``server``,
+    ``serverMessages``, ``monitorPlan``…) as configured in ``VapiSimulator.assistants``."""
+    return await _stored_object(request, "Assistant", _simulator(request).assistants, assistant_id)
+
+
+@get("/phone-number/{phone_number_id:str}", operation_id="simGetPhoneNumber")
+async def get_phone_number(request: AnyRequest, phone_number_id: FromPath[str]) -> Response[Any]:
+    """``GET /phone-number/{id}``: a stored phone number (``TwilioPhoneNumber``… with ``server``)."""
+    return await _stored_object(request, "Phone Number", _simulator(request).phone_numbers, phone_number_id)
+
+
 @get("/call", operation_id="simListCalls")
 async def list_calls(request: AnyRequest, limit: FromQuery[int] = 100) -> Response[Any]:
     """``GET /call``: calls, newest first."""
@@ -442,6 +472,8 @@ def build_app(sim: VapiSimulator) -> Litestar:
             create_phone_call,
             get_call,
             list_calls,
+            get_assistant,
+            get_phone_number,
             control,
             listen_socket,
             legacy_listen_socket,

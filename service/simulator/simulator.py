@@ -246,9 +246,9 @@ class VapiSimulator:
         and wait for its answer; the log entry (``status``, ``answer``), None if not subscribed."""
         return await self._senders[call_id].request(message_type, **fields)
 
-    def redeliver(self, call_id: str, message_type: str) -> bool:
+    async def redeliver(self, call_id: str, message_type: str) -> dict[str, Any] | None:
         """Deliver the call's last ``message_type`` message again (a backoff plan retry)."""
-        return self._senders[call_id].redeliver(message_type)
+        return await self._senders[call_id].redeliver(message_type)
 
     def end_call(self, call_id: str, reason: str = END_CALL_REASON) -> None:
         """End a live call now with ``reason``."""

@@ -134,14 +134,11 @@ class WebhookSender:
         self._queue.put_nowait(Outgoing(message_type, server_message(self._call, wire_type, **fields)))
         return True
 
-    def redeliver(self, message_type: str) -> bool:
-        """Send the last message of ``message_type`` again, as a backoff plan retry does (same
-        message, fresh presigned URLs)."""
+    async def redeliver(self, message_type: str) -> dict[str, Any] | None:
+        """Deliver the last message of ``message_type`` again now, as a backoff plan retry does (the
+        same message, fresh presigned URLs); its log entry, None if none was sent."""
         body = self.last_bodies.get(message_type)
-        if body is None or self._closed:
-            return False
-        self._queue.put_nowait(Outgoing(message_type, body))
-        return True
+        return None if body is None else await self._deliver(Outgoing(message_type, body))
 
     async def request(self, message_type: str, **fields: Any) -> dict[str, Any] | None:
         """Send a message that needs an answer now and wait for it, as Vapi does for ``tool-calls``,

@@ -20,7 +20,7 @@ from service.apikeys.service import ApiKeyService
 from service.db.engine import Database
 from service.simulator import SimulatorServer, VapiSimulator
 from service.simulator.calls import TWILIO_AUTH_TOKEN
-from service.vapi.messages import REQUEST_TYPES
+from service.vapi.messages import FINAL_TRANSCRIPTS, REQUEST_TYPES
 from tests.conftest import VAPI_KEY, WEBHOOK_SECRET
 from tests.harness import CALL, SHORT_SCRIPT, Stack, running_switchboard
 from tests.servers import bind_loopback, serve
@@ -314,3 +314,27 @@ def _now() -> float:
     import time
 
     return time.time()
+
+
+async def test_a_bracketed_transcript_is_a_transcript_and_fires_a_transcript_rule(
+    database_url: str, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - name: cancel\n"
+        "    on: transcript\n"
+        '    if: \'event.role == "user" && event.transcript.contains("cancel")\'\n'
+        "    say: Wait!\n"
+    )
+    sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SHORT_SCRIPT, bracketed_types=True)
+    async with tap(database_url, tmp_path, sim=sim, rules_file=rules) as (stack, _):
+        call_id = await stack.place_call()
+        await stack.sim.wait_idle(call_id)
+        assert any(m["type"] == FINAL_TRANSCRIPTS for m in stack.sim.messages_sent(call_id))
+        events = await stack.events(call_id)
+        from_vapi = [event for event in events if event["source"] == "vapi" and event["type"] == "transcript"]
+        assert from_vapi, [event["type"] for event in events]
+        assert {event["payload"]["type"] for event in from_vapi} == {FINAL_TRANSCRIPTS}, "the payload is as sent"
+        firings = (await stack.client.get(f"/v1/calls/{call_id}/firings")).json()["data"]
+        assert [firing["rule"] for firing in firings] == ["cancel"]

@@ -34,7 +34,7 @@ def resolver(objects: dict[str, dict[str, Any]], seen: list[str], **settings: An
         timeout=1,
     )
     clock = Clock()
-    return UpstreamResolver(vapi, Settings(_env_file=None, **settings), clock), clock  # type: ignore[call-arg]
+    return UpstreamResolver(vapi, Settings(_env_file=None, **settings), clock), clock
 
 
 async def test_first_found_wins_call_assistant_number_default() -> None:

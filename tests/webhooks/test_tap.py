@@ -129,7 +129,7 @@ async def test_the_assistants_server_gets_its_subscription_in_order_and_answers_
     wanted = ["tool-calls", "status-update", "end-of-call-report"]
     sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SHORT_SCRIPT)
     async with tap(database_url, tmp_path, sim=sim) as (stack, upstream):
-        sim.assistants[CALL["assistantId"]] = {
+        sim.assistants[str(CALL["assistantId"])] = {
             "server": {"url": upstream.url, "headers": {"Authorization": "Bearer crm"}},
             "serverMessages": wanted,
         }

@@ -30,3 +30,20 @@ def test_bad_configuration_is_refused_with_a_clear_message(
         load_settings(_env_file=None)
     assert message in str(caught.value)
     assert variable in str(caught.value) or variable == "SWITCHBOARD_RULES_FILE"
+
+
+@pytest.mark.parametrize(
+    ("public_url", "vapi_base_url", "warned"),
+    [
+        ("http://sb.example.com", "https://api.vapi.ai", True),
+        ("https://sb.example.com", "https://api.vapi.ai", False),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8001", False),  # the simulator: plain http is fine
+    ],
+)
+def test_a_plain_http_public_url_is_warned_about_only_for_vapis_own_cloud(
+    public_url: str, vapi_base_url: str, warned: bool
+) -> None:
+    from service.app import insecure_public_url
+
+    settings = load_settings(_env_file=None, public_url=public_url, vapi_base_url=vapi_base_url)
+    assert insecure_public_url(settings) is warned

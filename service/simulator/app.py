@@ -13,7 +13,7 @@ from litestar import Litestar, Request, Response, asgi, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from service.simulator.calls import validate_create_call
+from service.simulator.calls import iso, validate_create_call
 from service.simulator.listen import ListenEndpoint
 from service.simulator.script import CallScript, Utterance
 from service.simulator.simulator import VapiSimulator, vapi_error
@@ -146,7 +146,9 @@ async def _stored_object(
         status, error = refusal
         _log_rest(sim, request, status, None, error, None)
         return _json(error, status)
-    rendered = {"id": object_id, "orgId": sim.org_id, **(found or {})}
+    # Assistant and the PhoneNumber models (vapi-server-sdk 3.0.0) require id, orgId, createdAt, updatedAt.
+    stamp = iso(sim.started_at)
+    rendered = {"id": object_id, "orgId": sim.org_id, "createdAt": stamp, "updatedAt": stamp, **(found or {})}
     _log_rest(sim, request, 200, None, {"id": object_id}, None)
     return _json(rendered)
 

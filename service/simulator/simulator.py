@@ -14,7 +14,7 @@ import httpx
 import msgspec
 
 from service.simulator.audio import FrameSource
-from service.simulator.calls import Delivery, SimCall, resolve_delivery
+from service.simulator.calls import Delivery, SimCall, now_utc, resolve_delivery
 from service.simulator.control import say_content, unwrap_control, validate_control
 from service.simulator.faults import ANY_CALL, ControlFault, ListenFault, RestFault, WebhookFault
 from service.simulator.lifecycle import END_CALL_REASON, CallRunner
@@ -59,6 +59,7 @@ class VapiSimulator:
         bracketed_types: bool = False,
         assistants: dict[str, dict[str, Any]] | None = None,
         phone_numbers: dict[str, dict[str, Any]] | None = None,
+        monitor_auth_required: bool = False,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be positive")
@@ -72,6 +73,9 @@ class VapiSimulator:
         self.hmac_secret = hmac_secret
         self.hmac_signing = hmac_signing
         self.bracketed_types = bracketed_types
+        self.monitor_auth_required = monitor_auth_required
+        """Every listen and control request needs the public key, whatever the call's monitor plan
+        says (a plan set on the assistant or in the dashboard, which the call object does not show)."""
         self.assistants: dict[str, dict[str, Any]] = dict(assistants or {})
         """Stored assistants by id (``GET /assistant/{id}``): their ``server`` and ``serverMessages``
         decide where a call's messages go, as Vapi's do."""
@@ -81,6 +85,7 @@ class VapiSimulator:
         self.base_url = base_url.rstrip("/") if base_url else None
         """Base URL (``http://host:port``) that monitor URLs are built from; set by ``SimulatorServer``."""
         self.org_id = org_id or str(uuid.uuid4())
+        self.started_at = now_utc()
         self.strict_properties = strict_properties
         self.webhook_grace = webhook_grace
         self.calls: dict[str, SimCall] = {}
@@ -284,7 +289,7 @@ class VapiSimulator:
         call = self.calls.get(call_id)
         if call is None or call.ended:
             return 404, vapi_error(404, "Call not found or already ended.")
-        if call.control_auth and not self._public_key_ok(authorization):
+        if (call.control_auth or self.monitor_auth_required) and not self._public_key_ok(authorization):
             return 401, vapi_error(401, "Invalid Key. Control requires the public key.")
         message = unwrap_control(parsed)
         if parsed is None:
@@ -350,7 +355,7 @@ class VapiSimulator:
                 return fault.refuse_status, "injected fault"
             if asyncio.get_running_loop().time() < fault.refuse_until:
                 return fault.refuse_status, "injected fault"
-        if call.listen_auth and not self._public_key_ok(authorization):
+        if (call.listen_auth or self.monitor_auth_required) and not self._public_key_ok(authorization):
             return 401, "listen requires the public key"
         return None
 

@@ -147,6 +147,8 @@ class WebhookSender:
         answer's status and body."""
         if not self._call.delivery.wants(message_type):
             return None
+        if message_type == "tool-calls" and "toolWithToolCallList" not in fields:
+            fields["toolWithToolCallList"] = _tools_with_calls(fields.get("toolCallList", []))
         return await self._deliver(Outgoing(message_type, server_message(self._call, message_type, **fields)))
 
     def close(self) -> None:
@@ -207,6 +209,15 @@ class WebhookSender:
         )
         self._on_logged()
         return entry.data
+
+
+def _tools_with_calls(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``toolWithToolCallList`` for a ``toolCallList`` (required by ServerMessageToolCalls; items as
+    FunctionToolWithToolCall: the tool, by ``type`` and ``function``, with its ``toolCall``)."""
+    return [
+        {"type": "function", "function": {"name": call.get("function", {}).get("name", "")}, "toolCall": call}
+        for call in tool_calls
+    ]
 
 
 def _answer_of(response: httpx.Response) -> Any:

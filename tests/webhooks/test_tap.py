@@ -26,7 +26,7 @@ from tests.harness import CALL, SHORT_SCRIPT, Stack, running_switchboard
 from tests.servers import bind_loopback, serve
 
 TOOL_CALLS = {
-    "toolCallList": [{"id": "call_abc", "type": "function", "function": {"name": "lookup", "arguments": {"q": 1}}}]
+    "toolCallList": [{"id": "call_abc", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}}]
 }
 TOOL_ANSWER = {"results": [{"name": "lookup", "toolCallId": "call_abc", "result": "Order 42 ships Monday."}]}
 

@@ -12,6 +12,7 @@ so that the inbound call it starts is tracked and recorded like a placed one.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from service.vapi.messages import base_type, error_answer
 log = structlog.get_logger(__name__)
 
 ANSWER_EXCERPT = 2000  # characters of a body that is not JSON kept in the timeline
+INBOUND_LOOKUP_SECONDS = 2.0  # at most this long reading an inbound call's assistant from Vapi
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,8 @@ class Relay:
         parsed = _json_or_none(body)
         inbound_upstream = None
         if kind == "assistant-request" and response.is_success and isinstance(parsed, dict):
-            inbound_upstream = await self._upstreams.for_assistant_answer(parsed)
+            left = self._settings.forward_timeout_seconds - duration_ms / 1000
+            inbound_upstream = await self._inbound_upstream(parsed, left=left)
             parsed = self.complete_assistant(parsed, inbound_upstream)
             body, media_type = msgspec.json.encode(parsed), "application/json"
         record = {
@@ -88,6 +91,16 @@ class Relay:
             "answer": redact(parsed) if parsed is not None else body[:ANSWER_EXCERPT].decode(errors="replace"),
         }
         return RelayedAnswer(response.status_code, body, media_type, record, inbound_upstream)
+
+    async def _inbound_upstream(self, answer: dict[str, Any], *, left: float) -> dict[str, Any] | None:
+        """The inbound call's upstream; the org-wide one when Vapi is too slow to say which server the
+        answer's assistant has (the answer must reach Vapi within its 7.5 s)."""
+        try:
+            async with asyncio.timeout(max(0.5, min(left, INBOUND_LOOKUP_SECONDS))):
+                return await self._upstreams.for_assistant_answer(answer)
+        except TimeoutError:
+            log.warning("assistant lookup for an inbound call timed out: using the org-wide upstream")
+            return default_upstream(self._settings)
 
     def complete_assistant(self, answer: dict[str, Any], upstream: Mapping[str, Any] | None) -> dict[str, Any]:
         """The upstream's assistant-request answer plus what Switchboard needs to track the call: its

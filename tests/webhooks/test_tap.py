@@ -37,6 +37,7 @@ class Upstream:
 
     url: str = ""
     status: int = 200
+    delay: float = 0.0
     answers: dict[str, tuple[int, Any]] = field(default_factory=dict)
     received: list[tuple[dict[str, str], bytes, dict[str, Any]]] = field(default_factory=list)
 
@@ -50,6 +51,7 @@ class Upstream:
             raw = await request.body()
             body = msgspec.json.decode(raw)
             self.received.append((dict(request.headers), raw, body))
+            await asyncio.sleep(self.delay)
             status, answer = self.answers.get(body["message"]["type"], (self.status, {"ok": True}))
             return Response(content=answer, status_code=status)
 
@@ -338,3 +340,26 @@ async def test_a_bracketed_transcript_is_a_transcript_and_fires_a_transcript_rul
         assert {event["payload"]["type"] for event in from_vapi} == {FINAL_TRANSCRIPTS}, "the payload is as sent"
         firings = (await stack.client.get(f"/v1/calls/{call_id}/firings")).json()["data"]
         assert [firing["rule"] for firing in firings] == ["cancel"]
+
+
+async def test_an_upstreams_failure_is_its_answer_and_a_late_one_an_error_in_shape(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with tap(database_url, tmp_path, forward_timeout_seconds=0.5) as (stack, upstream):
+        call_id = await stack.place_call(assistantOverrides={"server": {"url": upstream.url}})
+        await stack.sim.wait_for_status(call_id, "in-progress")
+        upstream.answers["tool-calls"] = (500, {"message": "CRM is down"})
+        failed = await stack.sim.request(call_id, "tool-calls", **TOOL_CALLS)
+        assert failed is not None
+        assert (failed["status"], failed["answer"]) == (500, {"message": "CRM is down"}), "status and body passed on"
+
+        upstream.delay = 1.0
+        late = await stack.sim.request(call_id, "tool-calls", **TOOL_CALLS)
+        assert late is not None
+        assert late["status"] == 200
+        [result] = late["answer"]["results"]
+        assert result["toolCallId"] == "call_abc"
+        assert "did not answer in time" in result["error"]
+        upstream.delay = 0.0
+        answered = [e["payload"] for e in await stack.events(call_id) if e["type"] == "upstream.answered"]
+        assert [a["status"] for a in answered] == [500, None]

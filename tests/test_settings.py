@@ -47,3 +47,14 @@ def test_a_plain_http_public_url_is_warned_about_only_for_vapis_own_cloud(
 
     settings = load_settings(_env_file=None, public_url=public_url, vapi_base_url=vapi_base_url)
     assert insecure_public_url(settings) is warned
+
+
+def test_forward_headers_are_a_json_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHBOARD_FORWARD_URL", "https://crm.example.com/vapi/")
+    monkeypatch.setenv("SWITCHBOARD_FORWARD_HEADERS", '{"Authorization": "Bearer crm"}')
+    settings = load_settings(_env_file=None)
+    assert settings.forward_url == "https://crm.example.com/vapi"
+    assert settings.forward_headers == {"Authorization": "Bearer crm"}
+    monkeypatch.setenv("SWITCHBOARD_FORWARD_HEADERS", "[1]")
+    with pytest.raises(ConfigurationError, match="SWITCHBOARD_FORWARD_HEADERS"):
+        load_settings(_env_file=None)

@@ -21,7 +21,7 @@ from service.calls.changes import CallChange
 from service.calls.events import NewEvent
 from service.calls.tracking import apply_message, parse_timestamp
 from service.calls.writer import CallWriter
-from service.db.models import CallEvent
+from service.db.models import Call, CallEvent
 from service.errors import AuthenticationError, DomainError, ServiceUnavailableError
 from service.metrics import Metrics
 from service.settings import Settings
@@ -276,7 +276,7 @@ class WebhookService:
                 outcomes.append(unit.record(call, events, origin="webhook", previous_status=before))
         return [outcome if isinstance(outcome, _Applied) else _stored(unit.changes[outcome]) for outcome in outcomes]
 
-    def _note_upstream(self, call: Any, item: _Received, *, created: bool) -> None:
+    def _note_upstream(self, call: Call, item: _Received, *, created: bool) -> None:
         """A call first seen through a webhook (inbound, or placed elsewhere) forwards to the upstream
         its assistant-request answer named, else to the org-wide one."""
         if call.upstream is not None:

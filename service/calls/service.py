@@ -61,6 +61,9 @@ def build_vapi_request(
     if body.metadata:
         overrides["metadata"] = {**(overrides.get("metadata") or {}), **body.metadata}
     if settings.webhook_url:
+        # The caller's server (kept as the upstream) must not reach Vapi, in either spelling.
+        overrides.pop("serverUrl", None)
+        overrides.pop("serverUrlSecret", None)
         overrides["server"] = switchboard_server(settings)
         overrides["serverMessages"] = switchboard_subscription(overrides.get("serverMessages"), upstream)
     return {

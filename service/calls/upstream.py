@@ -50,6 +50,20 @@ def server_upstream(server: object, *, source: str, messages: object = None) -> 
     return upstream
 
 
+def server_of(holder: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``server`` of an assistant or its overrides, or the legacy ``serverUrl``/``serverUrlSecret``
+    pair as a server object (older assistants and samples still use it)."""
+    server = holder.get("server")
+    if isinstance(server, Mapping) and server.get("url"):
+        return server
+    if isinstance(holder.get("serverUrl"), str):
+        legacy: dict[str, Any] = {"url": holder["serverUrl"]}
+        if isinstance(holder.get("serverUrlSecret"), str):
+            legacy["secret"] = holder["serverUrlSecret"]
+        return legacy
+    return None
+
+
 def default_upstream(settings: Settings, *, messages: object = None) -> dict[str, Any] | None:
     """``SWITCHBOARD_FORWARD_URL`` with ``SWITCHBOARD_FORWARD_HEADERS``, or None when not set."""
     if settings.forward_url is None:
@@ -94,9 +108,9 @@ class UpstreamResolver:
         """The upstream of a call placed with these ``assistantOverrides`` (first found wins)."""
         assistant = await self._lookup(f"assistant:{assistant_id}", self.vapi.get_assistant, assistant_id)
         messages = overrides.get("serverMessages", (assistant or {}).get("serverMessages"))
-        found = server_upstream(overrides.get("server"), source="call", messages=messages)
+        found = server_upstream(server_of(overrides), source="call", messages=messages)
         if found is None and assistant is not None:
-            found = server_upstream(assistant.get("server"), source="assistant", messages=messages)
+            found = server_upstream(server_of(assistant), source="assistant", messages=messages)
         if found is None:
             number = await self._lookup(f"phone-number:{phone_number_id}", self.vapi.get_phone_number, phone_number_id)
             found = server_upstream((number or {}).get("server"), source="phone-number", messages=messages)
@@ -115,9 +129,9 @@ class UpstreamResolver:
         if not isinstance(assistant, Mapping):
             assistant = None
         messages = overrides.get("serverMessages", (assistant or {}).get("serverMessages"))
-        found = server_upstream(overrides.get("server"), source="call", messages=messages)
+        found = server_upstream(server_of(overrides), source="call", messages=messages)
         if found is None and assistant is not None:
-            found = server_upstream(assistant.get("server"), source="assistant", messages=messages)
+            found = server_upstream(server_of(assistant), source="assistant", messages=messages)
         return found or default_upstream(self.settings, messages=messages)
 
     async def _lookup(

@@ -113,6 +113,8 @@ class Relay:
         target["monitorPlan"] = {**(target.get("monitorPlan") or {}), "listenEnabled": True, "controlEnabled": True}
         target["serverMessages"] = switchboard_subscription(target.get("serverMessages"), upstream)
         target["server"] = switchboard_server(self._settings)
+        target.pop("serverUrl", None)  # a legacy server URL would compete with Switchboard's
+        target.pop("serverUrlSecret", None)
         return {**answer, target_key: target}
 
     async def _upstream_of(self, message: Mapping[str, Any], kind: str) -> dict[str, Any] | None:

@@ -93,3 +93,9 @@ async def test_a_control_request_refused_with_401_is_retried_with_the_public_key
     )
     await vapi.send_control("https://c.test/control", {"type": "say", "content": "hi"}, authenticated=False)
     assert sent == [None, "Bearer pub"]
+
+
+async def test_a_legacy_server_url_is_an_upstream_too() -> None:
+    upstreams, _ = resolver({"/assistant/a1": {"serverUrl": "https://old/x", "serverUrlSecret": "s"}}, [])
+    legacy = await upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None)
+    assert legacy == {"url": "https://old/x", "source": "assistant", "headers": {}, "secret": "s"}

@@ -103,3 +103,11 @@ def test_an_upstream_without_a_subscription_gets_vapis_default_list() -> None:
     upstream = {"url": "https://crm.example.com/vapi", "headers": {}, "source": "assistant"}
     overrides = build_vapi_request(_body(), _settings(public_url="https://sb.example.com"), upstream)
     assert set(DEFAULT_SERVER_MESSAGES) <= set(overrides["assistantOverrides"]["serverMessages"])
+
+
+def test_a_legacy_server_url_of_the_caller_never_reaches_vapi() -> None:
+    body = _body(assistant_overrides={"serverUrl": "https://crm.example.com/vapi", "serverUrlSecret": "s"})
+    overrides = build_vapi_request(body, _settings(public_url="https://sb.example.com"))["assistantOverrides"]
+    assert "serverUrl" not in overrides
+    assert "serverUrlSecret" not in overrides
+    assert overrides["server"]["url"] == "https://sb.example.com/webhooks/vapi"

@@ -157,9 +157,10 @@ def create_app(
         default_upstream=org_upstream,
         policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
         timeout=settings.forward_timeout_seconds,
+        metrics=metrics,
     )
     changes.subscribe(Forwarder(default_upstream=org_upstream, wake=forwards.wake))
-    relay = Relay(http, db, UpstreamResolver(vapi, settings), settings)
+    relay = Relay(http, db, UpstreamResolver(vapi, settings), settings, metrics)
     webhooks = WebhookService(
         writer, metrics, auth=WebhookAuth.from_settings(settings), relay=relay, inbound_upstream=org_upstream
     )

@@ -26,6 +26,7 @@ from sqlalchemy.orm import aliased
 from service.db.engine import Database
 from service.db.models import Call, UpstreamForward, utcnow
 from service.deliveries.retry import RetryPolicy
+from service.metrics import Metrics
 from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
@@ -90,8 +91,10 @@ class ForwardWorker:
         concurrency: int = 16,
         lease: dt.timedelta = dt.timedelta(seconds=60),
         poll_interval: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics
         self._http = http
         self._headers_of = headers_of  # the upstream's headers as Vapi sends them (calls.upstream)
         self._default = dict(default_upstream) if default_upstream else None
@@ -205,6 +208,8 @@ class ForwardWorker:
             retry_at = self.policy.next_attempt(failures=forward.attempt, created_at=forward.created_at, now=now)
             outcome, due = ("pending", retry_at) if retry_at is not None else ("abandoned", now)
             log.info("upstream forward failed", forward_id=forward.forward_id, outcome=outcome, error=error)
+        if self._metrics is not None:
+            self._metrics.upstream_forwards.labels("retry" if outcome == "pending" else outcome).inc()
         try:
             async with self._db.write() as session:
                 await self._settle(session, forward.forward_id, forward.attempt, outcome, status, error, due=due)

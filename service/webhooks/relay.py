@@ -28,6 +28,7 @@ from service.calls.service import switchboard_server, switchboard_subscription
 from service.calls.upstream import UpstreamResolver, default_upstream, request_headers
 from service.db.engine import Database
 from service.db.models import Call
+from service.metrics import Metrics
 from service.settings import Settings
 from service.vapi.messages import base_type, error_answer
 
@@ -51,8 +52,11 @@ class RelayedAnswer:
 class Relay:
     """Asks the call's upstream and shapes its answer for Vapi."""
 
-    def __init__(self, http: httpx.AsyncClient, db: Database, upstreams: UpstreamResolver, settings: Settings) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, db: Database, upstreams: UpstreamResolver, settings: Settings, metrics: Metrics
+    ) -> None:
         self._http = http
+        self._metrics = metrics
         self._db = db
         self._upstreams = upstreams
         self._settings = settings
@@ -62,6 +66,7 @@ class Relay:
         kind = base_type(message["type"])
         upstream = await self._upstream_of(message, kind)
         if upstream is None:
+            self._metrics.upstream_relays.labels("no-upstream").inc()
             return _error(message, "no upstream server is configured for this call", upstream=None)
         started = time.perf_counter()
         try:
@@ -74,8 +79,12 @@ class Relay:
         except httpx.HTTPError as exc:
             reason = "did not answer in time" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
             log.warning("upstream failed a request message", type=kind, error=type(exc).__name__)
+            self._metrics.upstream_relays.labels("failed").inc()
             return _error(message, f"the upstream server {reason}", upstream=upstream)
-        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        seconds = time.perf_counter() - started
+        duration_ms = round(seconds * 1000, 1)
+        self._metrics.upstream_relays.labels("answered").inc()
+        self._metrics.upstream_relay_seconds.observe(seconds)
         body, media_type = response.content, response.headers.get("content-type", "application/json")
         parsed = _json_or_none(body)
         inbound_upstream = None

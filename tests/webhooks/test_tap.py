@@ -363,3 +363,6 @@ async def test_an_upstreams_failure_is_its_answer_and_a_late_one_an_error_in_sha
         upstream.delay = 0.0
         answered = [e["payload"] for e in await stack.events(call_id) if e["type"] == "upstream.answered"]
         assert [a["status"] for a in answered] == [500, None]
+        metrics = (await stack.client.get("/metrics")).text
+        assert 'switchboard_upstream_relays_total{outcome="answered"} 1.0' in metrics
+        assert 'switchboard_upstream_relays_total{outcome="failed"} 1.0' in metrics

@@ -331,10 +331,12 @@ async def test_a_bracketed_transcript_is_a_transcript_and_fires_a_transcript_rul
     )
     sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SHORT_SCRIPT, bracketed_types=True)
     async with tap(database_url, tmp_path, sim=sim, rules_file=rules) as (stack, _):
+        sim.refuse_listen(None, seconds=60)  # no transcripts from the listen socket: webhooks only
         call_id = await stack.place_call()
         await stack.sim.wait_idle(call_id)
         assert any(m["type"] == FINAL_TRANSCRIPTS for m in stack.sim.messages_sent(call_id))
         events = await stack.events(call_id)
+        assert not [event for event in events if event["source"] == "listen"]
         from_vapi = [event for event in events if event["source"] == "vapi" and event["type"] == "transcript"]
         assert from_vapi, [event["type"] for event in events]
         assert {event["payload"]["type"] for event in from_vapi} == {FINAL_TRANSCRIPTS}, "the payload is as sent"

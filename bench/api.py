@@ -1,6 +1,6 @@
-"""API benchmark: webhook ingest throughput and ``GET /v1/calls`` latency, on SQLite and PostgreSQL.
+"""API benchmark: webhook ingest throughput, relay overhead and ``GET /v1/calls`` latency, on SQLite and PostgreSQL.
 
-    python bench/api.py [--backend sqlite|postgresql|both] [--messages 10000] [--calls 100000] [--json out.json]
+    python bench/api.py [--backend sqlite|postgresql|both] [--messages 10000] [--relays 500] [--calls 100000]
 
 For each backend, one invocation:
 
@@ -12,7 +12,10 @@ For each backend, one invocation:
    ``--ingest-calls`` calls to ``/webhooks/vapi``, after a short warm-up. Figures: acknowledged-and-stored
    webhooks per second of wall time, p50/p99 request latency (seen by the client, so with its queueing), and
    a check that the database holds exactly the acknowledged events with gap-free per-call ``seq``;
-3. **queries**: ``--calls`` calls are bulk-inserted straight into the ``call`` table (SQLAlchemy Core), then
+3. **relay** (the tap): ``--relays`` ``tool-calls`` messages, one at a time, for calls whose upstream is a
+   bare server in this process; the figure is the time from the upstream's answer leaving it to
+   Switchboard's answer arriving (relay, store question and answer, commit, answer);
+4. **queries**: ``--calls`` calls are bulk-inserted straight into the ``call`` table (SQLAlchemy Core), then
    ``GET /v1/calls`` is timed with sequential requests (admin key): the first page, a cursor walk (each
    request follows the previous ``nextCursor``), ``status=ended``, ``customerNumber=``, ``metadata.crmId=``
    (about 4 calls each), and two ``metadata.<key>`` filters AND-ed that match many calls (a number and a
@@ -64,6 +67,8 @@ PROJECT_DIR = BENCH_DIR.parent
 
 INGEST_TARGET_PER_SECOND = 1000.0  # on SQLite
 QUERY_P99_TARGET_MS = 25.0
+RELAY_P50_TARGET_MS, RELAY_P99_TARGET_MS = 2.0, 10.0  # on SQLite: upstream answer -> Vapi answer
+RELAY_CALLS = 20
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "[warning", "[error", "[critical", "Traceback")
 STATUS_WEIGHTS = {"ended": 90, "in-progress": 4, "ringing": 2, "queued": 2, "forwarding": 2}
@@ -103,6 +108,7 @@ class BackendResult:
     backend: str
     ingest: dict[str, Any] = field(default_factory=dict)
     queries: list[QueryResult] = field(default_factory=list)
+    relay: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
 
@@ -371,6 +377,101 @@ async def run_ingest(
     return result
 
 
+class RelayUpstream:
+    """The customer's server for the relay measurement: a bare ASGI app (no framework, so that its own
+    cost stays out of the figure) that answers every tool call at once and notes when its answer left."""
+
+    def __init__(self) -> None:
+        self.answered_at: dict[str, float] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        tool_call_id = json.loads(body)["message"]["toolCallList"][0]["id"]
+        answer = {"results": [{"name": "lookup", "toolCallId": tool_call_id, "result": "Order 42 ships Monday."}]}
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        self.answered_at[tool_call_id] = time.perf_counter()
+        await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+
+
+async def run_relay(
+    args: argparse.Namespace, client: httpx.AsyncClient, base: str, secret: str, engine: AsyncEngine, name: str
+) -> dict[str, Any]:
+    """Relay overhead: sequential ``tool-calls`` for calls whose upstream is a server in this process;
+    the time from the upstream's answer leaving it to Switchboard's answer arriving here (relay, store
+    the question and the answer, commit, answer)."""
+    import uvicorn
+
+    upstream = RelayUpstream()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(upstream, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False)
+    )
+    serving = asyncio.create_task(server.serve(), name="relay-upstream")
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn has no event to wait on
+            await asyncio.sleep(0.01)
+        now = dt.datetime.now(dt.UTC)
+        upstream_json = {"url": f"http://127.0.0.1:{port}/crm/vapi", "headers": {}, "source": "call"}
+        rows = [
+            {
+                "id": f"relay-{uuid.uuid4()}",
+                "status": "in-progress",
+                "origin": "api",
+                "customer": {},
+                "metadata": {},
+                "listen_auth": False,
+                "control_auth": False,
+                "last_event_seq": 0,
+                "upstream": upstream_json,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for _ in range(RELAY_CALLS)
+        ]
+        async with engine.begin() as conn:
+            await conn.execute(insert(cast(Table, Call.__table__)), rows)
+        progress(f"{name}: relay: {args.relays} tool calls over {RELAY_CALLS} calls, one at a time")
+        overhead: list[float] = []
+        total: list[float] = []
+        headers = {"X-Vapi-Secret": secret, "Content-Type": "application/json"}
+        for i in range(-20, args.relays):  # 20 untimed first
+            tool_call_id = f"tc-{i}-{uuid.uuid4().hex[:8]}"
+            message = {
+                "type": "tool-calls",
+                "timestamp": int(time.time() * 1000) + i,
+                "call": {"id": rows[i % RELAY_CALLS]["id"]},
+                "toolCallList": [
+                    {"id": tool_call_id, "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+                ],
+            }
+            started = time.perf_counter()
+            response = await client.post(f"{base}/webhooks/vapi", json={"message": message}, headers=headers)
+            arrived = time.perf_counter()
+            if response.status_code != 200 or response.json()["results"][0]["toolCallId"] != tool_call_id:
+                raise BenchError(f"relay answered {response.status_code}: {response.text[:300]}")
+            if i >= 0:
+                overhead.append((arrived - upstream.answered_at[tool_call_id]) * 1000)
+                total.append((arrived - started) * 1000)
+    finally:
+        server.should_exit = True
+        await serving
+    result = {
+        "relays": len(overhead),
+        "overheadMs": {"p50": quantile(overhead, 0.5), "p99": quantile(overhead, 0.99), "max": max(overhead)},
+        "roundTripMs": {"p50": quantile(total, 0.5), "p99": quantile(total, 0.99)},
+    }
+    lat = result["overheadMs"]
+    progress(f"{name}: relay overhead p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms")
+    return result
+
+
 async def time_requests(
     client: httpx.AsyncClient,
     n: int,
@@ -534,6 +635,9 @@ async def run_backend(
             out.context["loadavgBeforeIngest"] = loadavg()
             out.ingest = await run_ingest(args, procs, serve, base, secret, engine, backend)
 
+        if args.relays > 0:
+            out.relay = await run_relay(args, client, base, secret, engine, backend)
+
         if args.calls > 0:
             progress(f"{backend}: inserting {args.calls} calls straight into the call table")
             seeded = await seed_calls(engine, args.calls, args.seed)
@@ -590,6 +694,15 @@ def table(results: list[BackendResult], context: dict[str, Any]) -> str:
             if i["errors"]:
                 figure += f", errors {i['errors']}"
             rows.append((r.backend, "  persisted = acknowledged", figure, "equal, 0 errors", _pass(i["persistedOk"])))
+        if r.relay:
+            lat = r.relay["overheadMs"]
+            figure = f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms (n={r.relay['relays']}, one at a time)"
+            if r.backend == "sqlite":
+                target = f"p50 < {RELAY_P50_TARGET_MS:g} ms, p99 < {RELAY_P99_TARGET_MS:g} ms"
+                verdict = _pass(lat["p50"] < RELAY_P50_TARGET_MS and lat["p99"] < RELAY_P99_TARGET_MS)
+            else:
+                target, verdict = "(sqlite only)", "info"
+            rows.append((r.backend, "relay overhead (upstream -> Vapi)", figure, target, verdict))
         for q in r.queries:
             figure = f"p50 {q.p50_ms:.1f} ms, p99 {q.p99_ms:.1f} ms (n={q.requests}, {q.mean_rows:.0f} rows)"
             rows.append((r.backend, f"GET /v1/calls {q.label}", figure, f"p99 < {QUERY_P99_TARGET_MS:g} ms",
@@ -645,6 +758,7 @@ def to_json(results: list[BackendResult], context: dict[str, Any], args: argpars
             {
                 "backend": r.backend,
                 "ingest": r.ingest,
+                "relay": r.relay,
                 "queries": [
                     {
                         "kind": q.kind,
@@ -693,6 +807,14 @@ async def amain(args: argparse.Namespace) -> int:
         (r.backend == "sqlite" and r.ingest and r.ingest["throughput"] < INGEST_TARGET_PER_SECOND)
         or (r.ingest and not r.ingest["persistedOk"])
         or any(q.p99_ms >= QUERY_P99_TARGET_MS for q in r.queries)
+        or (
+            r.backend == "sqlite"
+            and r.relay
+            and not (
+                r.relay["overheadMs"]["p50"] < RELAY_P50_TARGET_MS
+                and r.relay["overheadMs"]["p99"] < RELAY_P99_TARGET_MS
+            )
+        )
         for r in results
     )
     return 1 if failed else 0
@@ -705,6 +827,7 @@ def main() -> int:
     parser.add_argument("--ingest-calls", type=int, default=200, help="calls the webhooks are spread over")
     parser.add_argument("--concurrency", type=int, default=48, help="requests in flight from the load generator")
     parser.add_argument("--warmup", type=int, default=200, help="untimed webhooks sent first")
+    parser.add_argument("--relays", type=int, default=500, help="tool calls relayed to an upstream (0: skip)")
     parser.add_argument("--calls", type=int, default=100_000, help="calls to insert for the queries (0: skip)")
     parser.add_argument("--requests", type=int, default=500, help="sequential requests per query kind")
     parser.add_argument("--query-budget", type=float, default=60.0, help="at most this many seconds per query kind")

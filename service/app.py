@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -26,12 +27,15 @@ from service.calls.announce import CallAnnouncer
 from service.calls.changes import CallChanges
 from service.calls.control import ControlChannel
 from service.calls.controllers import CallController
+from service.calls.forwarder import Forwarder  # the tap
 from service.calls.service import CallService
+from service.calls.upstream import UpstreamResolver, default_upstream, request_headers  # the tap
 from service.calls.writer import CallWriter
 from service.console.controllers import CONSOLE_API, CONSOLE_PAGES  # console
 from service.console.feed import CallNotices
 from service.db.engine import Database
 from service.deliveries.controllers import WebhookEndpointController  # outbound webhooks
+from service.deliveries.forwards import ForwardWorker  # the tap
 from service.deliveries.retry import RetryPolicy  # outbound webhooks
 from service.deliveries.service import WebhookEndpointService  # outbound webhooks
 from service.deliveries.worker import DeliveryWorker  # outbound webhooks
@@ -63,6 +67,7 @@ from service.settings import ConfigurationError, Settings
 from service.tasks import Background
 from service.vapi.client import VapiClient
 from service.webhooks.controllers import VapiWebhookController
+from service.webhooks.relay import Relay  # the tap
 from service.webhooks.service import WebhookAuth, WebhookService
 
 log = structlog.get_logger(__name__)
@@ -73,6 +78,13 @@ def _constant(value: Any) -> Provide:
         return value
 
     return Provide(provide, use_cache=True, sync_to_thread=False)
+
+
+def insecure_public_url(settings: Settings) -> bool:
+    """Vapi's own cloud (not a simulator) would post server messages to a plain-http public URL."""
+    vapi_host = urlsplit(settings.vapi_base_url).hostname or ""
+    vapi_is_vapi = vapi_host == "vapi.ai" or vapi_host.endswith(".vapi.ai")
+    return bool(settings.public_url) and vapi_is_vapi and urlsplit(settings.public_url).scheme != "https"
 
 
 def create_app(
@@ -156,7 +168,22 @@ def create_app(
     changes.subscribe(CallAnnouncer())  # outbound webhooks, in the change's transaction
     changes.subscribe(rule_engine)  # firings recorded with their milestones
     changes.subscribe(supervisor)  # leases taken with the change; sessions started after the commit
-    webhooks = WebhookService(writer, metrics, auth=WebhookAuth.from_settings(settings))
+    # The tap (contract section 9): forwards to each call's upstream, relays what needs an answer.
+    org_upstream = default_upstream(settings)
+    forwards = ForwardWorker(
+        db,
+        http,
+        headers_of=request_headers,
+        default_upstream=org_upstream,
+        policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
+        timeout=settings.forward_timeout_seconds,
+        metrics=metrics,
+    )
+    changes.subscribe(Forwarder(default_upstream=org_upstream, wake=forwards.wake))
+    relay = Relay(http, db, UpstreamResolver(vapi, settings), settings, metrics)
+    webhooks = WebhookService(
+        writer, metrics, auth=WebhookAuth.from_settings(settings), relay=relay, inbound_upstream=org_upstream
+    )
     # Outbound webhooks: the worker owns its own HTTP client (receivers are untrusted; not Vapi's pool).
     deliveries = DeliveryWorker(
         db,
@@ -189,10 +216,16 @@ def create_app(
                 "NO WEBHOOK SECRET CONFIGURED: anyone who can reach /webhooks/vapi can forge call events; "
                 "set SWITCHBOARD_WEBHOOK_SECRET"
             )
+        if insecure_public_url(settings):
+            log.warning(
+                "SWITCHBOARD_PUBLIC_URL is not https: Vapi's own servers will not deliver server messages "
+                "to it reliably, and the webhook secret would travel in clear text",
+                public_url=settings.public_url,
+            )
         await idempotency.purge_expired()  # keys older than 24 h
         # Consumers before producers; closed in reverse, so that what producers hand over at the end
         # (a webhook's firings, a session's last events) still finds its consumer running.
-        background: list[Background] = [deliveries, lifecycle, rule_engine, supervisor, sharing, webhooks]
+        background: list[Background] = [deliveries, forwards, lifecycle, rule_engine, supervisor, sharing, webhooks]
         await channels.__aenter__()  # the channels outlive every part that publishes or listens
         for part in background:
             await part.start()

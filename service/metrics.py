@@ -67,6 +67,26 @@ class Metrics:
             registry=r,
         )
 
+        # The tap (contract section 9): relays of request messages, forwards to upstreams.
+        self.upstream_relays = Counter(
+            "switchboard_upstream_relays",
+            "Request messages relayed to the call's upstream (answered, failed: error answer, no-upstream)",
+            ["outcome"],
+            registry=r,
+        )
+        self.upstream_relay_seconds = Histogram(
+            "switchboard_upstream_relay_seconds",
+            "Time the upstream took to answer a relayed request message",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5),
+            registry=r,
+        )
+        self.upstream_forwards = Counter(
+            "switchboard_upstream_forward_attempts",
+            "Forward attempts to upstreams (delivered, retry, abandoned)",
+            ["outcome"],
+            registry=r,
+        )
+
         # Rules (service.rules).
         self.rule_firings = Counter(
             "switchboard_rule_firings",

@@ -75,6 +75,23 @@ class Settings(BaseSettings):
     # until a delivery is this old, then it is abandoned.
     webhook_retry_delays: tuple[PositiveFloat, ...] = Field(default=DEFAULT_RETRY_DELAYS, min_length=1)
     webhook_retry_max_age_seconds: float = Field(default=DEFAULT_MAX_AGE_SECONDS, gt=0)
+    # HMAC parity with Vapi's webhook credentials (contract section 9).
+    webhook_hmac_algorithm: Literal["sha256", "sha512", "sha1"] = "sha256"
+    webhook_hmac_encoding: Literal["hex", "base64"] = "hex"
+    webhook_hmac_signature_header: str = "x-signature"
+    webhook_hmac_timestamp_header: str = "x-timestamp"
+    webhook_hmac_signature_prefix: str = ""
+    webhook_hmac_payload_format: Literal["{timestamp}.{body}", "{body}"] = "{timestamp}.{body}"
+    # Vapi retries a server message that failed this many times (``server.backoffPlan`` on placed calls).
+    webhook_backoff_max_retries: int = Field(default=3, ge=0, le=10)
+    # The tap (contract section 9): the org-wide upstream, its extra headers, one attempt's time limit.
+    forward_url: str | None = None
+    forward_headers: dict[str, str] = Field(default_factory=dict)
+    # Below Vapi's 7.5 s for an assistant-request, so that Switchboard still answers in time.
+    forward_timeout_seconds: float = Field(default=7.0, gt=0, le=30)
+    # How long an assistant's or phone number's server (GET /assistant/{id}) is reused.
+    upstream_cache_seconds: float = Field(default=60.0, ge=0)
+
     # Recordings lifecycle (service.lifecycle): calls that ended longer ago than ``retention`` (a duration:
     # "90d", "12h", "3s"; unset: kept) are erased, except held ones, by a sweep every so many seconds.
     retention: float | None = None
@@ -121,7 +138,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown storage scheme {scheme!r}: use file://PATH, s3://BUCKET/PREFIX or memory://")
         return value
 
-    @field_validator("vapi_base_url", "public_url")
+    @field_validator("vapi_base_url", "public_url", "forward_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is None:

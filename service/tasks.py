@@ -131,4 +131,3 @@ class TaskOwner:
             for task in tasks:  # in case a done callback has not run yet
                 self._tasks.pop(task, None)
         return cancelled
-

@@ -67,3 +67,31 @@ def test_bad_retention_is_refused(monkeypatch: pytest.MonkeyPatch, text: str, re
 def test_unset_retention_keeps_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SWITCHBOARD_RETENTION", raising=False)
     assert load_settings(_env_file=None).retention is None
+
+
+@pytest.mark.parametrize(
+    ("public_url", "vapi_base_url", "warned"),
+    [
+        ("http://sb.example.com", "https://api.vapi.ai", True),
+        ("https://sb.example.com", "https://api.vapi.ai", False),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8001", False),  # the simulator: plain http is fine
+    ],
+)
+def test_a_plain_http_public_url_is_warned_about_only_for_vapis_own_cloud(
+    public_url: str, vapi_base_url: str, warned: bool
+) -> None:
+    from service.app import insecure_public_url
+
+    settings = load_settings(_env_file=None, public_url=public_url, vapi_base_url=vapi_base_url)
+    assert insecure_public_url(settings) is warned
+
+
+def test_forward_headers_are_a_json_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHBOARD_FORWARD_URL", "https://crm.example.com/vapi/")
+    monkeypatch.setenv("SWITCHBOARD_FORWARD_HEADERS", '{"Authorization": "Bearer crm"}')
+    settings = load_settings(_env_file=None)
+    assert settings.forward_url == "https://crm.example.com/vapi"
+    assert settings.forward_headers == {"Authorization": "Bearer crm"}
+    monkeypatch.setenv("SWITCHBOARD_FORWARD_HEADERS", "[1]")
+    with pytest.raises(ConfigurationError, match="SWITCHBOARD_FORWARD_HEADERS"):
+        load_settings(_env_file=None)

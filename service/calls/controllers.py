@@ -12,6 +12,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from service.auth import current_principal, scoped
+from service.calls.redact import hide_recording_urls
 from service.calls.schemas import (
     CallCreate,
     CallImport,
@@ -19,6 +20,8 @@ from service.calls.schemas import (
     CallPage,
     EventOut,
     EventPage,
+    ForwardOut,
+    ForwardPage,
     InjectionOut,
     Monitor,
     RecordingSummary,
@@ -26,7 +29,7 @@ from service.calls.schemas import (
 )
 from service.calls.service import CallFilters, CallService, metadata_filters
 from service.calls.status import CallStatus
-from service.db.models import Call, CallEvent, Injection
+from service.db.models import Call, CallEvent, Injection, UpstreamForward
 from service.idempotency.service import HEADER, IdempotencyService
 from service.pagination import Cursor, Limit
 from service.vapi.control import ControlRequest
@@ -73,12 +76,26 @@ def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
         recording=recording,
         legal_hold=call.legal_hold,
         legal_hold_reason=call.legal_hold_reason,
+        upstream=call.upstream if show_monitor_urls else None,
     )
 
 
-def event_out(event: CallEvent) -> EventOut:
-    return EventOut(
-        seq=event.seq, source=event.source, type=event.type, occurred_at=event.occurred_at, payload=event.payload
+def event_out(event: CallEvent, *, show_recording_urls: bool = True) -> EventOut:
+    payload = event.payload if show_recording_urls else hide_recording_urls(event.payload)
+    return EventOut(seq=event.seq, source=event.source, type=event.type, occurred_at=event.occurred_at, payload=payload)
+
+
+def forward_out(forward: UpstreamForward) -> ForwardOut:
+    return ForwardOut(
+        id=forward.id,
+        seq=forward.seq,
+        message_type=forward.message_type,
+        status=forward.status,
+        attempts=forward.attempts,
+        last_status_code=forward.last_status_code,
+        last_error=forward.last_error,
+        created_at=forward.created_at,
+        delivered_at=forward.delivered_at,
     )
 
 
@@ -200,6 +217,7 @@ class CallController(Controller):
     )
     async def list_events(
         self,
+        request: Request[Any, Any, Any],
         call_id: FromPath[str],
         calls: Calls,
         limit: Limit = 200,
@@ -211,7 +229,20 @@ class CallController(Controller):
         events, next_cursor = await calls.list_events(
             call_id, after_seq=after_seq, limit=limit, types=event_type or (), source=source, cursor=cursor
         )
-        return EventPage(data=[event_out(event) for event in events], next_cursor=next_cursor)
+        # Recording and pcap URLs in payloads are for keys that may read recordings (contract section 9).
+        urls = current_principal(request).allows("recordings:read")
+        return EventPage(data=[event_out(event, show_recording_urls=urls) for event in events], next_cursor=next_cursor)
+
+    @get(
+        "/{call_id:str}/forwards",
+        operation_id="listCallForwards",
+        summary="What was forwarded to the call's upstream, oldest first",
+        description="The delivery log of the tap: one entry per server message passed on to the customer's server.",
+        **scoped("calls:read"),
+    )
+    async def list_forwards(self, call_id: FromPath[str], calls: Calls, limit: Limit = 200) -> ForwardPage:
+        forwards = await calls.list_forwards(call_id, limit=limit)
+        return ForwardPage(data=[forward_out(forward) for forward in forwards])
 
     @post(
         "/{call_id:str}/say",

@@ -26,6 +26,9 @@ class NewEvent:
     payload: Any
     occurred_at: dt.datetime | None = None
     dedupe_key: str | None = None
+    # The server message's raw body as Vapi sent it (not stored in the timeline: the payload is the
+    # redacted copy); what the tap forwards to the call's upstream.
+    original: bytes | None = None
 
 
 _SPACES = re.compile(r"\s+")
@@ -63,6 +66,7 @@ class StoredEvent:
     payload: Any
     dedupe_key: str | None
     utterance: str | None
+    original: bytes | None = None  # see NewEvent.original
 
     def row(self) -> dict[str, Any]:
         return {
@@ -149,6 +153,7 @@ def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[
             event.payload,
             event.dedupe_key,
             utterance_of(event),
+            event.original,
         )
         for index, event in enumerate(events)
     ]

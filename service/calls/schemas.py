@@ -68,6 +68,26 @@ class CallOut(msgspec.Struct, rename="camel"):
     # PUT /v1/calls/{id}/legal-hold: a held call is never erased (service.lifecycle).
     legal_hold: bool = False
     legal_hold_reason: str | None = None
+    # The customer's own server for the call (contract section 9); admin keys only: it may hold secrets.
+    upstream: dict[str, Any] | None = None
+
+
+class ForwardOut(msgspec.Struct, rename="camel"):
+    """One server message passed on to the call's upstream: its delivery log entry."""
+
+    id: int
+    seq: int | None
+    message_type: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+class ForwardPage(msgspec.Struct, rename="camel"):
+    data: list[ForwardOut]
 
 
 class CallPage(msgspec.Struct, rename="camel"):

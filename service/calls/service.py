@@ -19,15 +19,18 @@ from service.calls.metadata import METADATA_KEY, candidates
 from service.calls.redact import redact
 from service.calls.schemas import CallCreate
 from service.calls.tracking import merge_vapi_call
+from service.calls.upstream import UpstreamResolver, subscription
 from service.calls.writer import CallWriter
 from service.db.engine import Database
-from service.db.models import Call, CallEvent, CallMetadata, Injection
+from service.db.models import Call, CallEvent, CallMetadata, Injection, UpstreamForward
+from service.deliveries.forwards import list_forwards
+from service.deliveries.urls import UnsafeUrlError, check_webhook_url
 from service.errors import InvalidInputError, InvalidQueryError, NotFoundError, UpstreamError
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
 from service.settings import Settings
 from service.vapi.client import VapiClient
 from service.vapi.control import ControlRequest, SayFields
-from service.vapi.messages import FINAL_TRANSCRIPTS, SWITCHBOARD_SERVER_MESSAGES
+from service.vapi.messages import FINAL_TRANSCRIPTS, REQUEST_TYPES, SWITCHBOARD_SERVER_MESSAGES, base_type
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +38,15 @@ log = structlog.get_logger(__name__)
 REQUIRED_SERVER_MESSAGES = ("status-update", "end-of-call-report", "speech-update", "hang")
 
 
-def build_vapi_request(body: CallCreate, settings: Settings) -> dict[str, Any]:
-    """The ``POST /call`` body: the caller's request plus what Switchboard needs from the call."""
+def build_vapi_request(
+    body: CallCreate, settings: Settings, upstream: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``POST /call`` body: the caller's request plus what Switchboard needs from the call.
+
+    With a public URL, Vapi gets Switchboard's own server object; the caller's ``server`` (kept as the
+    call's ``upstream``) never reaches Vapi. The call is subscribed to the upstream's messages (to
+    forward them) and to what Switchboard needs, but to a message that needs an answer only when an
+    upstream can give one (contract section 9)."""
     overrides = dict(body.assistant_overrides)
     overrides["monitorPlan"] = {
         **(overrides.get("monitorPlan") or {}),
@@ -46,24 +56,48 @@ def build_vapi_request(body: CallCreate, settings: Settings) -> dict[str, Any]:
     if body.metadata:
         overrides["metadata"] = {**(overrides.get("metadata") or {}), **body.metadata}
     if settings.webhook_url:
-        server = {**(overrides.get("server") or {}), "url": settings.webhook_url}
-        if settings.webhook_secret is not None:
-            server["headers"] = {
-                **(server.get("headers") or {}),
-                settings.webhook_secret_header: settings.webhook_secret.get_secret_value(),
-            }
-        overrides["server"] = server
-        messages = list(overrides.get("serverMessages") or SWITCHBOARD_SERVER_MESSAGES)
-        messages += [message for message in REQUIRED_SERVER_MESSAGES if message not in messages]
-        if "transcript" not in messages and FINAL_TRANSCRIPTS not in messages:
-            messages.append(FINAL_TRANSCRIPTS)
-        overrides["serverMessages"] = messages
+        # The caller's server (kept as the upstream) must not reach Vapi, in either spelling.
+        overrides.pop("serverUrl", None)
+        overrides.pop("serverUrlSecret", None)
+        overrides["server"] = switchboard_server(settings)
+        overrides["serverMessages"] = switchboard_subscription(overrides.get("serverMessages"), upstream)
     return {
         "assistantId": body.assistant_id,
         "phoneNumberId": body.phone_number_id,
         "customer": msgspec.to_builtins(body.customer),
         "assistantOverrides": overrides,
     }
+
+
+def switchboard_server(settings: Settings) -> dict[str, Any]:
+    """Switchboard's ``server`` object for Vapi (vapi-server-sdk 3.0.0 ``Server``: url, headers,
+    backoffPlan): Vapi retries a failed message, which the message identity stores once."""
+    assert settings.webhook_url is not None
+    server: dict[str, Any] = {"url": settings.webhook_url}
+    if settings.webhook_secret is not None:
+        server["headers"] = {settings.webhook_secret_header: settings.webhook_secret.get_secret_value()}
+    if settings.webhook_backoff_max_retries:
+        server["backoffPlan"] = {
+            "type": "exponential",
+            "maxRetries": settings.webhook_backoff_max_retries,
+            "baseDelaySeconds": 1,
+        }
+    return server
+
+
+def switchboard_subscription(requested: object, upstream: Mapping[str, Any] | None) -> list[str]:
+    """The ``serverMessages`` Switchboard asks Vapi for: the upstream's own subscription (or the
+    caller's list, or Switchboard's defaults), never a request without an upstream to answer it,
+    plus what Switchboard needs itself."""
+    if upstream is not None:
+        messages = list(subscription(upstream))
+    else:
+        listed = requested if isinstance(requested, list) else SWITCHBOARD_SERVER_MESSAGES
+        messages = [str(message) for message in listed if base_type(str(message)) not in REQUEST_TYPES]
+    messages += [message for message in REQUIRED_SERVER_MESSAGES if message not in messages]
+    if "transcript" not in messages and FINAL_TRANSCRIPTS not in messages:
+        messages.append(FINAL_TRANSCRIPTS)
+    return messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,18 +202,31 @@ class CallService:
         self._control = control
         self._vapi = vapi
         self._settings = settings
+        self._upstreams = UpstreamResolver(vapi, settings)
 
     async def place_call(self, body: CallCreate) -> Call:
         """Create the call at Vapi, then track it. Vapi failing means nothing is written here.
 
         Returns the call as this transaction committed it, without its recording (the listen session
         creates that after the commit; ``GET /v1/calls/{id}`` shows it)."""
-        vapi_call = await self._vapi.create_call(build_vapi_request(body, self._settings))
+        upstream = None
+        if self._settings.webhook_url:  # else Vapi keeps sending to the customer's server: nothing to stand in for
+            upstream = await self._upstreams.for_outbound(
+                body.assistant_overrides, assistant_id=body.assistant_id, phone_number_id=body.phone_number_id
+            )
+        if upstream is not None and upstream["source"] == "call":
+            # The caller chose where Switchboard will POST: the outbound webhooks' address checks apply.
+            try:
+                await check_webhook_url(upstream["url"], allow_private=self._settings.webhook_allow_private)
+            except UnsafeUrlError as exc:
+                raise InvalidInputError(f"assistantOverrides.server.url: {exc}") from None
+        vapi_call = await self._vapi.create_call(build_vapi_request(body, self._settings, upstream))
         async with self._writer.transaction() as unit:
             call = await unit.lock_one(vapi_call["id"], origin="api")
             before = unit.status_before(call)
             merge_vapi_call(call, vapi_call)
             call.origin = "api"
+            call.upstream = upstream
             call.customer = {**call.customer, **msgspec.to_builtins(body.customer)}
             call.customer_number = body.customer.number
             call.call_metadata = dict(body.metadata)
@@ -226,6 +273,12 @@ class CallService:
                 session, call_id, after_seq=after_seq, limit=limit + 1, types=types, source=source
             )
         return keyset_page(events, limit, lambda event: encode_cursor(event.seq))
+
+    async def list_forwards(self, call_id: str, *, limit: int) -> list[UpstreamForward]:
+        """The call's forwards to its upstream, oldest first."""
+        async with self._db.read() as session:
+            await self._require_call(session, call_id)
+            return await list_forwards(session, call_id, limit=limit)
 
     async def reconcile(self, call_id: str) -> str:
         """Bring the stored call in line with Vapi's ``GET /call/{id}`` (webhooks can be lost); its status."""

@@ -13,6 +13,7 @@ from service.calls.compact import timeline_message
 from service.calls.events import NewEvent
 from service.calls.redact import redact
 from service.db.models import Call
+from service.vapi.messages import base_type
 
 
 def parse_timestamp(value: Any) -> dt.datetime | None:
@@ -30,8 +31,9 @@ def parse_timestamp(value: Any) -> dt.datetime | None:
     return None
 
 
-def _monitor_plan(vapi_call: dict[str, Any]) -> dict[str, Any]:
-    for holder in (vapi_call.get("assistantOverrides"), vapi_call.get("assistant")):
+def _monitor_plan(*holders: Any) -> dict[str, Any]:
+    """The first ``monitorPlan`` among ``holders`` (overrides before the assistant they override)."""
+    for holder in holders:
         if isinstance(holder, dict) and isinstance(holder.get("monitorPlan"), dict):
             plan: dict[str, Any] = holder["monitorPlan"]
             return plan
@@ -65,16 +67,20 @@ def merge_vapi_call(call: Call, vapi_call: dict[str, Any]) -> None:
             call.listen_url = monitor["listenUrl"]
         if monitor.get("controlUrl") and monitor["controlUrl"] != call.control_url:
             call.control_url = monitor["controlUrl"]
-    plan = _monitor_plan(vapi_call)
-    if plan:
-        call.listen_auth = bool(plan.get("listenAuthenticationEnabled", call.listen_auth))
-        call.control_auth = bool(plan.get("controlAuthenticationEnabled", call.control_auth))
+    _apply_monitor_plan(call, _monitor_plan(vapi_call.get("assistantOverrides"), vapi_call.get("assistant")))
     if isinstance(vapi_call.get("status"), str):
         apply_status(call, vapi_call["status"], at=None)
     if isinstance(vapi_call.get("endedReason"), str):
         call.ended_reason = vapi_call["endedReason"]
     call.started_at = call.started_at or parse_timestamp(vapi_call.get("startedAt"))
     call.ended_at = call.ended_at or parse_timestamp(vapi_call.get("endedAt"))
+
+
+def _apply_monitor_plan(call: Call, plan: dict[str, Any]) -> None:
+    """Whether the call's listen socket and control URL need the public key, as far as ``plan`` says."""
+    if plan:
+        call.listen_auth = bool(plan.get("listenAuthenticationEnabled", call.listen_auth))
+        call.control_auth = bool(plan.get("controlAuthenticationEnabled", call.control_auth))
 
 
 def apply_status(call: Call, incoming: str, *, at: dt.datetime | None) -> bool:
@@ -91,12 +97,22 @@ def apply_status(call: Call, incoming: str, *, at: dt.datetime | None) -> bool:
 
 
 def apply_message(
-    call: Call, message: dict[str, Any], vapi_call: dict[str, Any], at: dt.datetime | None, key: str
+    call: Call,
+    message: dict[str, Any],
+    vapi_call: dict[str, Any],
+    at: dt.datetime | None,
+    key: str,
+    *,
+    original: bytes | None = None,
 ) -> list[NewEvent]:
-    """Apply one server message to its call; the timeline events it produces (``key``: its dedupe key)."""
-    kind: str = message["type"]
+    """Apply one server message to its call; the timeline events it produces (``key``: its dedupe key,
+    ``original``: its raw body). A qualified type (``transcript[transcriptType="final"]``) is stored as
+    its base type, so that rules, the console and filters see one ``transcript``."""
+    kind = base_type(message["type"])
     before = call.status
     merge_vapi_call(call, vapi_call)
+    # Vapi may report the plan on the message's assistant only (an inbound call, an assistant-request).
+    _apply_monitor_plan(call, _monitor_plan(message.get("assistantOverrides"), message.get("assistant")))
     if kind == "status-update" and isinstance(message.get("status"), str):
         apply_status(call, message["status"], at=at)
     if kind in ("status-update", "end-of-call-report") and isinstance(message.get("endedReason"), str):
@@ -105,7 +121,7 @@ def apply_message(
         apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
         call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
     stored = timeline_message(message, status_changed=call.status != before)  # the call object once, not per event
-    events = [NewEvent("vapi", kind, redact(stored), at, dedupe_key=key)]
+    events = [NewEvent("vapi", kind, redact(stored), at, dedupe_key=key, original=original)]
     if call.status != before:
         events.append(NewEvent("switchboard", "call.status_changed", {"from": before, "to": call.status}, at))
     return events

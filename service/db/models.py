@@ -72,6 +72,9 @@ class Call(TimestampedMixin, DefaultBase):
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     legal_hold_reason: Mapped[str | None] = mapped_column(Text)
     erasing_until: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # The customer's own server for this call (contract section 9, ``calls.upstream``): url, headers,
+    # secret, timeoutSeconds, source, serverMessages. May hold secrets: shown to admin keys only.
+    upstream: Mapped[dict[str, Any] | None] = mapped_column(JsonB, nullable=True)
 
     # Read-only (recordings are written through their own rows; the foreign key cascades deletes): a
     # writable relationship made every flush of a changed call inspect it, ~5 % of webhook ingest.
@@ -289,6 +292,27 @@ class WebhookDeliveryAttempt(UUIDv7Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UpstreamForward(TimestampedMixin, BigIntBase):
+    """One server message to pass on to the call's upstream (the customer's server): the durable
+    queue of the tap. Sent in ``id`` order per call, each after the previous one is settled."""
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"))
+    seq: Mapped[int | None] = mapped_column(Integer)  # the timeline event it forwards
+    message_type: Mapped[str] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)  # the raw JSON body as Vapi sent it
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | abandoned
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+
+    __table_args__ = (
+        Index("ix_upstream_forward_due", "status", "next_attempt_at"),
+        Index("ix_upstream_forward_call_id", "call_id", "status", "id"),
+    )
 
 
 class Rule(TimestampedMixin, DefaultBase):

@@ -277,6 +277,10 @@ class ListenSession:
                 )
             except InvalidStatus as exc:
                 status = exc.response.status_code
+                if status == 401 and not headers and self._vapi.has_public_key:
+                    # The monitor plan wants the public key though Switchboard never saw it say so.
+                    headers = self._vapi.monitor_headers(authenticated=True)
+                    continue
                 if 400 <= status < 500 and status not in (404, 408, 425, 429):
                     raise PermanentListenError(f"listen socket refused the connection with HTTP {status}") from None
                 reason = f"HTTP {status}"

@@ -3,6 +3,13 @@
 Public API: ``VapiSimulator`` (state, ASGI app, Python test API), ``SimulatorServer`` (run it in-process on
 loopback), ``run_simulator`` (run it as a process), ``CallScript`` / ``Utterance`` (what happens on a call),
 ``LoopbackServer`` (serve any small ASGI app on loopback in the running loop).
+
+For the tap (contract section 9) it also knows stored assistants and phone numbers with their own
+``server`` (``VapiSimulator.assistants`` / ``phone_numbers``, ``GET /assistant/{id}``,
+``GET /phone-number/{id}``, Vapi's precedence for where a call's messages go), request messages that
+wait for their answer (``request``), inbound calls that start with an ``assistant-request``
+(``inbound_call``), redelivery with fresh presigned URLs (``redeliver``), bracketed transcript types,
+every HMAC variant (``HmacSigning``) and org-wide monitor authentication.
 """
 
 from service.simulator.audio import FRAME_BYTES, FRAME_SECONDS, read_stamp, split_channels

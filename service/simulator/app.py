@@ -13,7 +13,7 @@ from litestar import Litestar, Request, Response, asgi, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from service.simulator.calls import validate_create_call
+from service.simulator.calls import iso, validate_create_call
 from service.simulator.listen import ListenEndpoint
 from service.simulator.script import CallScript, Utterance
 from service.simulator.simulator import VapiSimulator, vapi_error
@@ -152,6 +152,38 @@ async def delete_call(request: AnyRequest, call_id: FromPath[str]) -> Response[A
     sim.deleted.add(call_id)
     _log_rest(sim, request, 200, None, {"deleted": True}, call_id)
     return _json(call.to_vapi())
+
+
+async def _stored_object(
+    request: AnyRequest, kind: str, store: dict[str, dict[str, Any]], object_id: str
+) -> Response[Any]:
+    sim = _simulator(request)
+    refusal = await _rest_refusal(sim, request)
+    found = store.get(object_id)
+    if refusal is None and found is None:
+        refusal = 404, vapi_error(404, f"Couldn't Find {kind}")
+    if refusal is not None:
+        status, error = refusal
+        _log_rest(sim, request, status, None, error, None)
+        return _json(error, status)
+    # Assistant and the PhoneNumber models (vapi-server-sdk 3.0.0) require id, orgId, createdAt, updatedAt.
+    stamp = iso(sim.started_at)
+    rendered = {"id": object_id, "orgId": sim.org_id, "createdAt": stamp, "updatedAt": stamp, **(found or {})}
+    _log_rest(sim, request, 200, None, {"id": object_id}, None)
+    return _json(rendered)
+
+
+@get("/assistant/{assistant_id:str}", operation_id="simGetAssistant")
+async def get_assistant(request: AnyRequest, assistant_id: FromPath[str]) -> Response[Any]:
+    """``GET /assistant/{id}``: a stored assistant (vapi-server-sdk ``Assistant``: ``server``,
+    ``serverMessages``, ``monitorPlan``…) as configured in ``VapiSimulator.assistants``."""
+    return await _stored_object(request, "Assistant", _simulator(request).assistants, assistant_id)
+
+
+@get("/phone-number/{phone_number_id:str}", operation_id="simGetPhoneNumber")
+async def get_phone_number(request: AnyRequest, phone_number_id: FromPath[str]) -> Response[Any]:
+    """``GET /phone-number/{id}``: a stored phone number (``TwilioPhoneNumber``… with ``server``)."""
+    return await _stored_object(request, "Phone Number", _simulator(request).phone_numbers, phone_number_id)
 
 
 @get("/call", operation_id="simListCalls")
@@ -464,6 +496,8 @@ def build_app(sim: VapiSimulator) -> Litestar:
             get_call,
             delete_call,
             list_calls,
+            get_assistant,
+            get_phone_number,
             control,
             listen_socket,
             legacy_listen_socket,

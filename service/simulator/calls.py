@@ -22,6 +22,9 @@ DEFAULT_SERVER_TIMEOUT_SECONDS = 20.0
 COST_PER_MINUTE = 0.05
 TWILIO_ACCOUNT_SID = "AC" + "51" * 16
 """The (fake) Twilio account the simulator's phone number belongs to."""
+TWILIO_AUTH_TOKEN = "sim-twilio-auth-token-" + "9f" * 8
+"""The (fake) Twilio auth token Vapi includes with the phone number: must never be stored."""
+RECORDINGS_BASE = "https://storage.vapi.ai"
 
 
 StopReason = Literal["ended", "drop", "client", "shutdown"]
@@ -81,30 +84,57 @@ class Delivery:
         return message_type in self.subscription
 
 
-def resolve_delivery(request: Mapping[str, Any], *, server_url: str | None, secret: str | None) -> Delivery:
-    """Apply Vapi's precedence: the assistant's (override) server, else the org's server URL + secret."""
+def _server_delivery(server: Mapping[str, Any]) -> tuple[str, dict[str, str], float] | None:
+    """(url, headers, timeout) of a Vapi ``Server`` object (vapi-server-sdk 3.0.0 ``Server``: url,
+    headers, timeoutSeconds; the legacy ``secret`` goes in ``X-Vapi-Secret``), or None without a url."""
+    if not isinstance(server.get("url"), str):
+        return None
+    headers = {str(k): str(v) for k, v in _mapping(server.get("headers")).items()}
+    if isinstance(server.get("secret"), str):
+        headers.setdefault("X-Vapi-Secret", server["secret"])
+    timeout = DEFAULT_SERVER_TIMEOUT_SECONDS
+    if isinstance(server.get("timeoutSeconds"), int | float):
+        timeout = float(server["timeoutSeconds"])
+    return server["url"], headers, timeout
+
+
+def resolve_delivery(
+    request: Mapping[str, Any],
+    *,
+    server_url: str | None,
+    secret: str | None,
+    assistants: Mapping[str, Mapping[str, Any]] | None = None,
+    phone_numbers: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Delivery:
+    """Apply Vapi's precedence ("events are only sent to one server URL"): the assistant's override
+    server, the inline assistant's, the stored assistant's (``assistantId``), the phone number's
+    (``phoneNumberId``), else the org's server URL + secret."""
     overrides = _mapping(request.get("assistantOverrides"))
     assistant = _mapping(request.get("assistant"))
-    server = _mapping(overrides.get("server")) or _mapping(assistant.get("server"))
+    stored_assistant = _mapping((assistants or {}).get(str(request.get("assistantId"))))
+    number = _mapping((phone_numbers or {}).get(str(request.get("phoneNumberId"))))
     url: str | None = None
     headers: dict[str, str] = {}
     timeout = DEFAULT_SERVER_TIMEOUT_SECONDS
-    if isinstance(server.get("url"), str):
-        url = server["url"]
-        headers = {str(k): str(v) for k, v in _mapping(server.get("headers")).items()}
-        if isinstance(server.get("timeoutSeconds"), int | float):
-            timeout = float(server["timeoutSeconds"])
-    else:
-        legacy = overrides if isinstance(overrides.get("serverUrl"), str) else assistant
-        if isinstance(legacy.get("serverUrl"), str):
-            url = legacy["serverUrl"]
-            if isinstance(legacy.get("serverUrlSecret"), str):
-                headers = {"X-Vapi-Secret": legacy["serverUrlSecret"]}
-        elif server_url is not None:
-            url = server_url
-            if secret is not None:
-                headers = {"X-Vapi-Secret": secret}
-    listed = overrides.get("serverMessages", assistant.get("serverMessages"))
+    legacy = overrides if isinstance(overrides.get("serverUrl"), str) else assistant
+    found = _server_delivery(_mapping(overrides.get("server"))) or _server_delivery(_mapping(assistant.get("server")))
+    if found is None and isinstance(legacy.get("serverUrl"), str):
+        secret_headers = (
+            {"X-Vapi-Secret": legacy["serverUrlSecret"]} if isinstance(legacy.get("serverUrlSecret"), str) else {}
+        )
+        found = legacy["serverUrl"], secret_headers, timeout
+    found = (
+        found
+        or _server_delivery(_mapping(stored_assistant.get("server")))
+        or _server_delivery(_mapping(number.get("server")))
+    )
+    if found is not None:
+        url, headers, timeout = found
+    elif server_url is not None:
+        url = server_url
+        if secret is not None:
+            headers = {"X-Vapi-Secret": secret}
+    listed = overrides.get("serverMessages", assistant.get("serverMessages", stored_assistant.get("serverMessages")))
     subscription = frozenset(str(item) for item in listed) if isinstance(listed, list) else DEFAULT_SERVER_MESSAGES
     return Delivery(url=url, headers=headers, timeout=timeout, subscription=subscription)
 
@@ -228,6 +258,7 @@ class SimCall:
     messages: list[dict[str, Any]] = field(default_factory=list)
     openai_messages: list[dict[str, Any]] = field(default_factory=list)
     connections: set[ListenConnection] = field(default_factory=set)
+    inbound: bool = False
 
     def __post_init__(self) -> None:
         self.tag = call_tag(self.id)
@@ -245,10 +276,13 @@ class SimCall:
         http_base: str,
         ws_base: str,
         frames: FrameSource,
+        call_id: str | None = None,
+        inbound: bool = False,
     ) -> SimCall:
-        """A new queued call for a create-call request."""
+        """A new queued call for a create-call request (or an inbound call, answered by its server)."""
         return cls(
-            id=str(uuid.uuid4()),
+            id=call_id or str(uuid.uuid4()),
+            inbound=inbound,
             org_id=org_id,
             request=request,
             script=script,
@@ -315,6 +349,10 @@ class SimCall:
             "provider": "twilio",
             "number": "+15550100000",
             "twilioAccountSid": TWILIO_ACCOUNT_SID,
+            # Vapi's status updates may carry the number's Twilio credentials (TwilioPhoneNumber).
+            "twilioAuthToken": TWILIO_AUTH_TOKEN,
+            "twilioApiKey": "SK" + "a1" * 16,
+            "twilioApiSecret": "sim-twilio-api-secret",
             "name": "Switchboard simulator",
             "status": "active",
             "createdAt": iso(self.created_at),
@@ -348,6 +386,11 @@ class SimCall:
             "messages": [dict(m) for m in self.messages],
             "messagesOpenAIFormatted": [dict(m) for m in self.openai_messages],
             "transcript": self.transcript_text(),
+            # Stable recording URLs (Artifact.recordingUrl, stereoRecordingUrl, pcapUrl); the presigned
+            # ones are added per delivery (webhooks.with_fresh_presigned_urls).
+            "recordingUrl": f"{RECORDINGS_BASE}/{self.id}-mono.wav",
+            "stereoRecordingUrl": f"{RECORDINGS_BASE}/{self.id}-stereo.wav",
+            "pcapUrl": f"{RECORDINGS_BASE}/{self.id}.pcap",
         }
 
     def to_vapi(self) -> dict[str, Any]:
@@ -357,7 +400,7 @@ class SimCall:
             "orgId": self.org_id,
             "createdAt": iso(self.created_at),
             "updatedAt": iso(self.updated_at or self.created_at),
-            "type": "outboundPhoneCall",
+            "type": "inboundPhoneCall" if self.inbound else "outboundPhoneCall",
             "status": self.status,
             "cost": self.cost,
             "monitor": {"listenUrl": self.listen_url, "controlUrl": self.control_url},

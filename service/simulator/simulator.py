@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -13,13 +14,13 @@ import httpx
 import msgspec
 
 from service.simulator.audio import FrameSource
-from service.simulator.calls import SimCall, resolve_delivery
+from service.simulator.calls import Delivery, SimCall, now_utc, resolve_delivery
 from service.simulator.control import say_content, unwrap_control, validate_control
 from service.simulator.faults import ANY_CALL, ControlFault, ListenFault, RestFault, WebhookFault
 from service.simulator.lifecycle import END_CALL_REASON, CallRunner
 from service.simulator.log import ListenRecord, SimulatorLog
 from service.simulator.script import CallScript
-from service.simulator.webhooks import WebhookSender
+from service.simulator.webhooks import HmacSigning, WebhookSender
 from service.tasks import TaskOwner
 
 T = TypeVar("T")
@@ -54,6 +55,11 @@ class VapiSimulator:
         audio_seed: int = 0,
         strict_properties: bool = True,
         webhook_grace: float = 2.0,
+        hmac_signing: HmacSigning | None = None,
+        bracketed_types: bool = False,
+        assistants: dict[str, dict[str, Any]] | None = None,
+        phone_numbers: dict[str, dict[str, Any]] | None = None,
+        monitor_auth_required: bool = False,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be positive")
@@ -65,9 +71,21 @@ class VapiSimulator:
         self.script = script or CallScript()
         self.keep_audio = keep_audio
         self.hmac_secret = hmac_secret
+        self.hmac_signing = hmac_signing
+        self.bracketed_types = bracketed_types
+        self.monitor_auth_required = monitor_auth_required
+        """Every listen and control request needs the public key, whatever the call's monitor plan
+        says (a plan set on the assistant or in the dashboard, which the call object does not show)."""
+        self.assistants: dict[str, dict[str, Any]] = dict(assistants or {})
+        """Stored assistants by id (``GET /assistant/{id}``): their ``server`` and ``serverMessages``
+        decide where a call's messages go, as Vapi's do."""
+        self.phone_numbers: dict[str, dict[str, Any]] = dict(phone_numbers or {})
+        """Stored phone numbers by id (``GET /phone-number/{id}``): their ``server`` gets the messages
+        of calls whose assistant has none, and an inbound call's ``assistant-request``."""
         self.base_url = base_url.rstrip("/") if base_url else None
         """Base URL (``http://host:port``) that monitor URLs are built from; set by ``SimulatorServer``."""
         self.org_id = org_id or str(uuid.uuid4())
+        self.started_at = now_utc()
         self.strict_properties = strict_properties
         self.webhook_grace = webhook_grace
         self.calls: dict[str, SimCall] = {}
@@ -144,28 +162,24 @@ class VapiSimulator:
 
     # -- calls ---------------------------------------------------------------------------------------
 
-    def place_call(self, request: dict[str, Any], *, base_url: str | None = None) -> SimCall:
+    def place_call(
+        self, request: dict[str, Any], *, base_url: str | None = None, call_id: str | None = None, inbound: bool = False
+    ) -> SimCall:
         """Create a call for a (validated) create-call body and start its lifecycle."""
         if self._closing:
             raise RuntimeError("simulator is shutting down")
-        base = self.base_url or (base_url or "http://127.0.0.1").rstrip("/")
         call = SimCall.create(
             request,
             org_id=self.org_id,
             script=self.script,
-            delivery=resolve_delivery(request, server_url=self.server_url, secret=self.secret),
-            http_base=base,
-            ws_base="ws" + base.removeprefix("http"),
+            delivery=self._delivery(request),
+            http_base=self._base(base_url),
+            ws_base="ws" + self._base(base_url).removeprefix("http"),
             frames=self._frames,
+            call_id=call_id,
+            inbound=inbound,
         )
-        sender = WebhookSender(
-            call,
-            client=self._http_client,
-            log=self.log,
-            fault_for=self._webhook_fault,
-            hmac_secret=self.hmac_secret,
-            on_logged=self.notify,
-        )
+        sender = self._sender(call)
         runner = CallRunner(self, call, sender)
         self.calls[call.id] = call
         self._senders[call.id] = sender
@@ -175,6 +189,72 @@ class VapiSimulator:
         self.log.add("call", call.id, event="status", status=call.status, endedReason=None)
         self.notify()
         return call
+
+    def _base(self, base_url: str | None) -> str:
+        return self.base_url or (base_url or "http://127.0.0.1").rstrip("/")
+
+    def _delivery(self, request: Mapping[str, Any]) -> Delivery:
+        return resolve_delivery(
+            request,
+            server_url=self.server_url,
+            secret=self.secret,
+            assistants=self.assistants,
+            phone_numbers=self.phone_numbers,
+        )
+
+    def _sender(self, call: SimCall) -> WebhookSender:
+        return WebhookSender(
+            call,
+            client=self._http_client,
+            log=self.log,
+            fault_for=self._webhook_fault,
+            hmac_secret=self.hmac_secret,
+            on_logged=self.notify,
+            hmac_signing=self.hmac_signing,
+            bracketed_types=self.bracketed_types,
+        )
+
+    async def inbound_call(
+        self, phone_number_id: str, customer: dict[str, Any], *, base_url: str | None = None
+    ) -> tuple[SimCall | None, dict[str, Any]]:
+        """A customer calls ``phone_number_id``: Vapi asks the number's server (else the org's) which
+        assistant answers with an ``assistant-request`` (ServerMessageAssistantRequest), waits for the
+        answer (ServerMessageResponseAssistantRequest), then runs the call with it. Returns the call
+        (None when the answer started none) and the request's log entry."""
+        call_id = str(uuid.uuid4())
+        request = {"phoneNumberId": phone_number_id, "customer": customer}
+        asking = SimCall.create(
+            request,
+            org_id=self.org_id,
+            script=self.script,
+            delivery=self._delivery(request),
+            http_base=self._base(base_url),
+            ws_base="ws" + self._base(base_url).removeprefix("http"),
+            frames=self._frames,
+            call_id=call_id,
+            inbound=True,
+        )
+        asking.status = "ringing"
+        # Always sent: an assistant-request is not part of any subscription.
+        asking.delivery = replace(asking.delivery, subscription=asking.delivery.subscription | {"assistant-request"})
+        entry = await self._sender(asking).request("assistant-request")
+        assert entry is not None
+        answer = entry["answer"] if entry["delivered"] else None
+        if not isinstance(answer, dict) or not (answer.get("assistantId") or answer.get("assistant")):
+            return None, entry
+        for key in ("assistantId", "assistant", "assistantOverrides"):
+            if answer.get(key) is not None:
+                request[key] = answer[key]
+        return self.place_call(request, base_url=base_url, call_id=call_id, inbound=True), entry
+
+    async def request(self, call_id: str, message_type: str, **fields: Any) -> dict[str, Any] | None:
+        """Send a request message (``tool-calls``, ``transfer-destination-request``…) for a live call
+        and wait for its answer; the log entry (``status``, ``answer``), None if not subscribed."""
+        return await self._senders[call_id].request(message_type, **fields)
+
+    async def redeliver(self, call_id: str, message_type: str) -> dict[str, Any] | None:
+        """Deliver the call's last ``message_type`` message again (a backoff plan retry)."""
+        return await self._senders[call_id].redeliver(message_type)
 
     def end_call(self, call_id: str, reason: str = END_CALL_REASON) -> None:
         """End a live call now with ``reason``."""
@@ -210,7 +290,7 @@ class VapiSimulator:
         call = self.calls.get(call_id)
         if call is None or call.ended:
             return 404, vapi_error(404, "Call not found or already ended.")
-        if call.control_auth and not self._public_key_ok(authorization):
+        if (call.control_auth or self.monitor_auth_required) and not self._public_key_ok(authorization):
             return 401, vapi_error(401, "Invalid Key. Control requires the public key.")
         message = unwrap_control(parsed)
         if parsed is None:
@@ -276,7 +356,7 @@ class VapiSimulator:
                 return fault.refuse_status, "injected fault"
             if asyncio.get_running_loop().time() < fault.refuse_until:
                 return fault.refuse_status, "injected fault"
-        if call.listen_auth and not self._public_key_ok(authorization):
+        if (call.listen_auth or self.monitor_auth_required) and not self._public_key_ok(authorization):
             return 401, "listen requires the public key"
         return None
 

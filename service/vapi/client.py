@@ -107,11 +107,34 @@ class VapiClient:
             raise
         return True
 
+    async def get_assistant(self, assistant_id: str) -> dict[str, Any]:
+        """``GET /assistant/{id}``: the assistant, with its ``server`` and ``serverMessages``."""
+        return await self._request("GET", f"/assistant/{quote(assistant_id, safe='')}")
+
+    async def get_phone_number(self, phone_number_id: str) -> dict[str, Any]:
+        """``GET /phone-number/{id}``: the phone number, with its ``server``."""
+        return await self._request("GET", f"/phone-number/{quote(phone_number_id, safe='')}")
+
+    @property
+    def has_public_key(self) -> bool:
+        return self._public_key is not None
+
     async def send_control(self, control_url: str, message: dict[str, Any], *, authenticated: bool) -> None:
-        """POST one control message to a live call. Any 2xx is acceptance (the body is undocumented)."""
+        """POST one control message to a live call. Any 2xx is acceptance (the body is undocumented).
+
+        A 401 without the public key is retried once with it: the call's monitor plan may require it
+        although Switchboard never saw that plan (set on the assistant, or by a dashboard)."""
+        response = await self._post_control(control_url, message, authenticated=authenticated)
+        if response.status_code == 401 and not authenticated and self._public_key:
+            response = await self._post_control(control_url, message, authenticated=True)
+        if not response.is_success:
+            kind = message.get("type", "?")
+            raise UpstreamError(f"control {kind!r} refused with {response.status_code}: {_vapi_message(response)}")
+
+    async def _post_control(self, control_url: str, message: dict[str, Any], *, authenticated: bool) -> httpx.Response:
         kind = message.get("type", "?")
         try:
-            response = await self._http.post(
+            return await self._http.post(
                 control_url,
                 json=message,
                 headers=self.monitor_headers(authenticated=authenticated),
@@ -123,5 +146,3 @@ class VapiClient:
             raise UpstreamTimeoutError(f"control {kind!r}: no answer within {self._timeout:g} s") from None
         except httpx.TransportError as exc:
             raise UpstreamError(f"control {kind!r}: {type(exc).__name__}") from None
-        if not response.is_success:
-            raise UpstreamError(f"control {kind!r} refused with {response.status_code}: {_vapi_message(response)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
 
@@ -34,11 +34,16 @@ class VapiWebhookController(Controller):
         security=[{"vapiSecret": []}],
         description=(
             "Vapi's server URL. Authenticated by the shared secret header and/or an HMAC signature "
-            "(x-signature, x-timestamp). A message delivered twice (same raw body) is stored once."
+            "(x-signature, x-timestamp; algorithm, encoding, headers and payload configurable). A message "
+            "delivered twice (same call, type, timestamp, status, role, turn) is stored once. A message that "
+            "needs an answer (tool-calls, assistant-request, transfer-destination-request, …) is answered "
+            "with the call's upstream's status and body, or an error in the message's own answer shape."
         ),
     )
-    async def receive(self, request: Request[Any, Any, Any], webhooks: Webhooks) -> WebhookAck:
+    async def receive(self, request: Request[Any, Any, Any], webhooks: Webhooks) -> WebhookAck | Response[bytes]:
         # One dependency on purpose: Litestar resolves several concurrently in a task group, which
         # costs more than the rest of this hot path.
         result = await webhooks.receive(request.headers, await request.body())
+        if (answer := result.answer) is not None:
+            return Response(content=answer.body, status_code=answer.status, media_type=answer.media_type)
         return WebhookAck(stored=result.stored, seq=result.seq, duplicate=result.duplicate)

@@ -8,7 +8,7 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -18,14 +18,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls.changes import CallChange
+from service.calls.events import NewEvent
 from service.calls.tracking import apply_message, parse_timestamp
 from service.calls.writer import CallWriter
-from service.db.models import CallEvent
+from service.db.models import Call, CallEvent
 from service.errors import AuthenticationError, DomainError, ServiceUnavailableError
 from service.metrics import Metrics
 from service.settings import Settings
 from service.tasks import TaskOwner
-from service.webhooks.verify import authenticated
+from service.vapi.messages import REQUEST_TYPES, base_type
+from service.webhooks.relay import Relay, RelayedAnswer
+from service.webhooks.verify import DEFAULT_HMAC, HmacScheme, authenticated
 
 log = structlog.get_logger(__name__)
 
@@ -45,12 +48,24 @@ class IngestResult:
     call_id: str | None
     seq: int | None = None
     duplicate: bool = False
+    answer: RelayedAnswer | None = None  # a request message's answer (see ``relay``)
 
 
-def dedupe_key(raw: bytes) -> str:
-    """Duplicate deliveries of one server message (a retry by Vapi's backoff plan, a proxy replay)
-    carry the same bytes; every distinct message differs at least in its ``timestamp``."""
-    return hashlib.sha256(raw).hexdigest()[:32]
+# The fields that tell one server message from another of the same call and type (contract §9).
+IDENTITY_FIELDS = ("status", "role", "turn", "transcriptType")
+
+
+def dedupe_key(message: Mapping[str, Any], raw: bytes) -> str:
+    """The identity of a server message, for duplicate deliveries (a retry by Vapi's backoff plan, a
+    proxy replay). Not its bytes: Vapi regenerates presigned artifact URLs on every delivery. The call
+    id, type and ``timestamp`` (with status, role, turn and transcript type where present) tell every
+    distinct message apart; without a timestamp, the bytes are all there is."""
+    if message.get("timestamp") is None:
+        return hashlib.sha256(raw).hexdigest()[:32]
+    call = message.get("call") or {}
+    identity = [call.get("id"), base_type(str(message.get("type"))), message.get("timestamp")]
+    identity += [message.get(name) for name in IDENTITY_FIELDS]
+    return "m" + hashlib.sha256(msgspec.json.encode(identity)).hexdigest()[:31]
 
 
 def parse_message(raw: bytes) -> dict[str, Any]:
@@ -77,6 +92,7 @@ class WebhookAuth:
     secret_header: str
     secret: str | None
     hmac_secret: str | None
+    hmac: HmacScheme = DEFAULT_HMAC
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookAuth:
@@ -84,6 +100,14 @@ class WebhookAuth:
             secret_header=settings.webhook_secret_header,
             secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
             hmac_secret=settings.webhook_hmac_secret.get_secret_value() if settings.webhook_hmac_secret else None,
+            hmac=HmacScheme(
+                algorithm=settings.webhook_hmac_algorithm,
+                encoding=settings.webhook_hmac_encoding,
+                signature_header=settings.webhook_hmac_signature_header,
+                timestamp_header=settings.webhook_hmac_timestamp_header,
+                prefix=settings.webhook_hmac_signature_prefix,
+                payload_format=settings.webhook_hmac_payload_format,
+            ),
         )
 
 
@@ -96,6 +120,8 @@ class _Received:
     at: dt.datetime | None
     key: str
     done: asyncio.Future[IngestResult]
+    raw: bytes | None = None
+    answer: RelayedAnswer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +145,18 @@ class WebhookService:
     so a bad message fails alone.
     """
 
-    def __init__(self, calls: CallWriter, metrics: Metrics, *, auth: WebhookAuth) -> None:
+    def __init__(
+        self,
+        calls: CallWriter,
+        metrics: Metrics,
+        *,
+        auth: WebhookAuth,
+        relay: Relay | None = None,
+        inbound_upstream: dict[str, Any] | None = None,
+    ) -> None:
         self._auth = auth
+        self._relay = relay  # answers the messages that need an answer (none: they are only stored)
+        self._inbound_upstream = inbound_upstream  # a call first seen here forwards to it
         self._calls = calls
         self._metrics = metrics
         self._queue: asyncio.Queue[_Received] = asyncio.Queue(QUEUE_LIMIT)
@@ -151,6 +187,7 @@ class WebhookService:
             secret_header=auth.secret_header,
             secret=auth.secret,
             hmac_secret=auth.hmac_secret,
+            scheme=auth.hmac,
             now=time.time(),
         ):
             raise AuthenticationError("missing or wrong webhook secret or signature")
@@ -160,18 +197,21 @@ class WebhookService:
         message = parse_message(raw)
         kind: str = message["type"]
         self._metrics.webhooks.labels(type=kind).inc()
+        answer = None
+        if self._relay is not None and base_type(kind) in REQUEST_TYPES:
+            answer = await self._relay.answer(message, raw)
         vapi_call: dict[str, Any] | None = message.get("call")
         if vapi_call is None:
             # Messages not tied to a call (rare: phone-number level requests) have no timeline.
-            log.info("webhook without a call ignored", type=kind)
-            return IngestResult(stored=False, call_id=None)
+            log.info("webhook without a call not stored", type=kind)
+            return IngestResult(stored=False, call_id=None, answer=answer)
         if not self._accepting:
             raise ServiceUnavailableError("the service is not running its webhook writer (starting or stopping)")
         done: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(
-            _Received(message, vapi_call, parse_timestamp(message.get("timestamp")), dedupe_key(raw), done)
-        )
-        return await done
+        at = parse_timestamp(message.get("timestamp"))
+        await self._queue.put(_Received(message, vapi_call, at, dedupe_key(message, raw), done, raw, answer))
+        result = await done
+        return result if answer is None else replace(result, answer=answer)
 
     async def _write_batches(self) -> None:
         while True:
@@ -229,9 +269,22 @@ class WebhookService:
                     continue
                 stored[(call.id, item.key)] = 0
                 before = unit.status_before(call)
-                events = apply_message(call, item.message, item.vapi_call, item.at, item.key)
+                events = apply_message(call, item.message, item.vapi_call, item.at, item.key, original=item.raw)
+                self._note_upstream(call, item, created=unit.created(call))
+                if item.answer is not None:  # stored with the question; never forwarded again
+                    events.insert(1, NewEvent("switchboard", "upstream.answered", item.answer.record, item.at))
                 outcomes.append(unit.record(call, events, origin="webhook", previous_status=before))
         return [outcome if isinstance(outcome, _Applied) else _stored(unit.changes[outcome]) for outcome in outcomes]
+
+    def _note_upstream(self, call: Call, item: _Received, *, created: bool) -> None:
+        """A call first seen through a webhook (inbound, or placed elsewhere) forwards to the upstream
+        its assistant-request answer named, else to the org-wide one."""
+        if call.upstream is not None:
+            return
+        if item.answer is not None and item.answer.upstream is not None:
+            call.upstream = item.answer.upstream
+        elif created and self._inbound_upstream is not None:
+            call.upstream = dict(self._inbound_upstream)
 
     @staticmethod
     def _after_commit(applied: _Applied) -> None:

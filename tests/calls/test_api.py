@@ -35,6 +35,9 @@ class FakeVapi:
         )
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.startswith(("/assistant/", "/phone-number/")):
+            # Upstream resolution reads the assistant and number: these have no server of their own.
+            return httpx.Response(404, json={"message": "Couldn't Find Assistant"})
         self.requests.append(request)
         return self.answer(request)
 

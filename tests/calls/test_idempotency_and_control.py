@@ -27,6 +27,8 @@ class SlowVapi:
         self.control_status = 200
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.startswith(("/assistant/", "/phone-number/")):
+            return httpx.Response(404, json={"message": "Couldn't Find Assistant"})  # no server of their own
         self.requests.append(request)
         await asyncio.sleep(self.delay)
         if request.url.path.endswith("/control"):

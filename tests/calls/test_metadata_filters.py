@@ -28,6 +28,8 @@ class Vapi:
         self.imported: dict[str, dict[str, Any]] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.startswith(("/assistant/", "/phone-number/")):
+            return httpx.Response(404, json={"message": "Couldn't Find Assistant"})  # no server of their own
         if request.method == "GET":
             call_id = request.url.path.rsplit("/", 1)[-1]
             return httpx.Response(200, json={"id": call_id, "status": "in-progress", **self.imported[call_id]})

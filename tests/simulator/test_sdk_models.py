@@ -78,6 +78,11 @@ def sdk() -> SimpleNamespace:
         "ClientInboundMessageAppendContextKind",
         "OpenAiMessageRole",
         "AssistantOverridesServerMessagesItem",
+        "ServerMessageToolCalls",
+        "ServerMessageAssistantRequest",
+        "ServerMessageResponseToolCalls",
+        "ServerMessageResponseAssistantRequest",
+        "Assistant",
     ]
     namespace = SimpleNamespace(**{name: getattr(vapi_types, name) for name in names})
     namespace.control_union = pydantic.TypeAdapter(vapi_types.ClientInboundMessageMessage)
@@ -293,3 +298,37 @@ def test_control_messages_are_stricter_than_the_sdk(message: dict[str, Any], fie
     with pytest.raises(ControlError) as refused:
         parse_control(message)
     assert refused.value.field == field
+
+
+async def test_request_messages_and_their_answers_validate(
+    sdk: SimpleNamespace, simulator: SimulatorServer, vapi: httpx.AsyncClient, receiver: WebhookReceiver
+) -> None:
+    """What the tap relays and answers: a tool call and an inbound assistant-request as the simulator
+    sends them, the error answers Switchboard gives without an upstream, and a stored assistant."""
+    from service.vapi.messages import error_answer
+
+    sim = simulator.sim
+    created = await place_call(vapi, with_overrides(serverMessages=["tool-calls", "status-update"]))
+    await sim.wait_for_status(created["id"], "in-progress")
+    tool_call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}}
+    entry = await sim.request(created["id"], "tool-calls", toolCallList=[tool_call])
+    assert entry is not None
+    message = sdk.ServerMessageToolCalls.model_validate(entry["body"]["message"])
+    assert message.tool_call_list[0].id == "call_1"
+    answer = sdk.ServerMessageResponseToolCalls.model_validate(error_answer(entry["body"]["message"], "down"))
+    assert answer.results is not None
+    assert answer.results[0].tool_call_id == "call_1"
+    assert answer.results[0].error == "down"
+    sim.end_call(created["id"])
+
+    call, asked = await sim.inbound_call("pn-1", {"number": "+14155550100"})
+    assert call is None, "the receiver answered no assistant"
+    request = sdk.ServerMessageAssistantRequest.model_validate(asked["body"]["message"])
+    assert request.call is not None
+    assert request.call.type == "inboundPhoneCall"
+    sdk.ServerMessageResponseAssistantRequest.model_validate(error_answer(asked["body"]["message"], "no upstream"))
+
+    sim.assistants["asst-1"] = {"name": "Support", "server": {"url": "https://crm.example.com/vapi"}}
+    stored = (await vapi.get("/assistant/asst-1")).json()
+    assert sdk.Assistant.model_validate(stored).server.url == "https://crm.example.com/vapi"
+    assert (await vapi.get("/assistant/nope")).status_code == 404

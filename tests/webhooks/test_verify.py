@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from service.webhooks.verify import authenticated, hmac_ok, hmac_signature, secret_header_ok
+from service.webhooks.verify import (
+    HmacScheme,
+    authenticated,
+    hmac_ok,
+    hmac_signature,
+    secret_header_ok,
+    timestamp_seconds,
+)
 from tests.harness import app_client, build_app
 
 HMAC_SECRET = "hmac-test-secret"
@@ -76,3 +83,40 @@ async def test_hmac_webhooks_are_accepted_fresh_and_refused_old(hmac_client: Asy
     assert old.headers["content-type"].startswith("application/problem+json")
     forged = await hmac_client.post("/webhooks/vapi", content=raw, headers=signed(raw, int(time.time()), "guess"))
     assert forged.status_code == 401
+
+
+def test_a_bearer_prefixed_secret_is_accepted() -> None:
+    """Vapi's Bearer credential with ``bearerPrefixEnabled`` sends ``Authorization: Bearer <token>``."""
+    headers = {"authorization": "Bearer abc"}
+    assert secret_header_ok(headers, header="Authorization", secret="abc")
+    assert not secret_header_ok({"authorization": "Bearer abcd"}, header="Authorization", secret="abc")
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512", "sha1"])
+@pytest.mark.parametrize("encoding", ["hex", "base64"])
+@pytest.mark.parametrize("payload_format", ["{timestamp}.{body}", "{body}"])
+def test_every_hmac_variant_round_trips_and_refuses_tampering(
+    algorithm: Literal["sha256", "sha512", "sha1"],
+    encoding: Literal["hex", "base64"],
+    payload_format: Literal["{timestamp}.{body}", "{body}"],
+) -> None:
+    scheme = HmacScheme(algorithm, encoding, "x-sig", "x-ts", "v1=", payload_format)
+    raw = b'{"message":{"type":"status-update"}}'
+    for timestamp in (str(NOW), str(NOW * 1000)):  # seconds and milliseconds
+        signature = hmac_signature(raw, timestamp=timestamp, secret=HMAC_SECRET, scheme=scheme)
+        assert signature.startswith("v1=")
+        headers = {"x-ts": timestamp, "x-sig": signature}
+        assert hmac_ok(headers, raw, secret=HMAC_SECRET, now=NOW + 10, scheme=scheme)
+        assert not hmac_ok(headers, raw + b" ", secret=HMAC_SECRET, now=NOW + 10, scheme=scheme)
+        assert not hmac_ok(headers, raw, secret="other", now=NOW + 10, scheme=scheme)
+    stale = {
+        "x-ts": str(NOW - 301),
+        "x-sig": hmac_signature(raw, timestamp=str(NOW - 301), secret=HMAC_SECRET, scheme=scheme),
+    }
+    assert not hmac_ok(stale, raw, secret=HMAC_SECRET, now=NOW, scheme=scheme), "±300 s, in either unit"
+
+
+def test_timestamps_in_seconds_and_milliseconds_are_told_apart_by_size() -> None:
+    assert timestamp_seconds(str(NOW)) == NOW
+    assert timestamp_seconds(str(NOW * 1000)) == NOW
+    assert timestamp_seconds("soon") is None

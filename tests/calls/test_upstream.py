@@ -1,0 +1,101 @@
+"""Upstream resolution (contract section 9), against a fake Vapi REST API at the transport level."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from service.calls.upstream import UpstreamResolver, request_headers
+from service.settings import Settings
+from service.vapi.client import VapiClient
+
+CRM = {"url": "https://crm.example.com/vapi", "headers": {"X-Crm": "1"}, "secret": "legacy"}
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def resolver(objects: dict[str, dict[str, Any]], seen: list[str], **settings: Any) -> tuple[UpstreamResolver, Clock]:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        found = objects.get(request.url.path)
+        return httpx.Response(200, json=found) if found is not None else httpx.Response(404, json={"message": "no"})
+
+    vapi = VapiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(answer)),
+        base_url="https://vapi.test",
+        api_key="k",
+        public_key=None,
+        timeout=1,
+    )
+    clock = Clock()
+    return UpstreamResolver(vapi, Settings(_env_file=None, **settings), clock), clock
+
+
+async def test_first_found_wins_call_assistant_number_default() -> None:
+    objects = {
+        "/assistant/a1": {"id": "a1", "server": {"url": "https://assistant/x"}, "serverMessages": ["tool-calls"]},
+        "/phone-number/p1": {"id": "p1", "server": {"url": "https://number/x"}},
+    }
+    seen: list[str] = []
+    upstreams, _ = resolver(objects, seen, forward_url="https://org.example.com/hook", forward_headers={"X-Org": "o"})
+    by_call = await upstreams.for_outbound({"server": CRM}, assistant_id="a1", phone_number_id="p1")
+    assert by_call is not None
+    assert (by_call["url"], by_call["source"], by_call["serverMessages"]) == (CRM["url"], "call", ["tool-calls"])
+    by_assistant = await upstreams.for_outbound({}, assistant_id="a1", phone_number_id="p1")
+    assert by_assistant is not None
+    assert (by_assistant["url"], by_assistant["source"]) == ("https://assistant/x", "assistant")
+    by_number = await upstreams.for_outbound({"serverMessages": ["hang"]}, assistant_id="a2", phone_number_id="p1")
+    assert by_number == {"url": "https://number/x", "source": "phone-number", "headers": {}, "serverMessages": ["hang"]}
+    by_default = await upstreams.for_outbound({}, assistant_id="a2", phone_number_id="p2")
+    assert by_default == {"url": "https://org.example.com/hook", "source": "default", "headers": {"X-Org": "o"}}
+
+
+async def test_assistants_are_cached_briefly() -> None:
+    seen: list[str] = []
+    upstreams, clock = resolver({"/assistant/a1": {"server": {"url": "https://a/x"}}}, seen, upstream_cache_seconds=60)
+    for _ in range(3):
+        await upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None)
+    assert seen == ["/assistant/a1"]
+    clock.now = 61
+    await upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None)
+    assert seen == ["/assistant/a1", "/assistant/a1"]
+
+
+async def test_no_upstream_anywhere_is_none() -> None:
+    upstreams, _ = resolver({}, [])
+    assert await upstreams.for_outbound({}, assistant_id="a1", phone_number_id="p1") is None
+
+
+def test_headers_are_sent_as_vapi_sends_them() -> None:
+    upstream = {"url": CRM["url"], "headers": CRM["headers"], "secret": "legacy", "source": "call"}
+    assert request_headers(upstream) == {"Content-Type": "application/json", "X-Crm": "1", "X-Vapi-Secret": "legacy"}
+
+
+async def test_a_control_request_refused_with_401_is_retried_with_the_public_key() -> None:
+    sent: list[str | None] = []
+
+    def control(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("authorization"))
+        return httpx.Response(200 if request.headers.get("authorization") == "Bearer pub" else 401, json={})
+
+    vapi = VapiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(control)),
+        base_url="https://vapi.test",
+        api_key="k",
+        public_key="pub",
+        timeout=1,
+    )
+    await vapi.send_control("https://c.test/control", {"type": "say", "content": "hi"}, authenticated=False)
+    assert sent == [None, "Bearer pub"]
+
+
+async def test_a_legacy_server_url_is_an_upstream_too() -> None:
+    upstreams, _ = resolver({"/assistant/a1": {"serverUrl": "https://old/x", "serverUrlSecret": "s"}}, [])
+    legacy = await upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None)
+    assert legacy == {"url": "https://old/x", "source": "assistant", "headers": {}, "secret": "s"}

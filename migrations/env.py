@@ -9,7 +9,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.db.models import metadata
+from service.db.models import described_by_models, metadata
 
 config = context.config
 
@@ -29,6 +29,7 @@ def _run(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=described_by_models,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -43,6 +43,8 @@ from service.rules.engine import RuleEngine  # rules
 from service.rules.files import load_rules_file  # rules
 from service.rules.schema import RuleSetError  # rules
 from service.rules.service import RuleService  # rules
+from service.search.controllers import SearchController  # search
+from service.search.service import SearchService  # search
 from service.settings import ConfigurationError, Settings
 from service.vapi.client import VapiClient
 from service.webhooks.controllers import VapiWebhookController
@@ -129,6 +131,7 @@ def create_app(
         policy=RetryPolicy.from_seconds(settings.webhook_retry_delays, settings.webhook_retry_max_age_seconds),
     )
     idempotency = IdempotencyService(db)
+    search = SearchService(db)  # search
     webhook_endpoints = WebhookEndpointService(db, allow_private=settings.webhook_allow_private)
 
     @asynccontextmanager
@@ -172,6 +175,7 @@ def create_app(
             RuleController,  # rules
             FiringController,  # rules
             live_listen,
+            SearchController,  # search
             *CONSOLE_API,  # console
         ],
     )
@@ -189,6 +193,7 @@ def create_app(
             "supervisor": _constant(supervisor),
             "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
             "rules": _constant(rules),  # rules
+            "search": _constant(search),  # search
         },
         state=State(
             {

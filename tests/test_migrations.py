@@ -15,7 +15,7 @@ from service.calls.metadata import index_rows
 from service.calls.service import CallFilters, CallService
 from service.db.engine import Database
 from service.db.migrate import alembic_config
-from service.db.models import Call, CallEvent, CallMetadata, metadata
+from service.db.models import Call, CallEvent, CallMetadata, described_by_models, metadata
 
 
 def _other_dialects_indexes(dialect: str) -> set[str | None]:
@@ -29,7 +29,7 @@ def _other_dialects_indexes(dialect: str) -> set[str | None]:
 
 
 def _compare(sync: Connection) -> list[Any]:
-    context = MigrationContext.configure(sync, opts={"compare_type": False})
+    context = MigrationContext.configure(sync, opts={"compare_type": False, "include_name": described_by_models})
     skip = _other_dialects_indexes(sync.dialect.name)
     return [
         diff

@@ -28,6 +28,7 @@ from service.calls.schemas import (
 from service.calls.service import CallFilters, CallService, metadata_filters
 from service.db.models import Call, CallEvent, Injection
 from service.idempotency.service import HEADER, IdempotencyService
+from service.search.query import QUERY_HELP, parse_query
 
 Calls = NamedDependency[CallService]
 Idempotency = NamedDependency[IdempotencyService]
@@ -175,9 +176,16 @@ class CallController(Controller):
         customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,
         created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
         created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
+        q: Annotated[str | None, QueryParameter(description=f"Calls where this was said. {QUERY_HELP}")] = None,
     ) -> CallPage:
         filters = CallFilters(
-            status, assistant_id, customer_number, created_after, created_before, metadata_filters(request.query_params)
+            status,
+            assistant_id,
+            customer_number,
+            created_after,
+            created_before,
+            metadata_filters(request.query_params),
+            saying=parse_query(q) if q is not None else None,
         )
         page, next_cursor = await calls.list_calls(filters, limit=limit, cursor=cursor)
         admin = current_principal(request).is_admin

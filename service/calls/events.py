@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import Call, CallEvent, utcnow
 from service.db.statements import table_of
+from service.search.index import index_utterances
+from service.vapi.messages import FINAL_TRANSCRIPTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,8 @@ class NewEvent:
     dedupe_key: str | None = None
 
 
+# A transcript's ``type``: Vapi may also send the qualified form of the subscription it matched.
+TRANSCRIPT_TYPES = frozenset({"transcript", FINAL_TRANSCRIPTS})
 _SPACES = re.compile(r"\s+")
 
 
@@ -42,7 +46,7 @@ def utterance_of(event: NewEvent) -> str | None:
 
 def utterance_key(kind: str, payload: Any) -> str | None:
     """:func:`utterance_of` an event of type ``kind`` with this payload (also for stored rows)."""
-    if kind != "transcript" or not isinstance(payload, dict) or payload.get("transcriptType") != "final":
+    if kind not in TRANSCRIPT_TYPES or not isinstance(payload, dict) or payload.get("transcriptType") != "final":
         return None
     role, text = payload.get("role"), payload.get("transcript")
     return transcript_key(role, text) if isinstance(role, str) and isinstance(text, str) else None
@@ -161,10 +165,13 @@ def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[
 
 
 async def insert_events(session: AsyncSession, events: Sequence[StoredEvent]) -> None:
-    """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path)."""
+    """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path); their
+    final transcripts go into the transcript search index in the same transaction."""
     if events:
         # On the transaction's connection: the session's execute adds ORM bookkeeping for nothing here.
-        await (await session.connection()).execute(_INSERT_EVENTS, [event.row() for event in events])
+        connection = await session.connection()
+        await connection.execute(_INSERT_EVENTS, [event.row() for event in events])
+        await index_utterances(connection, events)
 
 
 async def list_events(

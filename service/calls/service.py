@@ -32,6 +32,8 @@ from service.pagination import (
     encode_cursor,
     encode_newest_first,
 )
+from service.search.query import SearchQuery
+from service.search.sql import CallsSaying
 from service.settings import Settings
 from service.vapi.client import ControlNotDeliveredError, VapiClient
 from service.vapi.messages import FINAL_TRANSCRIPTS, SWITCHBOARD_SERVER_MESSAGES
@@ -88,6 +90,7 @@ class CallFilters:
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    saying: SearchQuery | None = None  # ?q=: calls with an utterance that matches (transcript search)
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""
@@ -132,6 +135,8 @@ class CallFilters:
             query = query.where(created_at < self.created_before)
         for key, value in metadata.items():
             query = query.where(metadata_matches(key, value, call_id))
+        if self.saying is not None:
+            query = query.where(CallsSaying(call_id, self.saying))
         return query
 
 

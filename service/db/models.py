@@ -159,6 +159,29 @@ class CallEvent(BigIntBase):
     )
 
 
+class TranscriptUtterance(BigIntBase):
+    """One final utterance of a call's transcript, stored once: the content of the transcript search index.
+
+    Written with its event (``service.search.index``). The webhook and the listen copy of an utterance
+    share ``(call_id, utterance, ordinal)``: the n-th identical utterance of either source, so the first
+    copy stored wins. The full-text index lives beside the table, per database (migration 0010): an FTS5
+    external-content table kept in sync by triggers on SQLite, a GIN expression index on PostgreSQL.
+    """
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)  # the event of the copy stored
+    utterance: Mapped[str] = mapped_column(String(64))  # ``calls.events.transcript_key``
+    ordinal: Mapped[int] = mapped_column(Integer)  # n-th identical utterance from the copy's source
+    role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("call_id", "utterance", "ordinal"),
+        Index("ix_transcript_utterance_call_id_seq", "call_id", "seq"),
+    )
+
+
 class Recording(TimestampedMixin, UUIDv7Base):
     """The call's audio: one per call, made of one segment per listen connection."""
 
@@ -329,3 +352,12 @@ class RuleFiring(TimestampedMixin, UUIDv7Base):
 
 
 metadata = DefaultBase.metadata
+
+# Schema objects the migrations create beside the models: the full-text index of transcript_utterance
+# (SQLite's FTS5 table and its shadow tables; PostgreSQL's GIN expression index).
+FULL_TEXT_OBJECTS = ("transcript_fts", "ix_transcript_utterance_search")
+
+
+def described_by_models(name: str | None, type_: str, _parents: object) -> bool:
+    """Alembic's ``include_name``: False for the full-text objects, which no model describes."""
+    return not (name or "").startswith(FULL_TEXT_OBJECTS)

@@ -1,0 +1,143 @@
+"""Transcript search: the utterances matching a query, best first, a page at a time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, select, tuple_
+
+from service.calls.service import metadata_matches
+from service.db.engine import Database
+from service.db.models import Call
+from service.db.statements import table_of
+from service.errors import InvalidInputError
+from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
+from service.search.query import SearchQuery, parse_query
+from service.search.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns
+
+_CALL = table_of(Call)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilters:
+    """What narrows a search besides its text (``GET /v1/search/transcripts``)."""
+
+    role: str | None = None
+    call_id: str | None = None
+    assistant_id: str | None = None
+    created_after: dt.datetime | None = None  # the call's creation
+    created_before: dt.datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        """The filters as WHERE clauses on a query that selects from ``transcript_utterance``."""
+        if self.role:
+            query = query.where(UTTERANCE.c.role == self.role)
+        if self.call_id:
+            query = query.where(UTTERANCE.c.call_id == self.call_id)
+        if self.assistant_id or self.created_after or self.created_before:
+            query = query.join(_CALL, _CALL.c.id == UTTERANCE.c.call_id)
+            if self.assistant_id:
+                query = query.where(_CALL.c.assistant_id == self.assistant_id)
+            if self.created_after:
+                query = query.where(_CALL.c.created_at >= self.created_after)
+            if self.created_before:
+                query = query.where(_CALL.c.created_at < self.created_before)
+        for key, value in self.metadata.items():
+            query = query.where(metadata_matches(key, value, UTTERANCE.c.call_id))
+        return query
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One matching utterance."""
+
+    call_id: str
+    seq: int
+    role: str
+    text: str
+    highlight: str  # the text, HTML-escaped, each match in <mark>…</mark>
+    occurred_at: dt.datetime
+    offset_seconds: float | None  # where it starts in the call's recording; None without one
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where a page ends: relevance, then recency, then the row id (unique) break ties."""
+
+    relevance: int
+    occurred_at: dt.datetime
+    row_id: int
+
+    def encode(self) -> str:
+        return encode_cursor(self.relevance, self.occurred_at.isoformat(), self.row_id)
+
+    @classmethod
+    def decode(cls, cursor: str) -> _Position:
+        parts = decode_cursor(cursor)
+        try:
+            relevance, occurred_at, row_id = parts
+            if not isinstance(relevance, int) or not isinstance(row_id, int):
+                raise TypeError
+            return cls(relevance, dt.datetime.fromisoformat(occurred_at), row_id)
+        except (TypeError, ValueError):
+            raise InvalidInputError(BAD_CURSOR) from None
+
+
+def highlighted(marked: str) -> str:
+    """The database's marked text as safe HTML: escaped, the markers turned into ``<mark>`` tags."""
+    return html.escape(marked, quote=False).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+
+
+class SearchService:
+    """Searches the transcript index (``service.search.index`` keeps it)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def statement(self, query: SearchQuery, filters: SearchFilters) -> Select[Any]:
+        """Every matching utterance with its relevance and highlight (a subquery to sort and page)."""
+        columns = SearchColumns(query, sqlite=self._db.is_sqlite)
+        matching = select(
+            UTTERANCE.c.id,
+            UTTERANCE.c.call_id,
+            UTTERANCE.c.seq,
+            UTTERANCE.c.role,
+            UTTERANCE.c.text,
+            UTTERANCE.c.occurred_at,
+            columns.relevance.label("relevance"),
+            columns.highlight.label("highlight"),
+        ).select_from(columns.source)
+        return filters.apply(matching.where(columns.matches))
+
+    async def search(
+        self, text: str, filters: SearchFilters, *, limit: int, cursor: str | None
+    ) -> tuple[list[Hit], str | None]:
+        """The utterances matching ``text`` (see ``service.search.query``), most relevant first, then
+        newest. Keyset pagination on (relevance, time, id): results inserted meanwhile never make a
+        later page skip or repeat one."""
+        query = parse_query(text)
+        found = self.statement(query, filters).subquery("found")
+        page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
+        if cursor:
+            after = _Position.decode(cursor)
+            page = page.where(
+                tuple_(found.c.relevance, found.c.occurred_at, found.c.id)
+                < (after.relevance, after.occurred_at, after.row_id)
+            )
+        async with self._db.read() as session:
+            rows = (await session.execute(page.limit(limit + 1))).all()
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            next_cursor = _Position(last.relevance, last.occurred_at, last.id).encode()
+        hits = [
+            Hit(row.call_id, row.seq, row.role, row.text, highlighted(row.highlight), row.occurred_at, None)
+            for row in rows
+        ]
+        return hits, next_cursor

@@ -19,9 +19,17 @@ from service.db.engine import Database
 from service.db.models import Call, Recording, RecordingSegment, utcnow
 from service.db.statements import insert_ignoring_conflicts, table_of
 from service.deliveries.outbox import enqueue
-from service.errors import InvalidInputError, NotFoundError
+from service.errors import DomainError, InvalidInputError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_newest_first, encode_newest_first
-from service.recordings.audio import SAMPLE_BYTES, Piece, SegmentExtent, stream_timeline, timeline, wav_header
+from service.recordings.audio import (
+    SAMPLE_BYTES,
+    Piece,
+    SegmentExtent,
+    stream_timeline,
+    stretch,
+    timeline,
+    wav_header,
+)
 from service.recordings.storage import RecordingStorage
 
 _RECORDING = table_of(Recording)
@@ -326,8 +334,11 @@ class RecordingService:
     async def pcm_download(self, call_id: str) -> Download:
         return pcm_download(await self.view(call_id), self._storage)
 
-    async def wav_download(self, call_id: str, *, channel: int | None) -> Download:
-        return wav_download(await self.view(call_id), self._storage, channel=channel)
+    async def wav_download(
+        self, call_id: str, *, channel: int | None, start: float | None = None, end: float | None = None
+    ) -> Download:
+        """The WAV download, or the stretch ``[start, end)`` seconds of it."""
+        return wav_download(await self.view(call_id), self._storage, channel=channel, start=start, end=end)
 
     async def view(self, call_id: str) -> RecordingView:
         """The call's recording, for downloads: 404 while nothing has been recorded."""
@@ -382,6 +393,26 @@ class Download:
                 yield chunk
 
 
+def _stretch_of(
+    pieces: list[Piece], sample_rate: int, block: int, start: float | None, end: float | None
+) -> list[Piece]:
+    total = sum(piece.length for piece in pieces)
+    first = round((start or 0.0) * sample_rate) * block
+    last = total if end is None else min(total, round(end * sample_rate) * block)
+    if end is not None and start is not None and end <= start:
+        raise InvalidInputError("end must be after start", start=start, end=end)
+    if first >= total:
+        duration = total / (sample_rate * block) if sample_rate else 0.0
+        raise StretchOutsideError(f"start {start:g} s is past the end of the recording ({duration:.3f} s)")
+    return stretch(pieces, first, last)
+
+
+class StretchOutsideError(DomainError):
+    status_code = 416
+    slug = "range-not-satisfiable"
+    title = "Range not satisfiable"
+
+
 def pcm_download(view: RecordingView, storage: RecordingStorage) -> Download:
     """Exactly the bytes received, in order, nothing added."""
     channels = view.recording.channels
@@ -389,11 +420,21 @@ def pcm_download(view: RecordingView, storage: RecordingStorage) -> Download:
     return Download(storage, b"", pieces, None, channels)
 
 
-def wav_download(view: RecordingView, storage: RecordingStorage, *, channel: int | None) -> Download:
-    """A WAV whose timeline matches the call: gaps filled with silence; optionally one channel."""
+def wav_download(
+    view: RecordingView,
+    storage: RecordingStorage,
+    *,
+    channel: int | None,
+    start: float | None = None,
+    end: float | None = None,
+) -> Download:
+    """A WAV whose timeline matches the call: gaps filled with silence; optionally one channel; optionally
+    only the seconds ``[start, end)`` of it (cut at whole samples; ``end`` past the end is the end)."""
     channels = view.recording.channels
     mono = channel is not None and channels > 1
     pieces = timeline(view.extents, channels=channels, fill_gaps=True, mono=mono)
+    if start is not None or end is not None:
+        pieces = _stretch_of(pieces, view.recording.sample_rate, (1 if mono else channels) * SAMPLE_BYTES, start, end)
     header = wav_header(
         sum(piece.length for piece in pieces),
         sample_rate=view.recording.sample_rate,

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Row, Select, and_, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls.service import metadata_matches
 from service.db.engine import Database
-from service.db.models import Call
+from service.db.models import Call, CallEvent, Recording, RecordingSegment
 from service.db.statements import table_of
 from service.errors import InvalidInputError
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
+from service.recordings.audio import SAMPLE_BYTES
+from service.search.offsets import SegmentClock, SpeechUpdate, recording_offset, speech_start
 from service.search.query import SearchQuery, parse_query
 from service.search.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns
 
 _CALL = table_of(Call)
+_EVENT = table_of(CallEvent)
+_RECORDING = table_of(Recording)
+_SEGMENT = table_of(RecordingSegment)
+# How far back before a transcript its speech start is looked for, in timeline events (the partial
+# transcripts and speech updates of both copies sit in between).
+SPEECH_WINDOW_EVENTS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +140,75 @@ class SearchService:
             )
         async with self._db.read() as session:
             rows = (await session.execute(page.limit(limit + 1))).all()
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            last = rows[-1]
-            next_cursor = _Position(last.relevance, last.occurred_at, last.id).encode()
+            next_cursor = None
+            if len(rows) > limit:
+                rows = rows[:limit]
+                last = rows[-1]
+                next_cursor = _Position(last.relevance, last.occurred_at, last.id).encode()
+            offsets = await _recording_offsets(session, rows)
         hits = [
-            Hit(row.call_id, row.seq, row.role, row.text, highlighted(row.highlight), row.occurred_at, None)
+            Hit(
+                row.call_id,
+                row.seq,
+                row.role,
+                row.text,
+                highlighted(row.highlight),
+                row.occurred_at,
+                offsets.get((row.call_id, row.seq)),
+            )
             for row in rows
         ]
         return hits, next_cursor
+
+
+async def _recording_offsets(session: AsyncSession, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], float | None]:
+    """Where each utterance of a page begins in its call's recording (two reads for the whole page)."""
+    if not rows:
+        return {}
+    call_ids = sorted({row.call_id for row in rows})
+    segments: dict[str, list[SegmentClock]] = {}
+    byte_rates: dict[str, int] = {}
+    answered: dict[str, dt.datetime | None] = {}
+    recorded = (
+        select(
+            _RECORDING.c.call_id,
+            _RECORDING.c.sample_rate,
+            _RECORDING.c.channels,
+            _CALL.c.started_at,
+            _SEGMENT.c.started_at,
+            _SEGMENT.c.bytes,
+            _SEGMENT.c.gap_before_bytes,
+        )
+        .join(_SEGMENT, _SEGMENT.c.recording_id == _RECORDING.c.id)
+        .join(_CALL, _CALL.c.id == _RECORDING.c.call_id)
+        .where(_RECORDING.c.call_id.in_(call_ids))
+        .order_by(_RECORDING.c.call_id, _SEGMENT.c.index)
+    )
+    for call_id, sample_rate, channels, answered_at, started_at, size, gap in await session.execute(recorded):
+        byte_rates[call_id], answered[call_id] = sample_rate * channels * SAMPLE_BYTES, answered_at
+        segments.setdefault(call_id, []).append(SegmentClock(started_at, size, gap))
+    with_audio = [row for row in rows if row.call_id in segments]
+    if not with_audio:
+        return {}
+    # The speech updates shortly before each utterance: one range of the (call_id, seq) key per hit.
+    windows = or_(
+        *(
+            and_(_EVENT.c.call_id == row.call_id, _EVENT.c.seq.between(row.seq - SPEECH_WINDOW_EVENTS, row.seq))
+            for row in with_audio
+        )
+    )
+    updates: dict[str, list[SpeechUpdate]] = {}
+    nearby = select(_EVENT.c.call_id, _EVENT.c.seq, _EVENT.c.occurred_at, _EVENT.c.payload).where(
+        _EVENT.c.type == "speech-update", windows
+    )
+    for call_id, seq, occurred_at, payload in await session.execute(nearby):
+        updates.setdefault(call_id, []).append(SpeechUpdate(seq, occurred_at, payload))
+    return {
+        (row.call_id, row.seq): recording_offset(
+            speech_start(row.role, row.seq, row.occurred_at, updates.get(row.call_id, ())),
+            segments[row.call_id],
+            byte_rate=byte_rates[row.call_id],
+            answered_at=answered[row.call_id],
+        )
+        for row in with_audio
+    }

@@ -15,6 +15,9 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from service import __version__
+from service.analytics.controllers import AnalyticsController  # analytics
+from service.analytics.service import AnalyticsService  # analytics
+from service.analytics.worker import AnalyticsWorker  # analytics
 from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
 from service.calls.controllers import CallController
@@ -132,6 +135,14 @@ def create_app(
     )
     idempotency = IdempotencyService(db)
     search = SearchService(db)  # search
+    analytics = AnalyticsWorker(  # analytics
+        db,
+        recordings,
+        storage,
+        metrics,
+        mode=settings.analytics_vad_mode,
+        poll_interval=settings.analytics_poll_seconds,
+    )
     webhook_endpoints = WebhookEndpointService(db, allow_private=settings.webhook_allow_private)
 
     @asynccontextmanager
@@ -146,6 +157,8 @@ def create_app(
         await webhooks.start()
         await supervisor.start()
         await deliveries.start()  # outbound webhooks
+        if settings.analytics_enabled:
+            await analytics.start()  # analytics
         log.info(
             "switchboard started",
             listen_sessions=supervisor.active,
@@ -158,6 +171,7 @@ def create_app(
             await supervisor.close(settings.shutdown_timeout_seconds)
             await rule_engine.close(settings.shutdown_timeout_seconds)  # rules
             await deliveries.close(settings.shutdown_timeout_seconds)  # outbound webhooks
+            await analytics.close(settings.shutdown_timeout_seconds)  # analytics
             if owns_http_client:
                 await http.aclose()
             await storage.close()
@@ -176,6 +190,7 @@ def create_app(
             FiringController,  # rules
             live_listen,
             SearchController,  # search
+            AnalyticsController,  # analytics
             *CONSOLE_API,  # console
         ],
     )
@@ -194,6 +209,7 @@ def create_app(
             "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
             "rules": _constant(rules),  # rules
             "search": _constant(search),  # search
+            "analytics": _constant(AnalyticsService(db)),  # analytics
         },
         state=State(
             {

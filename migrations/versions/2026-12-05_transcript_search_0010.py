@@ -1,4 +1,5 @@
 """transcript_utterance: every final utterance once, with a full-text index per database; backfilled.
+call_analytics: talk, silence, overlap and interruptions measured from each finalised recording.
 
 SQLite: an FTS5 external-content table ``transcript_fts`` (porter stemming, unicode61 without
 diacritics, prefix indexes for 2 and 3 characters) kept in sync by triggers. PostgreSQL: a text search
@@ -9,6 +10,9 @@ The backfill reads every transcript event in (call, seq) order and keeps the fir
 utterance (the n-th identical utterance of the webhooks is the n-th of the listen socket), as the
 service does when it stores events; final transcripts without an utterance key (the qualified type
 ``transcript[transcriptType="final"]``, and ended calls before 0008) get theirs.
+
+Every finalised recording gets a ``pending`` analytics row: the analytics worker measures them one by
+one after the upgrade.
 
 Revision ID: 0010
 Revises: 0008
@@ -26,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from advanced_alchemy.types import DateTimeUTC
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0010"
 down_revision: str | None = "0008"
@@ -35,6 +40,8 @@ depends_on: str | Sequence[str] | None = None
 BATCH = 2000  # events read at a time: memory stays flat on a big timeline table
 TRANSCRIPT_TYPES = ("transcript", 'transcript[transcriptType="final"]')
 _SPACES = re.compile(r"\s+")
+# JSON on SQLite, JSONB on PostgreSQL (what advanced-alchemy's JsonB type maps to).
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 SQLITE_FTS = (
     "CREATE VIRTUAL TABLE transcript_fts USING fts5(text, content='transcript_utterance', content_rowid='id', "
@@ -83,6 +90,44 @@ def upgrade() -> None:
         for statement in SQLITE_FTS:
             op.execute(statement)
     _backfill()
+    _call_analytics()
+
+
+def _call_analytics() -> None:
+    op.create_table(
+        "call_analytics",
+        sa.Column("call_id", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("customer_talk_seconds", sa.Float(), nullable=True),
+        sa.Column("customer_silence_seconds", sa.Float(), nullable=True),
+        sa.Column("assistant_talk_seconds", sa.Float(), nullable=True),
+        sa.Column("assistant_silence_seconds", sa.Float(), nullable=True),
+        sa.Column("overlap_seconds", sa.Float(), nullable=True),
+        sa.Column("longest_silence_seconds", sa.Float(), nullable=True),
+        sa.Column("customer_interruptions", sa.Integer(), nullable=True),
+        sa.Column("assistant_interruptions", sa.Integer(), nullable=True),
+        sa.Column("talk_ratio", sa.Float(), nullable=True),
+        sa.Column("analyzed_seconds", sa.Float(), nullable=True),
+        sa.Column("activity", JSON, nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("lease_until", DateTimeUTC(timezone=True), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("completed_at", DateTimeUTC(timezone=True), nullable=True),
+        sa.Column("created_at", DateTimeUTC(timezone=True), nullable=False),
+        sa.Column("updated_at", DateTimeUTC(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["call_id"], ["call.id"], name=op.f("fk_call_analytics_call_id_call"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("call_id", name=op.f("pk_call_analytics")),
+    )
+    op.create_index("ix_call_analytics_status_lease_until", "call_analytics", ["status", "lease_until"])
+    # The recordings finalised before this revision: measured by the worker after the upgrade. The
+    # timestamps are the recording's own (copied by the database, as the backfill above does).
+    op.execute(
+        "INSERT INTO call_analytics (call_id, status, activity, attempts, created_at, updated_at) "
+        "SELECT call_id, 'pending', '{}', 0, updated_at, updated_at FROM recording "
+        "WHERE status IN ('completed', 'partial')"
+    )
 
 
 def _postgresql_index() -> None:
@@ -157,6 +202,8 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_call_analytics_status_lease_until", table_name="call_analytics")
+    op.drop_table("call_analytics")
     if op.get_context().dialect.name == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_transcript_utterance_search")
         # unaccent stays: other databases objects may use it, and it costs nothing unused.

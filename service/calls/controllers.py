@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
+from service.analytics.schemas import analytics_out
 from service.auth import current_principal, scoped
 from service.calls.schemas import (
     CallCreate,
@@ -70,6 +71,7 @@ def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
         started_at=call.started_at,
         ended_at=call.ended_at,
         recording=recording,
+        analytics=analytics_out(call.analytics),
     )
 
 
@@ -177,6 +179,12 @@ class CallController(Controller):
         created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
         created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
         q: Annotated[str | None, QueryParameter(description=f"Calls where this was said. {QUERY_HELP}")] = None,
+        min_longest_silence_seconds: Annotated[
+            float | None, QueryParameter(name="minLongestSilenceSeconds", ge=0, description="Analysed calls only")
+        ] = None,
+        min_overlap_seconds: Annotated[
+            float | None, QueryParameter(name="minOverlapSeconds", ge=0, description="Analysed calls only")
+        ] = None,
     ) -> CallPage:
         filters = CallFilters(
             status,
@@ -186,6 +194,8 @@ class CallController(Controller):
             created_before,
             metadata_filters(request.query_params),
             saying=parse_query(q) if q is not None else None,
+            min_longest_silence_seconds=min_longest_silence_seconds,
+            min_overlap_seconds=min_overlap_seconds,
         )
         page, next_cursor = await calls.list_calls(filters, limit=limit, cursor=cursor)
         admin = current_principal(request).is_admin

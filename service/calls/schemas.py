@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from service.analytics.schemas import AnalyticsOut
+
 E164 = Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{6,14}$", examples=["+14155550123"])]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
@@ -61,6 +63,7 @@ class CallOut(msgspec.Struct, rename="camel"):
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
     recording: RecordingSummary | None
+    analytics: AnalyticsOut | None = None  # from the recording, once final (GET /v1/calls/{id}/analytics)
 
 
 class CallPage(msgspec.Struct, rename="camel"):

@@ -22,7 +22,7 @@ from service.calls.rows import CallRows
 from service.calls.schemas import CallCreate, ControlIn, SayIn
 from service.calls.tracking import announce_status, merge_vapi_call
 from service.db.engine import Database
-from service.db.models import Call, CallEvent, CallMetadata, Injection, utcnow
+from service.db.models import Call, CallAnalytics, CallEvent, CallMetadata, Injection, utcnow
 from service.deliveries.outbox import enqueue
 from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
 from service.pagination import (
@@ -91,6 +91,8 @@ class CallFilters:
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     saying: SearchQuery | None = None  # ?q=: calls with an utterance that matches (transcript search)
+    min_longest_silence_seconds: float | None = None  # analytics
+    min_overlap_seconds: float | None = None  # analytics
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""
@@ -137,6 +139,8 @@ class CallFilters:
             query = query.where(metadata_matches(key, value, call_id))
         if self.saying is not None:
             query = query.where(CallsSaying(call_id, self.saying))
+        if self.min_longest_silence_seconds is not None or self.min_overlap_seconds is not None:
+            query = query.where(analysed(call_id, self.min_longest_silence_seconds, self.min_overlap_seconds))
         return query
 
 
@@ -151,6 +155,16 @@ def _value_matches(row: type[CallMetadata], value: str) -> ColumnElement[bool]:
     if len(values) == 1:  # the usual case, even for numbers ("42"): one index equality
         return and_(row.value == values.pop(), row.kind.in_([kind for _, kind in found]))
     return or_(*(and_(row.value == stored, row.kind == kind) for stored, kind in found))
+
+
+def analysed(call_id: SortColumn, min_longest_silence: float | None, min_overlap: float | None) -> ColumnElement[bool]:
+    """The call's analytics are completed and reach these minimums: a primary-key probe."""
+    probe = select(CallAnalytics.call_id).where(CallAnalytics.call_id == call_id, CallAnalytics.status == "completed")
+    if min_longest_silence is not None:
+        probe = probe.where(CallAnalytics.longest_silence_seconds >= min_longest_silence)
+    if min_overlap is not None:
+        probe = probe.where(CallAnalytics.overlap_seconds >= min_overlap)
+    return exists(probe.offset(0))  # OFFSET 0: a probe per page row, not a join (as metadata_matches)
 
 
 def metadata_matches(key: str, value: str, call_id: SortColumn) -> ColumnElement[bool]:
@@ -219,7 +233,11 @@ class CallService:
 
     async def get_call(self, call_id: str) -> Call:
         async with self._db.read() as session:
-            call = await session.scalar(select(Call).where(Call.id == call_id).options(selectinload(Call.recording)))
+            call = await session.scalar(
+                select(Call)
+                .where(Call.id == call_id)
+                .options(selectinload(Call.recording), selectinload(Call.analytics))
+            )
         if call is None:
             raise NotFoundError(f"no call with id {call_id!r}")
         return call
@@ -228,7 +246,9 @@ class CallService:
         self, filters: CallFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Call], str | None]:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
-        query = filters.page(limit=limit + 1, cursor=cursor).options(selectinload(Call.recording))
+        query = filters.page(limit=limit + 1, cursor=cursor).options(
+            selectinload(Call.recording), selectinload(Call.analytics)
+        )
         async with self._db.read() as session:
             calls = list((await session.scalars(query)).all())
         next_cursor = None

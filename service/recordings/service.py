@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from uuid_utils.compat import uuid7
 
+from service.analytics.jobs import queue_analysis
 from service.calls.service import CallFilters
 from service.db.engine import Database
 from service.db.models import Call, Recording, RecordingSegment, utcnow
@@ -275,6 +276,7 @@ class RecordingService:
                 "updated_at": now,
             },
         )
+        await queue_analysis(session, call_id, recording_status=status)
         await enqueue(
             session,
             "recording.completed",

@@ -5,7 +5,7 @@ loopback), ``run_simulator`` (run it as a process), ``CallScript`` / ``Utterance
 ``LoopbackServer`` (serve any small ASGI app on loopback in the running loop).
 """
 
-from service.simulator.audio import FRAME_BYTES, FRAME_SECONDS, read_stamp, split_channels
+from service.simulator.audio import FRAME_BYTES, FRAME_SECONDS, STAMP_BYTES, read_stamp, split_channels
 from service.simulator.log import ListenRecord, LogEntry
 from service.simulator.script import CallScript, Utterance
 from service.simulator.server import LoopbackServer, SimulatorServer, run_simulator
@@ -14,6 +14,7 @@ from service.simulator.simulator import VapiSimulator
 __all__ = [
     "FRAME_BYTES",
     "FRAME_SECONDS",
+    "STAMP_BYTES",
     "CallScript",
     "ListenRecord",
     "LogEntry",

@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from service.analytics.activity import Conversation, conversation
 from service.analytics.detector import ChannelDetector, UnsupportedAudioError, detect
+from service.analytics.jobs import NO_AUDIO
 from service.db.engine import Database
 from service.db.models import CallAnalytics, utcnow
 from service.errors import NotFoundError
@@ -91,16 +92,23 @@ class AnalyticsWorker:
         while not self._closing:
             self._wake.clear()
             try:
-                claim = await self._claim() if await self._any_due() else None
+                found = await self.run_once()
             except Exception as exc:  # the database may be briefly away: try again at the next poll
                 log.warning("call analytics claim failed", error=f"{type(exc).__name__}: {exc}")
-                claim = None
-            if claim is not None:
-                await self.analyze(claim)
+                found = False
+            if found:
                 continue  # more may be pending
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_interval):
                     await self._wake.wait()
+
+    async def run_once(self) -> bool:
+        """Claim one pending recording and analyse it; False when none was due."""
+        claim = await self.claim() if await self._any_due() else None
+        if claim is None:
+            return False
+        await self.analyze(claim)
+        return True
 
     def _due(self) -> ColumnElement[bool]:
         """Pending, and not leased (or the lease ran out)."""
@@ -113,7 +121,8 @@ class AnalyticsWorker:
             found = await session.scalar(select(CallAnalytics.call_id).where(self._due()).limit(1))
         return found is not None
 
-    async def _claim(self) -> Claim | None:
+    async def claim(self) -> Claim | None:
+        """Lease the pending recording waiting longest (None: none is due)."""
         async with self._db.write() as session:
             call_id = await session.scalar(
                 select(CallAnalytics.call_id)
@@ -165,7 +174,10 @@ class AnalyticsWorker:
         detector = ChannelDetector(sample_rate=recording.sample_rate, channels=recording.channels, mode=self._mode)
         pieces = timeline(view.extents, channels=recording.channels, fill_gaps=True, mono=False)
         customer, assistant = await detect(self._storage, pieces, detector)
-        return conversation(customer, assistant)
+        result = conversation(customer, assistant)
+        if not result.analyzed_seconds:
+            raise UnsupportedAudioError(NO_AUDIO)
+        return result
 
     async def _completed(self, claim: Claim, result: Conversation) -> None:
         now = self._clock()

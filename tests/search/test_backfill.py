@@ -1,8 +1,10 @@
-"""Migration 0010 indexes the transcripts stored before it, once each, and downgrades cleanly."""
+"""Migration 0010 indexes the transcripts stored before it, once each, queues the finalised recordings
+for analytics, and downgrades cleanly."""
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from service.calls.events import NewEvent, append_events, transcript_key
 from service.db.engine import Database
 from service.db.migrate import alembic_config
-from service.db.models import Call, CallEvent, TranscriptUtterance
+from service.db.models import Call, CallAnalytics, CallEvent, Recording, TranscriptUtterance
 from service.search.service import SearchFilters, SearchService
 
 
@@ -80,7 +82,28 @@ async def test_0010_indexes_stored_transcripts_once_each(database_url: str) -> N
                     for seq, (source, kind, payload) in enumerate(events, start=1)
                 ],
             )
+            await connection.execute(
+                insert(cast(Table, Recording.__table__)),
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "call_id": call_id,
+                        "status": status,
+                        "encoding": "pcm_s16le",
+                        "sample_rate": 16000,
+                        "channels": 2,
+                        "bytes": 0,
+                        "gaps": [],
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for call_id, status in (("ended", "completed"), ("long", "failed"))
+                ],
+            )
         _migrate(database_url, "up", "0010")
+        async with engine.connect() as connection:
+            queued = (await connection.execute(select(CallAnalytics.call_id, CallAnalytics.status))).tuples().all()
+        assert queued == [("ended", "pending")], "finalised recordings with audio are queued for analytics"
 
         async with engine.connect() as connection:
             rows = (await connection.execute(select(TranscriptUtterance.__table__))).mappings().all()

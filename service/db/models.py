@@ -167,7 +167,8 @@ class TranscriptUtterance(BigIntBase):
     Written with its event (``service.search.index``). The webhook and the listen copy of an utterance
     share ``(call_id, utterance, ordinal)``: the n-th identical utterance of either source, so the first
     copy stored wins. The full-text index lives beside the table, per database (migration 0010): an FTS5
-    external-content table kept in sync by triggers on SQLite, a GIN expression index on PostgreSQL.
+    external-content table kept in sync by triggers on SQLite; on PostgreSQL a generated ``tsvector``
+    column ``search_document`` and its GIN index.
     """
 
     call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"))
@@ -387,8 +388,8 @@ class RuleFiring(TimestampedMixin, UUIDv7Base):
 metadata = DefaultBase.metadata
 
 # Schema objects the migrations create beside the models: the full-text index of transcript_utterance
-# (SQLite's FTS5 table and its shadow tables; PostgreSQL's GIN expression index).
-FULL_TEXT_OBJECTS = ("transcript_fts", "ix_transcript_utterance_search")
+# (SQLite's FTS5 table and its shadow tables; PostgreSQL's generated tsvector column and its GIN index).
+FULL_TEXT_OBJECTS = ("transcript_fts", "ix_transcript_utterance_search", "search_document")
 
 
 def described_by_models(name: str | None, type_: str, _parents: object) -> bool:

@@ -20,7 +20,7 @@ from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.recordings.audio import SAMPLE_BYTES
 from service.search.offsets import SegmentClock, SpeechUpdate, recording_offset, speech_start
 from service.search.query import SearchQuery, parse_query
-from service.search.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns
+from service.search.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, sqlite_relevance
 
 _CALL = table_of(Call)
 _EVENT = table_of(CallEvent)
@@ -111,17 +111,16 @@ class SearchService:
     def statement(self, query: SearchQuery, filters: SearchFilters) -> Select[Any]:
         """Every matching utterance with its relevance and highlight (a subquery to sort and page)."""
         columns = SearchColumns(query, sqlite=self._db.is_sqlite)
-        matching = select(
-            UTTERANCE.c.id,
-            UTTERANCE.c.call_id,
-            UTTERANCE.c.seq,
-            UTTERANCE.c.role,
-            UTTERANCE.c.text,
-            UTTERANCE.c.occurred_at,
-            columns.relevance.label("relevance"),
-            columns.highlight.label("highlight"),
-        ).select_from(columns.source)
-        return filters.apply(matching.where(columns.matches))
+        utterance = (UTTERANCE.c.id, UTTERANCE.c.call_id, UTTERANCE.c.seq, UTTERANCE.c.role, UTTERANCE.c.text)
+        matching = select(*utterance, UTTERANCE.c.occurred_at, columns.highlight.label("highlight"))
+        matching = filters.apply(matching.select_from(columns.source).where(columns.matches))
+        if columns.relevance is not None:
+            return matching.add_columns(columns.relevance.label("relevance"))
+        # SQLite: highlight once per row (OFFSET 0 keeps the subquery from being flattened into the
+        # outer query, which would repeat the call in each use), then relevance from it.
+        highlighted = matching.offset(0).subquery("highlighted")
+        relevance = sqlite_relevance(highlighted.c.highlight, highlighted.c.text)
+        return select(*highlighted.c, relevance.label("relevance"))
 
     async def search(
         self, text: str, filters: SearchFilters, *, limit: int, cursor: str | None

@@ -47,9 +47,8 @@ _FTS_ROWS = table("transcript_fts", column("rowid", Integer))  # not a model: cr
 _SCALE = 1_000_000
 
 
-def postgresql_document(text: ColumnElement[str] | Any = UTTERANCE.c.text) -> ColumnElement[Any]:
-    """The indexed expression (migration 0010's GIN index is on exactly this)."""
-    return func.to_tsvector(_CONFIG, text)
+# PostgreSQL: the stored to_tsvector('switchboard_search', text), GIN-indexed (migration 0010).
+_DOCUMENT: ColumnElement[Any] = literal_column("transcript_utterance.search_document")
 
 
 def postgresql_query(query: SearchQuery) -> ColumnElement[Any]:
@@ -61,21 +60,28 @@ class SearchColumns:
 
     def __init__(self, query: SearchQuery, *, sqlite: bool) -> None:
         self.source: FromClause
+        self.relevance: ColumnElement[Any] | None
         if sqlite:
             self.source = UTTERANCE.join(_FTS_ROWS, UTTERANCE.c.id == _FTS_ROWS.c.rowid)
             self.matches = _FTS.op("MATCH")(bindparam("match", query.fts5(), type_=String))
             self.highlight = func.highlight(_FTS, 0, MARK_START, MARK_END)
-            # Counting the markers counts the matches (a phrase is one); words are counted by spaces.
-            hits = func.length(self.highlight) - func.length(func.replace(self.highlight, MARK_START, ""))
-            words = func.length(UTTERANCE.c.text) - func.length(func.replace(UTTERANCE.c.text, " ", "")) + 5
-            self.relevance = cast(hits * _SCALE / words, BigInteger)
+            self.relevance = None  # sqlite_relevance() of the highlight, once it is computed
         else:
-            document, tsquery = postgresql_document(), postgresql_query(query)
+            document, tsquery = _DOCUMENT, postgresql_query(query)
             self.source = UTTERANCE
             self.matches = document.op("@@")(tsquery)
             options = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"
             self.highlight = func.ts_headline(_CONFIG, UTTERANCE.c.text, tsquery, options)
             self.relevance = cast(func.ts_rank(document, tsquery, 8) * _SCALE, BigInteger)
+
+
+def sqlite_relevance(highlight: ColumnElement[Any], text: ColumnElement[Any]) -> ColumnElement[Any]:
+    """SQLite's relevance from the highlighted text: counting the markers counts the matches (a phrase
+    is one), words are counted by spaces. ``highlight`` should be a column computed once per row:
+    FTS5 tokenizes the utterance again for each call of ``highlight()``."""
+    hits = func.length(highlight) - func.length(func.replace(highlight, MARK_START, ""))
+    words = func.length(text) - func.length(func.replace(text, " ", "")) + 5
+    return cast(hits * _SCALE / words, BigInteger)
 
 
 class CallsSaying(ColumnElement[bool]):

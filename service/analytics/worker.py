@@ -17,15 +17,19 @@ import datetime as dt
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 import structlog
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from service.analytics.activity import Conversation, conversation
 from service.analytics.detector import ChannelDetector, UnsupportedAudioError, detect
 from service.analytics.jobs import NO_AUDIO
+from service.analytics.schemas import AnalyticsOut, ChannelTalk, Interruptions
 from service.db.engine import Database
 from service.db.models import CallAnalytics, utcnow
+from service.deliveries.outbox import enqueue
 from service.errors import NotFoundError
 from service.metrics import Metrics
 from service.recordings.audio import timeline
@@ -202,7 +206,17 @@ class AnalyticsWorker:
             "completed_at": now,
             "updated_at": now,
         }
-        await self._store(claim, values, outcome="completed")
+        summary = AnalyticsOut(
+            status="completed",
+            customer=ChannelTalk(result.customer.talk_seconds, result.customer.silence_seconds),
+            assistant=ChannelTalk(result.assistant.talk_seconds, result.assistant.silence_seconds),
+            overlap_seconds=result.overlap_seconds,
+            longest_silence_seconds=result.longest_silence_seconds,
+            interruptions=Interruptions(result.customer_interruptions, result.assistant_interruptions),
+            talk_ratio=result.talk_ratio,
+        )
+        announcement = {"callId": claim.call_id, **msgspec.to_builtins(summary)}
+        await self._store(claim, values, outcome="completed", announce=announcement)
 
     async def _failed(self, claim: Claim, error: str, *, final: bool) -> None:
         now = self._clock()
@@ -212,14 +226,20 @@ class AnalyticsWorker:
             values = {"error": error, "lease_until": now + self._retry_after, "updated_at": now}
         await self._store(claim, values, outcome="failed" if final else "retried")
 
-    async def _store(self, claim: Claim, values: Mapping[str, object], *, outcome: str) -> None:
+    async def _store(
+        self, claim: Claim, values: Mapping[str, object], *, outcome: str, announce: dict[str, Any] | None = None
+    ) -> None:
+        """Write the outcome if the claim still holds; ``announce``: the ``call.analyzed`` outbound
+        webhook, queued in the same transaction (only by the run whose result is stored)."""
         try:
             async with self._db.write() as session:
-                await session.execute(
+                stored = await session.execute(
                     update(CallAnalytics)
                     .where(CallAnalytics.call_id == claim.call_id, CallAnalytics.attempts == claim.attempts)
                     .values(**values)
                 )
+                if announce is not None and stored.rowcount:  # type: ignore[attr-defined]
+                    await enqueue(session, "call.analyzed", announce)
         except Exception as exc:  # not stored: the lease expires and the run is done again
             log.warning("call analytics not stored", call_id=claim.call_id, error=type(exc).__name__)
             outcome = "not-stored"

@@ -33,6 +33,7 @@ EVENT_TYPES: Final = (
     "recording.completed",
     "rule.fired",
     "injection.failed",
+    "call.analyzed",  # analytics (service.analytics)
 )
 
 # Set on a session that enqueued deliveries; read (and cleared) when it commits or rolls back.

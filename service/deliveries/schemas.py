@@ -15,6 +15,7 @@ EventType = Literal[
     "recording.completed",
     "rule.fired",
     "injection.failed",
+    "call.analyzed",
 ]
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from service.analytics.worker import AnalyticsWorker
 from service.db.engine import Database
-from service.db.models import Call, CallAnalytics, utcnow
+from service.db.models import Call, CallAnalytics, WebhookDelivery, WebhookEndpoint, utcnow
 from service.metrics import Metrics
 from service.recordings.service import RecordingService
 from service.recordings.storage import LocalStorage
@@ -104,6 +104,9 @@ async def test_unanalysable_recordings_fail_with_a_reason(parts: Parts) -> None:
 
 
 async def test_a_run_whose_lease_ran_out_cannot_overwrite_the_next(parts: Parts) -> None:
+    """Also: only the stored run announces ``call.analyzed`` to outbound webhook endpoints."""
+    async with parts.db.write() as session:
+        session.add(WebhookEndpoint(url="https://ops.example.com/hooks", events=["call.analyzed"], secret="whsec_x"))
     await parts.record("call-1", [(True, False, 1.0)])
     now = utcnow()
     first = parts.worker(clock=lambda: now)
@@ -119,6 +122,14 @@ async def test_a_run_whose_lease_ran_out_cannot_overwrite_the_next(parts: Parts)
     assert (await parts.analytics("call-1")).status == "pending"
     await second.analyze(fresh)
     assert (await parts.analytics("call-1")).status == "completed"
+    async with parts.db.read() as session:
+        announced = (await session.scalars(select(WebhookDelivery))).all()
+    assert [delivery.event_type for delivery in announced] == ["call.analyzed"]
+    data = announced[0].payload["data"]
+    assert data["callId"] == "call-1"
+    assert data["status"] == "completed"
+    assert data["customer"]["talkSeconds"] == pytest.approx(1.0, abs=0.3)
+    assert set(data) >= {"overlapSeconds", "longestSilenceSeconds", "interruptions", "talkRatio"}
 
 
 class UnreadableStorage(LocalStorage):

@@ -398,14 +398,16 @@ class Download:
 def _stretch_of(
     pieces: list[Piece], sample_rate: int, block: int, start: float | None, end: float | None
 ) -> list[Piece]:
+    """The pieces of seconds ``[start, end)`` (``block``: output bytes per sample of all channels)."""
+    begin = start or 0.0
+    if end is not None and end <= begin:
+        raise InvalidInputError("end must be after start", start=begin, end=end)
     total = sum(piece.length for piece in pieces)
-    first = round((start or 0.0) * sample_rate) * block
+    first = round(begin * sample_rate) * block
     last = total if end is None else min(total, round(end * sample_rate) * block)
-    if end is not None and start is not None and end <= start:
-        raise InvalidInputError("end must be after start", start=start, end=end)
     if first >= total:
         duration = total / (sample_rate * block) if sample_rate else 0.0
-        raise StretchOutsideError(f"start {start:g} s is past the end of the recording ({duration:.3f} s)")
+        raise StretchOutsideError(f"start {begin:g} s is past the end of the recording ({duration:.3f} s)")
     return stretch(pieces, first, last)
 
 

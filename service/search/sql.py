@@ -8,7 +8,8 @@ Relevance is an integer computed from the utterance and the query alone, never f
 index (FTS5's ``bm25`` weighs terms by how rare they are, so every insert would move existing results
 and a cursor could skip or repeat them): SQLite, a million times the matches per word of the utterance
 (four words added, so that a one-word utterance does not outrank everything); PostgreSQL, a million
-times ``ts_rank`` divided by the number of distinct words of the utterance (normalisation 8). Higher is better on both.
+times ``ts_rank`` divided by the number of distinct words of the utterance (normalisation 8). Higher is
+better on both.
 """
 
 from __future__ import annotations
@@ -41,17 +42,17 @@ UTTERANCE = table_of(TranscriptUtterance)
 # Highlight markers, turned into <mark> after the text is HTML-escaped (service.search.service).
 MARK_START, MARK_END = "\x02", "\x03"
 _CONFIG: ColumnElement[Any] = literal_column("'switchboard_search'::regconfig")
-_FTS: ColumnElement[Any] = literal_column("transcript_fts")  # FTS5 names the table itself in MATCH and its functions
-_FTS_ROWS = table("transcript_fts", column("rowid", Integer))  # not a model: created by migration 0010
+# FTS5 names the table itself in MATCH and in its functions; not a model: created by migration 0010.
+_FTS: ColumnElement[Any] = literal_column("transcript_fts")
+_FTS_ROWS = table("transcript_fts", column("rowid", Integer))
+# PostgreSQL: the stored to_tsvector('switchboard_search', text), GIN-indexed (migration 0010).
+_DOCUMENT: ColumnElement[Any] = literal_column("transcript_utterance.search_document")
 # Relevance scale: integers compare exactly in a cursor, where floats would need care.
 _SCALE = 1_000_000
 
 
-# PostgreSQL: the stored to_tsvector('switchboard_search', text), GIN-indexed (migration 0010).
-_DOCUMENT: ColumnElement[Any] = literal_column("transcript_utterance.search_document")
-
-
 def postgresql_query(query: SearchQuery) -> ColumnElement[Any]:
+    """``to_tsquery`` of the parsed query, its text a bound parameter."""
     return func.to_tsquery(_CONFIG, bindparam("tsquery", query.tsquery(), type_=String))
 
 

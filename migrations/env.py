@@ -19,7 +19,7 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.db.models import metadata
+from service.db.models import described_by_models, metadata
 
 config = context.config
 # pg_advisory_lock's key: any constant that no other lock of the database uses ("switchboard migrate").
@@ -68,6 +68,7 @@ def _run(connection: Connection) -> None:
             target_metadata=metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            include_name=described_by_models,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -20,6 +20,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
 from service import __version__
+from service.analytics.controllers import AnalyticsController  # analytics
+from service.analytics.service import AnalyticsService  # analytics
+from service.analytics.worker import AnalyticsWorker  # analytics
 from service.apidocs import SCHEMA_PATH, assets_router, render_plugins
 from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
@@ -63,6 +66,9 @@ from service.rules.engine import RuleEngine  # rules
 from service.rules.files import load_rules_file  # rules
 from service.rules.schema import RuleSetError  # rules
 from service.rules.service import RuleService  # rules
+from service.search.controllers import SearchController  # search
+from service.search.index import TranscriptIndexer
+from service.search.service import SearchService  # search
 from service.settings import ConfigurationError, Settings
 from service.tasks import Background
 from service.vapi.client import VapiClient
@@ -165,6 +171,7 @@ def create_app(
     notices = CallNotices(channels)
     db.after_commit(notices.committed)  # the console feed's push
     sharing = LiveSharing(channels, supervisor.relay, shared=redis is not None)
+    changes.subscribe(TranscriptIndexer())  # search: each final utterance indexed with its event
     changes.subscribe(CallAnnouncer())  # outbound webhooks, in the change's transaction
     changes.subscribe(rule_engine)  # firings recorded with their milestones
     changes.subscribe(supervisor)  # leases taken with the change; sessions started after the commit
@@ -207,6 +214,15 @@ def create_app(
         sweep_seconds=settings.retention_sweep_seconds,
         archiver=Archiver(db, storage) if settings.archive_format == "flac" else None,
     )
+    search = SearchService(db)  # search
+    analytics = AnalyticsWorker(  # analytics
+        db,
+        recordings,
+        storage,
+        metrics,
+        mode=settings.analytics_vad_mode,
+        poll_interval=settings.analytics_poll_seconds,
+    )
     webhook_endpoints = WebhookEndpointService(db, allow_private=settings.webhook_allow_private)
 
     @asynccontextmanager
@@ -226,6 +242,8 @@ def create_app(
         # Consumers before producers; closed in reverse, so that what producers hand over at the end
         # (a webhook's firings, a session's last events) still finds its consumer running.
         background: list[Background] = [deliveries, forwards, lifecycle, rule_engine, supervisor, sharing, webhooks]
+        if settings.analytics_enabled:
+            background.insert(3, analytics)  # analytics: before the producers of finalised recordings
         await channels.__aenter__()  # the channels outlive every part that publishes or listens
         for part in background:
             await part.start()
@@ -261,6 +279,8 @@ def create_app(
             live_listen,
             delete_call,  # lifecycle
             put_legal_hold,  # lifecycle
+            SearchController,  # search
+            AnalyticsController,  # analytics
             *CONSOLE_API,  # console
         ],
     )
@@ -288,6 +308,8 @@ def create_app(
             "webhook_endpoints": _constant(webhook_endpoints),  # outbound webhooks
             "rules": _constant(rules),  # rules
             "eraser": _constant(eraser),  # lifecycle
+            "search": _constant(search),  # search
+            "analytics": _constant(AnalyticsService(db)),  # analytics
         },
         state=State({"api_keys": api_keys}),  # read by the authentication guard
         lifespan=[lifespan],

@@ -86,6 +86,22 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # Conversation analytics (service.analytics).
+        self.analytics_runs = Counter(
+            "switchboard_analytics_runs",
+            "Recordings analysed, by outcome: completed, retried, failed, not-stored",
+            ["outcome"],
+            registry=r,
+        )
+        self.analytics_seconds = Histogram(
+            "switchboard_analytics_seconds",
+            "Time to analyse one recording (read and voice activity detection)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.analytics_audio_seconds = Counter(
+            "switchboard_analytics_audio_seconds", "Seconds of recorded audio analysed", registry=r
+        )
 
         # Rules (service.rules).
         self.rule_firings = Counter(

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Replicas share live frames and call changes through Redis pub/sub (redis://HOST:PORT/DB); unset:
     # one process, in memory.
     redis_url: str | None = None
+    # Conversation analytics: a voice activity detector over each finalised recording (service.analytics).
+    analytics_enabled: bool = True
+    analytics_vad_mode: int = Field(default=2, ge=0, le=3)  # WebRTC VAD aggressiveness
+    analytics_poll_seconds: float = Field(default=2.0, gt=0)
     # Outbound webhooks: seconds before each retry (JSON list; the last step repeats, with full jitter)
     # until a delivery is this old, then it is abandoned.
     webhook_retry_delays: tuple[PositiveFloat, ...] = Field(default=DEFAULT_RETRY_DELAYS, min_length=1)

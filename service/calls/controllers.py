@@ -12,6 +12,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from service.auth import current_principal, scoped
+from service.calls.analytics import analytics_out
 from service.calls.redact import hide_recording_urls
 from service.calls.schemas import (
     CallCreate,
@@ -30,6 +31,7 @@ from service.calls.schemas import (
 from service.calls.service import CallFilters, CallService, metadata_filters
 from service.calls.status import CallStatus
 from service.db.models import Call, CallEvent, Injection, UpstreamForward
+from service.fulltext.query import QUERY_HELP, parse_query
 from service.idempotency.service import HEADER, IdempotencyService
 from service.pagination import Cursor, Limit
 from service.vapi.control import ControlRequest
@@ -77,6 +79,7 @@ def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
         legal_hold=call.legal_hold,
         legal_hold_reason=call.legal_hold_reason,
         upstream=call.upstream if show_monitor_urls else None,
+        analytics=analytics_out(call.analytics),
     )
 
 
@@ -196,9 +199,24 @@ class CallController(Controller):
         customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,
         created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
         created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
+        q: Annotated[str | None, QueryParameter(description=f"Calls where this was said. {QUERY_HELP}")] = None,
+        min_longest_silence_seconds: Annotated[
+            float | None, QueryParameter(name="minLongestSilenceSeconds", ge=0, description="Analysed calls only")
+        ] = None,
+        min_overlap_seconds: Annotated[
+            float | None, QueryParameter(name="minOverlapSeconds", ge=0, description="Analysed calls only")
+        ] = None,
     ) -> CallPage:
         filters = CallFilters(
-            status, assistant_id, customer_number, created_after, created_before, metadata_filters(request.query_params)
+            status,
+            assistant_id,
+            customer_number,
+            created_after,
+            created_before,
+            metadata_filters(request.query_params),
+            saying=parse_query(q) if q is not None else None,
+            min_longest_silence_seconds=min_longest_silence_seconds,
+            min_overlap_seconds=min_overlap_seconds,
         )
         page, next_cursor = await calls.list_calls(filters, limit=limit, cursor=cursor)
         admin = current_principal(request).is_admin

@@ -17,6 +17,7 @@ from service.db.engine import is_postgresql
 from service.db.models import CallEvent, utcnow
 from service.db.stores import calls as calls_sql
 from service.db.stores import events as sql
+from service.vapi.messages import FINAL_TRANSCRIPTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class NewEvent:
     original: bytes | None = None
 
 
+# A transcript's ``type``: Vapi may also send the qualified form of the subscription it matched.
+TRANSCRIPT_TYPES = frozenset({"transcript", FINAL_TRANSCRIPTS})
 _SPACES = re.compile(r"\s+")
 
 
@@ -47,7 +50,7 @@ def utterance_of(event: NewEvent) -> str | None:
 
 def utterance_key(kind: str, payload: Any) -> str | None:
     """:func:`utterance_of` an event of type ``kind`` with this payload (also for stored rows)."""
-    if kind != "transcript" or not isinstance(payload, dict) or payload.get("transcriptType") != "final":
+    if kind not in TRANSCRIPT_TYPES or not isinstance(payload, dict) or payload.get("transcriptType") != "final":
         return None
     role, text = payload.get("role"), payload.get("transcript")
     return transcript_key(role, text) if isinstance(role, str) and isinstance(text, str) else None
@@ -160,7 +163,8 @@ def _numbered(call_id: str, first_seq: int, events: Sequence[NewEvent]) -> list[
 
 
 async def insert_events(session: AsyncSession, events: Sequence[StoredEvent]) -> None:
-    """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path)."""
+    """Insert numbered events: one multi-row INSERT, no ORM objects (the timeline's hot path); their
+    final transcripts go into the transcript search index in the same transaction."""
     if events:
         # On the transaction's connection: the session's execute adds ORM bookkeeping for nothing here.
         await (await session.connection()).execute(sql.INSERT_EVENTS, [event.row() for event in events])

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from service.calls.analytics import AnalyticsOut
 from service.vapi.control import E164, SayFields
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -70,6 +71,7 @@ class CallOut(msgspec.Struct, rename="camel"):
     legal_hold_reason: str | None = None
     # The customer's own server for the call (contract section 9); admin keys only: it may hold secrets.
     upstream: dict[str, Any] | None = None
+    analytics: AnalyticsOut | None = None  # from the recording, once final (GET /v1/calls/{id}/analytics)
 
 
 class ForwardOut(msgspec.Struct, rename="camel"):

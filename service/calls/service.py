@@ -22,10 +22,12 @@ from service.calls.tracking import merge_vapi_call
 from service.calls.upstream import UpstreamResolver, subscription
 from service.calls.writer import CallWriter
 from service.db.engine import Database
-from service.db.models import Call, CallEvent, CallMetadata, Injection, UpstreamForward
+from service.db.models import Call, CallAnalytics, CallEvent, CallMetadata, Injection, UpstreamForward
 from service.deliveries.forwards import list_forwards
 from service.deliveries.urls import UnsafeUrlError, check_webhook_url
 from service.errors import InvalidInputError, InvalidQueryError, NotFoundError, UpstreamError
+from service.fulltext.query import SearchQuery
+from service.fulltext.sql import CallsSaying
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
 from service.settings import Settings
 from service.vapi.client import VapiClient
@@ -108,6 +110,9 @@ class CallFilters:
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    saying: SearchQuery | None = None  # ?q=: calls with an utterance that matches (transcript search)
+    min_longest_silence_seconds: float | None = None  # analytics
+    min_overlap_seconds: float | None = None  # analytics
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""
@@ -149,6 +154,10 @@ class CallFilters:
             query = query.where(created_at < self.created_before)
         for key, value in metadata.items():
             query = query.where(metadata_matches(key, value, call_id))
+        if self.saying is not None:
+            query = query.where(CallsSaying(call_id, self.saying))
+        if self.min_longest_silence_seconds is not None or self.min_overlap_seconds is not None:
+            query = query.where(analysed(call_id, self.min_longest_silence_seconds, self.min_overlap_seconds))
         return query
 
 
@@ -163,6 +172,16 @@ def _value_matches(row: type[CallMetadata], value: str) -> ColumnElement[bool]:
     if len(values) == 1:  # the usual case, even for numbers ("42"): one index equality
         return and_(row.value == values.pop(), row.kind.in_([kind for _, kind in found]))
     return or_(*(and_(row.value == stored, row.kind == kind) for stored, kind in found))
+
+
+def analysed(call_id: SortColumn, min_longest_silence: float | None, min_overlap: float | None) -> ColumnElement[bool]:
+    """The call's analytics are completed and reach these minimums: a primary-key probe."""
+    probe = select(CallAnalytics.call_id).where(CallAnalytics.call_id == call_id, CallAnalytics.status == "completed")
+    if min_longest_silence is not None:
+        probe = probe.where(CallAnalytics.longest_silence_seconds >= min_longest_silence)
+    if min_overlap is not None:
+        probe = probe.where(CallAnalytics.overlap_seconds >= min_overlap)
+    return exists(probe.offset(0))  # OFFSET 0: a probe per page row, not a join (as metadata_matches)
 
 
 def metadata_matches(key: str, value: str, call_id: SortColumn) -> ColumnElement[bool]:
@@ -238,7 +257,11 @@ class CallService:
 
     async def get_call(self, call_id: str) -> Call:
         async with self._db.read() as session:
-            call = await session.scalar(select(Call).where(Call.id == call_id).options(selectinload(Call.recording)))
+            call = await session.scalar(
+                select(Call)
+                .where(Call.id == call_id)
+                .options(selectinload(Call.recording), selectinload(Call.analytics))
+            )
         if call is None:
             raise NotFoundError(f"no call with id {call_id!r}")
         return call
@@ -247,7 +270,9 @@ class CallService:
         self, filters: CallFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Call], str | None]:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
-        query = filters.page(limit=limit + 1, cursor=cursor).options(selectinload(Call.recording))
+        query = filters.page(limit=limit + 1, cursor=cursor).options(
+            selectinload(Call.recording), selectinload(Call.analytics)
+        )
         async with self._db.read() as session:
             calls = (await session.scalars(query)).all()
         return keyset_page(calls, limit, newest_first_cursor)

@@ -16,6 +16,7 @@ from advanced_alchemy.types import DateTimeUTC, JsonB
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -81,6 +82,7 @@ class Call(TimestampedMixin, DefaultBase):
     recording: Mapped[Recording | None] = relationship(
         back_populates="call", uselist=False, lazy="noload", viewonly=True
     )
+    analytics: Mapped[CallAnalytics | None] = relationship(uselist=False, lazy="noload", viewonly=True)
 
     # Every list query is "filter, newest first": each filter's index ends with the sort key, so a
     # page is an index range scan, never a sort of all matches.
@@ -141,6 +143,61 @@ class CallEvent(BigIntBase):
             postgresql_where=text("utterance IS NOT NULL"),
         ),
     )
+
+
+class TranscriptUtterance(BigIntBase):
+    """One final utterance of a call's transcript, stored once: the content of the transcript search index.
+
+    Written with its event (``service.search.index``). The webhook and the listen copy of an utterance
+    share ``(call_id, utterance, ordinal)``: the n-th identical utterance of either source, so the first
+    copy stored wins. The full-text index lives beside the table, per database (migration 0010): an FTS5
+    external-content table kept in sync by triggers on SQLite; on PostgreSQL a generated ``tsvector``
+    column ``search_document`` and its GIN index.
+    """
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)  # the event of the copy stored
+    utterance: Mapped[str] = mapped_column(String(64))  # ``calls.events.transcript_key``
+    ordinal: Mapped[int] = mapped_column(Integer)  # n-th identical utterance from the copy's source
+    role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("call_id", "utterance", "ordinal"),
+        Index("ix_transcript_utterance_call_id_seq", "call_id", "seq"),
+    )
+
+
+class CallAnalytics(TimestampedMixin, DefaultBase):
+    """Who talked when in a call, measured from its recording by a voice activity detector.
+
+    A row is written ``pending`` when the recording is finalised (``service.recordings.analysis_queue``); the
+    analytics worker leases it (``lease_until``, ``attempts`` as a fencing token), analyses the audio
+    and fills in the numbers (``completed``), or gives up (``failed``, with ``error``).
+    """
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | completed | failed
+    customer_talk_seconds: Mapped[float | None] = mapped_column(Float)
+    customer_silence_seconds: Mapped[float | None] = mapped_column(Float)
+    assistant_talk_seconds: Mapped[float | None] = mapped_column(Float)
+    assistant_silence_seconds: Mapped[float | None] = mapped_column(Float)
+    overlap_seconds: Mapped[float | None] = mapped_column(Float)
+    longest_silence_seconds: Mapped[float | None] = mapped_column(Float)
+    customer_interruptions: Mapped[int | None] = mapped_column(Integer)
+    assistant_interruptions: Mapped[int | None] = mapped_column(Integer)
+    talk_ratio: Mapped[float | None] = mapped_column(Float)
+    analyzed_seconds: Mapped[float | None] = mapped_column(Float)  # audio heard: the gaps left out
+    # {"customer": [[start, end], …], "assistant": […]}: seconds into the WAV download (the console's lanes).
+    activity: Mapped[dict[str, Any]] = mapped_column(JsonB, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+
+    # The worker looks for pending rows whose lease is free: one index range, however many calls.
+    __table_args__ = (Index("ix_call_analytics_status_lease_until", "status", "lease_until"),)
 
 
 class Recording(TimestampedMixin, UUIDv7Base):
@@ -348,3 +405,12 @@ class RuleFiring(TimestampedMixin, UUIDv7Base):
 
 
 metadata = DefaultBase.metadata
+
+# Schema objects the migrations create beside the models: the full-text index of transcript_utterance
+# (SQLite's FTS5 table and its shadow tables; PostgreSQL's generated tsvector column and its GIN index).
+FULL_TEXT_OBJECTS = ("transcript_fts", "ix_transcript_utterance_search", "search_document")
+
+
+def described_by_models(name: str | None, type_: str, _parents: object) -> bool:
+    """Alembic's ``include_name``: False for the full-text objects, which no model describes."""
+    return not (name or "").startswith(FULL_TEXT_OBJECTS)

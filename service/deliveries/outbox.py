@@ -34,6 +34,7 @@ EVENT_TYPES: Final = (
     "rule.fired",
     "injection.failed",
     "call.deleted",
+    "call.analyzed",  # analytics (service.analytics)
 )
 
 # Set on a session that enqueued deliveries; read (and cleared) when it commits or rolls back.

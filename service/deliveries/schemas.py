@@ -16,6 +16,7 @@ EventType = Literal[
     "rule.fired",
     "injection.failed",
     "call.deleted",
+    "call.analyzed",
 ]
 
 

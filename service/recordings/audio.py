@@ -82,10 +82,25 @@ def parse_range(header: str | None, total: int) -> tuple[int, int] | None:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """``length`` bytes of the output: a stored segment (``key``) or silence (``key is None``)."""
+    """``length`` bytes of the output: a stored segment (``key``, from output byte ``offset`` of it) or
+    silence (``key is None``)."""
 
     length: int
     key: str | None = None
+    offset: int = 0
+
+
+def stretch(pieces: Sequence[Piece], start: int, end: int) -> list[Piece]:
+    """The pieces that make output bytes ``[start, end)`` of ``pieces`` (a stretch of a recording)."""
+    cut: list[Piece] = []
+    position = 0
+    for piece in pieces:
+        lo, hi = max(start, position), min(end, position + piece.length)
+        if lo < hi:
+            offset = piece.offset + lo - position if piece.key is not None else 0
+            cut.append(Piece(hi - lo, piece.key, offset))
+        position += piece.length
+    return cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,5 +185,6 @@ async def stream_timeline(
                 remaining -= len(chunk)
                 yield chunk
             continue
-        async for chunk in _stored_range(storage, piece.key, lo - piece_start, hi - piece_start, channel, channels):
+        first, last = piece.offset + lo - piece_start, piece.offset + hi - piece_start
+        async for chunk in _stored_range(storage, piece.key, first, last, channel, channels):
             yield chunk

@@ -142,6 +142,10 @@ class RecordingController(Controller):
         "/recording.wav",
         operation_id="downloadRecordingWav",
         summary="The recording as WAV, gaps filled with silence (Range supported)",
+        description=(
+            "`?start=&end=` (seconds, decimals allowed) serve that stretch of the recording as a WAV of its own "
+            "(`offsetSeconds` of a search result plays the utterance); `Range` then applies to that file."
+        ),
         media_type="audio/wav",
     )
     async def download_wav(
@@ -150,8 +154,12 @@ class RecordingController(Controller):
         call_id: FromPath[str],
         recordings: Recordings,
         channel: Channel = None,
+        start: Annotated[float | None, QueryParameter(ge=0, description="Only from this second (decimals)")] = None,
+        end: Annotated[float | None, QueryParameter(gt=0, description="Only up to this second (decimals)")] = None,
     ) -> Stream:
-        download = await recordings.wav_download(call_id, channel=CHANNELS[channel] if channel else None)
+        download = await recordings.wav_download(
+            call_id, channel=CHANNELS[channel] if channel else None, start=start, end=end
+        )
         suffix = f"-{channel}" if channel else ""
         return ranged_stream(
             download, request.headers.get("range"), media_type="audio/wav", filename=f"{call_id}{suffix}.wav"

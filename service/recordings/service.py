@@ -19,14 +19,16 @@ from service.db.engine import Database, is_postgresql
 from service.db.models import Call, Recording, RecordingSegment, utcnow
 from service.db.stores import recordings as sql
 from service.deliveries.outbox import enqueue
-from service.errors import ConflictError, NotFoundError
+from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError
 from service.pagination import keyset_page, newest_first, newest_first_cursor
+from service.recordings.analysis_queue import queue_analysis
 from service.recordings.audio import (
     SAMPLE_BYTES,
     AudioSource,
     Piece,
     SegmentExtent,
     stream_timeline,
+    stretch,
     timeline,
     wav_header,
 )
@@ -257,6 +259,7 @@ class RecordingService:
                 "updated_at": now,
             },
         )
+        await queue_analysis(session, call_id, recording_status=status)
         await enqueue(
             session,
             "recording.completed",
@@ -305,9 +308,12 @@ class RecordingService:
         view = await self.view(call_id)
         return pcm_download(view, self._source(view))
 
-    async def wav_download(self, call_id: str, *, channel: int | None) -> Download:
+    async def wav_download(
+        self, call_id: str, *, channel: int | None, start: float | None = None, end: float | None = None
+    ) -> Download:
+        """The WAV download, or the stretch ``[start, end)`` seconds of it."""
         view = await self.view(call_id)
-        return wav_download(view, self._source(view), channel=channel)
+        return wav_download(view, self._source(view), channel=channel, start=start, end=end)
 
     async def flac_download(self, call_id: str) -> Download:
         """The recording's lossless archive as stored: 404 while the recording is kept raw."""
@@ -393,6 +399,28 @@ class Download:
                 yield chunk
 
 
+def _stretch_of(
+    pieces: list[Piece], sample_rate: int, block: int, start: float | None, end: float | None
+) -> list[Piece]:
+    """The pieces of seconds ``[start, end)`` (``block``: output bytes per sample of all channels)."""
+    begin = start or 0.0
+    if end is not None and end <= begin:
+        raise InvalidInputError("end must be after start", start=begin, end=end)
+    total = sum(piece.length for piece in pieces)
+    first = round(begin * sample_rate) * block
+    last = total if end is None else min(total, round(end * sample_rate) * block)
+    if first >= total:
+        duration = total / (sample_rate * block) if sample_rate else 0.0
+        raise StretchOutsideError(f"start {begin:g} s is past the end of the recording ({duration:.3f} s)")
+    return stretch(pieces, first, last)
+
+
+class StretchOutsideError(DomainError):
+    status_code = 416
+    slug = "range-not-satisfiable"
+    title = "Range not satisfiable"
+
+
 def pcm_download(view: RecordingView, storage: AudioSource) -> Download:
     """Exactly the bytes received, in order, nothing added."""
     channels = view.recording.channels
@@ -400,11 +428,21 @@ def pcm_download(view: RecordingView, storage: AudioSource) -> Download:
     return Download(storage, b"", pieces, None, channels)
 
 
-def wav_download(view: RecordingView, storage: AudioSource, *, channel: int | None) -> Download:
-    """A WAV whose timeline matches the call: gaps filled with silence; optionally one channel."""
+def wav_download(
+    view: RecordingView,
+    storage: AudioSource,
+    *,
+    channel: int | None,
+    start: float | None = None,
+    end: float | None = None,
+) -> Download:
+    """A WAV whose timeline matches the call: gaps filled with silence; optionally one channel; optionally
+    only the seconds ``[start, end)`` of it (cut at whole samples; ``end`` past the end is the end)."""
     channels = view.recording.channels
     mono = channel is not None and channels > 1
     pieces = timeline(view.extents, channels=channels, fill_gaps=True, mono=mono)
+    if start is not None or end is not None:
+        pieces = _stretch_of(pieces, view.recording.sample_rate, (1 if mono else channels) * SAMPLE_BYTES, start, end)
     header = wav_header(
         sum(piece.length for piece in pieces),
         sample_rate=view.recording.sample_rate,

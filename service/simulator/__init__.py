@@ -12,7 +12,7 @@ wait for their answer (``request``), inbound calls that start with an ``assistan
 every HMAC variant (``HmacSigning``) and org-wide monitor authentication.
 """
 
-from service.simulator.audio import FRAME_BYTES, FRAME_SECONDS, read_stamp, split_channels
+from service.simulator.audio import FRAME_BYTES, FRAME_SECONDS, STAMP_BYTES, read_stamp, split_channels
 from service.simulator.log import ListenRecord, LogEntry
 from service.simulator.script import CallScript, Utterance
 from service.simulator.server import LoopbackServer, SimulatorServer, run_simulator
@@ -21,6 +21,7 @@ from service.simulator.simulator import VapiSimulator
 __all__ = [
     "FRAME_BYTES",
     "FRAME_SECONDS",
+    "STAMP_BYTES",
     "CallScript",
     "ListenRecord",
     "LogEntry",

@@ -8,6 +8,7 @@ import pytest
 
 from service.simulator.audio import (
     FRAME_BYTES,
+    STAMP_BYTES,
     FrameSource,
     call_tag,
     interleave,
@@ -52,7 +53,7 @@ def test_frames_are_distinct_and_deterministic() -> None:
 
 def test_speaker_shows_on_its_own_channel() -> None:
     source = FrameSource()
-    skip = 8  # the stamp covers the first two stereo samples
+    skip = STAMP_BYTES  # the stamp: inaudible, but not zeros
     quiet_customer, quiet_assistant = split_channels(source.frame(1, 5, user=False, assistant=False)[skip:])
     assert _peak(quiet_customer) == 0
     assert _peak(quiet_assistant) == 0

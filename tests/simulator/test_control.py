@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from service.simulator import SimulatorServer, VapiSimulator, read_stamp, split_channels
+from service.simulator import STAMP_BYTES, SimulatorServer, VapiSimulator, read_stamp, split_channels
 from service.simulator.lifecycle import END_CALL_REASON, SAY_THEN_END_REASON, TRANSFER_REASON
 from tests.simulator.conftest import (
     ALL_MESSAGES,
@@ -58,7 +58,7 @@ async def test_say_speaks_as_the_assistant(
     assert started[-1]["source"] == "force-say"
     assert started[-1]["text"] == say["content"]
     # The say is audible: the assistant channel carries tone in the last frames before the end.
-    _, assistant = split_channels(captured.frames[-2][8:])
+    _, assistant = split_channels(captured.frames[-2][STAMP_BYTES:])
     assert max(abs(v) for v in array("h", assistant)) > 1000
     assert receiver.messages(call["id"], "status-update")[-1]["endedReason"] == SAY_THEN_END_REASON
 
@@ -179,5 +179,5 @@ async def test_a_say_that_ends_the_call_ends_its_audio_with_the_speech_even_when
     stall(0.5)  # the speech's end is due meanwhile: the end handler runs late
     captured = await listening
     assert read_stamp(captured.frames[-1])[0] + 1 == sim.calls[call["id"]].end_frame
-    _, assistant = split_channels(captured.frames[-1][8:])
+    _, assistant = split_channels(captured.frames[-1][STAMP_BYTES:])
     assert max(abs(v) for v in array("h", assistant)) > 1000, "the audio ends with the say, not with silence"

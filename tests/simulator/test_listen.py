@@ -11,7 +11,14 @@ import httpx
 import pytest
 import websockets
 
-from service.simulator import FRAME_BYTES, SimulatorServer, VapiSimulator, read_stamp, split_channels
+from service.simulator import (
+    FRAME_BYTES,
+    STAMP_BYTES,
+    SimulatorServer,
+    VapiSimulator,
+    read_stamp,
+    split_channels,
+)
 from service.simulator.script import CallScript
 from tests.simulator.conftest import LONG_SCRIPT, SHORT_SCRIPT, capture_listen, place_call, stall, with_overrides
 
@@ -46,7 +53,7 @@ async def test_frames_carry_the_speakers_on_their_channels(simulator: SimulatorS
     captured = await capture_listen(call["monitor"]["listenUrl"])
 
     def channels(second: float) -> tuple[int, int]:
-        customer, assistant = split_channels(captured.frames[int(second * FRAMES_PER_SECOND)][8:])
+        customer, assistant = split_channels(captured.frames[int(second * FRAMES_PER_SECOND)][STAMP_BYTES:])
         return _peak(customer), _peak(assistant)
 
     # SHORT_SCRIPT: assistant 0.1-1.1 s, user 1.3-2.5 s and 2.8-3.2 s.

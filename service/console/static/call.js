@@ -27,6 +27,8 @@ const events = [];
 let fetching = null;
 let refetch = false;
 let recordingLoaded = false;
+// ?t=S (a search result): play the recording from S seconds, where the utterance begins.
+const startAt = Number.parseFloat(new URLSearchParams(window.location.search).get("t"));
 
 // -- timeline -------------------------------------------------------------------------------------
 
@@ -250,7 +252,7 @@ async function refreshRecording() {
     $("recording-status").textContent = recording.status === "recording" ? "Playback and download once the call has ended." : "";
     return;
   }
-  if (recording.bytes <= AUTO_LOAD_BYTES) loadRecording();
+  if (recording.bytes <= AUTO_LOAD_BYTES || Number.isFinite(startAt)) loadRecording();
   else show($("recording-load"), !recordingLoaded);
 }
 
@@ -267,6 +269,7 @@ async function loadRecording() {
     const audio = $("recording-audio");
     audio.src = url;
     show(audio, true);
+    if (Number.isFinite(startAt)) playFrom(audio, startAt);
     const link = $("recording-download");
     link.href = url;
     link.download = `${callId}.wav`;
@@ -277,6 +280,59 @@ async function loadRecording() {
     show($("recording-load"), true);
     status.textContent = `The recording could not be loaded: ${error.message}`;
   }
+}
+
+function playFrom(audio, seconds) {
+  const seek = () => {
+    audio.currentTime = Math.min(seconds, audio.duration || seconds);
+    audio.play().catch(() => {}); // a browser may refuse to play without a click: the position stays
+  };
+  if (audio.readyState >= 1) seek();
+  else audio.addEventListener("loadedmetadata", seek, { once: true });
+}
+
+// -- analytics ------------------------------------------------------------------------------------
+
+let analyticsDone = false;
+
+function lane(track, turns, total) {
+  track.replaceChildren(
+    ...turns.map(([start, end]) => {
+      const turn = h("span", { class: "turn", title: `${clock(start)}–${clock(end)}` });
+      // Positions through the CSSOM: the page's CSP allows no inline style attributes.
+      turn.style.left = `${(100 * start) / total}%`;
+      turn.style.width = `${Math.max(0.3, (100 * (end - start)) / total)}%`;
+      return turn;
+    }),
+  );
+}
+
+async function refreshAnalytics() {
+  if (analyticsDone) return;
+  const analytics = await getJSON(`${base}/analytics`);
+  const status = $("analytics-status");
+  if (analytics.status === "pending") {
+    if (!LIVE.has(call.status)) setTimeout(() => refreshAnalytics().catch(failed), 2000);
+    return;
+  }
+  analyticsDone = true;
+  if (analytics.status === "failed") {
+    status.textContent = `Not measured: ${analytics.error}`;
+    return;
+  }
+  status.textContent = "";
+  const total = Math.max(analytics.analyzedSeconds || 0, ...[...analytics.activity.customer, ...analytics.activity.assistant].map(([, end]) => end), 1);
+  lane($("lane-customer"), analytics.activity.customer, total);
+  lane($("lane-assistant"), analytics.activity.assistant, total);
+  show($("analytics-lanes"), true);
+  const seconds = (value) => (value === null ? "—" : `${value.toFixed(1)} s`);
+  $("analytics-facts").replaceChildren(
+    fact("Customer talked", seconds(analytics.customer.talkSeconds)),
+    fact("Assistant talked", seconds(analytics.assistant.talkSeconds)),
+    fact("Both at once", seconds(analytics.overlapSeconds)),
+    fact("Longest silence", seconds(analytics.longestSilenceSeconds)),
+    fact("Interruptions", `customer ${analytics.interruptions.customer} · assistant ${analytics.interruptions.assistant}`),
+  );
 }
 
 // -- firings --------------------------------------------------------------------------------------
@@ -311,7 +367,12 @@ async function update(changed) {
   const recordingChanged = changed.recording?.status !== call?.recording?.status;
   call = changed;
   renderCall();
-  await Promise.all([fetchEvents(), refreshFirings(), recordingChanged || !LIVE.has(call.status) ? refreshRecording() : null]);
+  await Promise.all([
+    fetchEvents(),
+    refreshFirings(),
+    recordingChanged || !LIVE.has(call.status) ? refreshRecording() : null,
+    LIVE.has(call.status) ? null : refreshAnalytics(),
+  ]);
 }
 
 async function start() {

@@ -1,6 +1,18 @@
 // The call list: the newest calls, kept current by the change stream; durations tick every second.
 import { follow, getJSON, requireSignIn } from "./api.js";
-import { LIVE, alertIn, callSeconds, clock, customerLabel, feedState, h, show, statusBadge, timeOf } from "./dom.js";
+import {
+  LIVE,
+  alertIn,
+  callSeconds,
+  clock,
+  customerLabel,
+  feedState,
+  h,
+  highlightNodes,
+  show,
+  statusBadge,
+  timeOf,
+} from "./dom.js";
 
 const PAGE_SIZE = 100;
 const body = document.getElementById("calls-body");
@@ -44,8 +56,48 @@ function remember(call) {
   if (!known || known.updatedAt <= call.updatedAt) calls.set(call.id, call);
 }
 
+// -- search ---------------------------------------------------------------------------------------
+
+const SPEAKERS = { user: "Customer", assistant: "Assistant" };
+
+function hitItem(hit) {
+  // The call page plays the recording from ?t= (where the utterance begins).
+  const at = hit.offsetSeconds === null ? "" : `?t=${hit.offsetSeconds}`;
+  return h(
+    "li",
+    { class: "hit" },
+    h("a", { href: `/console/calls/${encodeURIComponent(hit.callId)}${at}`, class: "mono" }, hit.callId.slice(0, 8)),
+    h("span", { class: "who" }, SPEAKERS[hit.role] || hit.role),
+    h("q", {}, ...highlightNodes(hit.highlight)),
+    h("span", { class: "muted small" }, hit.offsetSeconds === null ? timeOf(hit.occurredAt) : `at ${clock(hit.offsetSeconds)}`),
+  );
+}
+
+async function search(event) {
+  event.preventDefault();
+  const text = document.getElementById("search-text").value.trim();
+  const results = document.getElementById("search-results");
+  const problem = document.getElementById("search-error");
+  alertIn(problem, "");
+  if (!text) {
+    show(results, false);
+    show(document.getElementById("search-empty"), false);
+    return;
+  }
+  try {
+    const page = await getJSON(`/v1/search/transcripts?limit=20&q=${encodeURIComponent(text)}`);
+    results.replaceChildren(...page.data.map(hitItem));
+    show(results, page.data.length > 0);
+    show(document.getElementById("search-empty"), page.data.length === 0);
+  } catch (failure) {
+    show(results, false);
+    alertIn(problem, failure.status === 403 ? "This API key cannot search calls (it lacks calls:read)." : failure.message);
+  }
+}
+
 async function start() {
   if (!requireSignIn()) return;
+  document.getElementById("search-form").addEventListener("submit", search);
   // The stream first: it replays the last seconds of changes, so nothing falls between it and the list.
   follow("/v1/console/stream", {
     onEvent(type, call) {

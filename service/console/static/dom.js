@@ -13,6 +13,20 @@ export function h(tag, attributes = {}, ...children) {
   return node;
 }
 
+/** A search hit's highlight (HTML-escaped text with <mark> around the matches) as nodes: the text is
+ * unescaped into text nodes and only <mark> becomes an element, so nothing else from the data is markup. */
+export function highlightNodes(highlight) {
+  const unescape = (text) =>
+    text.replace(/&(lt|gt|quot|#x27|amp);/g, (_, name) => ({ lt: "<", gt: ">", quot: '"', "#x27": "'", amp: "&" })[name]);
+  const nodes = [];
+  let marked = false;
+  for (const part of highlight.split(/(<mark>|<\/mark>)/)) {
+    if (part === "<mark>" || part === "</mark>") marked = part === "<mark>";
+    else if (part) nodes.push(marked ? h("mark", {}, unescape(part)) : unescape(part));
+  }
+  return nodes;
+}
+
 export function show(node, visible) {
   node.hidden = !visible;
 }

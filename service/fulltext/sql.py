@@ -1,0 +1,107 @@
+"""The full-text pieces of a search statement, spelled for SQLite (FTS5) and for PostgreSQL.
+
+Everything dialect-specific lives here: which rows match a :class:`~service.fulltext.query.SearchQuery`,
+their relevance and their highlighted text. The rest of a search (filters, order, pages) is ordinary
+SQLAlchemy shared by both.
+
+Relevance is an integer computed from the utterance and the query alone, never from the rest of the
+index (FTS5's ``bm25`` weighs terms by how rare they are, so every insert would move existing results
+and a cursor could skip or repeat them): SQLite, a million times the matches per word of the utterance
+(four words added, so that a one-word utterance does not outrank everything); PostgreSQL, a million
+times ``ts_rank`` divided by the number of distinct words of the utterance (normalisation 8). Higher is
+better on both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    FromClause,
+    Integer,
+    String,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal_column,
+    select,
+    table,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from service.db.models import TranscriptUtterance
+from service.db.statements import table_of
+from service.fulltext.query import SearchQuery
+
+UTTERANCE = table_of(TranscriptUtterance)
+# Highlight markers, turned into <mark> after the text is HTML-escaped (service.search.service).
+MARK_START, MARK_END = "\x02", "\x03"
+_CONFIG: ColumnElement[Any] = literal_column("'switchboard_search'::regconfig")
+# FTS5 names the table itself in MATCH and in its functions; not a model: created by migration 0010.
+_FTS: ColumnElement[Any] = literal_column("transcript_fts")
+_FTS_ROWS = table("transcript_fts", column("rowid", Integer))
+# PostgreSQL: the stored to_tsvector('switchboard_search', text), GIN-indexed (migration 0010).
+_DOCUMENT: ColumnElement[Any] = literal_column("transcript_utterance.search_document")
+# Relevance scale: integers compare exactly in a cursor, where floats would need care.
+_SCALE = 1_000_000
+
+
+def postgresql_query(query: SearchQuery) -> ColumnElement[Any]:
+    """``to_tsquery`` of the parsed query, its text a bound parameter."""
+    return func.to_tsquery(_CONFIG, bindparam("tsquery", query.tsquery(), type_=String))
+
+
+class SearchColumns:
+    """What one backend adds to a search: the FROM, the match condition, relevance and highlight."""
+
+    def __init__(self, query: SearchQuery, *, sqlite: bool) -> None:
+        self.source: FromClause
+        self.relevance: ColumnElement[Any] | None
+        if sqlite:
+            self.source = UTTERANCE.join(_FTS_ROWS, UTTERANCE.c.id == _FTS_ROWS.c.rowid)
+            self.matches = _FTS.op("MATCH")(bindparam("match", query.fts5(), type_=String))
+            self.highlight = func.highlight(_FTS, 0, MARK_START, MARK_END)
+            self.relevance = None  # sqlite_relevance() of the highlight, once it is computed
+        else:
+            document, tsquery = _DOCUMENT, postgresql_query(query)
+            self.source = UTTERANCE
+            self.matches = document.op("@@")(tsquery)
+            options = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"
+            self.highlight = func.ts_headline(_CONFIG, UTTERANCE.c.text, tsquery, options)
+            self.relevance = cast(func.ts_rank(document, tsquery, 8) * _SCALE, BigInteger)
+
+
+def sqlite_relevance(highlight: ColumnElement[Any], text: ColumnElement[Any]) -> ColumnElement[Any]:
+    """SQLite's relevance from the highlighted text: counting the markers counts the matches (a phrase
+    is one), words are counted by spaces. ``highlight`` should be a column computed once per row:
+    FTS5 tokenizes the utterance again for each call of ``highlight()``."""
+    hits = func.length(highlight) - func.length(func.replace(highlight, MARK_START, ""))
+    words = func.length(text) - func.length(func.replace(text, " ", "")) + 5
+    return cast(hits * _SCALE / words, BigInteger)
+
+
+class CallsSaying(ColumnElement[bool]):
+    """``call_id IN (the calls with an utterance matching the query)``, for ``GET /v1/calls?q=``.
+
+    Compiled per dialect; the subquery is uncorrelated, so each database runs the full-text search
+    once and probes the result, instead of once per call.
+    """
+
+    inherit_cache = False  # the query text is rendered as a bound value at compile time
+    type = Boolean()
+
+    def __init__(self, call_id: ColumnElement[Any] | Any, query: SearchQuery) -> None:
+        self.call_id = call_id
+        self.query = query
+
+
+@compiles(CallsSaying)
+def _calls_saying(element: CallsSaying, compiler: SQLCompiler, **kw: Any) -> str:
+    columns = SearchColumns(element.query, sqlite=compiler.dialect.name == "sqlite")
+    matching = select(UTTERANCE.c.call_id).select_from(columns.source).where(columns.matches)
+    return compiler.process(element.call_id.in_(matching), **kw)

@@ -1,0 +1,1 @@
+"""Transcript search: every final utterance indexed once, found by words, phrases and prefixes."""

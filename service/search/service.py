@@ -1,0 +1,213 @@
+"""Transcript search: the utterances matching a query, best first, a page at a time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Row, Select, and_, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.calls.service import metadata_matches
+from service.db.engine import Database
+from service.db.models import Call, CallEvent, Recording, RecordingSegment
+from service.db.statements import table_of
+from service.errors import InvalidInputError
+from service.fulltext.query import SearchQuery, parse_query
+from service.fulltext.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, sqlite_relevance
+from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
+from service.recordings.audio import SAMPLE_BYTES
+from service.search.offsets import SegmentClock, SpeechUpdate, recording_offset, speech_start
+
+_CALL = table_of(Call)
+_EVENT = table_of(CallEvent)
+_RECORDING = table_of(Recording)
+_SEGMENT = table_of(RecordingSegment)
+# How far back before a transcript its speech start is looked for, in timeline events (the partial
+# transcripts and speech updates of both copies sit in between).
+SPEECH_WINDOW_EVENTS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilters:
+    """What narrows a search besides its text (``GET /v1/search/transcripts``)."""
+
+    role: str | None = None
+    call_id: str | None = None
+    assistant_id: str | None = None
+    created_after: dt.datetime | None = None  # the call's creation
+    created_before: dt.datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        """The filters as WHERE clauses on a query that selects from ``transcript_utterance``."""
+        if self.role:
+            query = query.where(UTTERANCE.c.role == self.role)
+        if self.call_id:
+            query = query.where(UTTERANCE.c.call_id == self.call_id)
+        if self.assistant_id or self.created_after or self.created_before:
+            query = query.join(_CALL, _CALL.c.id == UTTERANCE.c.call_id)
+            if self.assistant_id:
+                query = query.where(_CALL.c.assistant_id == self.assistant_id)
+            if self.created_after:
+                query = query.where(_CALL.c.created_at >= self.created_after)
+            if self.created_before:
+                query = query.where(_CALL.c.created_at < self.created_before)
+        for key, value in self.metadata.items():
+            query = query.where(metadata_matches(key, value, UTTERANCE.c.call_id))
+        return query
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One matching utterance."""
+
+    call_id: str
+    seq: int
+    role: str
+    text: str
+    highlight: str  # the text, HTML-escaped, each match in <mark>…</mark>
+    occurred_at: dt.datetime
+    offset_seconds: float | None  # where it starts in the call's recording; None without one
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where a page ends: relevance, then recency, then the row id (unique) break ties."""
+
+    relevance: int
+    occurred_at: dt.datetime
+    row_id: int
+
+    def encode(self) -> str:
+        return encode_cursor(self.relevance, self.occurred_at.isoformat(), self.row_id)
+
+    @classmethod
+    def decode(cls, cursor: str) -> _Position:
+        parts = decode_cursor(cursor)
+        try:
+            relevance, occurred_at, row_id = parts
+            if not isinstance(relevance, int) or not isinstance(row_id, int):
+                raise TypeError
+            return cls(relevance, dt.datetime.fromisoformat(occurred_at), row_id)
+        except (TypeError, ValueError):
+            raise InvalidInputError(BAD_CURSOR) from None
+
+
+def highlighted(marked: str) -> str:
+    """The database's marked text as safe HTML: escaped, the markers turned into ``<mark>`` tags."""
+    return html.escape(marked, quote=False).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+
+
+class SearchService:
+    """Searches the transcript index (``service.search.index`` keeps it)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def statement(self, query: SearchQuery, filters: SearchFilters) -> Select[Any]:
+        """Every matching utterance with its relevance and highlight (a subquery to sort and page)."""
+        columns = SearchColumns(query, sqlite=self._db.is_sqlite)
+        utterance = (UTTERANCE.c.id, UTTERANCE.c.call_id, UTTERANCE.c.seq, UTTERANCE.c.role, UTTERANCE.c.text)
+        matching = select(*utterance, UTTERANCE.c.occurred_at, columns.highlight.label("highlight"))
+        matching = filters.apply(matching.select_from(columns.source).where(columns.matches))
+        if columns.relevance is not None:
+            return matching.add_columns(columns.relevance.label("relevance"))
+        # SQLite: highlight once per row (OFFSET 0 keeps the subquery from being flattened into the
+        # outer query, which would repeat the call in each use), then relevance from it.
+        highlighted = matching.offset(0).subquery("highlighted")
+        relevance = sqlite_relevance(highlighted.c.highlight, highlighted.c.text)
+        return select(*highlighted.c, relevance.label("relevance"))
+
+    async def search(
+        self, text: str, filters: SearchFilters, *, limit: int, cursor: str | None
+    ) -> tuple[list[Hit], str | None]:
+        """The utterances matching ``text`` (see ``service.fulltext.query``), most relevant first, then
+        newest. Keyset pagination on (relevance, time, id): results inserted meanwhile never make a
+        later page skip or repeat one."""
+        query = parse_query(text)
+        found = self.statement(query, filters).subquery("found")
+        page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
+        if cursor:
+            after = _Position.decode(cursor)
+            page = page.where(
+                tuple_(found.c.relevance, found.c.occurred_at, found.c.id)
+                < (after.relevance, after.occurred_at, after.row_id)
+            )
+        async with self._db.read() as session:
+            rows = (await session.execute(page.limit(limit + 1))).all()
+            next_cursor = None
+            if len(rows) > limit:
+                rows = rows[:limit]
+                last = rows[-1]
+                next_cursor = _Position(last.relevance, last.occurred_at, last.id).encode()
+            offsets = await _recording_offsets(session, rows)
+        hits = [
+            Hit(
+                row.call_id,
+                row.seq,
+                row.role,
+                row.text,
+                highlighted(row.highlight),
+                row.occurred_at,
+                offsets.get((row.call_id, row.seq)),
+            )
+            for row in rows
+        ]
+        return hits, next_cursor
+
+
+async def _recording_offsets(session: AsyncSession, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], float | None]:
+    """Where each utterance of a page begins in its call's recording (two reads for the whole page)."""
+    if not rows:
+        return {}
+    call_ids = sorted({row.call_id for row in rows})
+    segments: dict[str, list[SegmentClock]] = {}
+    byte_rates: dict[str, int] = {}
+    answered: dict[str, dt.datetime | None] = {}
+    recorded = (
+        select(
+            _RECORDING.c.call_id,
+            _RECORDING.c.sample_rate,
+            _RECORDING.c.channels,
+            _CALL.c.started_at,
+            _SEGMENT.c.started_at,
+            _SEGMENT.c.bytes,
+            _SEGMENT.c.gap_before_bytes,
+        )
+        .join(_SEGMENT, _SEGMENT.c.recording_id == _RECORDING.c.id)
+        .join(_CALL, _CALL.c.id == _RECORDING.c.call_id)
+        .where(_RECORDING.c.call_id.in_(call_ids))
+        .order_by(_RECORDING.c.call_id, _SEGMENT.c.index)
+    )
+    for call_id, sample_rate, channels, answered_at, started_at, size, gap in await session.execute(recorded):
+        byte_rates[call_id], answered[call_id] = sample_rate * channels * SAMPLE_BYTES, answered_at
+        segments.setdefault(call_id, []).append(SegmentClock(started_at, size, gap))
+    with_audio = [row for row in rows if row.call_id in segments]
+    if not with_audio:
+        return {}
+    # The speech updates shortly before each utterance: one range of the (call_id, seq) key per hit.
+    windows = or_(
+        *(
+            and_(_EVENT.c.call_id == row.call_id, _EVENT.c.seq.between(row.seq - SPEECH_WINDOW_EVENTS, row.seq))
+            for row in with_audio
+        )
+    )
+    updates: dict[str, list[SpeechUpdate]] = {}
+    nearby = select(_EVENT.c.call_id, _EVENT.c.seq, _EVENT.c.occurred_at, _EVENT.c.payload).where(
+        _EVENT.c.type == "speech-update", windows
+    )
+    for call_id, seq, occurred_at, payload in await session.execute(nearby):
+        updates.setdefault(call_id, []).append(SpeechUpdate(seq, occurred_at, payload))
+    return {
+        (row.call_id, row.seq): recording_offset(
+            speech_start(row.role, row.seq, row.occurred_at, updates.get(row.call_id, ())),
+            segments[row.call_id],
+            byte_rate=byte_rates[row.call_id],
+            answered_at=answered[row.call_id],
+        )
+        for row in with_audio
+    }

@@ -1,0 +1,243 @@
+"""GET /v1/search/transcripts and GET /v1/calls?q= on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import delete, func, select, text
+
+from service.db.models import Call, TranscriptUtterance
+from tests.search.conftest import Calls
+
+
+async def test_words_match_in_any_order_stemmed_and_case_insensitive(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.say("call-1", "user", "I would like a REFUND for last month.")
+    await calls.say("call-1", "assistant", "Refunds take five days.")
+    await calls.say("call-1", "user", "Thanks, that helps.")
+
+    assert sorted(await calls.texts("refund")) == ["I would like a REFUND for last month.", "Refunds take five days."]
+    assert await calls.texts("month refunded") == ["I would like a REFUND for last month."], "all words, any order"
+    assert await calls.texts("refund thanks") == [], "every word must match in one utterance"
+    assert await calls.texts("helping") == ["Thanks, that helps."], "stemmed"
+
+
+async def test_phrases_keep_word_order_and_adjacency(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.say("call-1", "user", "I want to cancel my plan today.")
+    await calls.say("call-1", "user", "My plan? I cancel it.")
+    await calls.say("call-1", "user", "Cancel the whole plan.")
+
+    assert await calls.texts('"cancel my plan"') == ["I want to cancel my plan today."]
+    assert sorted(await calls.texts("cancel plan")) == [
+        "Cancel the whole plan.",
+        "I want to cancel my plan today.",
+        "My plan? I cancel it.",
+    ]
+    assert await calls.texts('"my plan" today') == ["I want to cancel my plan today."]
+    assert await calls.texts('"plan cancel"') == []
+    assert await calls.texts('"cancel my pl*"') == ["I want to cancel my plan today."], "prefix inside a phrase"
+    assert await calls.texts('"cancel the whole') == ["Cancel the whole plan."], "an open quote runs to the end"
+
+
+async def test_prefixes(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.say("call-1", "user", "The subscription renewal failed.")
+    await calls.say("call-1", "user", "Subtitles please.")
+    await calls.say("call-1", "assistant", "A renewable plan.")
+
+    assert sorted(await calls.texts("sub*")) == ["Subtitles please.", "The subscription renewal failed."]
+    assert sorted(await calls.texts("renew*")) == ["A renewable plan.", "The subscription renewal failed."]
+    assert await calls.texts("subscr* renew*") == ["The subscription renewal failed."]
+    assert await calls.texts("xyz*") == []
+
+
+async def test_accents_are_ignored_both_ways(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.say("call-1", "user", "Je voudrais un café crème à emporter.")
+    await calls.say("call-1", "user", "The cafe on Main Street, by the resume shop.")
+    await calls.say("call-1", "assistant", "Naïve question: is your résumé ready?")
+
+    both = ["Je voudrais un café crème à emporter.", "The cafe on Main Street, by the resume shop."]
+    assert sorted(await calls.texts("cafe")) == both
+    assert sorted(await calls.texts("CAFÉ")) == both
+    assert await calls.texts("creme") == ["Je voudrais un café crème à emporter."]
+    assert await calls.texts('"naive question"') == ["Naïve question: is your résumé ready?"]
+    assert sorted(await calls.texts("résu*")) == [
+        "Naïve question: is your résumé ready?",
+        "The cafe on Main Street, by the resume shop.",
+    ]
+
+
+async def test_highlights_mark_the_matches_in_escaped_text(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.say("call-1", "user", "Refund <b>now</b> & then another refund")
+    [hit] = (await calls.search("refund"))["data"]
+    assert hit["highlight"] == "<mark>Refund</mark> &lt;b&gt;now&lt;/b&gt; &amp; then another <mark>refund</mark>"
+    assert hit["text"] == "Refund <b>now</b> & then another refund"
+    assert hit["callId"] == "call-1"
+    assert hit["role"] == "user"
+    assert isinstance(hit["seq"], int)
+    assert dt.datetime.fromisoformat(hit["occurredAt"]).tzinfo is not None
+    assert hit["offsetSeconds"] is None, "no recording"
+
+
+async def test_each_final_utterance_is_indexed_once(calls: Calls) -> None:
+    """The webhook and the listen copy are one utterance; two identical utterances are two; partial
+    transcripts are not indexed; Vapi's qualified type is a final transcript too."""
+    await calls.start("call-1")
+    await calls.say("call-1", "user", "Yes")
+    await calls.hear("call-1", "user", "yes ")  # the listen copy of the first "yes"
+    await calls.say("call-1", "user", "ye", final=False)
+    await calls.hear("call-1", "user", "yes")  # the listen socket heard the second "yes" first
+    await calls.say("call-1", "user", "YES")  # its webhook copy
+    await calls.say("call-1", "assistant", "yes")  # another role: another utterance
+    await calls.say("call-1", "user", "yes indeed", kind='transcript[transcriptType="final"]')
+
+    hits = (await calls.search("yes"))["data"]
+    assert sorted((hit["role"], hit["text"]) for hit in hits) == [
+        ("assistant", "yes"),
+        ("user", "Yes"),  # the first copy of each is kept
+        ("user", "yes"),
+        ("user", "yes indeed"),
+    ]
+
+
+async def test_role_call_assistant_created_and_metadata_filters(calls: Calls) -> None:
+    await calls.start("call-a", assistant="asst-1", team="billing", tier=3)
+    await calls.start("call-b", assistant="asst-2", team="support", tier=1)
+    await calls.say("call-a", "user", "Where is my refund?")
+    await calls.say("call-a", "assistant", "Your refund is on its way.")
+    await calls.say("call-b", "user", "Refund me now.")
+    async with calls.db.read() as session:
+        created = dict((await session.execute(select(Call.id, Call.created_at))).tuples().all())
+    middle = created["call-a"] + (created["call-b"] - created["call-a"]) / 2
+
+    async def found(**params: Any) -> list[tuple[str, str]]:
+        return sorted((hit["callId"], hit["role"]) for hit in (await calls.search("refund", **params))["data"])
+
+    assert await found() == [("call-a", "assistant"), ("call-a", "user"), ("call-b", "user")]
+    assert await found(role="user") == [("call-a", "user"), ("call-b", "user")]
+    assert await found(role="assistant") == [("call-a", "assistant")]
+    assert await found(callId="call-b") == [("call-b", "user")]
+    assert await found(assistantId="asst-1") == [("call-a", "assistant"), ("call-a", "user")]
+    assert await found(**{"metadata.team": "support"}) == [("call-b", "user")]
+    assert await found(**{"metadata.tier": "3", "role": "user"}) == [("call-a", "user")]
+    assert await found(**{"metadata.team": "nobody"}) == []
+    assert await found(createdAfter=middle.isoformat()) == [("call-b", "user")]
+    assert await found(createdBefore=middle.isoformat()) == [("call-a", "assistant"), ("call-a", "user")]
+    assert (await calls.search("refund", expect=400, role="robot"))["status"] == 400
+
+
+async def test_relevance_first_then_recency(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.say("call-1", "user", "A long sentence that mentions the refund only once in passing, really.")
+    await calls.say("call-1", "user", "Refund.")
+    await calls.say("call-1", "user", "Refund, refund, refund!")
+    await calls.say("call-1", "assistant", "Refund.")  # as relevant as the user's, and newer
+    await calls.say("call-1", "user", "Nothing to see here.")
+
+    hits = (await calls.search("refund"))["data"]
+    assert [(hit["role"], hit["text"]) for hit in hits] == [
+        ("user", "Refund, refund, refund!"),
+        ("assistant", "Refund."),
+        ("user", "Refund."),
+        ("user", "A long sentence that mentions the refund only once in passing, really."),
+    ]
+
+
+async def test_pages_neither_skip_nor_repeat_while_utterances_arrive(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.start("call-2")
+    originals = [f"refund {'please ' * (i % 4)}number {i}" for i in range(12)]
+    for index, said in enumerate(originals):
+        await calls.say(f"call-{index % 2 + 1}", "user", said)
+
+    seen: list[str] = []
+    cursor = None
+    for page_number in range(20):
+        params = {"limit": 5, **({"cursor": cursor} if cursor else {})}
+        page = await calls.search("refund", **params)
+        seen += [hit["text"] for hit in page["data"]]
+        # Between pages, more matching utterances arrive: very relevant ones, and barely relevant ones.
+        await calls.say("call-1", "user", f"refund refund {page_number}")
+        await calls.say("call-2", "assistant", f"a refund mentioned in a long sentence, the {page_number}th")
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)), "no utterance twice"
+    assert set(originals) <= set(seen), "every utterance stored before the first page is on a page"
+
+
+async def test_calls_whose_transcript_matches(calls: Calls) -> None:
+    await calls.start("call-a", team="billing")
+    await calls.start("call-b", team="support")
+    await calls.start("call-c", team="support")
+    await calls.say("call-a", "user", "I need a refund")
+    await calls.say("call-b", "assistant", "refunds are processed weekly")
+    await calls.say("call-b", "user", "thanks for the refund")
+    await calls.say("call-c", "user", "cancel my plan")
+
+    async def found(**params: str) -> list[str]:
+        response = await calls.client.get("/v1/calls", params=params)
+        assert response.status_code == 200, response.text
+        return [call["id"] for call in response.json()["data"]]
+
+    assert await found(q="refund") == ["call-b", "call-a"], "each call once, newest first"
+    assert await found(q="refund", **{"metadata.team": "support"}) == ["call-b"]
+    assert await found(q='"my plan"') == ["call-c"]
+    assert await found(q="refund", limit="1") == ["call-b"]
+    assert await found(q="nothing") == []
+    response = await calls.client.get("/v1/calls", params={"q": "?!"})
+    assert response.status_code == 400
+    assert response.json()["type"].endswith("bad-search-query")
+
+
+async def test_bad_queries_are_refused_and_hostile_ones_are_only_words(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.say("call-1", "user", "NEAR the OR operator AND the column: text, not syntax")
+    for bad in ("", "   ", '"" * - ()', "a*", "x" * 501, " ".join(["word"] * 17)):
+        problem = await calls.search(bad, expect=400)
+        assert problem["status"] == 400
+    for hostile in (
+        "NEAR(the operator)",
+        "text: syntax",
+        "operator OR AND NOT",
+        "') OR 1=1 --",
+        "'operator' & !syntax | <-> :*",
+        '"the" + "operator"',
+        "column^ {text} -not",
+        "\\'operator\\'",
+    ):
+        hits = (await calls.search(hostile))["data"]
+        assert len(hits) <= 1, hostile
+    assert len((await calls.search("near operator column"))["data"]) == 1
+    assert (await calls.search("refund", expect=422, cursor="not-a-cursor"))["status"] == 422
+
+
+async def test_erasing_a_call_removes_its_utterances_from_the_index(calls: Calls) -> None:
+    await calls.start("call-1")
+    await calls.start("call-2")
+    await calls.say("call-1", "user", "delete me please")
+    await calls.say("call-2", "user", "keep me please")
+    async with calls.db.write() as session:
+        await session.execute(delete(Call).where(Call.id == "call-1"))
+    assert await calls.texts("please") == ["keep me please"]
+    async with calls.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(TranscriptUtterance)) == 1
+        if calls.db.is_sqlite:  # the external-content FTS5 index agrees with its table
+            await session.execute(
+                text("INSERT INTO transcript_fts (transcript_fts, rank) VALUES ('integrity-check', 1)")
+            )
+
+
+async def test_concurrent_copies_of_one_utterance_are_stored_once(calls: Calls) -> None:
+    """The webhook and the listen copy written by concurrent transactions: the unique key decides."""
+    await calls.start("call-1")
+    said = [f"race number {i}" for i in range(8)]
+    await asyncio.gather(
+        *(step for text in said for step in (calls.say("call-1", "user", text), calls.hear("call-1", "user", text)))
+    )
+    assert sorted(await calls.texts("race", limit=20)) == said

@@ -15,6 +15,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from service.auth import scoped
 from service.db.models import RuleFiring
+from service.rules.offloop import COMPILE_TIMEOUT_SECONDS, off_loop
 from service.rules.schemas import FiringOut, FiringPage, RuleOut, RulePage, RuleProblem, ValidationOut
 from service.rules.service import RuleService, RuleView
 
@@ -77,7 +78,7 @@ class RuleController(Controller):
         **scoped("rules:read"),
     )
     async def validate(self, data: JSONBody[dict[str, Any]], rules: Rules) -> ValidationOut:
-        compiled, errors = rules.validate(data)
+        compiled, errors = await off_loop(COMPILE_TIMEOUT_SECONDS, rules.validate, data)
         return ValidationOut(
             valid=not errors,
             rules=[rule.compiled_form() for rule in compiled],

@@ -387,9 +387,6 @@ class RuleEngine:
     ) -> None:
         """Render, POST (through the calls service), and close the firing with its outcome."""
         call_id = call.id
-        message, missing = rule.render(call_values, event)
-        if missing:
-            log.warning("template fields missing; rendered empty", rule=rule.name, call_id=call_id, fields=missing)
         base = {"rule": rule.name, "firingId": str(firing_id), "occurrence": key, "milestone": rule.milestone}
 
         async def journal(session: AsyncSession, injection: Injection) -> list[NewEvent]:
@@ -404,7 +401,10 @@ class RuleEngine:
             payload = {**base, "injectionId": str(injection.id), "type": message["type"], "error": injection.error}
             return [NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)]
 
-        try:
+        try:  # rendering inside: a template refusing to grow too large fails the firing, not the worker
+            message, missing = rule.render(call_values, event)
+            if missing:
+                log.warning("template fields missing; rendered empty", rule=rule.name, call_id=call_id, fields=missing)
             injection = await self._inject(
                 call_id, message, origin="rule", attempts=self._inject_attempts, journal=journal, call=call
             )

@@ -38,6 +38,7 @@ from service.openapi import document_problems
 from service.recordings.controllers import RecordingController, list_recordings
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage, build_storage
+from service.recordings.watch import WatchedStorage
 from service.rules.controllers import FiringController, RuleController  # rules
 from service.rules.engine import RuleEngine  # rules
 from service.rules.files import load_rules_file  # rules
@@ -70,7 +71,7 @@ def create_app(
     except RuleSetError as exc:
         raise ConfigurationError(str(exc)) from None
     db = Database(settings.database_url)
-    storage = storage or build_storage(settings.storage_url)
+    storage = WatchedStorage(storage or build_storage(settings.storage_url))  # write failures reach /readyz
     owns_http_client = http_client is None
     http = http_client or httpx.AsyncClient(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),

@@ -13,6 +13,7 @@ as nothing. Every storage failure surfaces as `StorageError`; a bad key is a pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
@@ -94,6 +95,7 @@ class _FileWriter:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self._size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise StorageError(f"cannot open {path} for writing: {exc.strerror}") from exc
 
@@ -106,7 +108,12 @@ class _FileWriter:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as exc:
+            # All or nothing: a disk that filled up mid-batch must not leave half of it, or the
+            # caller's retry of the whole batch would store its first part twice.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
             raise StorageError(f"write failed: {exc.strerror}") from exc
+        self._size += len(data)
 
     async def close(self) -> None:
         if self._fd >= 0:

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from service.auth import current_principal, scoped
+from service.calls.ids import CallIdPath
 from service.calls.schemas import (
     CallCreate,
     CallImport,
@@ -184,7 +185,7 @@ class CallController(Controller):
         return CallPage(data=[call_out(call, show_monitor_urls=admin) for call in page], next_cursor=next_cursor)
 
     @get("/{call_id:str}", operation_id="getCall", summary="Get one call", **scoped("calls:read"))
-    async def get_call(self, request: Request[Any, Any, Any], call_id: FromPath[str], calls: Calls) -> CallOut:
+    async def get_call(self, request: Request[Any, Any, Any], call_id: CallIdPath, calls: Calls) -> CallOut:
         call = await calls.get_call(call_id)
         return call_out(call, show_monitor_urls=current_principal(request).is_admin)
 
@@ -196,7 +197,7 @@ class CallController(Controller):
     )
     async def list_events(
         self,
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         calls: Calls,
         limit: Limit = 200,
         cursor: Cursor = None,
@@ -219,7 +220,7 @@ class CallController(Controller):
     async def say(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         data: JSONBody[SayIn],
         calls: Calls,
         idempotency: Idempotency,
@@ -244,7 +245,7 @@ class CallController(Controller):
     async def control(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         data: JSONBody[ControlIn],
         calls: Calls,
         idempotency: Idempotency,

@@ -8,9 +8,9 @@ from typing import Any
 from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
-from litestar.params import FromPath
 
 from service.auth import scoped
+from service.calls.ids import CallIdPath
 from service.listen.supervisor import ListenSupervisor
 
 # Close codes in the private range (4000-4999), echoing HTTP where one fits.
@@ -30,7 +30,7 @@ CLOSE_TOO_SLOW = 4408
     ),
 )
 async def live_listen(
-    socket: WebSocket[Any, Any, Any], call_id: FromPath[str], supervisor: NamedDependency[ListenSupervisor]
+    socket: WebSocket[Any, Any, Any], call_id: CallIdPath, supervisor: NamedDependency[ListenSupervisor]
 ) -> None:
     await socket.accept()
     relay = supervisor.relay(call_id)

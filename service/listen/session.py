@@ -146,6 +146,11 @@ class ListenSession:
         """Vapi reported the end: stop reconnecting."""
         self._ended.set()
 
+    @property
+    def ended(self) -> bool:
+        """Whether the session knows the call ended."""
+        return self._ended.is_set()
+
     def call_answered(self) -> None:
         self._answered = True
 

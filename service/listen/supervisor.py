@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -30,6 +32,19 @@ from service.tasks import finish
 log = structlog.get_logger(__name__)
 
 SessionFactory = Callable[[str, LiveRelay], ListenSession]
+CRASH_BACKOFF_SECONDS = 2.0  # doubled per crash of the same call, up to the cap
+CRASH_BACKOFF_CAP_SECONDS = 300.0
+MAX_CRASHES_AFTER_END = 1  # a call that ended gets this many more attempts (to finalise) after a crash
+
+
+@dataclass(slots=True)
+class _Crashes:
+    """A call whose session crashed: not restarted before ``retry_at``; never again once ``given_up``."""
+
+    count: int = 0
+    retry_at: float = 0.0
+    after_end: int = 0
+    given_up: bool = False
 
 
 class ListenSupervisor:
@@ -50,6 +65,7 @@ class ListenSupervisor:
         self._sessions: dict[str, ListenSession] = {}
         self._relays: dict[str, LiveRelay] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._crashes: dict[str, _Crashes] = {}  # in memory: a restart retries, still with backoff
         self._maintainer: asyncio.Task[None] | None = None
         self._closing = False
         self.journal = EventJournal(leases.db)  # one writer for every session's events
@@ -81,6 +97,9 @@ class ListenSupervisor:
         when many calls start)."""
         if self._closing or call_id in self._tasks:
             return
+        crashes = self._crashes.get(call_id)
+        if crashes is not None and (crashes.given_up or time.monotonic() < crashes.retry_at):
+            return  # a crash loop backs off (and ends once the call has ended)
         if len(self._tasks) >= self._limit:
             log.error("listen session limit reached; call left to other replicas", call_id=call_id, limit=self._limit)
             return
@@ -103,6 +122,7 @@ class ListenSupervisor:
 
     async def _run(self, call_id: str, leased: bool, target: CallTarget | None) -> None:
         acquired = leased
+        session: ListenSession | None = None
         try:
             acquired = acquired or await self._leases.acquire(call_id)
             if not acquired or self._closing:
@@ -117,6 +137,9 @@ class ListenSupervisor:
         except Exception:
             # One session's crash never touches another: reported (the session journals it too), slot freed.
             log.exception("listen session crashed", call_id=call_id)
+            self._crashed(call_id, ended=session.ended if session is not None else False)
+        else:
+            self._crashes.pop(call_id, None)
         finally:
             self._sessions.pop(call_id, None)
             relay_ = self._relays.pop(call_id, None)
@@ -127,6 +150,19 @@ class ListenSupervisor:
             if acquired:
                 with contextlib.suppress(Exception):  # an expired lease frees the call anyway
                     await self._leases.release(call_id)
+
+    def _crashed(self, call_id: str, *, ended: bool) -> None:
+        """Back off before the call's next session; after the call ended, give up (no loop forever)."""
+        crashes = self._crashes.setdefault(call_id, _Crashes())
+        crashes.count += 1
+        crashes.retry_at = time.monotonic() + min(
+            CRASH_BACKOFF_CAP_SECONDS, CRASH_BACKOFF_SECONDS * 2 ** (crashes.count - 1)
+        )
+        if ended:
+            crashes.after_end += 1
+            crashes.given_up = crashes.after_end > MAX_CRASHES_AFTER_END
+        if crashes.given_up:
+            log.error("listen session keeps crashing after the call ended; giving up", call_id=call_id)
 
     async def _maintain(self) -> None:
         while True:

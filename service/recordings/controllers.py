@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from service.auth import scoped
+from service.calls.ids import CallIdPath
 from service.calls.service import CallFilters, metadata_filters
 from service.db.models import Call, Recording
 from service.errors import DomainError
@@ -33,7 +34,7 @@ class RangeError(DomainError):
     title = "Range not satisfiable"
 
 
-def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
+def recording_out(call_id: str, view: RecordingView) -> RecordingOut:
     recording = view.recording
     return RecordingOut(
         call_id=call_id,
@@ -106,7 +107,7 @@ class RecordingController(Controller):
     security = [{"apiKey": ["recordings:read"]}]
 
     @get("/recording", operation_id="getRecording", summary="A call's recording: status, format, gaps")
-    async def get_recording(self, call_id: FromPath[str], recordings: Recordings) -> RecordingOut:
+    async def get_recording(self, call_id: CallIdPath, recordings: Recordings) -> RecordingOut:
         view = await recordings.describe(call_id)
         return recording_out(call_id, view) if view is not None else no_recording_out(call_id)
 
@@ -119,7 +120,7 @@ class RecordingController(Controller):
     async def download_pcm(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         recordings: Recordings,
     ) -> Stream:
         download = await recordings.pcm_download(call_id)
@@ -136,7 +137,7 @@ class RecordingController(Controller):
     async def download_wav(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         recordings: Recordings,
         channel: Channel = None,
     ) -> Stream:

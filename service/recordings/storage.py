@@ -84,9 +84,15 @@ class RecordingStorage(Protocol):
     async def close(self) -> None: ...
 
 
+MAX_KEY_PART_BYTES = 255  # a file name's limit on every common file system
+
+
 def _check_key(key: str) -> str:
-    if any(part in ("", ".", "..") for part in key.split("/")):
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"invalid storage key {key!r}: use non-empty '/'-separated parts, no '.' or '..'")
+    if any(len(part.encode()) > MAX_KEY_PART_BYTES for part in parts):
+        raise ValueError(f"invalid storage key {key[:80]!r}…: a part is longer than {MAX_KEY_PART_BYTES} bytes")
     return key
 
 

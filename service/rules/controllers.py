@@ -14,6 +14,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service.auth import scoped
+from service.calls.ids import CallIdPath
 from service.db.models import RuleFiring
 from service.rules.offloop import COMPILE_TIMEOUT_SECONDS, off_loop
 from service.rules.schemas import FiringOut, FiringPage, RuleOut, RulePage, RuleProblem, ValidationOut
@@ -116,7 +117,7 @@ class FiringController(Controller):
         **scoped("calls:read"),
     )
     async def list_firings(
-        self, call_id: FromPath[str], rules: Rules, limit: Limit = 100, cursor: Cursor = None
+        self, call_id: CallIdPath, rules: Rules, limit: Limit = 100, cursor: Cursor = None
     ) -> FiringPage:
         page, next_cursor = await rules.list_firings(call_id, limit=limit, cursor=cursor)
         return FiringPage(data=[firing_out(firing) for firing in page], next_cursor=next_cursor)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
 from service.calls.events import NewEvent
+from service.calls.ids import is_call_id
 from service.calls.redact import redact
 from service.calls.rows import CallRows
 from service.calls.tracking import announce_status, apply_status, merge_vapi_call, parse_timestamp
@@ -73,6 +74,8 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     call = message.get("call")
     if call is not None and not (isinstance(call, dict) and isinstance(call.get("id"), str)):
         raise MalformedWebhookError('"message.call" must be an object with a string "id"')
+    if call is not None and not is_call_id(call["id"]):
+        raise MalformedWebhookError('"message.call.id" must be 1-64 letters, digits, "-" or "_" (Vapi sends UUIDs)')
     return message
 
 

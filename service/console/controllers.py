@@ -7,6 +7,7 @@ The pages are shells: the browser keeps the API key in ``sessionStorage`` and fe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,13 +24,14 @@ from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_200_OK
 from litestar.types import ControllerRouterHandler
 
-from service.auth import current_principal, scoped
+from service.auth import current_principal, scoped, until_revoked
 from service.calls.controllers import call_out
 from service.calls.service import CallService
 from service.console.dryrun import DryRunService
 from service.console.feed import CallFeed
 from service.console.schemas import DryRunIn, DryRunOut
 from service.db.engine import Database
+from service.db.models import Call
 from service.rules.schema import MILESTONES
 
 HERE = Path(__file__).parent
@@ -95,6 +97,15 @@ def _encode(call: Any) -> str:
     return msgspec.json.encode(call_out(call, show_monitor_urls=False)).decode()
 
 
+def _call_messages(changed: list[Call], quiet_since: float) -> list[ServerSentEventMessage]:
+    """One poll's events: each changed call, or a keep-alive comment after a quiet while."""
+    if changed:
+        return [ServerSentEventMessage(event="call", data=_encode(call)) for call in changed]
+    if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+        return [ServerSentEventMessage(comment="keep-alive")]
+    return []
+
+
 class ConsoleStreamController(Controller):
     path = "/v1/console"
     tags = ["console"]
@@ -108,27 +119,33 @@ class ConsoleStreamController(Controller):
             "`event: ready` once connected, then `event: call` with the call (as GET /v1/calls/{id}) each time "
             "it changes: status, timeline, recording. Changes of the last few seconds are sent first, so a "
             "client that opens the stream and then lists calls misses nothing. `callId` follows one call. "
-            "A comment line every 15 s keeps idle connections open."
+            "A comment line every 15 s keeps idle connections open. The key is checked again every 2 s: once "
+            "it is revoked the stream sends `event: revoked` and ends."
         ),
         media_type="text/event-stream",
         **scoped("calls:read"),
     )
     async def stream(
         self,
+        request: Request[Any, Any, Any],
         feed: NamedDependency[CallFeed],
         call_id: Annotated[str | None, QueryParameter(name="callId", max_length=64)] = None,
     ) -> ServerSentEvent:
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             yield ServerSentEventMessage(event="ready", data="{}")
             quiet_since = time.monotonic()
-            async for changed in feed.changes(call_id):
-                for call in changed:
-                    yield ServerSentEventMessage(event="call", data=_encode(call))
-                if changed:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
-                    quiet_since = time.monotonic()
-                    yield ServerSentEventMessage(comment="keep-alive")
+            revoked = asyncio.create_task(until_revoked(request), name="console-stream-key-watch")
+            try:
+                async for changed in feed.changes(call_id):
+                    if revoked.done():  # the feed polls every second: ended within seconds of a revocation
+                        yield ServerSentEventMessage(event="revoked", data='{"reason": "API key revoked"}')
+                        return
+                    for message in _call_messages(changed, quiet_since):
+                        yield message
+                    if changed or time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+                        quiet_since = time.monotonic()
+            finally:
+                revoked.cancel()
 
         return ServerSentEvent(messages(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

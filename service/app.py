@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from service import __version__
 from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
+from service.bodies import GuardedRequest
 from service.calls.controllers import CallController
 from service.calls.service import CallService
 from service.console.controllers import CONSOLE_API, CONSOLE_PAGES  # console
@@ -201,6 +202,7 @@ def create_app(
         ),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=GuardedRequest,  # JSON bodies: too deep or not UTF-8 is a 400, not a 500
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Switchboard",

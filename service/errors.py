@@ -47,6 +47,14 @@ class ConflictError(DomainError):
     title = "Conflict"
 
 
+class BadRequestError(DomainError):
+    """The request itself is malformed (a filter or body Switchboard cannot read)."""
+
+    status_code = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
 class InvalidInputError(DomainError):
     status_code = 422
     slug = "invalid-input"
@@ -159,6 +167,7 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {Exception: problem_handl
 __all__ = [
     "EXCEPTION_HANDLERS",
     "AuthenticationError",
+    "BadRequestError",
     "ConflictError",
     "DomainError",
     "InvalidInputError",

@@ -20,7 +20,7 @@ def encode_cursor(*parts: Any) -> str:
 def decode_cursor(cursor: str) -> list[Any]:
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: JSON nested absurdly deep
         raise InvalidInputError(BAD_CURSOR) from None
     if not isinstance(parts, list):
         raise InvalidInputError(BAD_CURSOR)
@@ -36,6 +36,10 @@ def decode_newest_first(cursor: str) -> tuple[dt.datetime, str]:
     """``(created_at, id)`` of the last row of the previous page."""
     parts = decode_cursor(cursor)
     try:
-        return dt.datetime.fromisoformat(parts[0]), str(parts[1])
+        created_at = dt.datetime.fromisoformat(parts[0])
+        row_id = parts[1]
     except (IndexError, TypeError, ValueError):
         raise InvalidInputError(BAD_CURSOR) from None
+    if created_at.tzinfo is None or isinstance(row_id, list | dict):  # cursors we issue are UTC, ids scalar
+        raise InvalidInputError(BAD_CURSOR)
+    return created_at, str(row_id)

@@ -24,7 +24,7 @@ from service.calls.tracking import announce_status, merge_vapi_call
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, CallMetadata, Injection, utcnow
 from service.deliveries.outbox import enqueue
-from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
+from service.errors import BadRequestError, ConflictError, DomainError, InvalidInputError, NotFoundError, UpstreamError
 from service.pagination import (
     BAD_CURSOR,
     decode_cursor,
@@ -88,6 +88,12 @@ class CallFilters:
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A naive time cannot be compared with stored (UTC) times: say so instead of guessing a zone.
+        for name, value in (("createdAfter", self.created_after), ("createdBefore", self.created_before)):
+            if value is not None and value.tzinfo is None:
+                raise BadRequestError(f"{name} needs a time zone, e.g. 2025-01-31T09:00:00Z or …+01:00")
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""

@@ -45,9 +45,12 @@ def check_secret(secret: str) -> str:
 
 def _page_cursor(parts: list[object]) -> tuple[dt.datetime, uuid.UUID]:
     try:
-        return dt.datetime.fromisoformat(str(parts[0])), uuid.UUID(str(parts[1]))
+        created_at, row_id = dt.datetime.fromisoformat(str(parts[0])), uuid.UUID(str(parts[1]))
     except (IndexError, ValueError):
         raise InvalidInputError(BAD_CURSOR) from None
+    if created_at.tzinfo is None:  # the cursors we issue are UTC; a naive one cannot be compared
+        raise InvalidInputError(BAD_CURSOR)
+    return created_at, row_id
 
 
 class WebhookEndpointService:

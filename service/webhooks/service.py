@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.bodies import BodyError, decode_json_body
 from service.calls import status as call_status
 from service.calls.events import NewEvent
 from service.calls.ids import is_call_id
@@ -63,9 +63,9 @@ def dedupe_key(raw: bytes) -> str:
 def parse_message(raw: bytes) -> dict[str, Any]:
     """The ``message`` object of a server message body, or :class:`MalformedWebhookError`."""
     try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise MalformedWebhookError(f"the body is not valid JSON: {exc}") from None
+        body = decode_json_body(raw)
+    except BodyError as exc:
+        raise MalformedWebhookError(str(exc)) from None
     if not isinstance(body, dict) or not isinstance(body.get("message"), dict):
         raise MalformedWebhookError('expected a JSON object with a "message" object')
     message: dict[str, Any] = body["message"]

@@ -47,6 +47,7 @@ from service.rules.schema import RuleSetError  # rules
 from service.rules.service import RuleService  # rules
 from service.settings import ConfigurationError, Settings
 from service.vapi.client import VapiClient
+from service.vapi.monitors import MonitorUrlPolicy
 from service.webhooks.controllers import VapiWebhookController
 from service.webhooks.service import WebhookAuth, WebhookService
 
@@ -83,6 +84,9 @@ def create_app(
         base_url=settings.vapi_base_url,
         api_key=settings.vapi_api_key.get_secret_value() if settings.vapi_api_key else None,
         public_key=settings.vapi_public_key.get_secret_value() if settings.vapi_public_key else None,
+        monitor_policy=MonitorUrlPolicy.for_vapi(
+            vapi_base_url=settings.vapi_base_url, allow_private=settings.webhook_allow_private
+        ),
         timeout=settings.vapi_timeout_seconds,
     )
     recordings = RecordingService(db, storage)

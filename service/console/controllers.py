@@ -80,8 +80,18 @@ class ConsolePages(Controller):
         return page("rules.html", section="rules", title="Rules", milestones=MILESTONES)
 
 
+def _nosniff(response: Response[Any]) -> Response[Any]:
+    """Static JS and CSS are only ever what their extension says: browsers must not guess otherwise."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 console_static = create_static_files_router(
-    "/console/static", directories=[HERE / "static"], name="console:static", include_in_schema=False
+    "/console/static",
+    directories=[HERE / "static"],
+    name="console:static",
+    include_in_schema=False,
+    after_request=_nosniff,
 )
 
 

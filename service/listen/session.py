@@ -28,6 +28,7 @@ from service.calls import status as call_status
 from service.calls.events import NewEvent, StoredEvent
 from service.db.engine import Database
 from service.db.models import Call
+from service.deliveries.urls import UnsafeUrlError
 from service.errors import database_unavailable
 from service.listen.journal import EventJournal
 from service.listen.relay import LiveRelay
@@ -188,8 +189,8 @@ class ListenSession:
         listen_url = target.listen_url
         headers = self._vapi.monitor_headers(authenticated=target.listen_auth)
         disconnected_at: float | None = None
-        error: str | None = None
-        while not self._stopping.is_set():
+        error = await self._refused(listen_url)  # before any connection: it may carry the Vapi public key
+        while error is None and not self._stopping.is_set():
             try:
                 socket = await self._connect(listen_url, headers)
             except PermanentListenError as exc:
@@ -215,6 +216,14 @@ class ListenSession:
             log.info("listen session handed over", call_id=self.call_id)
             return
         await self._finish(error or self._storage_error)
+
+    async def _refused(self, listen_url: str) -> str | None:
+        """Why the session must not connect to ``listen_url`` (an internal address, say), else None."""
+        try:
+            await self._vapi.check_monitor_url(listen_url)
+        except UnsafeUrlError as exc:
+            return f"the listen URL is refused: {exc}"
+        return None
 
     async def _finish(self, error: str | None) -> None:
         recording = await self._persist(lambda: self._recordings.finalize(self.call_id, error=error), "finalize")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from litestar import Controller, Request, get
 from litestar.di import NamedDependency
@@ -32,6 +34,20 @@ class RangeError(DomainError):
     status_code = 416
     slug = "range-not-satisfiable"
     title = "Range not satisfiable"
+
+    def __init__(self, total: int) -> None:
+        super().__init__(f"the file has {total} bytes", contentRange=f"bytes */{total}")
+        self.headers = {"Content-Range": f"bytes */{total}"}  # RFC 9110 §15.5.17
+
+
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with a plain-ASCII ``filename`` (anything else replaced by ``_``: no quote or line
+    break can end the header) and the exact name as RFC 6266 / 8187 ``filename*``."""
+    plain = _UNSAFE_FILENAME.sub("_", filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def recording_out(call_id: str, view: RecordingView) -> RecordingOut:
@@ -86,12 +102,12 @@ def ranged_stream(download: Download, range_header: str | None, *, media_type: s
     try:
         selected = parse_range(range_header, total)
     except RangeNotSatisfiableError:
-        raise RangeError(f"the file has {total} bytes", contentRange=f"bytes */{total}") from None
+        raise RangeError(total) from None
     start, end = selected or (0, total)
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Length": str(end - start),
-        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Disposition": content_disposition(filename),
     }
     if selected:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"

@@ -28,6 +28,7 @@ from service.db.models import Call, CallEvent
 from service.errors import AuthenticationError, DomainError, ServiceUnavailableError
 from service.metrics import Metrics
 from service.settings import Settings
+from service.vapi.messages import metric_type
 from service.webhooks.verify import authenticated
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 BATCH_MAX = 200
 QUEUE_LIMIT = 10_000
+
+
+MAX_TYPE_CHARS = 128
 
 
 class MalformedWebhookError(DomainError):
@@ -71,6 +75,8 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     message: dict[str, Any] = body["message"]
     if not isinstance(message.get("type"), str) or not message["type"]:
         raise MalformedWebhookError('"message.type" must be a non-empty string')
+    if len(message["type"]) > MAX_TYPE_CHARS:  # the event type column's width; Vapi's are short
+        raise MalformedWebhookError(f'"message.type" must be at most {MAX_TYPE_CHARS} characters')
     call = message.get("call")
     if call is not None and not (isinstance(call, dict) and isinstance(call.get("id"), str)):
         raise MalformedWebhookError('"message.call" must be an object with a string "id"')
@@ -177,7 +183,7 @@ class WebhookService:
     async def ingest(self, raw: bytes) -> IngestResult:
         message = parse_message(raw)
         kind: str = message["type"]
-        self._metrics.webhooks.labels(type=kind).inc()
+        self._metrics.webhooks.labels(type=metric_type(kind)).inc()
         vapi_call: dict[str, Any] | None = message.get("call")
         if vapi_call is None:
             # Messages not tied to a call (rare: phone-number level requests) have no timeline.

@@ -8,7 +8,7 @@ we register (below) is pure, so an expression can only read ``call`` and ``event
 statically (``service.rules.celshape``: source length, bracket nesting, comprehension count and depth,
 an iteration estimate), and the inputs are small documents built by the engine (never raw webhook
 bodies). The library cannot be interrupted, so the runtime budget is a fuse: a condition whose one
-evaluation took longer than :data:`EVALUATION_BUDGET_SECONDS` is disabled (evaluates as an error) until
+evaluation took more CPU time than :data:`EVALUATION_BUDGET_SECONDS` is disabled (evaluates as an error) until
 the rules are loaded again.
 
 ``matches()``: the library compiles the regular expression again on every evaluation (90-300 µs for a
@@ -64,14 +64,14 @@ class Condition:
             raise ConditionRuntimeError(
                 f"disabled: one evaluation took {self._blown[0]:.3f} s (budget {EVALUATION_BUDGET_SECONDS} s)"
             )
-        started = time.perf_counter()
+        started = time.thread_time()  # CPU time: a busy machine descheduling us does not count
         try:
             result = self.program.execute(context)
         except Exception as exc:  # the binding raises KeyError, TypeError, RuntimeError, ValueError …
             message = _first_line(f"{type(exc).__name__}: {exc}").replace(MATCHES_FUNCTION, "matches")
             raise ConditionRuntimeError(message) from None
         finally:
-            if (elapsed := time.perf_counter() - started) > EVALUATION_BUDGET_SECONDS:
+            if (elapsed := time.thread_time() - started) > EVALUATION_BUDGET_SECONDS:
                 self._blown.append(elapsed)
         if not isinstance(result, bool):
             raise ConditionRuntimeError(f"the condition gave {type(result).__name__}, not a boolean")

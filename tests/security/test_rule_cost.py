@@ -81,6 +81,7 @@ def test_a_condition_that_blows_its_time_budget_is_disabled(monkeypatch: pytest.
     condition = compile_condition("event.items.all(a, event.items.all(b, a >= 0))")
     context = make_context({}, {"items": list(range(300))})
     monkeypatch.setattr(conditions, "EVALUATION_BUDGET_SECONDS", 0.0)  # any evaluation overruns
-    assert condition.evaluate(context) is True
+    for _ in range(conditions.EVALUATION_STRIKES):
+        assert condition.evaluate(context) is True
     with pytest.raises(ConditionRuntimeError, match="disabled"):
         condition.evaluate(context)

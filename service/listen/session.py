@@ -336,7 +336,12 @@ class ListenSession:
 
         current = [segment]  # the segment being written: a storage outage moves on to a next one
         writer = RecordingWriter(
-            sink, metrics=self._metrics, name=self.call_id, pressure=pressure, split=self._splitter(current)
+            sink,
+            metrics=self._metrics,
+            name=self.call_id,
+            pressure=pressure,
+            split=self._splitter(current),
+            notify=self._journal,
         )
         self._journal("listen.connected", {"segment": segment.index})
         log.info("listening", call_id=self.call_id, segment=segment.index)
@@ -394,7 +399,6 @@ class ListenSession:
                 raise RuntimeError(f"segment opened as {opened.key}, expected {key}")
             current[0] = opened
             self._metrics.listen_gaps.inc()
-            self._journal("listen.storage_resumed", {"segment": opened.index, "droppedBytes": dropped})
             return sink
 
         return split

@@ -65,15 +65,18 @@ class RecordingWriter:
         name: str,
         pressure: Callable[[bool], None] | None = None,
         split: Split | None = None,
+        notify: Callable[[str, dict[str, object]], None] | None = None,
     ) -> None:
         self._sink = sink
         self._split = split
+        self._notify = notify  # timeline events: listen.storage_failed / listen.storage_resumed
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._failures = 0  # consecutive failed attempts; 0 while storage works
         self._broken = False  # a gap could not be recorded: audio is counted, no longer stored
         self._retry_at = 0.0
         self.dropped_bytes = 0  # lost since the last stored byte, not yet marked as a gap
+        self._dropped_in_outage = 0
         self._metrics = metrics
         self._pressure = pressure
         self._blocked = False
@@ -181,6 +184,7 @@ class RecordingWriter:
             dropped = self._pending.popleft()
             self._pending_bytes -= len(dropped)
             self.dropped_bytes += len(dropped)
+            self._dropped_in_outage += len(dropped)
 
     async def _store_pending(self) -> None:
         try:
@@ -202,7 +206,9 @@ class RecordingWriter:
             return
         if self._failures:
             log.warning("recording storage works again", failures=self._failures)
-            self._failures = 0
+            if self._notify is not None:
+                self._notify("listen.storage_resumed", {"droppedBytes": self._dropped_in_outage})
+            self._failures = self._dropped_in_outage = 0
 
     async def _start_after_gap(self) -> None:
         """Storage may be back after dropping audio: continue in a new segment behind a gap. The split
@@ -224,6 +230,8 @@ class RecordingWriter:
         reason = f"storage write failed: {type(exc).__name__}: {exc}"[:500]
         if not self._failures:
             log.error("recording storage failed; holding audio and retrying", error=reason)
+            if self._notify is not None:
+                self._notify("listen.storage_failed", {"error": reason})
         delay = OUTAGE_RETRY_SECONDS[min(self._failures, len(OUTAGE_RETRY_SECONDS) - 1)]
         self._failures += 1
         self._retry_at = time.monotonic() + delay

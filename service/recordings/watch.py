@@ -8,6 +8,7 @@ segment writer whose last write failed, and fails :meth:`check` until each of th
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 
 from service.recordings.storage import RecordingStorage, SegmentWriter, StorageError
@@ -23,12 +24,12 @@ class _WatchedWriter:
         try:
             await self._inner.write(data)
         except Exception as exc:
-            self._watch.failing[id(self)] = f"{self._key}: {exc}"[:300]
+            self._watch.failing[self] = f"{self._key}: {exc}"[:300]
             raise
-        self._watch.failing.pop(id(self), None)
+        self._watch.failing.pop(self, None)
 
     async def close(self) -> None:
-        self._watch.failing.pop(id(self), None)
+        self._watch.failing.pop(self, None)
         await self._inner.close()
 
 
@@ -37,7 +38,9 @@ class WatchedStorage:
 
     def __init__(self, inner: RecordingStorage) -> None:
         self.inner = inner
-        self.failing: dict[int, str] = {}  # writer → its last error, while it has not written since
+        # writer → its last error, while it has not written since (weak: a writer dropped unclosed, by a
+        # crashed session, does not keep readiness red forever)
+        self.failing: weakref.WeakKeyDictionary[_WatchedWriter, str] = weakref.WeakKeyDictionary()
 
     async def open_writer(self, key: str) -> SegmentWriter:
         """Open ``key`` for appending, through the watch."""

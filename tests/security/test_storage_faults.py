@@ -98,9 +98,12 @@ async def test_a_full_disk_is_waited_out_and_what_was_dropped_is_a_gap(
         [(at, length)] = split_by_gaps(stack, recording)
         assert length >= 100_000, "most of what arrived during the outage (less what was held) was dropped"
         assert await stack.pcm(call_id) == sent[:at] + sent[at + length :], "before and after the gap, in order"
-        events = [e["type"] for e in await stack.events(call_id)]
-        assert "listen.storage_resumed" in events
-        assert "listen.failed" not in events
+        events = await stack.events(call_id)
+        outage = [e for e in events if e["type"].startswith("listen.storage_")]
+        assert [e["type"] for e in outage] == ["listen.storage_failed", "listen.storage_resumed"]
+        assert "No space left on device" in outage[0]["payload"]["error"]
+        assert outage[1]["payload"]["droppedBytes"] == length
+        assert "listen.failed" not in [e["type"] for e in events]
 
 
 @pytest.fixture

@@ -85,6 +85,11 @@ def _list_size(code: list[str], pairs: dict[int, int], opening: int) -> int:
     return commas + (0 if trailing else 1)
 
 
+def _ends_operand(token: str) -> bool:
+    """Whether ``token`` can end an operand (so a ``[`` after it indexes rather than opens a list)."""
+    return token in (")", "]", "}") or token[0].isalnum() or token[0] in "_'\""
+
+
 def _macros(code: list[str], pairs: dict[int, int]) -> list[_Macro]:
     closers = {end: start for start, end in pairs.items()}
     elements = code.count(",") + 1
@@ -95,6 +100,8 @@ def _macros(code: list[str], pairs: dict[int, int]) -> list[_Macro]:
             continue
         receiver = index - 2
         opening = closers.get(receiver) if receiver >= 0 and code[receiver] == "]" else None
+        if opening is not None and opening > 0 and _ends_operand(code[opening - 1]):
+            opening = None  # ``expr[0]`` is an index into a computed list, not a list literal
         size = _list_size(code, pairs, opening) if opening is not None else unknown
         variable = code[index + 2] if index + 2 < len(code) and code[index + 2].isidentifier() else None
         found.append(_Macro(index + 1, pairs[index + 1], variable, size))

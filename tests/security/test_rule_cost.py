@@ -65,8 +65,11 @@ async def test_rule_bombs_are_refused_quickly_while_healthz_answers(
     [
         # Three macros, each within the count, but nested three deep.
         "[1].all(a, [1].all(b, [1].all(c, true)))",
-        # Two nested macros over 400-element literals: 160,000 iterations.
-        "{l}.all(a, {l}.all(b, a == b))".format(l="[" + ",".join(["0"] * 400) + "]"),
+        # Three macros, two nested: a list grown by + to 4,000 elements (an index hides it behind "]"),
+        # each element against every item of an event list: 400,000 iterations for 100 items.
+        "[[{l}]].map(x, {g})[0].all(a, event.items.exists(b, b > a + 99))".format(
+            l=",".join(["0"] * 40), g="+".join(["x"] * 100)
+        ),
         # Brackets nested deeper than the parser should recurse.
         "(" * 40 + "true" + ")" * 40,
     ],

@@ -19,16 +19,7 @@ CALL_ID_EXAMPLE = "7420f27a-30fd-4f49-a995-5549ae7cc00d"
 _CALL_ID = re.compile(CALL_ID_PATTERN)
 
 # A ``/v1/calls/{call_id}`` path parameter: 400 (a problem document) when it is not a call id.
-CallIdPath = FromPath[
-    Annotated[
-        str,
-        Parameter(
-            pattern=CALL_ID_PATTERN,
-            description="The call's id (Vapi's: a UUID)",
-            examples=None,
-        ),
-    ]
-]
+CallIdPath = FromPath[Annotated[str, Parameter(pattern=CALL_ID_PATTERN, description="The call's id (Vapi's: a UUID)")]]
 
 
 def is_call_id(value: object) -> bool:

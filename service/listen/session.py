@@ -33,10 +33,11 @@ from service.errors import database_unavailable
 from service.listen.journal import EventJournal
 from service.listen.relay import LiveRelay
 from service.listen.socket import ListenSocket, open_listen_socket
-from service.listen.writer import RecordingWriter, Split, StorageOutage
+from service.listen.splitter import SegmentSplitter
+from service.listen.writer import RecordingWriter
 from service.metrics import Metrics
-from service.recordings.service import OpenSegment, RecordingService, segment_key
-from service.recordings.storage import RecordingStorage, SegmentWriter
+from service.recordings.service import RecordingService
+from service.recordings.storage import RecordingStorage
 from service.vapi.client import VapiClient
 
 if TYPE_CHECKING:
@@ -334,14 +335,18 @@ class ListenSession:
             else:
                 socket.resume_reading("storage")
 
-        current = [segment]  # the segment being written: a storage outage moves on to a next one
-        writer = RecordingWriter(
-            sink,
+        splitter = SegmentSplitter(  # a storage outage that dropped audio moves on to a next segment
+            self.call_id,
+            segment,
+            storage=self._storage,
+            recordings=self._recordings,
+            persist=self._persist,
+            sample_rate=self._config.sample_rate,
+            channels=self._config.channels,
             metrics=self._metrics,
-            name=self.call_id,
-            pressure=pressure,
-            split=self._splitter(current),
-            notify=self._journal,
+        )
+        writer = RecordingWriter(
+            sink, metrics=self._metrics, name=self.call_id, pressure=pressure, split=splitter, notify=self._journal
         )
         self._journal("listen.connected", {"segment": segment.index})
         log.info("listening", call_id=self.call_id, segment=segment.index)
@@ -356,7 +361,9 @@ class ListenSession:
             await writer.close()
             self._storage_error = self._storage_error or writer.error
             await self._persist(
-                lambda: self._recordings.close_segment(current[0], size=writer.bytes_written, sha256=writer.sha256),
+                lambda: self._recordings.close_segment(
+                    splitter.current, size=writer.bytes_written, sha256=writer.sha256
+                ),
                 "close segment",
             )
         if self._stopping.is_set():
@@ -364,44 +371,6 @@ class ListenSession:
         if idle:
             return "idle"
         return "closed" if isinstance(socket.close_exc, ConnectionClosedOK) else "dropped"
-
-    def _splitter(self, current: list[OpenSegment]) -> Split:
-        """What the writer calls when storage may work again after dropping audio: write the first
-        batch after the gap to the next segment's key (StorageOutage if storage still fails), then
-        close the segment at what it stored and record the next one behind the gap."""
-
-        async def split(dropped: int, size: int, sha256: str, first: bytes) -> SegmentWriter:
-            key = segment_key(self.call_id, current[0].index + 1)  # the next index: this session holds the lease
-            try:
-                sink = await self._storage.open_writer(key)
-            except Exception as exc:
-                raise StorageOutage(str(exc)) from exc
-            try:
-                await sink.write(first)
-            except Exception as exc:
-                await sink.close()
-                raise StorageOutage(str(exc)) from exc
-            await self._persist(
-                lambda: self._recordings.close_segment(current[0], size=size, sha256=sha256), "close segment"
-            )
-            opened = await self._persist(
-                lambda: self._recordings.open_segment(
-                    self.call_id,
-                    sample_rate=self._config.sample_rate,
-                    channels=self._config.channels,
-                    gap_seconds=None,
-                    gap_bytes=dropped,
-                    gap_reason="storage failed (audio dropped)",
-                ),
-                "open segment",
-            )
-            if opened.key != key:
-                raise RuntimeError(f"segment opened as {opened.key}, expected {key}")
-            current[0] = opened
-            self._metrics.listen_gaps.inc()
-            return sink
-
-        return split
 
     async def _watch(self, socket: ListenSocket, writer: RecordingWriter, recorder: _Recorder) -> bool:
         """Once a second until the socket closes or we stop: flush sparse audio, keep the socket alive,

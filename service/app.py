@@ -26,6 +26,7 @@ from service.analytics.worker import AnalyticsWorker  # analytics
 from service.apidocs import SCHEMA_PATH, assets_router, render_plugins
 from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
+from service.bodies import GuardedRequest
 from service.calls.announce import CallAnnouncer
 from service.calls.changes import CallChanges
 from service.calls.control import ControlChannel
@@ -61,6 +62,7 @@ from service.openapi import document_problems
 from service.recordings.controllers import RecordingController, list_recordings
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage, build_storage
+from service.recordings.watch import WatchedStorage
 from service.rules.controllers import FiringController, RuleController  # rules
 from service.rules.engine import RuleEngine  # rules
 from service.rules.files import load_rules_file  # rules
@@ -72,6 +74,7 @@ from service.search.service import SearchService  # search
 from service.settings import ConfigurationError, Settings
 from service.tasks import Background
 from service.vapi.client import VapiClient
+from service.vapi.monitors import MonitorUrlPolicy
 from service.webhooks.controllers import VapiWebhookController
 from service.webhooks.relay import Relay  # the tap
 from service.webhooks.service import WebhookAuth, WebhookService
@@ -105,7 +108,7 @@ def create_app(
     except RuleSetError as exc:
         raise ConfigurationError(str(exc)) from None
     db = Database(settings.database_url)
-    storage = storage or build_storage(settings.storage_url)
+    storage = WatchedStorage(storage or build_storage(settings.storage_url))  # write failures reach /readyz
     owns_http_client = http_client is None
     http = http_client or httpx.AsyncClient(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -116,6 +119,9 @@ def create_app(
         base_url=settings.vapi_base_url,
         api_key=settings.vapi_api_key.get_secret_value() if settings.vapi_api_key else None,
         public_key=settings.vapi_public_key.get_secret_value() if settings.vapi_public_key else None,
+        monitor_policy=MonitorUrlPolicy.for_vapi(
+            vapi_base_url=settings.vapi_base_url, allow_private=settings.webhook_allow_private
+        ),
         timeout=settings.vapi_timeout_seconds,
     )
     metrics = Metrics()
@@ -314,6 +320,7 @@ def create_app(
         state=State({"api_keys": api_keys}),  # read by the authentication guard
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=GuardedRequest,  # JSON bodies: too deep or not UTF-8 is a 400, not a 500
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Switchboard",

@@ -2,11 +2,14 @@
 
 Every ``/v1`` route declares the scope it needs with ``**scoped("calls:read")``; one guard checks it.
 Missing or unknown key → 401, key without the scope → 403. WebSocket routes also accept the key
-as ``?token=`` (browsers cannot set headers on a WebSocket).
+as ``?token=`` (browsers cannot set headers on a WebSocket). Streams that stay open (the live listen
+socket, the console's event stream) re-check their key every :data:`RECHECK_SECONDS` with
+:func:`until_revoked` and end when it was revoked.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -15,6 +18,8 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from service.apikeys.service import ApiKeyService, Principal
+
+RECHECK_SECONDS = 2.0
 
 
 def scoped(scope: str) -> dict[str, Any]:
@@ -50,3 +55,17 @@ async def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler:
 def current_principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     principal: Principal = connection.state.principal
     return principal
+
+
+async def until_revoked(connection: ASGIConnection[Any, Any, Any, Any], interval: float = RECHECK_SECONDS) -> None:
+    """Return once the key that opened ``connection`` is revoked (checked every ``interval`` seconds;
+    a check that fails, say the database is briefly away, counts as not revoked)."""
+    keys: ApiKeyService = connection.app.state.api_keys
+    principal = current_principal(connection)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await keys.is_revoked(principal):
+                return
+        except Exception:  # noqa: S112 - keep streaming; the next check decides
+            continue

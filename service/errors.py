@@ -33,6 +33,7 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        self.headers: dict[str, str] = {}  # response headers the problem needs (416: Content-Range)
 
 
 class NotFoundError(DomainError):
@@ -45,6 +46,14 @@ class ConflictError(DomainError):
     status_code = 409
     slug = "conflict"
     title = "Conflict"
+
+
+class BadRequestError(DomainError):
+    """The request itself is malformed (a filter or body Switchboard cannot read)."""
+
+    status_code = 400
+    slug = "bad-request"
+    title = "Bad request"
 
 
 class InvalidInputError(DomainError):
@@ -157,7 +166,7 @@ def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response
     if isinstance(exc, DomainError):
         if exc.status_code >= 500:
             log.warning("request failed", path=request.url.path, error=exc.slug, detail=exc.detail)
-        return Response(problem_body(exc), status_code=exc.status_code, media_type=PROBLEM_JSON)
+        return Response(problem_body(exc), status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers)
     if isinstance(exc, HTTPException):
         status = exc.status_code
         if status >= 500:
@@ -184,6 +193,7 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {Exception: problem_handl
 __all__ = [
     "EXCEPTION_HANDLERS",
     "AuthenticationError",
+    "BadRequestError",
     "ConflictError",
     "DomainError",
     "InvalidInputError",

@@ -45,7 +45,7 @@ def encode_cursor(*parts: Any) -> str:
 def decode_cursor(cursor: str) -> list[Any]:
     try:
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: JSON nested absurdly deep
         raise InvalidQueryError(BAD_CURSOR) from None
     if not isinstance(parts, list):
         raise InvalidQueryError(BAD_CURSOR)
@@ -77,8 +77,11 @@ def newest_first(
     if cursor:
         parts = decode_cursor(cursor)
         try:
-            after = (dt.datetime.fromisoformat(parts[0]), id_type(str(parts[1])))
+            last_created_at, last_id = dt.datetime.fromisoformat(parts[0]), parts[1]
+            after = (last_created_at, id_type(str(last_id)))
         except (IndexError, TypeError, ValueError):
             raise InvalidQueryError(BAD_CURSOR) from None
+        if last_created_at.tzinfo is None or isinstance(last_id, list | dict):  # ours are UTC, ids scalar
+            raise InvalidQueryError(BAD_CURSOR)
         query = query.where(tuple_(created_at, row_id) < after)
     return query.order_by(created_at.desc(), row_id.desc())

@@ -153,3 +153,7 @@ def statements_sent(engine: AsyncEngine) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+# Every test fails if its captured logs contain an API key (see tests/security/logscan.py).
+pytest_plugins = ["tests.security.logscan"]

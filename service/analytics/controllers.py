@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
 
 from service.analytics.service import AnalyticsService
 from service.auth import scoped
 from service.calls.analytics import AnalyticsDetail, analytics_detail
+from service.calls.ids import CallIdPath
 
 Analytics = NamedDependency[AnalyticsService]
 
@@ -27,5 +27,5 @@ class AnalyticsController(Controller):
         ),
         **scoped("calls:read"),
     )
-    async def get_analytics(self, call_id: FromPath[str], analytics: Analytics) -> AnalyticsDetail:
+    async def get_analytics(self, call_id: CallIdPath, analytics: Analytics) -> AnalyticsDetail:
         return analytics_detail(await analytics.get(call_id))

@@ -128,6 +128,16 @@ class ApiKeyService:
         await self._touch(row.id)
         return Principal(row.name, frozenset(row.scopes), row.id)
 
+    async def is_revoked(self, principal: Principal) -> bool:
+        """Whether the stored key behind ``principal`` was revoked (or removed) since it authenticated;
+        long-lived streams ask this every few seconds. The bootstrap admin key is configuration."""
+        if principal.key_id is None:
+            return False
+        async with self._db.read() as session:
+            row = await session.execute(select(ApiKey.revoked_at).where(ApiKey.id == principal.key_id))
+            found = row.first()
+        return found is None or found[0] is not None
+
     async def _touch(self, key_id: uuid.UUID) -> None:
         now = utcnow()
         last = self._touched.get(key_id)

@@ -8,11 +8,12 @@ from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from service.auth import current_principal, scoped
 from service.calls.analytics import analytics_out
+from service.calls.ids import CallIdPath
 from service.calls.redact import hide_recording_urls
 from service.calls.schemas import (
     CallCreate,
@@ -223,7 +224,7 @@ class CallController(Controller):
         return CallPage(data=[call_out(call, show_monitor_urls=admin) for call in page], next_cursor=next_cursor)
 
     @get("/{call_id:str}", operation_id="getCall", summary="Get one call", **scoped("calls:read"))
-    async def get_call(self, request: Request[Any, Any, Any], call_id: FromPath[str], calls: Calls) -> CallOut:
+    async def get_call(self, request: Request[Any, Any, Any], call_id: CallIdPath, calls: Calls) -> CallOut:
         call = await calls.get_call(call_id)
         return call_out(call, show_monitor_urls=current_principal(request).is_admin)
 
@@ -236,7 +237,7 @@ class CallController(Controller):
     async def list_events(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         calls: Calls,
         limit: Limit = 200,
         cursor: Cursor = None,
@@ -258,7 +259,7 @@ class CallController(Controller):
         description="The delivery log of the tap: one entry per server message passed on to the customer's server.",
         **scoped("calls:read"),
     )
-    async def list_forwards(self, call_id: FromPath[str], calls: Calls, limit: Limit = 200) -> ForwardPage:
+    async def list_forwards(self, call_id: CallIdPath, calls: Calls, limit: Limit = 200) -> ForwardPage:
         forwards = await calls.list_forwards(call_id, limit=limit)
         return ForwardPage(data=[forward_out(forward) for forward in forwards])
 
@@ -272,7 +273,7 @@ class CallController(Controller):
     async def say(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         data: JSONBody[SayIn],
         calls: Calls,
         idempotency: Idempotency,
@@ -297,7 +298,7 @@ class CallController(Controller):
     async def control(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         data: JSONBody[ControlRequest],
         calls: Calls,
         idempotency: Idempotency,

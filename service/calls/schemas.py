@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import msgspec
 
 from service.calls.analytics import AnalyticsOut
+from service.calls.ids import CALL_ID_EXAMPLE, CALL_ID_PATTERN
 from service.vapi.control import E164, SayFields
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -123,9 +124,7 @@ class InjectionOut(msgspec.Struct, rename="camel"):
     created_at: dt.datetime
 
 
-VapiId = Annotated[
-    str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["7420f27a-30fd-4f49-a995-5549ae7cc00d"])
-]
+VapiId = Annotated[str, msgspec.Meta(pattern=CALL_ID_PATTERN, examples=[CALL_ID_EXAMPLE])]
 
 
 class CallImport(msgspec.Struct, rename="camel", forbid_unknown_fields=True):

@@ -24,10 +24,10 @@ from service.calls.writer import CallWriter
 from service.db.engine import Database
 from service.db.models import Call, CallAnalytics, CallEvent, CallMetadata, Injection, UpstreamForward
 from service.deliveries.forwards import list_forwards
-from service.deliveries.urls import UnsafeUrlError, check_webhook_url
-from service.errors import InvalidInputError, InvalidQueryError, NotFoundError, UpstreamError
+from service.errors import BadRequestError, InvalidInputError, InvalidQueryError, NotFoundError, UpstreamError
 from service.fulltext.query import SearchQuery
 from service.fulltext.sql import CallsSaying
+from service.outbound_urls import UnsafeUrlError, check_webhook_url
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
 from service.settings import Settings
 from service.vapi.client import VapiClient
@@ -113,6 +113,12 @@ class CallFilters:
     saying: SearchQuery | None = None  # ?q=: calls with an utterance that matches (transcript search)
     min_longest_silence_seconds: float | None = None  # analytics
     min_overlap_seconds: float | None = None  # analytics
+
+    def __post_init__(self) -> None:
+        # A naive time cannot be compared with stored (UTC) times: say so instead of guessing a zone.
+        for name, value in (("createdAfter", self.created_after), ("createdBefore", self.created_before)):
+            if value is not None and value.tzinfo is None:
+                raise BadRequestError(f"{name} needs a time zone, e.g. 2025-01-31T09:00:00Z or …+01:00")
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""

@@ -7,6 +7,7 @@ The pages are shells: the browser keeps the API key in ``sessionStorage`` and fe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,19 +19,21 @@ from litestar import Controller, Request, Response, get, post
 from litestar.channels import ChannelsPlugin
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import PermissionDeniedException
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_200_OK
 from litestar.types import ControllerRouterHandler
 
-from service.auth import current_principal, scoped
+from service.auth import current_principal, scoped, until_revoked
 from service.calls.controllers import call_out
+from service.calls.ids import CallIdPath
 from service.calls.service import CallService
 from service.console.dryrun import DryRunService
 from service.console.feed import CallFeed
 from service.console.schemas import DryRunIn, DryRunOut
 from service.db.engine import Database
+from service.db.models import Call
 from service.rules.schema import MILESTONES
 
 HERE = Path(__file__).parent
@@ -72,7 +75,7 @@ class ConsolePages(Controller):
         return page("sign_in.html", section="sign-in", title="Sign in")
 
     @get("/calls/{call_id:str}", name="console:call")
-    async def call(self, call_id: FromPath[str]) -> Response[str]:
+    async def call(self, call_id: CallIdPath) -> Response[str]:
         return page("call.html", section="calls", title=f"Call {call_id}", call_id=call_id)
 
     @get("/rules", name="console:rules")
@@ -80,8 +83,18 @@ class ConsolePages(Controller):
         return page("rules.html", section="rules", title="Rules", milestones=MILESTONES)
 
 
+def _nosniff(response: Response[Any]) -> Response[Any]:
+    """Static JS and CSS are only ever what their extension says: browsers must not guess otherwise."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 console_static = create_static_files_router(
-    "/console/static", directories=[HERE / "static"], name="console:static", include_in_schema=False
+    "/console/static",
+    directories=[HERE / "static"],
+    name="console:static",
+    include_in_schema=False,
+    after_request=_nosniff,
 )
 
 
@@ -97,6 +110,15 @@ def _encode(call: Any) -> str:
     return msgspec.json.encode(call_out(call, show_monitor_urls=False)).decode()
 
 
+def _call_messages(changed: list[Call], quiet_since: float) -> list[ServerSentEventMessage]:
+    """One poll's events: each changed call, or a keep-alive comment after a quiet while."""
+    if changed:
+        return [ServerSentEventMessage(event="call", data=_encode(call)) for call in changed]
+    if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+        return [ServerSentEventMessage(comment="keep-alive")]
+    return []
+
+
 class ConsoleStreamController(Controller):
     path = "/v1/console"
     tags = ["console"]
@@ -110,27 +132,33 @@ class ConsoleStreamController(Controller):
             "`event: ready` once connected, then `event: call` with the call (as GET /v1/calls/{id}) each time "
             "it changes: status, timeline, recording. Changes of the last few seconds are sent first, so a "
             "client that opens the stream and then lists calls misses nothing. `callId` follows one call. "
-            "A comment line every 15 s keeps idle connections open."
+            "A comment line every 15 s keeps idle connections open. The key is checked again every 2 s: once "
+            "it is revoked the stream sends `event: revoked` and ends."
         ),
         media_type="text/event-stream",
         **scoped("calls:read"),
     )
     async def stream(
         self,
+        request: Request[Any, Any, Any],
         feed: NamedDependency[CallFeed],
         call_id: Annotated[str | None, QueryParameter(name="callId", max_length=64)] = None,
     ) -> ServerSentEvent:
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             yield ServerSentEventMessage(event="ready", data="{}")
             quiet_since = time.monotonic()
-            async for changed in feed.changes(call_id):
-                for call in changed:
-                    yield ServerSentEventMessage(event="call", data=_encode(call))
-                if changed:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
-                    quiet_since = time.monotonic()
-                    yield ServerSentEventMessage(comment="keep-alive")
+            revoked = asyncio.create_task(until_revoked(request), name="console-stream-key-watch")
+            try:
+                async for changed in feed.changes(call_id):
+                    if revoked.done():  # the feed polls every second: ended within seconds of a revocation
+                        yield ServerSentEventMessage(event="revoked", data='{"reason": "API key revoked"}')
+                        return
+                    for message in _call_messages(changed, quiet_since):
+                        yield message
+                    if changed or time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+                        quiet_since = time.monotonic()
+            finally:
+                revoked.cancel()
 
         return ServerSentEvent(messages(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

@@ -24,8 +24,10 @@ from service.rules.milestones import (
     firing_plan,
     occurrences_from_events,
 )
+from service.rules.offloop import COMPILE_TIMEOUT_SECONDS, DRY_RUN_TIMEOUT_SECONDS, off_loop
 from service.rules.schema import CompiledRule, RuleSetError, compile_rule
 from service.rules.schemas import RuleProblem
+from service.rules.templates import TemplateTooLarge
 
 PAGE = 500
 MAX_EVENTS = 20_000  # a bound on what one dry run reads (hours of a busy call's milestones)
@@ -107,7 +109,11 @@ def dry_run(rule: CompiledRule, call: Call, events: Sequence[EventLike]) -> list
         fired.add(key)
         step.would_fire = True
         step.reason = "would fire"
-        message, missing = rule.render(call_values, event)
+        try:
+            message, missing = rule.render(call_values, event)
+        except TemplateTooLarge as exc:
+            step.reason = f"would fire, but fail: {exc}"
+            continue
         step.message, step.missing_fields = message, missing
     return steps
 
@@ -119,12 +125,13 @@ class DryRunService:
         self._calls = calls
 
     async def run(self, document: dict[str, object], call_id: str) -> DryRunOut:
-        compiled = compile_rule(document)
+        compiled = await off_loop(COMPILE_TIMEOUT_SECONDS, compile_rule, document)
         if isinstance(compiled, RuleSetError):
             errors = [RuleProblem(e.rule, e.field, e.reason, e.line) for e in compiled.errors]
             return DryRunOut(valid=False, errors=errors, call_id=call_id, fired=0, steps=[])
         call = await self._calls.get_call(call_id)
-        steps = dry_run(compiled, call, await self._milestone_events(call_id))
+        events = await self._milestone_events(call_id)
+        steps = await off_loop(DRY_RUN_TIMEOUT_SECONDS, dry_run, compiled, call, events)
         fired = sum(step.would_fire for step in steps)
         return DryRunOut(valid=True, errors=[], call_id=call_id, fired=fired, steps=steps)
 

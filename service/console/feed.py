@@ -87,7 +87,14 @@ class CallFeed:
             self._channels.start_subscription([CALLS_CHANNEL]) as subscriber,
             subscriber.run_in_background(receive, join=False),
         ):
-            yield await self._recent(call_id)  # subscribed first: nothing falls between the two
+            sent: dict[str, dt.datetime] = {}  # call id → the version last sent: each version goes out once
+
+            def fresh(calls: list[Call]) -> list[Call]:
+                new = [call for call in calls if sent.get(call.id) != call.updated_at]
+                sent.update((call.id, call.updated_at) for call in new)
+                return new
+
+            yield fresh(await self._recent(call_id))  # subscribed first: nothing falls between the two
             while True:
                 try:
                     async with asyncio.timeout(self._quiet):
@@ -100,7 +107,7 @@ class CallFeed:
                 ids = {call for message in messages for call in msgspec.json.decode(message, type=list[str])}
                 if call_id is not None:
                     ids &= {call_id}
-                yield await self._read(ids) if ids else []
+                yield fresh(await self._read(ids)) if ids else []
 
     async def _recent(self, call_id: str | None) -> list[Call]:
         query = select(Call).options(selectinload(Call.recording)).where(Call.updated_at > utcnow() - self._lookback)

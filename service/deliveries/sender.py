@@ -19,8 +19,8 @@ from standardwebhooks import Webhook
 from service import __version__
 from service.db.models import utcnow
 from service.deliveries.retry import parse_retry_after
-from service.deliveries.urls import Resolver, UnsafeUrlError, check_webhook_url, pinned_request_target, resolve_host
 from service.metrics import Metrics
+from service.outbound_urls import Resolver, UnsafeUrlError, check_webhook_url, pinned_request_target, resolve_host
 
 ERROR_EXCERPT_BYTES = 512
 

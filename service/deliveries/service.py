@@ -13,8 +13,8 @@ from sqlalchemy import delete, select
 from service.db.engine import Database
 from service.db.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from service.deliveries.schemas import EndpointCreate
-from service.deliveries.urls import Resolver, UnsafeUrlError, check_webhook_url, resolve_host
 from service.errors import InvalidInputError, NotFoundError
+from service.outbound_urls import Resolver, UnsafeUrlError, check_webhook_url, resolve_host
 from service.pagination import keyset_page, newest_first, newest_first_cursor
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret

@@ -29,8 +29,8 @@ from service.db.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEn
 from service.deliveries.outbox import subscribe_wakeups
 from service.deliveries.retry import RetryPolicy
 from service.deliveries.sender import AttemptResult, ClaimedDelivery, WebhookSender, webhook_client
-from service.deliveries.urls import Resolver, resolve_host
 from service.metrics import Metrics
+from service.outbound_urls import Resolver, resolve_host
 from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)

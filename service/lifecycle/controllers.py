@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from litestar import delete, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from service.auth import scoped
+from service.calls.ids import CallIdPath
 from service.db.engine import Database
 from service.lifecycle.erasure import Eraser
 from service.lifecycle.holds import set_legal_hold
@@ -27,7 +28,7 @@ from service.lifecycle.schemas import LegalHoldIn, LegalHoldOut
     status_code=204,
     **scoped("calls:delete"),
 )
-async def delete_call(call_id: FromPath[str], eraser: NamedDependency[Eraser]) -> None:
+async def delete_call(call_id: CallIdPath, eraser: NamedDependency[Eraser]) -> None:
     await eraser.erase(call_id)
 
 
@@ -40,7 +41,7 @@ async def delete_call(call_id: FromPath[str], eraser: NamedDependency[Eraser]) -
     **scoped("admin"),
 )
 async def put_legal_hold(
-    call_id: FromPath[str], data: JSONBody[LegalHoldIn], db: NamedDependency[Database]
+    call_id: CallIdPath, data: JSONBody[LegalHoldIn], db: NamedDependency[Database]
 ) -> LegalHoldOut:
     await set_legal_hold(db, call_id, hold=data.hold, reason=data.reason)
     return LegalHoldOut(call_id=call_id, hold=data.hold, reason=data.reason)

@@ -3,16 +3,17 @@ connection this replica already holds for recording."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
 from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
-from litestar.params import FromPath
 
-from service.auth import scoped
+from service.auth import scoped, until_revoked
 from service.calls import status as call_status
+from service.calls.ids import CallIdPath
 from service.calls.service import CallService
 from service.errors import NotFoundError
 from service.listen.sharing import LiveSharing
@@ -21,6 +22,7 @@ from service.listen.supervisor import ListenSupervisor
 # Close codes in the private range (4000-4999), echoing HTTP where one fits.
 CLOSE_NOT_RECORDED_HERE = 4404
 CLOSE_TOO_SLOW = 4408
+CLOSE_REVOKED = 4401
 
 
 @websocket(
@@ -32,12 +34,13 @@ CLOSE_TOO_SLOW = 4408
         "socket. API key in the Authorization header or ?token=. A listener that falls more than ~2 s "
         f"behind is closed with {CLOSE_TOO_SLOW}. Any replica serves any live call when replicas share "
         f"Redis (SWITCHBOARD_REDIS_URL); a call that is not live (or, without Redis, not recorded by this "
-        f"replica) is closed with {CLOSE_NOT_RECORDED_HERE}."
+        f"replica) is closed with {CLOSE_NOT_RECORDED_HERE}. A revoked key's socket is closed within seconds "
+        f"with {CLOSE_REVOKED}."
     ),
 )
 async def live_listen(
     socket: WebSocket[Any, Any, Any],
-    call_id: FromPath[str],
+    call_id: CallIdPath,
     supervisor: NamedDependency[ListenSupervisor],
     sharing: NamedDependency[LiveSharing],
     calls: NamedDependency[CallService],
@@ -48,6 +51,8 @@ async def live_listen(
         await _listen_elsewhere(socket, call_id, sharing, calls)
         return
     subscription = relay.subscribe()
+    revoked = asyncio.create_task(until_revoked(socket), name=f"listen-key-watch:{call_id}")
+    revoked.add_done_callback(lambda _: subscription.end())
     try:
         while (frame := await subscription.next()) is not None:
             if isinstance(frame, bytes):
@@ -58,7 +63,11 @@ async def live_listen(
         return
     finally:
         subscription.close()
-    if subscription.dropped:
+        if not revoked.done():
+            revoked.cancel()
+    if revoked.done() and not revoked.cancelled():
+        await socket.close(code=CLOSE_REVOKED, reason="API key revoked")
+    elif subscription.dropped:
         await socket.close(code=CLOSE_TOO_SLOW, reason="listener too slow; reconnect")
     else:
         await socket.close(code=1000, reason="call ended")
@@ -75,10 +84,20 @@ async def _listen_elsewhere(
     if not live:
         await socket.close(code=CLOSE_NOT_RECORDED_HERE, reason="call is not live or not recorded by this replica")
         return
+    listening = asyncio.ensure_future(sharing.listen_remote(call_id, socket.send_bytes, socket.send_text))
+    revoked = asyncio.ensure_future(until_revoked(socket))
     try:
-        outcome = await sharing.listen_remote(call_id, socket.send_bytes, socket.send_text)
-    except WebSocketDisconnect:
+        await asyncio.wait((listening, revoked), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (listening, revoked):
+            task.cancel()
+        await asyncio.gather(listening, revoked, return_exceptions=True)
+    if revoked.done() and not revoked.cancelled():
+        await socket.close(code=CLOSE_REVOKED, reason="API key revoked")
         return
+    if listening.cancelled() or isinstance(listening.exception(), WebSocketDisconnect):
+        return
+    outcome = listening.result()
     if outcome == "slow":
         await socket.close(code=CLOSE_TOO_SLOW, reason="listener too slow; reconnect")
     elif outcome == "silent":

@@ -25,6 +25,13 @@ class Subscription:
     def close(self) -> None:
         self._relay.unsubscribe(self)
 
+    def end(self) -> None:
+        """Stop this listener from outside (its key was revoked): ``next()`` gives None at once."""
+        self.close()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
 
 class LiveRelay:
     def __init__(self) -> None:

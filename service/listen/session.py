@@ -32,8 +32,10 @@ from service.errors import database_unavailable
 from service.listen.journal import EventJournal
 from service.listen.relay import LiveRelay
 from service.listen.socket import ListenSocket, open_listen_socket
+from service.listen.splitter import SegmentSplitter
 from service.listen.writer import RecordingWriter
 from service.metrics import Metrics
+from service.outbound_urls import UnsafeUrlError
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage
 from service.tasks import TaskOwner
@@ -146,6 +148,11 @@ class ListenSession:
         """Vapi reported the end: stop reconnecting."""
         self._ended.set()
 
+    @property
+    def ended(self) -> bool:
+        """Whether the session knows the call ended."""
+        return self._ended.is_set()
+
     def call_answered(self) -> None:
         self._answered = True
 
@@ -183,8 +190,8 @@ class ListenSession:
         listen_url = target.listen_url
         headers = self._vapi.monitor_headers(authenticated=target.listen_auth)
         disconnected_at: float | None = None
-        error: str | None = None
-        while not self._stopping.is_set():
+        error = await self._refused(listen_url)  # before any connection: it may carry the Vapi public key
+        while error is None and not self._stopping.is_set():
             try:
                 socket = await self._connect(listen_url, headers)
             except PermanentListenError as exc:
@@ -210,6 +217,14 @@ class ListenSession:
             log.info("listen session handed over", call_id=self.call_id)
             return
         await self._finish(error or self._storage_error)
+
+    async def _refused(self, listen_url: str) -> str | None:
+        """Why the session must not connect to ``listen_url`` (an internal address, say), else None."""
+        try:
+            await self._vapi.check_monitor_url(listen_url)
+        except UnsafeUrlError as exc:
+            return f"the listen URL is refused: {exc}"
+        return None
 
     async def _finish(self, error: str | None) -> None:
         recording = await self._persist(lambda: self._recordings.finalize(self.call_id, error=error), "finalize")
@@ -334,7 +349,19 @@ class ListenSession:
             else:
                 socket.resume_reading("storage")
 
-        writer = RecordingWriter(sink, metrics=self._metrics, name=self.call_id, pressure=pressure)
+        splitter = SegmentSplitter(  # a storage outage that dropped audio moves on to a next segment
+            self.call_id,
+            segment,
+            storage=self._storage,
+            recordings=self._recordings,
+            persist=self._persist,
+            sample_rate=self._config.sample_rate,
+            channels=self._config.channels,
+            metrics=self._metrics,
+        )
+        writer = RecordingWriter(
+            sink, metrics=self._metrics, name=self.call_id, pressure=pressure, split=splitter, notify=self._journal
+        )
         self._journal("listen.connected", {"segment": segment.index})
         log.info("listening", call_id=self.call_id, segment=segment.index)
         recorder = _Recorder(self, writer, may_set_format=segment.index == 0)
@@ -348,7 +375,9 @@ class ListenSession:
             await writer.close()
             self._storage_error = self._storage_error or writer.error
             await self._persist(
-                lambda: self._recordings.close_segment(segment, size=writer.bytes_written, sha256=writer.sha256),
+                lambda: self._recordings.close_segment(
+                    splitter.current, size=writer.bytes_written, sha256=writer.sha256
+                ),
                 "close segment",
             )
         if self._stopping.is_set():

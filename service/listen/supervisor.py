@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import structlog
@@ -38,6 +40,19 @@ log = structlog.get_logger(__name__)
 
 # A new session for a call: its id, its live relay, and what to connect to when already known.
 SessionFactory = Callable[[str, LiveRelay, CallTarget | None], ListenSession]
+CRASH_BACKOFF_SECONDS = 2.0  # doubled per crash of the same call, up to the cap
+CRASH_BACKOFF_CAP_SECONDS = 300.0
+MAX_CRASHES_AFTER_END = 1  # a call that ended gets this many more attempts (to finalise) after a crash
+
+
+@dataclass(slots=True)
+class _Crashes:
+    """A call whose session crashed: not restarted before ``retry_at``; never again once ``given_up``."""
+
+    count: int = 0
+    retry_at: float = 0.0
+    after_end: int = 0
+    given_up: bool = False
 
 
 class ListenSupervisor:
@@ -60,6 +75,7 @@ class ListenSupervisor:
         self._relays: dict[str, LiveRelay] = {}
         self._tasks = TaskOwner("listen", limit=limit)  # one session task per call, keyed by call id
         self._maintainer = TaskOwner("listen-leases")
+        self._crashes: dict[str, _Crashes] = {}  # in memory: a restart retries, still with backoff
         self._closing = False
         self._journal = journal  # one writer for every session's events, closed after them
         metrics.track_active_sessions(lambda: len(self._tasks))
@@ -90,7 +106,7 @@ class ListenSupervisor:
             return None
         if call.id in self._tasks:
             return partial(self.call_answered, call.id) if call.status in call_status.ANSWERED else None
-        if self._closing or not self._tasks.free or self._leases.held_elsewhere(call):
+        if self._closing or not self._tasks.free or self._backing_off(call.id) or self._leases.held_elsewhere(call):
             return None
         claimed = await self._leases.claim(session, call.id)
         return partial(self.ensure_listening, call.id, claimed=call) if claimed else None
@@ -103,6 +119,8 @@ class ListenSupervisor:
         when many calls start)."""
         if self._closing or call_id in self._tasks:
             return
+        if self._backing_off(call_id):
+            return  # a crash loop backs off (and ends once the call has ended)
         if not self._tasks.free:
             log.error("listen session limit reached; call left to other replicas", call_id=call_id, limit=self._limit)
             return
@@ -125,6 +143,7 @@ class ListenSupervisor:
 
     async def _run(self, call_id: str, leased: bool, target: CallTarget | None) -> None:
         acquired = leased
+        session: ListenSession | None = None
         try:
             acquired = acquired or await self._leases.acquire(call_id)
             if not acquired or self._closing:
@@ -138,6 +157,9 @@ class ListenSupervisor:
         except Exception:
             # One session's crash never touches another: reported (the session journals it too), slot freed.
             log.exception("listen session crashed", call_id=call_id)
+            self._crashed(call_id, ended=session.ended if session is not None else False)
+        else:
+            self._crashes.pop(call_id, None)
         finally:
             self._sessions.pop(call_id, None)
             relay_ = self._relays.pop(call_id, None)
@@ -147,6 +169,24 @@ class ListenSupervisor:
             if acquired:
                 with contextlib.suppress(Exception):  # an expired lease frees the call anyway
                     await self._leases.release(call_id)
+
+    def _backing_off(self, call_id: str) -> bool:
+        """Whether the call's session crashed and is not to be restarted yet (or ever)."""
+        crashes = self._crashes.get(call_id)
+        return crashes is not None and (crashes.given_up or time.monotonic() < crashes.retry_at)
+
+    def _crashed(self, call_id: str, *, ended: bool) -> None:
+        """Back off before the call's next session; after the call ended, give up (no loop forever)."""
+        crashes = self._crashes.setdefault(call_id, _Crashes())
+        crashes.count += 1
+        crashes.retry_at = time.monotonic() + min(
+            CRASH_BACKOFF_CAP_SECONDS, CRASH_BACKOFF_SECONDS * 2 ** (crashes.count - 1)
+        )
+        if ended:
+            crashes.after_end += 1
+            crashes.given_up = crashes.after_end > MAX_CRASHES_AFTER_END
+        if crashes.given_up:
+            log.error("listen session keeps crashing after the call ended; giving up", call_id=call_id)
 
     async def _maintain(self) -> None:
         while True:

@@ -3,22 +3,31 @@
 Frames are gathered in memory for at most a second (or 48 KiB), then handed through a bounded queue to
 a writer task. Taking a frame is synchronous (no task switch per frame); when storage is
 ``QUEUE_BATCHES`` seconds behind, the writer asks its caller to stop reading the socket until it catches
-up (backpressure reaches the socket, memory stays bounded). Storage errors are
-retried briefly; after that the segment is marked failed and further audio is counted but not stored,
-so the call carries on.
+up (backpressure reaches the socket, memory stays bounded).
+
+Storage faults (a full disk, an unreachable bucket) are outages, not the end of the recording: a failed
+write is retried briefly, then with backoff for as long as the call lasts. Meanwhile the queue keeps
+being drained into a pending buffer of at most :data:`MAX_PENDING_BYTES`; beyond that the oldest audio
+is dropped, so what is lost is one stretch right after the last stored byte. When storage takes a
+write again, that stretch becomes a gap: the caller's ``split`` closes the segment and opens the next
+one with the gap before it, and the pending audio goes there. Only what is still pending when the
+call ends and storage is still failing (after :data:`CLOSE_RETRY_SECONDS`) is lost for good
+(``error``). Readiness learns of the fault from the storage (``service.recordings.watch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from service.metrics import Metrics
-from service.recordings.storage import SegmentWriter
+from service.recordings.storage import SegmentWriter, StorageError
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +38,16 @@ FLUSH_SECONDS = 1.0  # so that a kill -9 loses at most about a second
 QUEUE_BATCHES = 8
 WRITE_ATTEMPTS = 3
 RETRY_DELAYS = (0.2, 1.0)
+MAX_PENDING_BYTES = 4 * 1024 * 1024  # ~65 s of 16 kHz stereo held while storage fails
+OUTAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)  # then every 5 s
+CLOSE_RETRY_SECONDS = 3.0  # how long the end of a call waits for storage to come back
+# split(dropped bytes, bytes stored in the segment, their sha256, the first batch after the gap) -> the
+# writer of the next segment, which holds that batch; StorageOutage while storage still fails.
+Split = Callable[[int, int, str, bytes], Awaitable[SegmentWriter]]
+
+
+class StorageOutage(Exception):
+    """Storage still refuses writes (retry later); any other error from a split is final."""
 
 
 class RecordingWriter:
@@ -45,8 +64,19 @@ class RecordingWriter:
         metrics: Metrics,
         name: str,
         pressure: Callable[[bool], None] | None = None,
+        split: Split | None = None,
+        notify: Callable[[str, dict[str, object]], None] | None = None,
     ) -> None:
         self._sink = sink
+        self._split = split
+        self._notify = notify  # timeline events: listen.storage_failed / listen.storage_resumed
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self._failures = 0  # consecutive failed attempts; 0 while storage works
+        self._broken = False  # a gap could not be recorded: audio is counted, no longer stored
+        self._retry_at = 0.0
+        self.dropped_bytes = 0  # lost since the last stored byte, not yet marked as a gap
+        self._dropped_in_outage = 0
         self._metrics = metrics
         self._pressure = pressure
         self._blocked = False
@@ -60,6 +90,7 @@ class RecordingWriter:
         self.bytes_received = 0
         self.bytes_written = 0
         self.error: str | None = None
+        self._last_error = ""
 
     def append(self, frame: bytes | bytearray | memoryview) -> None:
         """Take one frame; hand a batch to the writer task when a second or 48 KiB has gathered."""
@@ -118,28 +149,111 @@ class RecordingWriter:
                 self._pressure(False)
 
     async def _drain(self) -> None:
-        while (data := await self._queue.get()) is not None:
-            if self._blocked:
-                self._unblock()
-            if self.error is not None:
-                continue
-            try:
-                await self._write(data)
-            except Exception as exc:  # any storage failure ends storing, never the call
-                self.error = f"storage write failed: {type(exc).__name__}: {exc}"[:500]
-                log.error("recording storage failed; audio is no longer stored", error=self.error)
-                continue
-            self._digest.update(data)
-            self.bytes_written += len(data)
+        ending_at: float | None = None  # set when close() asked: how long storage may still take
+        while ending_at is None or self._pending:
+            if ending_at is None:
+                data = await self._next_batch()
+                if data is None:
+                    ending_at = time.monotonic() + CLOSE_RETRY_SECONDS
+                elif data and not self._broken:
+                    self._hold(data)
+            elif self._failures:
+                if time.monotonic() >= ending_at:
+                    self._give_up()
+                    return
+                await asyncio.sleep(min(max(0.0, self._retry_at - time.monotonic()), ending_at - time.monotonic()))
+            if self._pending and time.monotonic() >= self._retry_at:
+                await self._store_pending()
 
-    async def _write(self, data: bytes) -> None:
-        for attempt in range(WRITE_ATTEMPTS):
+    async def _next_batch(self) -> bytes | None:
+        """The next batch (None: close asked); b"" when a retry is due before one arrives."""
+        try:
+            async with asyncio.timeout(max(0.0, self._retry_at - time.monotonic()) if self._failures else None):
+                data = await self._queue.get()
+        except TimeoutError:
+            return b""
+        if self._blocked:
+            self._unblock()
+        return data
+
+    def _hold(self, data: bytes) -> None:
+        """Queue ``data`` for storage; while storage fails, drop the oldest beyond the bound."""
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        while self._pending_bytes > MAX_PENDING_BYTES and len(self._pending) > 1:
+            dropped = self._pending.popleft()
+            self._pending_bytes -= len(dropped)
+            self.dropped_bytes += len(dropped)
+            self._dropped_in_outage += len(dropped)
+
+    async def _store_pending(self) -> None:
+        try:
+            if self.dropped_bytes:
+                await self._start_after_gap()
+            while self._pending:
+                data = self._pending[0]
+                await self._write(data, attempts=1 if self._failures else WRITE_ATTEMPTS)
+                self._pending.popleft()
+                self._pending_bytes -= len(data)
+                self._digest.update(data)
+                self.bytes_written += len(data)
+        except (StorageOutage, StorageError, OSError) as exc:  # an outage to wait out, never the call's end
+            self._failed(exc)
+            return
+        except Exception as exc:  # the gap could not be recorded: stop storing rather than lie about it
+            self._give_up(f"storage resumed but the gap could not be recorded: {type(exc).__name__}")
+            self._broken = True
+            return
+        if self._failures:
+            log.warning("recording storage works again", failures=self._failures)
+            if self._notify is not None:
+                self._notify("listen.storage_resumed", {"droppedBytes": self._dropped_in_outage})
+            self._failures = self._dropped_in_outage = 0
+
+    async def _start_after_gap(self) -> None:
+        """Storage may be back after dropping audio: continue in a new segment behind a gap. The split
+        writes the first pending batch to the new segment before recording anything, so an outage
+        that goes on makes no empty segments."""
+        if self._split is None:  # nobody to record the gap with: the loss ends up in ``error``
+            self.error = self.error or f"storage failed; {self.dropped_bytes} bytes of audio were dropped"
+            self.dropped_bytes = 0
+            return
+        first = self._pending[0]
+        sink = await self._split(self.dropped_bytes, self.bytes_written, self.sha256, first)
+        with contextlib.suppress(Exception):
+            await self._sink.close()
+        self._sink, self._digest, self.bytes_written, self.dropped_bytes = sink, hashlib.sha256(first), len(first), 0
+        self._pending.popleft()
+        self._pending_bytes -= len(first)
+
+    def _failed(self, exc: Exception) -> None:
+        reason = f"storage write failed: {type(exc).__name__}: {exc}"[:500]
+        if not self._failures:
+            log.error("recording storage failed; holding audio and retrying", error=reason)
+            if self._notify is not None:
+                self._notify("listen.storage_failed", {"error": reason})
+        delay = OUTAGE_RETRY_SECONDS[min(self._failures, len(OUTAGE_RETRY_SECONDS) - 1)]
+        self._failures += 1
+        self._retry_at = time.monotonic() + delay
+        self._last_error = reason
+
+    def _give_up(self, reason: str | None = None) -> None:
+        """The call ended and storage is still failing (or the gap cannot be recorded): what is
+        pending is lost."""
+        lost = self._pending_bytes + self.dropped_bytes
+        self._pending.clear()
+        self._pending_bytes = self.dropped_bytes = 0
+        self.error = f"{reason or self._last_error} ({lost} bytes of audio not stored)"
+        log.error("recording storage still failing at the end of the call", error=self.error)
+
+    async def _write(self, data: bytes, *, attempts: int = WRITE_ATTEMPTS) -> None:
+        for attempt in range(attempts):
             started = time.perf_counter()
             try:
                 await self._sink.write(data)
             except Exception:
                 self._metrics.storage_write_errors.inc()
-                if attempt == WRITE_ATTEMPTS - 1:
+                if attempt == attempts - 1:
                     raise
                 await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
             else:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from litestar import Controller, Request, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from service.auth import scoped
+from service.calls.ids import CallIdPath
 from service.calls.service import CallFilters, metadata_filters
 from service.db.models import Call, Recording
 from service.errors import DomainError
@@ -34,13 +37,27 @@ class RangeError(DomainError):
     slug = "range-not-satisfiable"
     title = "Range not satisfiable"
 
+    def __init__(self, total: int) -> None:
+        super().__init__(f"the file has {total} bytes", contentRange=f"bytes */{total}")
+        self.headers = {"Content-Range": f"bytes */{total}"}  # RFC 9110 §15.5.17
+
 
 def stored_bytes(recording: Recording, raw_bytes: int) -> int:
     """Bytes at rest: the archive's size, or the raw PCM's."""
     return recording.stored_bytes if recording.stored_bytes is not None else raw_bytes
 
 
-def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with a plain-ASCII ``filename`` (anything else replaced by ``_``: no quote or line
+    break can end the header) and the exact name as RFC 6266 / 8187 ``filename*``."""
+    plain = _UNSAFE_FILENAME.sub("_", filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def recording_out(call_id: str, view: RecordingView) -> RecordingOut:
     recording = view.recording
     return RecordingOut(
         call_id=call_id,
@@ -96,12 +113,12 @@ def ranged_stream(download: Download, range_header: str | None, *, media_type: s
     try:
         selected = parse_range(range_header, total)
     except RangeNotSatisfiableError:
-        raise RangeError(f"the file has {total} bytes", contentRange=f"bytes */{total}") from None
+        raise RangeError(total) from None
     start, end = selected or (0, total)
     headers = {
         "Accept-Ranges": "bytes",
         "Content-Length": str(end - start),
-        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Disposition": content_disposition(filename),
     }
     if selected:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
@@ -117,7 +134,7 @@ class RecordingController(Controller):
     security = [{"apiKey": ["recordings:read"]}]
 
     @get("/recording", operation_id="getRecording", summary="A call's recording: status, format, gaps")
-    async def get_recording(self, call_id: FromPath[str], recordings: Recordings) -> RecordingOut:
+    async def get_recording(self, call_id: CallIdPath, recordings: Recordings) -> RecordingOut:
         view = await recordings.describe(call_id)
         return recording_out(call_id, view) if view is not None else no_recording_out(call_id)
 
@@ -130,7 +147,7 @@ class RecordingController(Controller):
     async def download_pcm(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         recordings: Recordings,
     ) -> Stream:
         download = await recordings.pcm_download(call_id)
@@ -151,7 +168,7 @@ class RecordingController(Controller):
     async def download_wav(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         recordings: Recordings,
         channel: Channel = None,
         start: Annotated[float | None, QueryParameter(ge=0, description="Only from this second (decimals)")] = None,
@@ -174,7 +191,7 @@ class RecordingController(Controller):
     async def download_flac(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         recordings: Recordings,
     ) -> Stream:
         download = await recordings.flac_download(call_id)
@@ -192,7 +209,7 @@ class RecordingController(Controller):
     async def download_ogg(
         self,
         request: Request[Any, Any, Any],
-        call_id: FromPath[str],
+        call_id: CallIdPath,
         recordings: Recordings,
     ) -> Stream:
         download = await recordings.ogg_download(call_id)

@@ -96,6 +96,11 @@ class RecordingView:
         return self.recording.seconds(self.bytes)
 
 
+def segment_key(call_id: str, index: int) -> str:
+    """The storage key of a call's ``index``-th segment."""
+    return f"{call_id}/{index:04d}.pcm"
+
+
 class RecordingService:
     def __init__(self, db: Database, storage: RecordingStorage) -> None:
         self._db = db
@@ -103,9 +108,18 @@ class RecordingService:
         self._listening = ListeningCopies(db, storage)
 
     async def open_segment(
-        self, call_id: str, *, sample_rate: int, channels: int, gap_seconds: float | None, gap_reason: str
+        self,
+        call_id: str,
+        *,
+        sample_rate: int,
+        channels: int,
+        gap_seconds: float | None,
+        gap_reason: str,
+        gap_bytes: int | None = None,
     ) -> OpenSegment:
         """Start a new segment (one per listen connection), recording the gap that precedes it.
+
+        ``gap_bytes`` gives the gap exactly (audio a storage outage dropped) and wins over ``gap_seconds``.
 
         ``gap_seconds=None`` means the caller does not know how long audio was lost (a restart or a
         takeover from another replica): it is estimated from where the previous segment's audio ends.
@@ -114,7 +128,7 @@ class RecordingService:
         """
         async with self._db.write() as session:
             # The first connection of a call (nearly every session): two inserts, no ORM.
-            now, recording_id, segment_id, key = utcnow(), uuid7(), uuid7(), f"{call_id}/{0:04d}.pcm"
+            now, recording_id, segment_id, key = utcnow(), uuid7(), uuid7(), segment_key(call_id, 0)
             first = await session.execute(
                 sql.INSERT_RECORDING,
                 {
@@ -155,11 +169,14 @@ class RecordingService:
                 stale.ended_at = stale.started_at + dt.timedelta(seconds=stale.bytes / byte_rate)
             # After a restart or takeover some audio was surely lost, even when the estimate says none.
             unknown_gap = gap_seconds is None
-            if segments and gap_seconds is None:
+            if segments and gap_seconds is None and gap_bytes is None:
                 last = segments[-1]
                 audio_end = last.started_at + dt.timedelta(seconds=last.bytes / byte_rate)
                 gap_seconds = max(0.0, (utcnow() - audio_end).total_seconds())
-            gap_bytes = int((gap_seconds or 0.0) * byte_rate) // frame * frame if segments else 0
+            if gap_bytes is not None:
+                unknown_gap, gap_bytes = False, gap_bytes // frame * frame
+            else:
+                gap_bytes = int((gap_seconds or 0.0) * byte_rate) // frame * frame if segments else 0
             if segments and (gap_bytes or unknown_gap):
                 timeline_bytes = sum(s.gap_before_bytes + s.bytes for s in segments)
                 recording.gaps = [
@@ -174,7 +191,7 @@ class RecordingService:
             segment = RecordingSegment(
                 recording_id=recording.id,
                 index=index,
-                storage_key=f"{call_id}/{index:04d}.pcm",
+                storage_key=segment_key(call_id, index),
                 gap_before_bytes=gap_bytes,
             )
             session.add(segment)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import functools
 import io
 import os
@@ -102,9 +103,15 @@ class RecordingStorage(Protocol):
     async def close(self) -> None: ...
 
 
+MAX_KEY_PART_BYTES = 255  # a file name's limit on every common file system
+
+
 def _check_key(key: str) -> str:
-    if any(part in ("", ".", "..") for part in key.split("/")):
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"invalid storage key {key!r}: use non-empty '/'-separated parts, no '.' or '..'")
+    if any(len(part.encode()) > MAX_KEY_PART_BYTES for part in parts):
+        raise ValueError(f"invalid storage key {key[:80]!r}…: a part is longer than {MAX_KEY_PART_BYTES} bytes")
     return key
 
 
@@ -113,6 +120,7 @@ class _FileWriter:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self._size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise StorageError(f"cannot open {path} for writing: {exc.strerror}") from exc
 
@@ -125,7 +133,12 @@ class _FileWriter:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as exc:
+            # All or nothing: a disk that filled up mid-batch must not leave half of it, or the
+            # caller's retry of the whole batch would store its first part twice.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
             raise StorageError(f"write failed: {exc.strerror}") from exc
+        self._size += len(data)
 
     async def close(self) -> None:
         if self._fd >= 0:

@@ -5,8 +5,11 @@ with a prepared context against 200-600 µs for the pure-Python ``cel-python`` (
 
 Sandboxing: CEL has no I/O and no loops beyond its macros over the given values, and the one function
 we register (below) is pure, so an expression can only read ``call`` and ``event``. Cost is bounded
-statically: the source length and the number of comprehension macros are capped, and the inputs are
-small documents built by the engine (never raw webhook bodies).
+statically (``service.rules.celshape``: source length, bracket nesting, comprehension count and depth,
+an iteration estimate), and the inputs are small documents built by the engine (never raw webhook
+bodies). The library cannot be interrupted, so the runtime budget is a fuse: a condition whose
+evaluations took longer than :data:`EVALUATION_BUDGET_SECONDS` :data:`EVALUATION_STRIKES` times in a
+row is disabled (evaluates as an error) until the rules are loaded again.
 
 ``matches()``: the library compiles the regular expression again on every evaluation (90-300 µs for a
 case-insensitive pattern: most of a rule set's cost). Conditions are therefore compiled with each
@@ -20,26 +23,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import cel
 import re2
 
+from service.rules.celshape import TOKEN, ShapeError, check_shape
+
 MAX_SOURCE_CHARS = 1000
-MAX_MACROS = 3
+EVALUATION_BUDGET_SECONDS = 0.05
+EVALUATION_STRIKES = 3
 VARIABLES = frozenset({"call", "event"})
 MATCHES_FUNCTION = "_sb_matches"
-_MACRO = re.compile(r"\.\s*(all|exists_one|exists|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)")
 _ERROR_LOCATION = re.compile(r"ERROR: <input>:")
-# CEL's lexical shapes, as far as renaming ``matches`` needs them: string literals (r/b prefixes, triple
-# quotes, escapes), so that ``matches(`` inside a string is left alone; identifiers; blanks; the rest.
-_TOKEN = re.compile(
-    r"""(?P<string>(?:[rR][bB]?|[bB][rR]?)?(?:'''(?:\\.|[^\\])*?'''|\"\"\"(?:\\.|[^\\])*?\"\"\"|"""
-    r"""'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))"""
-    r"""|(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<space>\s+)|(?P<other>.)""",
-    re.DOTALL,
-)
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # raised to us, not printed to stderr by the C++ library
 
@@ -58,14 +56,28 @@ class Condition:
 
     source: str
     program: cel.Program
+    _slow: list[float] = field(default_factory=list)  # the fuse: durations of the latest over-budget run
 
     def evaluate(self, context: cel.Context) -> bool:
-        """True or False; anything else (an error, a non-boolean) raises :class:`ConditionRuntimeError`."""
+        """True or False; anything else (an error, a non-boolean, a blown time budget) raises
+        :class:`ConditionRuntimeError`."""
+        if len(self._slow) >= EVALUATION_STRIKES:
+            raise ConditionRuntimeError(
+                f"disabled: {EVALUATION_STRIKES} evaluations in a row took over {EVALUATION_BUDGET_SECONDS} s "
+                f"(the last {self._slow[-1]:.3f} s)"
+            )
+        started = time.perf_counter()
         try:
             result = self.program.execute(context)
         except Exception as exc:  # the binding raises KeyError, TypeError, RuntimeError, ValueError …
             message = _first_line(f"{type(exc).__name__}: {exc}").replace(MATCHES_FUNCTION, "matches")
             raise ConditionRuntimeError(message) from None
+        finally:
+            # In a row: one slow evaluation may be the machine (a GC pause, the loop descheduled).
+            if (elapsed := time.perf_counter() - started) > EVALUATION_BUDGET_SECONDS:
+                self._slow.append(elapsed)
+            else:
+                self._slow.clear()
         if not isinstance(result, bool):
             raise ConditionRuntimeError(f"the condition gave {type(result).__name__}, not a boolean")
         return result
@@ -101,8 +113,8 @@ def _matches(text: str, pattern: str) -> bool:
 def _with_cached_matches(source: str) -> tuple[str, list[str]]:
     """``source`` with every ``matches(`` call renamed to :data:`MATCHES_FUNCTION`, and the literal
     patterns of the ``x.matches("…")`` calls (decoded by CEL itself, escapes and all)."""
-    tokens = [(match.lastgroup, match.group()) for match in _TOKEN.finditer(source)]
-    code = [(index, text) for index, (kind, text) in enumerate(tokens) if kind != "space"]
+    tokens = [(match.lastgroup, match.group()) for match in TOKEN.finditer(source)]
+    code = [(index, text) for index, (kind, text) in enumerate(tokens) if kind not in ("space", "comment")]
     patterns: list[str] = []
     for position, (index, text) in enumerate(code):
         if text != "matches" or tokens[index][0] != "ident" or position + 1 >= len(code):
@@ -124,14 +136,14 @@ def compile_condition(source: str) -> Condition:
         raise ConditionSyntaxError("the condition is empty")
     if len(source) > MAX_SOURCE_CHARS:
         raise ConditionSyntaxError(f"the condition is longer than {MAX_SOURCE_CHARS} characters")
-    macros = _MACRO.findall(source)
-    if len(macros) > MAX_MACROS:
-        raise ConditionSyntaxError(f"at most {MAX_MACROS} comprehension macros (all, exists, map, filter) are allowed")
+    try:
+        bound = check_shape(source)  # before compiling: the parser recurses on nesting
+    except ShapeError as exc:
+        raise ConditionSyntaxError(str(exc)) from None
     try:
         program = cel.compile(source)  # errors point into the source as written
     except Exception as exc:
         raise ConditionSyntaxError(_syntax_message(exc)) from None
-    bound = {name for _, name in macros}
     unknown = sorted(set(program.variables()) - VARIABLES - bound)
     if unknown:
         raise ConditionSyntaxError(

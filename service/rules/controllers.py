@@ -14,8 +14,10 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service.auth import scoped
+from service.calls.ids import CallIdPath
 from service.db.models import RuleFiring
 from service.pagination import Cursor, Limit
+from service.rules.offloop import COMPILE_TIMEOUT_SECONDS, off_loop
 from service.rules.schemas import FiringOut, FiringPage, RuleOut, RulePage, RuleProblem, ValidationOut
 from service.rules.service import RuleService, RuleView
 
@@ -76,7 +78,7 @@ class RuleController(Controller):
         **scoped("rules:read"),
     )
     async def validate(self, data: JSONBody[dict[str, Any]], rules: Rules) -> ValidationOut:
-        compiled, errors = rules.validate(data)
+        compiled, errors = await off_loop(COMPILE_TIMEOUT_SECONDS, rules.validate, data)
         return ValidationOut(
             valid=not errors,
             rules=[rule.compiled_form() for rule in compiled],
@@ -114,7 +116,7 @@ class FiringController(Controller):
         **scoped("calls:read"),
     )
     async def list_firings(
-        self, call_id: FromPath[str], rules: Rules, limit: Limit = 100, cursor: Cursor = None
+        self, call_id: CallIdPath, rules: Rules, limit: Limit = 100, cursor: Cursor = None
     ) -> FiringPage:
         page, next_cursor = await rules.list_firings(call_id, limit=limit, cursor=cursor)
         return FiringPage(data=[firing_out(firing) for firing in page], next_cursor=next_cursor)

@@ -381,11 +381,11 @@ class RuleEngine:
         """Render, POST (through the control channel), and close the firing with its outcome, with the
         injection, in one transaction."""
         call_id = call.id
-        message, missing = rule.render(call_values, event)
-        if missing:
-            log.warning("template fields missing; rendered empty", rule=rule.name, call_id=call_id, fields=missing)
         base = {"rule": rule.name, "firingId": str(firing_id), "occurrence": key, "milestone": rule.milestone}
-        try:
+        try:  # rendering inside: a template refusing to grow too large fails the firing, not the worker
+            message, missing = rule.render(call_values, event)
+            if missing:
+                log.warning("template fields missing; rendered empty", rule=rule.name, call_id=call_id, fields=missing)
             posted = await self._control.post(call, message, attempts=self._inject_attempts)
             async with self._db.write() as session:
                 injection, sent = await record_injection(session, posted, origin="rule")

@@ -20,6 +20,7 @@ from service.calls.events import NewEvent, append_events
 from service.db.engine import Database
 from service.db.models import CallEvent, RuleFiring, utcnow
 from service.db.stores import firings as sql
+from service.deliveries.outbox import enqueue
 from service.rules.milestones import Occurrence
 
 # A firing left in "firing" this long was interrupted (crash, kill -9) after its row was written: whether
@@ -93,9 +94,13 @@ async def close_firing(
     injection_id: uuid.UUID | None = None,
     error: str | None = None,
 ) -> None:
-    """Record a firing's outcome (``fired``, ``failed`` or ``skipped``) inside the caller's transaction."""
+    """Record a firing's outcome (``fired``, ``failed`` or ``skipped``) inside the caller's transaction.
+
+    A ``fired`` outcome also queues the ``rule.fired`` outbound webhook in the same transaction: it
+    is sent exactly when the firing is recorded as fired (the outbox delivers it at least once).
+    """
     now = utcnow()
-    await session.execute(
+    result = await session.execute(
         update(RuleFiring)
         .where(RuleFiring.id == firing_id)
         .values(
@@ -105,7 +110,21 @@ async def close_firing(
             error=error,
             updated_at=now,
         )
+        .returning(RuleFiring.call_id, RuleFiring.rule_name, RuleFiring.occurrence, RuleFiring.detail)
     )
+    row = result.first()
+    if status == "fired" and row is not None:
+        call_id, rule_name, occurrence, detail = row
+        data = {
+            "callId": call_id,
+            "rule": rule_name,
+            "firingId": str(firing_id),
+            "occurrence": occurrence,
+            "milestone": (detail or {}).get("milestone"),
+            "injectionId": str(injection_id) if injection_id else None,
+            "firedAt": now.isoformat().replace("+00:00", "Z"),
+        }
+        await enqueue(session, "rule.fired", data)
 
 
 async def finish_firing(

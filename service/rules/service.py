@@ -22,6 +22,7 @@ from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page
 from service.rules import firings
 from service.rules.engine import RuleEngine
+from service.rules.offloop import COMPILE_TIMEOUT_SECONDS, off_loop
 from service.rules.schema import CompiledRule, RuleError, RuleSetError, compile_rule, compile_rules
 
 
@@ -86,7 +87,7 @@ class RuleService:
 
     async def create_rule(self, document: Mapping[str, Any]) -> RuleView:
         """Store a new rule; 409 when the name is taken."""
-        compiled = self._compile(document)
+        compiled = await off_loop(COMPILE_TIMEOUT_SECONDS, self._compile, document)
         try:
             async with self._db.write() as session:
                 row = Rule(name=compiled.name, document=dict(document))
@@ -102,7 +103,7 @@ class RuleService:
             error = RuleError(str(document["name"]), "name", f"does not match the name in the path ({name!r})")
             raise _invalid([error])
         document = {"name": name, **document}
-        compiled = self._compile(document)
+        compiled = await off_loop(COMPILE_TIMEOUT_SECONDS, self._compile, document)
         async with self._db.write() as session:
             row = await session.get(Rule, name, with_for_update=True)
             created = row is None

@@ -1,9 +1,13 @@
 """``say`` templates: ``{{ call.customer.name }}``-style fields rendered by Jinja2's sandbox.
 
 Only what a spoken sentence needs is allowed: output of fields, simple filters, ``if`` blocks and
-comparisons. Loops, arithmetic, calls and assignments are refused at load time, so a template's cost is
-bounded by its own size. A missing field renders as the empty string and is reported to the caller
-(the engine logs it) instead of failing the firing.
+comparisons. Loops, arithmetic, calls and assignments are refused at load time. The one filter that
+can grow text faster than the template's own size, ``replace``, is replaced by a bounded one that
+refuses a result longer than :data:`MAX_INTERMEDIATE_CHARS` before building it; Jinja's optimizer
+(which folds constant expressions while compiling, so a ``replace`` chain on literals would run at
+load time) is off, and a template is tried once on empty data when loaded so that such a chain is a
+load error, not a surprise at firing time. A missing field renders as the empty string and is
+reported to the caller (the engine logs it) instead of failing the firing.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 MAX_TEMPLATE_CHARS = 5000
 MAX_OUTPUT_CHARS = 5000
+MAX_INTERMEDIATE_CHARS = 10 * MAX_OUTPUT_CHARS
 ALLOWED_FILTERS = frozenset(
     [
         "default",
@@ -66,8 +71,25 @@ class TemplateError(ValueError):
     """The template does not parse or uses something outside the allowed subset."""
 
 
+class TemplateTooLarge(TemplateError):
+    """A ``replace`` would build more than :data:`MAX_INTERMEDIATE_CHARS` characters."""
+
+
+def _bounded_replace(value: object, old: object, new: object, count: int | None = None) -> str:
+    """Jinja's ``replace`` filter, refusing (before doing the work) a result longer than allowed."""
+    text, old_text, new_text = str(value), str(old), str(new)
+    occurrences = text.count(old_text)
+    if count is not None and count >= 0:
+        occurrences = min(occurrences, count)
+    if len(text) + occurrences * (len(new_text) - len(old_text)) > MAX_INTERMEDIATE_CHARS:
+        raise TemplateTooLarge(f"a replace would build more than {MAX_INTERMEDIATE_CHARS} characters")
+    return text.replace(old_text, new_text, -1 if count is None else count)
+
+
 # Renders as "" also when chained (``call.nope.deeper``), where the default Undefined would raise.
-_ENV = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=True)
+# ``optimized=False``: no constant folding at compile time (it would run the filters on literals).
+_ENV = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=True, optimized=False)
+_ENV.filters["replace"] = _bounded_replace
 _ABSENT = object()
 
 
@@ -89,7 +111,8 @@ class Template:
     _compiled: Any
 
     def render(self, call: dict[str, Any], event: dict[str, Any]) -> tuple[str, list[str]]:
-        """The text and the paths of the fields that were missing (rendered empty)."""
+        """The text and the paths of the fields that were missing (rendered empty); :class:`TemplateTooLarge`
+        when a ``replace`` would grow the text beyond the bound."""
         text: str = self._compiled.render(call=call, event=event)
         values = {"call": call, "event": event}
         missing = [path for path in self.fields if _resolve(path, values) is _ABSENT]
@@ -142,4 +165,11 @@ def compile_template(source: str) -> Template:
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error at line {exc.lineno}: {exc.message}") from None
     fields = _check(tree)
-    return Template(source, tuple(fields), _ENV.from_string(source))
+    template = Template(source, tuple(fields), _ENV.from_string(source))
+    try:
+        template.render({}, {})  # a replace chain on literals fails here, at load time
+    except TemplateTooLarge:
+        raise
+    except Exception:  # noqa: S110 - other errors depend on the data (a filter on a missing field)
+        pass
+    return template

@@ -13,6 +13,8 @@ from urllib.parse import quote
 import httpx
 
 from service.errors import UpstreamError, UpstreamTimeoutError
+from service.outbound_urls import UnsafeUrlError
+from service.vapi.monitors import MonitorUrlPolicy
 
 ERROR_BODY_LIMIT = 300
 
@@ -45,8 +47,10 @@ class VapiClient:
         api_key: str | None,
         public_key: str | None,
         timeout: float,
+        monitor_policy: MonitorUrlPolicy | None = None,
     ) -> None:
         self._http = http
+        self._monitor_policy = monitor_policy  # None: monitor URLs are not checked (embedding, unit tests)
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._public_key = public_key
@@ -60,6 +64,12 @@ class VapiClient:
         if authenticated and self._public_key:
             return {"Authorization": f"Bearer {self._public_key}"}
         return {}
+
+    async def check_monitor_url(self, url: str) -> None:
+        """Refuse (:class:`UnsafeUrlError`) a listen or control URL that points where Switchboard must
+        not connect (see ``service.vapi.monitors``)."""
+        if self._monitor_policy is not None:
+            await self._monitor_policy.check(url)
 
     async def _request(self, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
         try:
@@ -123,7 +133,13 @@ class VapiClient:
         """POST one control message to a live call. Any 2xx is acceptance (the body is undocumented).
 
         A 401 without the public key is retried once with it: the call's monitor plan may require it
-        although Switchboard never saw that plan (set on the assistant, or by a dashboard)."""
+        although Switchboard never saw that plan (set on the assistant, or by a dashboard). A control URL
+        that the monitor URL rules refuse (a private address) is never contacted."""
+        try:
+            await self.check_monitor_url(control_url)
+        except UnsafeUrlError as exc:
+            kind = message.get("type", "?")
+            raise UpstreamError(f"control {kind!r}: the call's control URL is refused: {exc}") from None
         response = await self._post_control(control_url, message, authenticated=authenticated)
         if response.status_code == 401 and not authenticated and self._public_key:
             response = await self._post_control(control_url, message, authenticated=True)

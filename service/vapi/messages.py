@@ -25,6 +25,45 @@ DEFAULT_SERVER_MESSAGES = (
 SWITCHBOARD_SERVER_MESSAGES = tuple(message for message in DEFAULT_SERVER_MESSAGES if message != "conversation-update")
 # The subscription entry for final transcripts only.
 FINAL_TRANSCRIPTS = 'transcript[transcriptType="final"]'
+# Every server message type Vapi documents (vapi-server-sdk 3.0's ServerMessage union, plus the legacy
+# ``function-call``): the Prometheus label of webhooks by type takes these, anything else is "other",
+# so an unknown (or hostile) type cannot create metric series without bound.
+KNOWN_MESSAGE_TYPES = frozenset(
+    {
+        "assistant-request",
+        "assistant.speechStarted",
+        "assistant.started",
+        "call.artifact.upload",
+        "call.delete.failed",
+        "call.deleted",
+        "call.endpointing.request",
+        "campaign.predial",
+        "chat.created",
+        "chat.deleted",
+        "conversation-update",
+        "end-of-call-report",
+        "function-call",
+        "handoff-destination-request",
+        "hang",
+        "knowledge-base-request",
+        "language-change-detected",
+        "model-output",
+        "phone-call-control",
+        "session.created",
+        "session.deleted",
+        "session.updated",
+        "speech-update",
+        "status-update",
+        "tool-calls",
+        "transcript",
+        'transcript[transcriptType="final"]',
+        "transfer-destination-request",
+        "transfer-update",
+        "user-interrupted",
+        "voice-input",
+        "voice-request",
+    }
+)
 
 # Messages Vapi waits on for an answer (vapi-server-sdk 3.0.0: the ``ServerMessageResponse*`` models of
 # ``ServerMessageResponseMessageResponse``, plus ``function-call``, the legacy form of ``tool-calls``).
@@ -100,3 +139,8 @@ def _tool_calls(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
             if isinstance(item, Mapping) and isinstance(item.get("toolCall"), Mapping)
         ]
     return []
+
+
+def metric_type(kind: str) -> str:
+    """The ``type`` label of a server message: its type when Vapi documents it, else ``other``."""
+    return kind if kind in KNOWN_MESSAGE_TYPES else "other"

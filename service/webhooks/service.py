@@ -17,8 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.bodies import BodyError, decode_json_body
 from service.calls.changes import CallChange
 from service.calls.events import NewEvent
+from service.calls.ids import is_call_id
 from service.calls.tracking import apply_message, parse_timestamp
 from service.calls.writer import CallWriter
 from service.db.models import Call, CallEvent
@@ -26,7 +28,7 @@ from service.errors import AuthenticationError, DomainError, ServiceUnavailableE
 from service.metrics import Metrics
 from service.settings import Settings
 from service.tasks import TaskOwner
-from service.vapi.messages import REQUEST_TYPES, base_type
+from service.vapi.messages import REQUEST_TYPES, base_type, metric_type
 from service.webhooks.relay import Relay, RelayedAnswer
 from service.webhooks.verify import DEFAULT_HMAC, HmacScheme, authenticated
 
@@ -34,6 +36,9 @@ log = structlog.get_logger(__name__)
 
 BATCH_MAX = 200
 QUEUE_LIMIT = 10_000
+
+
+MAX_TYPE_CHARS = 128
 
 
 class MalformedWebhookError(DomainError):
@@ -71,17 +76,21 @@ def dedupe_key(message: Mapping[str, Any], raw: bytes) -> str:
 def parse_message(raw: bytes) -> dict[str, Any]:
     """The ``message`` object of a server message body, or :class:`MalformedWebhookError`."""
     try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise MalformedWebhookError(f"the body is not valid JSON: {exc}") from None
+        body = decode_json_body(raw)
+    except BodyError as exc:
+        raise MalformedWebhookError(str(exc)) from None
     if not isinstance(body, dict) or not isinstance(body.get("message"), dict):
         raise MalformedWebhookError('expected a JSON object with a "message" object')
     message: dict[str, Any] = body["message"]
     if not isinstance(message.get("type"), str) or not message["type"]:
         raise MalformedWebhookError('"message.type" must be a non-empty string')
+    if len(message["type"]) > MAX_TYPE_CHARS:  # the event type column's width; Vapi's are short
+        raise MalformedWebhookError(f'"message.type" must be at most {MAX_TYPE_CHARS} characters')
     call = message.get("call")
     if call is not None and not (isinstance(call, dict) and isinstance(call.get("id"), str)):
         raise MalformedWebhookError('"message.call" must be an object with a string "id"')
+    if call is not None and not is_call_id(call["id"]):
+        raise MalformedWebhookError('"message.call.id" must be 1-64 letters, digits, "-" or "_" (Vapi sends UUIDs)')
     return message
 
 
@@ -196,7 +205,7 @@ class WebhookService:
     async def ingest(self, raw: bytes) -> IngestResult:
         message = parse_message(raw)
         kind: str = message["type"]
-        self._metrics.webhooks.labels(type=kind).inc()
+        self._metrics.webhooks.labels(type=metric_type(kind)).inc()
         answer = None
         if self._relay is not None and base_type(kind) in REQUEST_TYPES:
             answer = await self._relay.answer(message, raw)

@@ -63,6 +63,12 @@ def vapi() -> SlowVapi:
     return SlowVapi()
 
 
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    # The fake Vapi's control URLs are on a host that does not resolve: trusted as Vapi's API host.
+    return {"vapi_base_url": "http://vapi.test"}
+
+
 async def test_same_key_same_body_replays_without_a_second_vapi_call(
     client: AsyncTestClient[Any], vapi: SlowVapi
 ) -> None:

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from service.deliveries.urls import (
+from service.outbound_urls import (
     IPAddress,
     UnsafeUrlError,
     check_webhook_url,

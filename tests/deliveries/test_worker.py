@@ -19,9 +19,9 @@ from service.db.models import WebhookDeliveryAttempt, WebhookEndpoint
 from service.deliveries.outbox import EVENT_TYPES, enqueue
 from service.deliveries.retry import RetryPolicy
 from service.deliveries.schemas import EventType
-from service.deliveries.urls import IPAddress
 from service.deliveries.worker import DeliveryWorker
 from service.metrics import Metrics
+from service.outbound_urls import IPAddress
 from tests.conftest import statements_sent
 from tests.deliveries.conftest import Receiver, add_endpoint, attempts_of, deliveries_of
 from tests.harness import eventually

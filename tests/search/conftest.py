@@ -1,5 +1,5 @@
 """Transcript search against the real app and database: calls and utterances arrive as Vapi webhooks
-(or listen-socket events, appended as the listen journal does)."""
+(or listen-socket events, written by the listen journal)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.calls.events import NewEvent, append_events
+from service.calls.changes import CallChanges
+from service.calls.events import NewEvent
 from service.db.engine import Database
+from service.listen.journal import EventJournal
+from service.search.index import TranscriptIndexer
 from tests.conftest import ADMIN_KEY, WEBHOOK_SECRET, make_settings
 
 _clock = itertools.count(1764150000000, 1000)
@@ -60,10 +63,15 @@ class Calls:
         await self.webhook(call_id, kind, role=role, transcriptType="final" if final else "partial", transcript=text)
 
     async def hear(self, call_id: str, role: str, text: str) -> None:
-        """The listen-socket copy of a final transcript."""
+        """The listen-socket copy of a final transcript, written by the listen journal (whose changes
+        reach the transcript index as the app's do)."""
         payload = {"type": "transcript", "role": role, "transcriptType": "final", "transcript": text}
-        async with self.db.write() as session:
-            await append_events(session, call_id, [NewEvent("listen", "transcript", payload)])
+        changes = CallChanges()
+        changes.subscribe(TranscriptIndexer())
+        journal = EventJournal(self.db, changes)
+        journal.add(call_id, NewEvent("listen", "transcript", payload))
+        assert await journal.flush(call_id)
+        await journal.close()
 
     async def search(self, q: str, *, expect: int = 200, **params: Any) -> dict[str, Any]:
         response = await self.client.get("/v1/search/transcripts", params={"q": q, **params})

@@ -12,10 +12,13 @@ from alembic import command
 from sqlalchemy import Table, insert, inspect, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.calls.events import NewEvent, append_events, transcript_key
+from service.calls.changes import CallChanges
+from service.calls.events import NewEvent, transcript_key
 from service.db.engine import Database
 from service.db.migrate import alembic_config
 from service.db.models import Call, CallAnalytics, CallEvent, Recording, TranscriptUtterance
+from service.listen.journal import EventJournal
+from service.search.index import TranscriptIndexer
 from service.search.service import SearchFilters, SearchService
 
 
@@ -49,7 +52,7 @@ async def test_0010_indexes_stored_transcripts_once_each(database_url: str) -> N
         "long": [("vapi" if i % 2 else "listen", *_said("user", "yes")) for i in range(2100)],
     }
     try:
-        _migrate(database_url, "down", "0008")
+        _migrate(database_url, "down", "0009")
         async with engine.begin() as connection:
             await connection.execute(
                 insert(call_table),
@@ -132,8 +135,12 @@ async def test_0010_indexes_stored_transcripts_once_each(database_url: str) -> N
             hits, _ = await search.search("refund", SearchFilters(), limit=10, cursor=None)
             assert sorted(hit.text for hit in hits) == ["I want a refund", "Your refund is on its way"]
             # After the backfill the service continues the count: the 1,051st yes of the listen socket.
-            async with db.write() as session:
-                await append_events(session, "long", [NewEvent("listen", *_said("user", "YES"))])
+            changes = CallChanges()
+            changes.subscribe(TranscriptIndexer())
+            journal = EventJournal(db, changes)  # the listen socket's path, indexed as in the app
+            journal.add("long", NewEvent("listen", *_said("user", "YES")))
+            assert await journal.flush("long")
+            await journal.close()
             async with db.read() as session:
                 newest = await session.scalar(
                     select(TranscriptUtterance.ordinal).order_by(TranscriptUtterance.seq.desc()).limit(1)
@@ -142,7 +149,7 @@ async def test_0010_indexes_stored_transcripts_once_each(database_url: str) -> N
         finally:
             await db.dispose()
 
-        _migrate(database_url, "down", "0008")
+        _migrate(database_url, "down", "0009")
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
         assert not [table for table in tables if table.startswith("transcript_")]

@@ -214,7 +214,7 @@ async def test_bad_queries_are_refused_and_hostile_ones_are_only_words(calls: Ca
         hits = (await calls.search(hostile))["data"]
         assert len(hits) <= 1, hostile
     assert len((await calls.search("near operator column"))["data"]) == 1
-    assert (await calls.search("refund", expect=422, cursor="not-a-cursor"))["status"] == 422
+    assert (await calls.search("refund", expect=400, cursor="not-a-cursor"))["status"] == 400
 
 
 async def test_erasing_a_call_removes_its_utterances_from_the_index(calls: Calls) -> None:

@@ -1,4 +1,5 @@
-"""Which URLs outbound webhooks may be sent to (SSRF protection).
+"""Which URLs Switchboard may send requests to (SSRF protection): outbound webhook endpoints, the
+tap's upstreams, and the listen and control URLs of calls.
 
 An endpoint URL is chosen by an API client, but the request leaves from inside our network: without a
 check, ``http://169.254.169.254/…`` (cloud metadata), ``http://localhost:5432`` or any RFC 1918 host
@@ -31,6 +32,8 @@ RESOLVE_TIMEOUT_SECONDS = 5.0
 ALLOW_PRIVATE_HINT = "set SWITCHBOARD_WEBHOOK_ALLOW_PRIVATE=1 to allow private destinations (development only)"
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
 
 
 class UnsafeUrlError(ValueError):
@@ -77,14 +80,23 @@ def parse_webhook_url(url: str) -> tuple[SplitResult, str, int]:
     return parts, host, port
 
 
-def _embedded_ipv4(address: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 address stands for (mapped ``::ffff:a.b.c.d`` or NAT64), else itself."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address in _NAT64:
-            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address
+def _embedded_ipv4(address: IPAddress) -> list[IPAddress]:
+    """The IPv4 addresses an IPv6 address carries and can lead to (mapped ``::ffff:a.b.c.d``,
+    IPv4-compatible ``::a.b.c.d``, NAT64 ``64:ff9b::/96`` and ``64:ff9b:1::/48``, 6to4 ``2002::/16``,
+    Teredo ``2001::/32``: its server and client), else none."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    embedded: list[IPAddress] = []
+    if address.ipv4_mapped is not None:
+        embedded.append(address.ipv4_mapped)
+    compatible = address in _IPV4_COMPATIBLE and int(address) >> 24 != 0  # not ::, ::1 or ::0.x.y.z
+    if address in _NAT64 or address in _NAT64_LOCAL or compatible:
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        embedded.append(address.sixtofour)
+    if address.teredo is not None:
+        embedded.extend(address.teredo)
+    return embedded
 
 
 def refusal_reason(address: IPAddress) -> str | None:
@@ -93,7 +105,14 @@ def refusal_reason(address: IPAddress) -> str | None:
     Python's ``is_global`` alone is not enough on 3.11 (it calls multicast and some special-purpose
     ranges global), hence the explicit checks first.
     """
-    ip = _embedded_ipv4(address)
+    embedded = _embedded_ipv4(address)  # 2002:7f00:1::1 is "global", yet 6to4 for 127.0.0.1
+    for ip in embedded:
+        if (reason := _refusal_reason(ip)) is not None:
+            return f"{reason} ({ip}, embedded in {address})"
+    return None if embedded else _refusal_reason(address)
+
+
+def _refusal_reason(ip: IPAddress) -> str | None:
     if ip.is_unspecified:
         return "an unspecified address"
     if ip.is_loopback:

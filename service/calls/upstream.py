@@ -144,12 +144,16 @@ class UpstreamResolver:
         cached = self._cache.get(key)
         if cached is not None and cached.until > now:
             return cached.value
+        value: dict[str, Any] | None
         try:
-            value: dict[str, Any] | None = await fetch(object_id)
+            value = await fetch(object_id)
         except UpstreamError as exc:
-            # Not fatal: placing the call matters more than finding its upstream. Logged, not cached.
+            # Not fatal: placing the call matters more than finding its upstream. Logged; a 404 is an
+            # answer (no such object: the next source wins) and is cached like one, anything else is not.
             log.warning("could not read the upstream's server from Vapi", object=key.partition(":")[0], error=str(exc))
-            return None
+            if exc.extra.get("vapiStatus") != 404:
+                return None
+            value = None
         if len(self._cache) > 10_000:  # bounded: stale entries go first
             self._cache = {k: v for k, v in self._cache.items() if v.until > now}
         self._cache[key] = _Cached(value, now + self.settings.upstream_cache_seconds)

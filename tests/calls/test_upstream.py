@@ -67,6 +67,37 @@ async def test_assistants_are_cached_briefly() -> None:
     assert seen == ["/assistant/a1", "/assistant/a1"]
 
 
+async def test_an_unknown_assistant_is_cached_as_one_and_a_failure_is_not() -> None:
+    """A 404 is Vapi's answer (no such assistant): asked once per cache period, not per call placed;
+    a failure says nothing and is asked again."""
+    seen: list[str] = []
+    upstreams, _ = resolver({}, seen, upstream_cache_seconds=60)
+    for _ in range(3):
+        assert await upstreams.for_outbound({}, assistant_id="gone", phone_number_id=None) is None
+    assert seen == ["/assistant/gone"]
+
+    failures: list[str] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        failures.append(request.url.path)
+        return httpx.Response(503, json={"message": "down"})
+
+    flaky = UpstreamResolver(
+        VapiClient(
+            httpx.AsyncClient(transport=httpx.MockTransport(down)),
+            base_url="https://vapi.test",
+            api_key="k",
+            public_key=None,
+            timeout=1,
+        ),
+        Settings(_env_file=None, upstream_cache_seconds=60),
+        Clock(),
+    )
+    for _ in range(2):
+        assert await flaky.for_outbound({}, assistant_id="a1", phone_number_id=None) is None
+    assert failures == ["/assistant/a1", "/assistant/a1"]
+
+
 async def test_no_upstream_anywhere_is_none() -> None:
     upstreams, _ = resolver({}, [])
     assert await upstreams.for_outbound({}, assistant_id="a1", phone_number_id="p1") is None

@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from service.auth import current_principal, scoped
 from service.calls.redact import hide_recording_urls
+from service.calls.report import summary
 from service.calls.schemas import (
     CallCreate,
     CallImport,
@@ -47,6 +48,19 @@ IdempotencyKey = Annotated[
 # Who wrote an event: Vapi (webhooks), the listen socket (its text frames), Switchboard itself.
 EventSource = Literal["vapi", "listen", "switchboard"]
 
+# The call-record filters of GET /v1/calls and GET /v1/recordings (contract section 10).
+VapiCallType = Literal["inboundPhoneCall", "outboundPhoneCall", "webCall", "vapi.websocketCall"]  # SDK CallType
+EndedReasonFilter = Annotated[
+    str | None,
+    QueryParameter(
+        name="endedReason",
+        max_length=200,
+        description="Why Vapi says the call ended, exactly (e.g. customer-ended-call)",
+    ),
+]
+PhoneNumberIdFilter = Annotated[str | None, QueryParameter(name="phoneNumberId", max_length=64)]
+CallTypeFilter = Annotated[VapiCallType | None, QueryParameter(name="type", description="Vapi's call type")]
+
 
 def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
     monitor = Monitor(listen=call.listen_url is not None, control=call.control_url is not None)
@@ -77,6 +91,16 @@ def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
         legal_hold=call.legal_hold,
         legal_hold_reason=call.legal_hold_reason,
         upstream=call.upstream if show_monitor_urls else None,
+        cost=call.cost,
+        costs=call.costs,
+        summary=summary(call),
+        analysis=call.analysis,
+        structured_outputs=call.structured_outputs,
+        ended_message=call.ended_message,
+        phone_call_provider=call.phone_call_provider,
+        phone_call_provider_id=call.phone_call_provider_id,
+        squad_id=call.squad_id,
+        workflow_id=call.workflow_id,
     )
 
 
@@ -196,9 +220,20 @@ class CallController(Controller):
         customer_number: Annotated[str | None, QueryParameter(name="customerNumber")] = None,
         created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
         created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
+        ended_reason: EndedReasonFilter = None,
+        phone_number_id: PhoneNumberIdFilter = None,
+        call_type: CallTypeFilter = None,
     ) -> CallPage:
         filters = CallFilters(
-            status, assistant_id, customer_number, created_after, created_before, metadata_filters(request.query_params)
+            status,
+            assistant_id,
+            customer_number,
+            created_after,
+            created_before,
+            metadata_filters(request.query_params),
+            ended_reason=ended_reason,
+            phone_number_id=phone_number_id,
+            type=call_type,
         )
         page, next_cursor = await calls.list_calls(filters, limit=limit, cursor=cursor)
         admin = current_principal(request).is_admin

@@ -70,6 +70,18 @@ class CallOut(msgspec.Struct, rename="camel"):
     legal_hold_reason: str | None = None
     # The customer's own server for the call (contract section 9); admin keys only: it may hold secrets.
     upstream: dict[str, Any] | None = None
+    # What Vapi reports about the finished call (contract section 10): from its end-of-call report or
+    # its call object, whichever Vapi wrote later; null until Vapi says.
+    cost: float | None = None
+    costs: list[dict[str, Any]] | None = None
+    summary: str | None = None
+    analysis: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    ended_message: str | None = None
+    phone_call_provider: str | None = None
+    phone_call_provider_id: str | None = None
+    squad_id: str | None = None
+    workflow_id: str | None = None
 
 
 class ForwardOut(msgspec.Struct, rename="camel"):

@@ -108,6 +108,10 @@ class CallFilters:
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Contract section 10; each has a list index ending with the sort key (migration 0012).
+    ended_reason: str | None = None
+    phone_number_id: str | None = None
+    type: str | None = None
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""
@@ -143,6 +147,12 @@ class CallFilters:
             query = query.where(Call.assistant_id == self.assistant_id)
         if self.customer_number:
             query = query.where(Call.customer_number == self.customer_number)
+        if self.ended_reason:
+            query = query.where(Call.ended_reason == self.ended_reason)
+        if self.phone_number_id:
+            query = query.where(Call.phone_number_id == self.phone_number_id)
+        if self.type:
+            query = query.where(Call.type == self.type)
         if self.created_after:
             query = query.where(created_at >= self.created_after)
         if self.created_before:

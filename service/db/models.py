@@ -16,6 +16,7 @@ from advanced_alchemy.types import DateTimeUTC, JsonB
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -75,6 +76,18 @@ class Call(TimestampedMixin, DefaultBase):
     # The customer's own server for this call (contract section 9, ``calls.upstream``): url, headers,
     # secret, timeoutSeconds, source, serverMessages. May hold secrets: shown to admin keys only.
     upstream: Mapped[dict[str, Any] | None] = mapped_column(JsonB, nullable=True)
+    # What Vapi reports about the finished call (contract section 10), from its end-of-call report or its
+    # Call object, whichever Vapi wrote later (``reported_at``: the time of the source taken).
+    ended_message: Mapped[str | None] = mapped_column(Text)
+    cost: Mapped[float | None] = mapped_column(Float)
+    costs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonB, nullable=True)
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(JsonB, nullable=True)
+    structured_outputs: Mapped[dict[str, Any] | None] = mapped_column(JsonB, nullable=True)
+    phone_call_provider: Mapped[str | None] = mapped_column(String(32))
+    phone_call_provider_id: Mapped[str | None] = mapped_column(String(128))
+    squad_id: Mapped[str | None] = mapped_column(String(64))
+    workflow_id: Mapped[str | None] = mapped_column(String(64))
+    reported_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
     # Read-only (recordings are written through their own rows; the foreign key cascades deletes): a
     # writable relationship made every flush of a changed call inspect it, ~5 % of webhook ingest.
@@ -89,6 +102,9 @@ class Call(TimestampedMixin, DefaultBase):
         Index("ix_call_status_created_at", "status", "created_at", "id"),
         Index("ix_call_customer_number_created_at", "customer_number", "created_at", "id"),
         Index("ix_call_assistant_id_created_at", "assistant_id", "created_at", "id"),
+        Index("ix_call_ended_reason_created_at", "ended_reason", "created_at", "id"),
+        Index("ix_call_phone_number_id_created_at", "phone_number_id", "created_at", "id"),
+        Index("ix_call_type_created_at", "type", "created_at", "id"),
         Index("ix_call_updated_at", "updated_at"),  # the console's change stream (service/console/feed.py)
         Index("ix_call_ended_at", "ended_at"),  # the retention sweep: calls ended before a cutoff
         Index("ix_call_erasing_until", "erasing_until"),  # the erasure sweep: tombstones left by a crash

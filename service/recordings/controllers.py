@@ -11,6 +11,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from service.auth import scoped
+from service.calls.controllers import CallTypeFilter, EndedReasonFilter, PhoneNumberIdFilter
 from service.calls.service import CallFilters, metadata_filters
 from service.db.models import Call, Recording
 from service.errors import DomainError
@@ -231,6 +232,9 @@ async def list_recordings(
     min_duration_seconds: Annotated[float | None, QueryParameter(name="minDurationSeconds", ge=0)] = None,
     created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
     created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
+    ended_reason: EndedReasonFilter = None,
+    phone_number_id: PhoneNumberIdFilter = None,
+    call_type: CallTypeFilter = None,
 ) -> RecordingPage:
     filters = CallFilters(
         assistant_id=assistant_id,
@@ -238,6 +242,9 @@ async def list_recordings(
         created_after=created_after,
         created_before=created_before,
         metadata=metadata_filters(request.query_params),
+        ended_reason=ended_reason,
+        phone_number_id=phone_number_id,
+        type=call_type,
     )
     rows, next_cursor = await recordings.search(
         filters, status=status, min_duration_seconds=min_duration_seconds, limit=limit, cursor=cursor

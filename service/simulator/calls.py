@@ -25,6 +25,8 @@ TWILIO_ACCOUNT_SID = "AC" + "51" * 16
 TWILIO_AUTH_TOKEN = "sim-twilio-auth-token-" + "9f" * 8
 """The (fake) Twilio auth token Vapi includes with the phone number: must never be stored."""
 RECORDINGS_BASE = "https://storage.vapi.ai"
+# The id of the one structured output the simulator extracts from every call.
+STRUCTURED_OUTPUT_ID = "5a1c7e52-0000-4000-8000-000000000001"
 
 
 StopReason = Literal["ended", "drop", "client", "shutdown"]
@@ -371,6 +373,46 @@ class SimCall:
         """A plausible cost in USD."""
         return round(self.duration_seconds / 60 * COST_PER_MINUTE, 4)
 
+    def costs(self) -> list[dict[str, Any]]:
+        """The cost split by component, summing to :attr:`cost` (vapi-server-sdk 3.0.0 ``CallCostsItem``:
+        transport, transcriber, model, voice and vapi items with their required fields)."""
+        minutes = round(self.duration_seconds / 60, 4)
+        spoken = sum(len(m["message"]) for m in self.messages if m["role"] == "bot")
+        shares = {"transport": 0.4, "transcriber": 0.15, "model": 0.2, "voice": 0.15}
+        parts = {kind: round(self.cost * share, 4) for kind, share in shares.items()}
+        vapi = round(self.cost - sum(parts.values()), 4)  # the rest: the parts add up to the total
+        return [
+            {"type": "transport", "provider": "twilio", "minutes": minutes, "cost": parts["transport"]},
+            {
+                "type": "transcriber",
+                "transcriber": {"provider": "deepgram"},
+                "minutes": minutes,
+                "cost": parts["transcriber"],
+            },
+            {
+                "type": "model",
+                "model": {"provider": "openai", "model": "gpt-4o"},
+                "promptTokens": 40 * self.turn,
+                "completionTokens": 12 * self.turn,
+                "cost": parts["model"],
+            },
+            {"type": "voice", "voice": {"provider": "11labs"}, "characters": spoken, "cost": parts["voice"]},
+            {"type": "vapi", "subType": "normal", "minutes": minutes, "cost": vapi},
+        ]
+
+    def analysis(self) -> dict[str, Any]:
+        """Vapi's analysis of the ended call (SDK ``Analysis``: summary, structuredData, successEvaluation)."""
+        turns = sum(1 for m in self.messages if m["role"] in ("bot", "user"))
+        return {
+            "summary": self.summary(),
+            "structuredData": {"turns": turns, "endedReason": self.ended_reason},
+            "successEvaluation": "true" if turns else "false",
+        }
+
+    def structured_outputs(self) -> dict[str, Any]:
+        """``artifact.structuredOutputs``: results by structured-output id (``{name, result}``)."""
+        return {STRUCTURED_OUTPUT_ID: {"name": "outcome", "result": {"resolved": self.ended_reason is not None}}}
+
     def transcript_text(self) -> str:
         """The conversation as Vapi's artifact transcript renders it (``AI: …`` / ``User: …`` lines)."""
         lines = []
@@ -391,6 +433,7 @@ class SimCall:
             "recordingUrl": f"{RECORDINGS_BASE}/{self.id}-mono.wav",
             "stereoRecordingUrl": f"{RECORDINGS_BASE}/{self.id}-stereo.wav",
             "pcapUrl": f"{RECORDINGS_BASE}/{self.id}.pcap",
+            **({"structuredOutputs": self.structured_outputs()} if self.ended else {}),
         }
 
     def to_vapi(self) -> dict[str, Any]:
@@ -441,7 +484,8 @@ class SimCall:
         if self.ended:
             call["messages"] = [dict(m) for m in self.messages]
             call["artifact"] = self.artifact()
-            call["analysis"] = {"summary": self.summary()}
+            call["analysis"] = self.analysis()
+            call["costs"] = self.costs()
         return call
 
     def summary(self) -> str:

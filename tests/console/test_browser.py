@@ -116,6 +116,11 @@ async def test_a_live_call_from_list_to_recording(console: Console, stack: Stack
         assert (parsed.getnchannels(), parsed.getframerate(), parsed.getsampwidth()) == (2, 16000, 2)
         assert parsed.getnframes() > 16000, "more than a second of audio"
     await expect(console.page.locator("#call-status")).to_have_text("ended")
+    # What Vapi's end-of-call report said: the outcome, the cost and its items, the summary.
+    ended = stack.sim.calls[call_id]
+    await expect(console.page.locator("#call-outcome")).to_contain_text(str(ended.ended_reason))
+    await expect(console.page.locator("#call-cost")).to_contain_text(f"${ended.cost:.4f} (transport $")
+    await expect(console.page.locator("#call-summary")).to_have_text(ended.summary())
     await expect(console.page.get_by_label("Make the assistant say")).to_be_disabled()
     await console.page.evaluate("document.getElementById('timeline').scrollTop = 0")
     await console.screenshot("call", full_page=True)

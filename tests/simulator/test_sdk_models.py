@@ -117,6 +117,29 @@ def _check_call(sdk: SimpleNamespace, payload: dict[str, Any]) -> Any:
     return call
 
 
+def _check_figures(parsed: Any, payload: dict[str, Any]) -> None:
+    """The figures of a finished call (Call or ServerMessageEndOfCallReport, which Switchboard keeps on
+    the call record): every cost item a known SDK cost model without unknown keys, adding up to ``cost``;
+    the analysis and the structured outputs as the SDK's Analysis and Artifact name them."""
+    assert parsed.costs, "no costs"
+    assert {type(item).__name__.rpartition("_")[2] for item in parsed.costs} == {
+        "Transport",
+        "Transcriber",
+        "Model",
+        "Voice",
+        "Vapi",
+    }
+    for item in parsed.costs:
+        _no_extras(item)
+    assert sum(item.cost for item in parsed.costs) == pytest.approx(parsed.cost, abs=1e-6)
+    assert parsed.analysis.summary
+    assert parsed.analysis.structured_data is not None
+    assert parsed.analysis.success_evaluation in ("true", "false")
+    _no_extras(parsed.analysis)
+    assert parsed.artifact.structured_outputs == payload["artifact"]["structuredOutputs"]
+    assert all(set(output) == {"name", "result"} for output in parsed.artifact.structured_outputs.values())
+
+
 MODEL_FOR_TYPE = {
     "status-update": "ServerMessageStatusUpdate",
     "speech-update": "ServerMessageSpeechUpdate",
@@ -149,6 +172,7 @@ async def test_server_messages_and_calls_validate(
     assert parsed_call.ended_reason == TRANSFER_REASON
     assert parsed_call.artifact is not None
     assert parsed_call.artifact.transcript
+    _check_figures(parsed_call, fetched)
 
     seen: set[str] = set()
     for item in receiver.received:
@@ -172,6 +196,7 @@ async def test_server_messages_and_calls_validate(
             assert message.analysis.summary
             assert message.started_at is not None
             assert message.ended_at is not None
+            _check_figures(message, payload)
         if payload["type"] in ("conversation-update", "end-of-call-report"):
             messages = message.messages if payload["type"] == "conversation-update" else message.artifact.messages
             assert all(type(m).__name__ in ("UserMessage", "BotMessage", "SystemMessage") for m in messages)

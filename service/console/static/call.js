@@ -155,6 +155,21 @@ function fact(term, ...value) {
   return h("div", {}, h("dt", {}, term), h("dd", {}, ...value));
 }
 
+function outcome(call) {
+  if (!call.endedReason) return "—";
+  const parts = [call.endedReason];
+  if (call.endedMessage) parts.push(call.endedMessage);
+  const success = call.analysis?.successEvaluation;
+  if (success !== undefined && success !== null) parts.push(`success: ${success}`);
+  return parts.join(" · ");
+}
+
+function cost(call) {
+  if (call.cost === null || call.cost === undefined) return "—";
+  const items = (call.costs || []).map((item) => `${item.type} $${Number(item.cost).toFixed(4)}`);
+  return `$${call.cost.toFixed(4)}${items.length ? ` (${items.join(", ")})` : ""}`;
+}
+
 function renderCall() {
   $("call-title").textContent = customerLabel(call.customer);
   $("call-status").replaceWith(Object.assign(statusBadge(call.status), { id: "call-status" }));
@@ -166,6 +181,10 @@ function renderCall() {
     fact("Ended", call.endedAt ? `${dateTime(call.endedAt)} (${call.endedReason || "no reason"})` : "—"),
     fact("Assistant", call.assistantId || "—"),
     fact("Metadata", metadata.join(", ") || "—"),
+    // What Vapi reported after the call (its end-of-call report): outcome, cost, summary.
+    fact("Outcome", h("span", { id: "call-outcome" }, outcome(call))),
+    fact("Cost", h("span", { id: "call-cost" }, cost(call))),
+    fact("Summary", h("span", { id: "call-summary" }, call.summary || "—")),
   );
   const live = LIVE.has(call.status);
   for (const control of $("say-form").elements) control.disabled = !live;

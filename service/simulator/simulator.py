@@ -332,11 +332,16 @@ class VapiSimulator:
         elif kind == "end-call":
             runner.request_end(END_CALL_REASON)
         elif kind == "transfer":
+            # ``content``, else the destination's ``message`` (SDK TransferDestinationNumber/Sip), is said
+            # to the customer before the transfer.
+            destination = message.get("destination")
             content = message.get("content")
-            runner.transfer(message.get("destination"), content if isinstance(content, str) else None)
+            if not isinstance(content, str) and isinstance(destination, Mapping):
+                content = destination.get("message")
+            runner.transfer(destination, content if isinstance(content, str) else None)
         elif kind == "append-context":
             runner.append_context(message["content"])
-        # send-transport-message, handoff: accepted and logged; nothing to simulate
+        # send-transport-message (its TwiML or SIP request), handoff: accepted and logged; nothing to simulate
 
     # -- listen --------------------------------------------------------------------------------------
 

@@ -38,8 +38,13 @@ from service.vapi.control import (
     NumberDestination,
     Role,
     Say,
+    SendTransportMessage,
     SipDestination,
+    SipTransportMessage,
     Transfer,
+    TransferMode,
+    TransferPlan,
+    TwilioTransportMessage,
     parse_control,
 )
 from tests.simulator.conftest import ALL_MESSAGES, LONG_SCRIPT, WebhookReceiver, place_call, with_overrides
@@ -76,6 +81,8 @@ def sdk() -> SimpleNamespace:
         "ClientInboundMessageMessage",
         "ClientInboundMessageControlControl",
         "ClientInboundMessageAppendContextKind",
+        "TransferPlanMode",
+        "VapiSipTransportMessageSipVerb",
         "OpenAiMessageRole",
         "AssistantOverridesServerMessagesItem",
         "ServerMessageToolCalls",
@@ -231,12 +238,40 @@ CONTROL_MESSAGES: dict[str, ControlMessage] = {
     "control": Control(control="mute-assistant"),
     "end-call": EndCall(),
     "transfer": Transfer(
-        destination=NumberDestination(number="+15550001111", extension="12", caller_id="+15550002222"),
+        destination=NumberDestination(
+            number="+15550001111",
+            extension="12",
+            caller_id="+15550002222",
+            message="Connecting you to billing.",
+            transfer_plan=TransferPlan(
+                mode="warm-transfer-wait-for-operator-to-speak-first-and-then-say-message",
+                message="A customer about a refund.",
+                timeout=30,
+                sip_verb={"type": "refer"},
+                dial_timeout=40,
+                hold_audio_url="https://example.com/hold.mp3",
+                transfer_complete_audio_url="https://example.com/beep.wav",
+                twiml="<Say>Hello</Say>",
+                sip_headers_in_refer_to_enabled=True,
+            ),
+            description="Billing desk",
+        ),
         content="Hold on",
     ),
     "append-context": AppendContext(kind="instructions", content="x"),
+    "send-transport-message": SendTransportMessage(TwilioTransportMessage(twiml="<Response><Pause/></Response>")),
 }
-SIP_TRANSFER = Transfer(destination=SipDestination(sip_uri="sip:agent@example.com", sip_headers={"X-Team": "a"}))
+SIP_TRANSFER = Transfer(
+    destination=SipDestination(
+        sip_uri="sip:agent@example.com",
+        sip_headers={"X-Team": "a"},
+        caller_id="sip:bot@example.com",
+        message="Transferring.",
+        transfer_plan=TransferPlan(mode="blind-transfer-add-summary-to-sip-header"),
+        description="Agents",
+    )
+)
+SIP_TRANSPORT = SendTransportMessage(SipTransportMessage(sip_verb="INFO", headers={"X-A": "1"}, body="dtmf=1"))
 SDK_MODELS = {
     "say": "ClientInboundMessageSay",
     "add-message": "ClientInboundMessageAddMessage",
@@ -244,6 +279,7 @@ SDK_MODELS = {
     "end-call": "ClientInboundMessageEndCall",
     "transfer": "ClientInboundMessageTransfer",
     "append-context": "ClientInboundMessageAppendContext",
+    "send-transport-message": "ClientInboundMessageSendTransportMessage",
 }
 
 
@@ -261,7 +297,9 @@ def test_every_control_type_has_an_example_and_an_sdk_model(sdk: SimpleNamespace
     assert set(CONTROL_TYPES) <= sdk_types
 
 
-@pytest.mark.parametrize("message", [*CONTROL_MESSAGES.values(), SIP_TRANSFER], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize(
+    "message", [*CONTROL_MESSAGES.values(), SIP_TRANSFER, SIP_TRANSPORT], ids=lambda m: type(m).__name__
+)
 def test_control_messages_are_sdk_messages(sdk: SimpleNamespace, message: ControlMessage) -> None:
     body = msgspec.to_builtins(message)
     fields = {key: value for key, value in body.items() if key != "type"}  # the type names the model
@@ -276,9 +314,14 @@ def test_control_messages_are_sdk_messages(sdk: SimpleNamespace, message: Contro
         assert message.control in _literals(sdk.ClientInboundMessageControlControl)
     if isinstance(message, AppendContext):
         assert message.kind in _literals(sdk.ClientInboundMessageAppendContextKind)
+    if isinstance(message, Transfer) and message.destination.transfer_plan is not None:
+        assert message.destination.transfer_plan.mode in _literals(sdk.TransferPlanMode)
+    if isinstance(message, SendTransportMessage) and isinstance(message.message, SipTransportMessage):
+        assert message.message.sip_verb in _literals(sdk.VapiSipTransportMessageSipVerb)
 
 
 def test_every_role_control_and_kind_is_an_sdk_value(sdk: SimpleNamespace) -> None:
+    assert set(typing.get_args(TransferMode)) == _literals(sdk.TransferPlanMode)
     assert set(typing.get_args(Role)) == _literals(sdk.OpenAiMessageRole)
     assert set(typing.get_args(ControlAction)) <= _literals(sdk.ClientInboundMessageControlControl)
     assert set(typing.get_args(ContextKind)) <= _literals(sdk.ClientInboundMessageAppendContextKind)
@@ -316,6 +359,19 @@ def test_control_messages_the_simulator_accepts_are_sdk_messages(sdk: SimpleName
         ({"type": "transfer", "destination": {"type": "number", "number": "+15550001111"}, "content": ""}, "content"),
         ({"type": "append-context", "kind": "gossip", "content": "x"}, "kind"),
         ({"type": "dance"}, "type"),
+        (
+            {
+                "type": "transfer",
+                "destination": {"type": "number", "number": "+15550001111", "transferPlan": {"mode": "teleport"}},
+            },
+            "destination.transferPlan.mode",
+        ),
+        (
+            {"type": "transfer", "destination": {"type": "number", "number": "+15550001111", "extension": "ext 1"}},
+            "destination.extension",
+        ),
+        ({"type": "send-transport-message", "message": {"transport": "pigeon"}}, "message.transport"),
+        ({"type": "send-transport-message", "message": {"transport": "vapi.sip", "sipVerb": "BYE"}}, "message.sipVerb"),
     ],
 )
 def test_control_messages_are_stricter_than_the_sdk(message: dict[str, Any], field: str) -> None:

@@ -1,6 +1,7 @@
 """The complete call record (contract section 10): what Vapi reports about a finished call (cost,
 costs, analysis, structured outputs, ended message, carrier, squad and workflow), and list indexes for
-the ``endedReason``, ``phoneNumberId`` and ``type`` filters, each ending with the sort key.
+the ``endedReason``, ``phoneNumberId`` and ``type`` filters, each ending with the sort key; when Vapi
+spoke a say (``injection.spoken_at``, ``speech_ended_at``).
 
 Revision ID: 0012
 Revises: 0011
@@ -36,6 +37,7 @@ COLUMNS = (
     ("workflow_id", sa.String(length=64)),
     ("reported_at", DateTimeUTC(timezone=True)),
 )
+INJECTION_COLUMNS = ("spoken_at", "speech_ended_at")
 # Filter column → its list index (the filter, then the newest-first sort key).
 INDEXES = {
     "ended_reason": "ix_call_ended_reason_created_at",
@@ -50,9 +52,15 @@ def upgrade() -> None:
             batch_op.add_column(sa.Column(name, column_type, nullable=True))
     for column, index in INDEXES.items():
         op.create_index(index, "call", [column, "created_at", "id"])
+    with op.batch_alter_table("injection", schema=None) as batch_op:
+        for name in INJECTION_COLUMNS:
+            batch_op.add_column(sa.Column(name, DateTimeUTC(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("injection", schema=None) as batch_op:
+        for name in reversed(INJECTION_COLUMNS):
+            batch_op.drop_column(name)
     for index in INDEXES.values():
         op.drop_index(index, table_name="call")
     with op.batch_alter_table("call", schema=None) as batch_op:

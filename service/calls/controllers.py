@@ -131,6 +131,7 @@ def injection_out(injection: Injection) -> InjectionOut:
         sent_at=injection.sent_at,
         error=injection.error,
         created_at=injection.created_at,
+        spoken_at=injection.spoken_at,
     )
 
 

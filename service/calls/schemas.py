@@ -131,6 +131,8 @@ class InjectionOut(msgspec.Struct, rename="camel"):
     sent_at: dt.datetime | None
     error: str | None
     created_at: dt.datetime
+    # A say: when Vapi said its speech started (status spoken, or interrupted when the customer cut in).
+    spoken_at: dt.datetime | None = None
 
 
 VapiId = Annotated[

@@ -35,7 +35,17 @@ from service.vapi.messages import FINAL_TRANSCRIPTS, REQUEST_TYPES, SWITCHBOARD_
 log = structlog.get_logger(__name__)
 
 # What Switchboard itself needs to track calls and run rules (besides final transcripts).
-REQUIRED_SERVER_MESSAGES = ("status-update", "end-of-call-report", "speech-update", "hang")
+# ``assistant.speechStarted`` and ``user-interrupted`` tell whether a say was spoken (``calls.speech``),
+# ``transfer-update`` that the call was transferred (the ``call.transferred`` milestone).
+REQUIRED_SERVER_MESSAGES = (
+    "status-update",
+    "end-of-call-report",
+    "speech-update",
+    "hang",
+    "assistant.speechStarted",
+    "user-interrupted",
+    "transfer-update",
+)
 
 
 def build_vapi_request(

@@ -238,6 +238,10 @@ class Injection(TimestampedMixin, UUIDv7Base):
     origin: Mapped[str] = mapped_column(String(16), default="api")
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+    # Did Vapi speak it (a say; service.calls.speech): when its speech started (status ``spoken``, or
+    # ``interrupted`` when the customer cut in) and when it stopped.
+    spoken_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    speech_ended_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
 
 class ApiKey(TimestampedMixin, UUIDv7Base):

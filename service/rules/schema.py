@@ -34,6 +34,9 @@ MILESTONES = (
     "speech.stopped",
     "user.silent",
     "listen.connected",
+    "injection.spoken",
+    "user.interrupted",
+    "call.transferred",
 )
 NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
 MAX_NAME_CHARS = 100

@@ -260,6 +260,10 @@ class VapiSimulator:
         """End a live call now with ``reason``."""
         self.runners[call_id].request_end(reason)
 
+    def customer_says(self, call_id: str, text: str) -> None:
+        """The customer of a live call says ``text`` now (a test's barge-in: see ``CallScript.barge_in``)."""
+        self.runners[call_id].customer_says(text)
+
     def check_api_key(self, authorization: str | None) -> bool:
         """Whether a REST request is authorised (any request, when no API key is configured)."""
         return self.api_key is None or authorization == f"Bearer {self.api_key}"

@@ -21,7 +21,7 @@ import msgspec
 import pydantic
 import pytest
 
-from service.simulator import SimulatorServer
+from service.simulator import SimulatorServer, Utterance
 from service.simulator.control import validate_control
 from service.simulator.lifecycle import END_CALL_REASON, SAY_THEN_END_REASON, TRANSFER_REASON
 from service.vapi.control import (
@@ -71,6 +71,7 @@ def sdk() -> SimpleNamespace:
         "ServerMessageModelOutput",
         "ServerMessageAssistantSpeech",
         "ServerMessageTransferUpdate",
+        "ServerMessageUserInterrupted",
         "ClientInboundMessageSay",
         "ClientInboundMessageAddMessage",
         "ClientInboundMessageControl",
@@ -157,6 +158,7 @@ MODEL_FOR_TYPE = {
     "model-output": "ServerMessageModelOutput",
     "assistant.speechStarted": "ServerMessageAssistantSpeech",
     "transfer-update": "ServerMessageTransferUpdate",
+    "user-interrupted": "ServerMessageUserInterrupted",
 }
 
 
@@ -165,7 +167,12 @@ async def test_server_messages_and_calls_validate(
 ) -> None:
     assert set(ALL_MESSAGES) <= _literals(sdk.AssistantOverridesServerMessagesItem)
     sim = simulator.sim
-    sim.script = dataclasses.replace(LONG_SCRIPT, hang_at=0.5, send_queued_status=True)
+    # The customer cuts the assistant's first sentence short: user-interrupted.
+    turns = (
+        Utterance("assistant", "Hello, this is a long greeting that goes on.", at=0.1, duration=2.0),
+        Utterance("user", "Wait.", at=1.0),
+    )
+    sim.script = dataclasses.replace(LONG_SCRIPT, hang_at=0.5, send_queued_status=True, barge_in=True, turns=turns)
     created = await place_call(vapi, with_overrides(serverMessages=ALL_MESSAGES))
     _check_call(sdk, created)
     await sim.wait_for_status(created["id"], "in-progress")

@@ -58,6 +58,7 @@ from service.openapi import document_problems
 from service.recordings.controllers import RecordingController, list_recordings
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage, build_storage
+from service.recordings.vapi_copy import VapiCopyMarker, VapiCopyWorker
 from service.rules.controllers import FiringController, RuleController  # rules
 from service.rules.engine import RuleEngine  # rules
 from service.rules.files import load_rules_file  # rules
@@ -180,6 +181,17 @@ def create_app(
         metrics=metrics,
     )
     changes.subscribe(Forwarder(default_upstream=org_upstream, wake=forwards.wake))
+    # Vapi's own recording, kept (contract section 10): a pending download with the end-of-call report.
+    vapi_copies = VapiCopyWorker(
+        db,
+        storage,
+        http,
+        vapi,
+        allow_private=settings.webhook_allow_private,
+        first_retry_seconds=settings.vapi_recording_retry_seconds,
+        poll_interval=min(5.0, settings.vapi_recording_retry_seconds),
+    )
+    changes.subscribe(VapiCopyMarker(wake=vapi_copies.wake))
     relay = Relay(http, db, UpstreamResolver(vapi, settings), settings, metrics)
     webhooks = WebhookService(
         writer, metrics, auth=WebhookAuth.from_settings(settings), relay=relay, inbound_upstream=org_upstream
@@ -225,7 +237,16 @@ def create_app(
         await idempotency.purge_expired()  # keys older than 24 h
         # Consumers before producers; closed in reverse, so that what producers hand over at the end
         # (a webhook's firings, a session's last events) still finds its consumer running.
-        background: list[Background] = [deliveries, forwards, lifecycle, rule_engine, supervisor, sharing, webhooks]
+        background: list[Background] = [
+            deliveries,
+            forwards,
+            vapi_copies,
+            lifecycle,
+            rule_engine,
+            supervisor,
+            sharing,
+            webhooks,
+        ]
         await channels.__aenter__()  # the channels outlive every part that publishes or listens
         for part in background:
             await part.start()

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     erasure_claim_seconds: float = Field(default=60.0, ge=1)
     # "flac": finished recordings are re-encoded losslessly and their raw segments removed.
     archive_format: Literal["pcm", "flac"] = "pcm"
+    # Vapi's own recording, kept (service.recordings.vapi_copy): the first retry of a failed download
+    # (doubling up to an hour, eight attempts).
+    vapi_recording_retry_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("retention", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """The complete call record (contract section 10): what Vapi reports about a finished call (cost,
 costs, analysis, structured outputs, ended message, carrier, squad and workflow), and list indexes for
 the ``endedReason``, ``phoneNumberId`` and ``type`` filters, each ending with the sort key; when Vapi
-spoke a say (``injection.spoken_at``, ``speech_ended_at``).
+spoke a say (``injection.spoken_at``, ``speech_ended_at``); ``vapi_recording``, Switchboard's copy of
+Vapi's stereo recording and the durable marker of its download.
 
 Revision ID: 0012
 Revises: 0011
@@ -55,9 +56,32 @@ def upgrade() -> None:
     with op.batch_alter_table("injection", schema=None) as batch_op:
         for name in INJECTION_COLUMNS:
             batch_op.add_column(sa.Column(name, DateTimeUTC(timezone=True), nullable=True))
+    op.create_table(
+        "vapi_recording",
+        sa.Column("call_id", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("url", sa.Text(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", DateTimeUTC(timezone=True), nullable=False),
+        sa.Column("storage_key", sa.Text(), nullable=True),
+        sa.Column("content_type", sa.String(length=100), nullable=True),
+        sa.Column("bytes", sa.BigInteger(), nullable=True),
+        sa.Column("sha256", sa.String(length=64), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("stored_at", DateTimeUTC(timezone=True), nullable=True),
+        sa.Column("created_at", DateTimeUTC(timezone=True), nullable=False),
+        sa.Column("updated_at", DateTimeUTC(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["call_id"], ["call.id"], name=op.f("fk_vapi_recording_call_id_call"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("call_id", name=op.f("pk_vapi_recording")),
+    )
+    op.create_index("ix_vapi_recording_due", "vapi_recording", ["status", "next_attempt_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_vapi_recording_due", table_name="vapi_recording")
+    op.drop_table("vapi_recording")
     with op.batch_alter_table("injection", schema=None) as batch_op:
         for name in reversed(INJECTION_COLUMNS):
             batch_op.drop_column(name)

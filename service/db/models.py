@@ -314,6 +314,27 @@ class WebhookDeliveryAttempt(UUIDv7Base):
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class VapiRecording(TimestampedMixin, DefaultBase):
+    """Switchboard's copy of Vapi's stereo recording of a call (contract section 10), and the durable
+    marker of its download: ``pending`` until stored (``service.recordings.vapi_copy``), retried with
+    backoff across restarts, ``failed`` once the attempts are used up."""
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Where Vapi said the file is (artifact.stereoRecordingUrl); GET /call/{id}/stereo-recording otherwise.
+    url: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    storage_key: Mapped[str | None] = mapped_column(Text)
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    stored_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+
+    __table_args__ = (Index("ix_vapi_recording_due", "status", "next_attempt_at"),)
+
+
 class UpstreamForward(TimestampedMixin, BigIntBase):
     """One server message to pass on to the call's upstream (the customer's server): the durable
     queue of the tap. Sent in ``id`` order per call, each after the previous one is settled."""

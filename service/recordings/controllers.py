@@ -13,11 +13,11 @@ from litestar.response import Stream
 from service.auth import scoped
 from service.calls.controllers import CallTypeFilter, EndedReasonFilter, PhoneNumberIdFilter
 from service.calls.service import CallFilters, metadata_filters
-from service.db.models import Call, Recording
+from service.db.models import Call, Recording, VapiRecording
 from service.errors import DomainError
 from service.pagination import Cursor, Limit
 from service.recordings.audio import RangeNotSatisfiableError, parse_range
-from service.recordings.schemas import Gap, RecordingListItem, RecordingOut, RecordingPage, SegmentOut
+from service.recordings.schemas import Gap, RecordingListItem, RecordingOut, RecordingPage, SegmentOut, VapiCopyOut
 from service.recordings.service import Download, RecordingService, RecordingView
 
 Recordings = NamedDependency[RecordingService]
@@ -71,6 +71,20 @@ def recording_out(call_id: FromPath[str], view: RecordingView) -> RecordingOut:
     )
 
 
+def vapi_copy_out(copy: VapiRecording | None) -> VapiCopyOut | None:
+    if copy is None:
+        return None
+    return VapiCopyOut(
+        status=copy.status,
+        bytes=copy.bytes,
+        sha256=copy.sha256,
+        content_type=copy.content_type,
+        attempts=copy.attempts,
+        error=copy.error,
+        stored_at=copy.stored_at,
+    )
+
+
 def no_recording_out(call_id: str) -> RecordingOut:
     """A call with nothing recorded yet (not answered, or its listen socket not reached)."""
     return RecordingOut(
@@ -120,7 +134,37 @@ class RecordingController(Controller):
     @get("/recording", operation_id="getRecording", summary="A call's recording: status, format, gaps")
     async def get_recording(self, call_id: FromPath[str], recordings: Recordings) -> RecordingOut:
         view = await recordings.describe(call_id)
-        return recording_out(call_id, view) if view is not None else no_recording_out(call_id)
+        out = recording_out(call_id, view) if view is not None else no_recording_out(call_id)
+        out.vapi_copy = vapi_copy_out(await recordings.vapi_copy(call_id))
+        return out
+
+    @get(
+        "/recording/vapi",
+        operation_id="downloadVapiRecording",
+        summary="Switchboard's copy of Vapi's stereo recording, byte for byte as Vapi served it (Range supported)",
+        description="Downloaded after the end-of-call report (Vapi deletes its own after 14 days); 404 until stored.",
+        media_type="audio/wav",
+    )
+    async def download_vapi(
+        self, request: Request[Any, Any, Any], call_id: FromPath[str], recordings: Recordings
+    ) -> Stream:
+        copy, key = await recordings.vapi_download(call_id)
+        total = copy.bytes or 0
+        try:
+            selected = parse_range(request.headers.get("range"), total)
+        except RangeNotSatisfiableError:
+            raise RangeError(f"the file has {total} bytes", contentRange=f"bytes */{total}") from None
+        start, end = selected or (0, total)
+        headers = {
+            "Accept-Ranges": "bytes",
+            "Content-Length": str(end - start),
+            "Content-Disposition": f'attachment; filename="{call_id}-vapi.wav"',
+        }
+        if selected:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        media_type = copy.content_type or "audio/wav"
+        stream = recordings.read(key, start, end)
+        return Stream(stream, media_type=media_type, headers=headers, status_code=206 if selected else 200)
 
     @get(
         "/recording.pcm",

@@ -16,7 +16,7 @@ from uuid_utils.compat import uuid7
 
 from service.calls.service import CallFilters
 from service.db.engine import Database, is_postgresql
-from service.db.models import Call, Recording, RecordingSegment, utcnow
+from service.db.models import Call, Recording, RecordingSegment, VapiRecording, utcnow
 from service.db.stores import recordings as sql
 from service.deliveries.outbox import enqueue
 from service.errors import ConflictError, NotFoundError
@@ -346,6 +346,24 @@ class RecordingService:
         if view is None:
             raise NotFoundError(f"call {call_id!r} has no recording yet", recordingStatus="none")
         return view
+
+    async def vapi_copy(self, call_id: str) -> VapiRecording | None:
+        """The call's copy of Vapi's recording (or its pending download); None when it has none."""
+        async with self._db.read() as session:
+            return await session.get(VapiRecording, call_id)
+
+    async def vapi_download(self, call_id: str) -> tuple[VapiRecording, str]:
+        """The stored copy of Vapi's recording and its storage key: 404 while there is none."""
+        copy = await self.vapi_copy(call_id)
+        if copy is None or copy.status != "stored" or copy.storage_key is None:
+            raise NotFoundError(
+                f"call {call_id!r} has no copy of Vapi's recording", vapiCopyStatus=copy.status if copy else "none"
+            )
+        return copy, copy.storage_key
+
+    def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of a stored object."""
+        return self._storage.read(key, start, end)
 
     async def describe(self, call_id: str) -> RecordingView | None:
         """The call's recording (None: nothing recorded yet); open segments report what storage holds."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -184,6 +185,42 @@ async def get_assistant(request: AnyRequest, assistant_id: FromPath[str]) -> Res
 async def get_phone_number(request: AnyRequest, phone_number_id: FromPath[str]) -> Response[Any]:
     """``GET /phone-number/{id}``: a stored phone number (``TwilioPhoneNumber``… with ``server``)."""
     return await _stored_object(request, "Phone Number", _simulator(request).phone_numbers, phone_number_id)
+
+
+@get("/call/{call_id:str}/stereo-recording", operation_id="simStereoRecording")
+async def stereo_recording(request: AnyRequest, call_id: FromPath[str]) -> Response[Any]:
+    """``GET /call/{id}/stereo-recording`` (vapi-server-sdk 3.0.0
+    ``calls.call_artifact_controller_stereo_recording_download``): a redirect to a freshly signed URL of
+    the call's stereo recording, also when the report's URL has expired."""
+    sim = _simulator(request)
+    refusal = await _rest_refusal(sim, request)
+    call = sim.calls.get(call_id) if call_id not in sim.deleted else None
+    if refusal is None and (call is None or not call.ended):
+        refusal = 404, vapi_error(404, "Recording not found")
+    if refusal is not None:
+        status, error = refusal
+        _log_rest(sim, request, status, None, error, call_id)
+        return _json(error, status)
+    _log_rest(sim, request, 302, None, None, call_id)
+    location = f"/recordings/{call_id}-stereo.wav?X-Amz-Signature={secrets.token_hex(8)}"
+    return Response(content=b"", status_code=302, headers={"Location": location})
+
+
+@get("/recordings/{name:str}", operation_id="simRecordingFile")
+async def recording_file(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+    """Vapi's recording storage: the stereo WAV of an ended call (``artifact.stereoRecordingUrl``); 403 once
+    the unsigned URL has expired (``VapiSimulator.expire_recording_url``), as S3 refuses it."""
+    sim = _simulator(request)
+    call = sim.calls.get(name.removesuffix("-stereo.wav")) if name.endswith("-stereo.wav") else None
+    if call is None or not call.ended or call.id in sim.deleted:
+        return Response(content=b"<Error><Code>NoSuchKey</Code></Error>", status_code=404, media_type="application/xml")
+    if call.recording_url_expired and "X-Amz-Signature" not in request.query_params:
+        return Response(
+            content=b"<Error><Code>AccessDenied</Code></Error>", status_code=403, media_type="application/xml"
+        )
+    wav = call.stereo_wav()
+    _log_rest(sim, request, 200, None, {"bytes": len(wav)}, call.id)
+    return Response(content=wav, status_code=200, media_type="audio/wav")
 
 
 @get("/call", operation_id="simListCalls")
@@ -496,6 +533,8 @@ def build_app(sim: VapiSimulator) -> Litestar:
             get_call,
             delete_call,
             list_calls,
+            stereo_recording,
+            recording_file,
             get_assistant,
             get_phone_number,
             control,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import secrets
 import uuid
+import wave
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from service.simulator import audio
 from service.simulator.audio import FrameSource, call_tag
 from service.simulator.script import CallScript
 from service.vapi import messages as vapi_messages
@@ -261,6 +264,10 @@ class SimCall:
     openai_messages: list[dict[str, Any]] = field(default_factory=list)
     connections: set[ListenConnection] = field(default_factory=set)
     inbound: bool = False
+    # Vapi's stereo recording (``stereo_wav``) and whether its artifact URL has expired (a test's fault:
+    # the URL then answers 403, ``GET /call/{id}/stereo-recording`` still serves it).
+    _stereo: bytes | None = None
+    recording_url_expired: bool = False
 
     def __post_init__(self) -> None:
         self.tag = call_tag(self.id)
@@ -431,7 +438,8 @@ class SimCall:
             # Stable recording URLs (Artifact.recordingUrl, stereoRecordingUrl, pcapUrl); the presigned
             # ones are added per delivery (webhooks.with_fresh_presigned_urls).
             "recordingUrl": f"{RECORDINGS_BASE}/{self.id}-mono.wav",
-            "stereoRecordingUrl": f"{RECORDINGS_BASE}/{self.id}-stereo.wav",
+            # Served by the simulator itself (GET /recordings/{id}-stereo.wav), as Vapi's storage serves it.
+            "stereoRecordingUrl": f"{self.http_base}/recordings/{self.id}-stereo.wav",
             "pcapUrl": f"{RECORDINGS_BASE}/{self.id}.pcap",
             **({"structuredOutputs": self.structured_outputs()} if self.ended else {}),
         }
@@ -487,6 +495,19 @@ class SimCall:
             call["analysis"] = self.analysis()
             call["costs"] = self.costs()
         return call
+
+    def stereo_wav(self) -> bytes:
+        """The call's stereo recording as Vapi keeps it (customer left, assistant right): a 16-bit WAV of
+        the call's audio timeline, from the answer to the end; made once."""
+        if self._stereo is None:
+            out = io.BytesIO()
+            with wave.open(out, "wb") as wav:
+                wav.setnchannels(audio.CHANNELS)
+                wav.setsampwidth(audio.SAMPLE_WIDTH)
+                wav.setframerate(audio.SAMPLE_RATE)
+                wav.writeframes(b"".join(self.frame(index) for index in range(self.end_frame or 0)))
+            self._stereo = out.getvalue()
+        return self._stereo
 
     def summary(self) -> str:
         """A stand-in for Vapi's LLM call summary."""

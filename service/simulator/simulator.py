@@ -260,6 +260,11 @@ class VapiSimulator:
         """End a live call now with ``reason``."""
         self.runners[call_id].request_end(reason)
 
+    def expire_recording_url(self, call_id: str) -> None:
+        """The call's artifact ``stereoRecordingUrl`` answers 403 from now on (Vapi's URLs expire);
+        ``GET /call/{id}/stereo-recording`` still serves the recording."""
+        self.calls[call_id].recording_url_expired = True
+
     def customer_says(self, call_id: str, text: str) -> None:
         """The customer of a live call says ``text`` now (a test's barge-in: see ``CallScript.barge_in``)."""
         self.runners[call_id].customer_says(text)

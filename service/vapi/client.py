@@ -94,6 +94,16 @@ class VapiClient:
         """``GET /call/{id}``."""
         return await self._request("GET", f"/call/{quote(call_id, safe='')}")
 
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def stereo_recording(self, call_id: str) -> tuple[str, dict[str, str]]:
+        """Where to download the call's stereo recording from Vapi, and the headers: ``GET
+        /call/{id}/stereo-recording`` (vapi-server-sdk 3.0.0
+        ``calls.call_artifact_controller_stereo_recording_download``; the file, or a redirect to it)."""
+        return f"{self._base_url}/call/{quote(call_id, safe='')}/stereo-recording", self._api_headers()
+
     async def delete_call(self, call_id: str) -> bool:
         """``DELETE /call/{id}``: Vapi deletes its copy of the call (recording, transcript, …).
 

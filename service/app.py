@@ -24,6 +24,7 @@ from service.apidocs import SCHEMA_PATH, assets_router, render_plugins
 from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
 from service.calls.announce import CallAnnouncer
+from service.calls.catchup import CatchUp
 from service.calls.changes import CallChanges
 from service.calls.control import ControlChannel
 from service.calls.controllers import CallController
@@ -192,6 +193,12 @@ def create_app(
         poll_interval=min(5.0, settings.vapi_recording_retry_seconds),
     )
     changes.subscribe(VapiCopyMarker(wake=vapi_copies.wake))
+    # Calls Vapi created while Switchboard was not listening: listed and imported (service.calls.catchup).
+    catch_up = (
+        CatchUp(db, writer, vapi, interval=settings.vapi_catch_up_seconds)
+        if settings.vapi_api_key and settings.vapi_catch_up_seconds > 0
+        else None
+    )
     relay = Relay(http, db, UpstreamResolver(vapi, settings), settings, metrics)
     webhooks = WebhookService(
         writer, metrics, auth=WebhookAuth.from_settings(settings), relay=relay, inbound_upstream=org_upstream
@@ -247,6 +254,8 @@ def create_app(
             sharing,
             webhooks,
         ]
+        if catch_up is not None:  # a producer of call changes: after their consumers
+            background.append(catch_up)
         await channels.__aenter__()  # the channels outlive every part that publishes or listens
         for part in background:
             await part.start()

@@ -2,7 +2,8 @@
 costs, analysis, structured outputs, ended message, carrier, squad and workflow), and list indexes for
 the ``endedReason``, ``phoneNumberId`` and ``type`` filters, each ending with the sort key; when Vapi
 spoke a say (``injection.spoken_at``, ``speech_ended_at``); ``vapi_recording``, Switchboard's copy of
-Vapi's stereo recording and the durable marker of its download.
+Vapi's stereo recording and the durable marker of its download; ``call.vapi_created_at`` (indexed), from
+which the catch-up lists the calls Vapi created since.
 
 Revision ID: 0012
 Revises: 0011
@@ -37,6 +38,7 @@ COLUMNS = (
     ("squad_id", sa.String(length=64)),
     ("workflow_id", sa.String(length=64)),
     ("reported_at", DateTimeUTC(timezone=True)),
+    ("vapi_created_at", DateTimeUTC(timezone=True)),
 )
 INJECTION_COLUMNS = ("spoken_at", "speech_ended_at")
 # Filter column → its list index (the filter, then the newest-first sort key).
@@ -53,6 +55,7 @@ def upgrade() -> None:
             batch_op.add_column(sa.Column(name, column_type, nullable=True))
     for column, index in INDEXES.items():
         op.create_index(index, "call", [column, "created_at", "id"])
+    op.create_index("ix_call_vapi_created_at", "call", ["vapi_created_at"])
     with op.batch_alter_table("injection", schema=None) as batch_op:
         for name in INJECTION_COLUMNS:
             batch_op.add_column(sa.Column(name, DateTimeUTC(timezone=True), nullable=True))
@@ -85,6 +88,7 @@ def downgrade() -> None:
     with op.batch_alter_table("injection", schema=None) as batch_op:
         for name in reversed(INJECTION_COLUMNS):
             batch_op.drop_column(name)
+    op.drop_index("ix_call_vapi_created_at", table_name="call")
     for index in INDEXES.values():
         op.drop_index(index, table_name="call")
     with op.batch_alter_table("call", schema=None) as batch_op:

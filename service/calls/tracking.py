@@ -75,6 +75,7 @@ def merge_vapi_call(call: Call, vapi_call: dict[str, Any]) -> None:
         call.ended_reason = vapi_call["endedReason"]
     call.started_at = call.started_at or parse_timestamp(vapi_call.get("startedAt"))
     call.ended_at = call.ended_at or parse_timestamp(vapi_call.get("endedAt"))
+    call.vapi_created_at = call.vapi_created_at or parse_timestamp(vapi_call.get("createdAt"))
     merge_report(call, vapi_call, written_at=parse_timestamp(vapi_call.get("updatedAt")))
 
 

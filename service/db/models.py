@@ -88,6 +88,8 @@ class Call(TimestampedMixin, DefaultBase):
     squad_id: Mapped[str | None] = mapped_column(String(64))
     workflow_id: Mapped[str | None] = mapped_column(String(64))
     reported_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # Vapi's ``createdAt``: the catch-up (service.calls.catchup) lists Vapi's calls created after the latest.
+    vapi_created_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
     # Read-only (recordings are written through their own rows; the foreign key cascades deletes): a
     # writable relationship made every flush of a changed call inspect it, ~5 % of webhook ingest.
@@ -105,6 +107,7 @@ class Call(TimestampedMixin, DefaultBase):
         Index("ix_call_ended_reason_created_at", "ended_reason", "created_at", "id"),
         Index("ix_call_phone_number_id_created_at", "phone_number_id", "created_at", "id"),
         Index("ix_call_type_created_at", "type", "created_at", "id"),
+        Index("ix_call_vapi_created_at", "vapi_created_at"),  # the catch-up's "last seen createdAt"
         Index("ix_call_updated_at", "updated_at"),  # the console's change stream (service/console/feed.py)
         Index("ix_call_ended_at", "ended_at"),  # the retention sweep: calls ended before a cutoff
         Index("ix_call_erasing_until", "erasing_until"),  # the erasure sweep: tombstones left by a crash

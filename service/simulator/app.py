@@ -7,6 +7,7 @@ import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -78,6 +79,10 @@ async def _rest_refusal(sim: VapiSimulator, request: AnyRequest) -> tuple[int, d
 
 
 # -- Vapi REST API -----------------------------------------------------------------------------------
+
+
+def _millis(moment: datetime) -> datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 async def _create_call(request: AnyRequest) -> Response[Any]:
@@ -223,16 +228,39 @@ async def recording_file(request: AnyRequest, name: FromPath[str]) -> Response[A
     return Response(content=wav, status_code=200, media_type="audio/wav")
 
 
+# ``GET /call``'s createdAt filters (vapi-server-sdk 3.0.0 ``calls.list``) and how each compares.
+CREATED_AT_FILTERS = {
+    "createdAtGt": lambda created, bound: created > bound,
+    "createdAtGe": lambda created, bound: created >= bound,
+    "createdAtLt": lambda created, bound: created < bound,
+    "createdAtLe": lambda created, bound: created <= bound,
+}
+
+
 @get("/call", operation_id="simListCalls")
 async def list_calls(request: AnyRequest, limit: FromQuery[int] = 100) -> Response[Any]:
-    """``GET /call``: calls, newest first."""
+    """``GET /call``: calls, newest first; filtered by ``id``, ``assistantId``, ``phoneNumberId`` and the
+    ``createdAt{Gt,Ge,Lt,Le}`` bounds (ISO 8601), as the SDK's ``calls.list`` sends them."""
     sim = _simulator(request)
     refusal = await _rest_refusal(sim, request)
+    bounds = {}
+    for name in CREATED_AT_FILTERS:
+        if (raw := request.query_params.get(name)) is not None and refusal is None:
+            try:
+                bounds[name] = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                refusal = 400, vapi_error(400, [f"{name} must be an ISO 8601 date"])
     if refusal is not None:
         status, error = refusal
         _log_rest(sim, request, status, None, error, None)
         return _json(error, status)
-    kept = (call for call in sim.calls.values() if call.id not in sim.deleted)
+    kept = [call for call in sim.calls.values() if call.id not in sim.deleted]
+    for key, value in (("id", "id"), ("assistantId", "assistantId"), ("phoneNumberId", "phoneNumberId")):
+        if (wanted := request.query_params.get(key)) is not None:
+            kept = [call for call in kept if (call.id if value == "id" else call.request.get(value)) == wanted]
+    for name, bound in bounds.items():
+        # Vapi's createdAt has millisecond precision: compare what it shows.
+        kept = [call for call in kept if CREATED_AT_FILTERS[name](_millis(call.created_at), bound)]
     calls = sorted(kept, key=lambda c: c.created_at, reverse=True)[: max(0, limit)]
     _log_rest(sim, request, 200, None, {"count": len(calls)}, None)
     return _json([call.to_vapi() for call in calls])

@@ -48,8 +48,8 @@ def figures(source: dict[str, Any]) -> dict[str, Any]:
 
 def merge_report(call: Call, source: dict[str, Any], *, written_at: dt.datetime | None) -> bool:
     """Take what ``source`` reports about the call unless Vapi wrote what the call holds later;
-    ``written_at``: when Vapi wrote ``source`` (None: unknown, which fills only what is missing).
-    Returns whether the figures were taken."""
+    ``written_at``: when Vapi wrote ``source``. An older or undated source only fills figures no source
+    gave yet. Returns whether any figure was taken."""
     for attribute, key in _IDENTITY:
         value = source.get(key)
         if isinstance(value, str) and value and value != getattr(call, attribute):
@@ -57,14 +57,13 @@ def merge_report(call: Call, source: dict[str, Any], *, written_at: dt.datetime 
     found = figures(source)
     if not found:
         return False
-    if written_at is None:
+    later = written_at is not None and (call.reported_at is None or written_at >= call.reported_at)
+    if not later:  # an older or undated source: it only fills what no source has said yet
         found = {attribute: value for attribute, value in found.items() if getattr(call, attribute) is None}
-    elif call.reported_at is not None and written_at < call.reported_at:
-        return False
     for attribute, value in found.items():
         if value != getattr(call, attribute):
             setattr(call, attribute, value)
-    if written_at is not None and written_at != call.reported_at:
+    if later and written_at != call.reported_at:
         call.reported_at = written_at
     return bool(found)
 

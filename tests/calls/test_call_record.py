@@ -105,6 +105,12 @@ def test_the_later_source_wins_and_an_undated_one_only_fills_gaps() -> None:
     assert not merge_report(call, undated, written_at=None)
     assert call.cost == 0.55
 
+    # An older source still fills a figure the later one left out.
+    call.costs = None
+    assert merge_report(call, {"costs": [{"type": "vapi", "cost": 0.55}]}, written_at=at)
+    assert call.costs == [{"type": "vapi", "cost": 0.55}]
+    assert call.reported_at == at + dt.timedelta(minutes=5)
+
 
 def test_an_undated_source_fills_what_is_missing() -> None:
     call = _call()

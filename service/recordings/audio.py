@@ -86,6 +86,7 @@ class Piece:
 
     length: int
     key: str | None = None
+    offset: int = 0  # where in ``key`` the piece starts (a gap filled from Vapi's copy: recordings.fill)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,5 +171,6 @@ async def stream_timeline(
                 remaining -= len(chunk)
                 yield chunk
             continue
-        async for chunk in _stored_range(storage, piece.key, lo - piece_start, hi - piece_start, channel, channels):
+        first, last = piece.offset + lo - piece_start, piece.offset + hi - piece_start
+        async for chunk in _stored_range(storage, piece.key, first, last, channel, channels):
             yield chunk

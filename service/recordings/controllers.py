@@ -195,8 +195,16 @@ class RecordingController(Controller):
         call_id: FromPath[str],
         recordings: Recordings,
         channel: Channel = None,
+        fill: Annotated[
+            Literal["vapi"] | None,
+            QueryParameter(
+                description="vapi: gaps filled from Switchboard's copy of Vapi's recording, aligned byte for byte "
+                "(409 when it is missing, in another format or does not align)"
+            ),
+        ] = None,
     ) -> Stream:
-        download = await recordings.wav_download(call_id, channel=CHANNELS[channel] if channel else None)
+        channel_index = CHANNELS[channel] if channel else None
+        download = await recordings.wav_download(call_id, channel=channel_index, fill_vapi=fill == "vapi")
         suffix = f"-{channel}" if channel else ""
         return ranged_stream(
             download, request.headers.get("range"), media_type="audio/wav", filename=f"{call_id}{suffix}.wav"

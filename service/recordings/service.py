@@ -30,6 +30,16 @@ from service.recordings.audio import (
     timeline,
     wav_header,
 )
+from service.recordings.fill import (
+    SEARCH_SECONDS,
+    Placed,
+    WavFormat,
+    find_alignment,
+    lines_up,
+    parse_wav_header,
+    probe,
+    stitched_pieces,
+)
 from service.recordings.flac import ArchivedAudio, archive_key
 from service.recordings.listening import ListeningCopies
 from service.recordings.storage import RecordingStorage
@@ -305,9 +315,61 @@ class RecordingService:
         view = await self.view(call_id)
         return pcm_download(view, self._source(view))
 
-    async def wav_download(self, call_id: str, *, channel: int | None) -> Download:
+    async def wav_download(self, call_id: str, *, channel: int | None, fill_vapi: bool = False) -> Download:
         view = await self.view(call_id)
-        return wav_download(view, self._source(view), channel=channel)
+        download = wav_download(view, self._source(view), channel=channel)
+        return await self._filled(call_id, view, download) if fill_vapi else download
+
+    async def _filled(self, call_id: str, view: RecordingView, download: Download) -> Download:
+        """The recording as a stereo WAV on Vapi's timeline, its gaps read from Vapi's copy
+        (``recordings.fill``): 409 when the copy is missing, its format differs, or a segment cannot be
+        found in it byte for byte."""
+        recording = view.recording
+        if download.channel is not None or recording.format != "pcm":
+            raise ConflictError(
+                "fill=vapi needs the whole (not one channel's) recording, kept raw", recordingFormat=recording.format
+            )
+        copy, key = await self.vapi_download(call_id)
+        total = copy.bytes or 0
+        head = b"".join([chunk async for chunk in self._storage.read(key, 0, min(total, 4096))])
+        fmt = parse_wav_header(head, total=total)
+        if fmt is None or not lines_up(fmt, sample_rate=recording.sample_rate, channels=recording.channels):
+            raise ConflictError(f"Vapi's recording of call {call_id!r} is not in the live recording's format")
+        block = recording.channels * SAMPLE_BYTES
+        placed: list[Placed] = []
+        position, shift = 0, 0  # in the live timeline; live → Vapi offset found so far
+        for piece in download.pieces:
+            if piece.key is not None:
+                at = await self._place(piece, fmt, key, block, guess=position + shift)
+                if at is None:
+                    raise ConflictError(
+                        f"the live and Vapi's recordings of call {call_id!r} do not align byte for byte"
+                    )
+                placed.append(Placed(piece.key, piece.length, at))
+                shift = at - position
+            position += piece.length
+        pieces = stitched_pieces(placed, key=key, data_offset=fmt.data_offset)
+        header = wav_header(
+            sum(p.length for p in pieces), sample_rate=recording.sample_rate, channels=recording.channels
+        )
+        return Download(self._storage, header, pieces, None, recording.channels)
+
+    async def _place(self, piece: Piece, fmt: WavFormat, key: str, block: int, *, guess: int) -> int | None:
+        """Where segment ``piece`` starts in Vapi's audio, searched within :data:`SEARCH_SECONDS` of
+        ``guess`` (where the live timeline puts it)."""
+        window = fmt.sample_rate * block * SEARCH_SECONDS
+        segment = b"".join([chunk async for chunk in self._storage.read(piece.key or "", 0, min(piece.length, window))])
+        found = probe(segment, block=block)
+        if found is None:
+            return None
+        lo = max(0, guess - window)
+        lo -= lo % block
+        hi = min(fmt.data_bytes, guess + window + len(segment))
+        vapi_audio = b"".join(
+            [chunk async for chunk in self._storage.read(key, fmt.data_offset + lo, fmt.data_offset + hi)]
+        )
+        at = find_alignment(vapi_audio, found, probe_at=0, block=block)
+        return None if at is None else lo + at
 
     async def flac_download(self, call_id: str) -> Download:
         """The recording's lossless archive as stored: 404 while the recording is kept raw."""

@@ -8,7 +8,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from service.calls.report import merge_report
+from service.calls.service import CallFilters
 from service.db.models import Call
 from service.simulator import CallScript
 from service.simulator.calls import STRUCTURED_OUTPUT_ID
@@ -120,3 +125,30 @@ def test_an_undated_source_fills_what_is_missing() -> None:
     call = _call()
     assert merge_report(call, {"cost": 0.1, "phoneCallProvider": "vonage"}, written_at=None)
     assert (call.cost, call.phone_call_provider, call.reported_at) == (0.1, "vonage", None)
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        (CallFilters(ended_reason="customer-ended-call"), "ix_call_ended_reason_created_at"),
+        (CallFilters(phone_number_id="pn-1"), "ix_call_phone_number_id_created_at"),
+        (CallFilters(type="inboundPhoneCall"), "ix_call_type_created_at"),
+    ],
+)
+async def test_each_new_filter_pages_through_its_index(database_url: str, filters: CallFilters, index: str) -> None:
+    """A page of a filter is a range of the filter's index, already newest first (no sort of all matches)."""
+    engine = create_async_engine(database_url)
+    try:
+        statement = filters.page(limit=50, cursor=None)
+        sql = str(statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+        async with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                await connection.execute(text("SET enable_seqscan = off"))  # empty tables: as if they were big
+                plan = [str(row[0]) for row in await connection.execute(text(f"EXPLAIN {sql}"))]
+            else:
+                plan = [str(row[-1]) for row in await connection.execute(text(f"EXPLAIN QUERY PLAN {sql}"))]
+    finally:
+        await engine.dispose()
+    assert any(index in step for step in plan), plan
+    assert not any("SORT" in step.upper() and "TEMP B-TREE" in step.upper() for step in plan), plan
+    assert not any(step.strip().startswith("Sort") for step in plan), plan

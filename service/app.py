@@ -28,6 +28,7 @@ from service.apikeys.service import ApiKeyService
 from service.auth import require_scope
 from service.bodies import GuardedRequest
 from service.calls.announce import CallAnnouncer
+from service.calls.catchup import CatchUp
 from service.calls.changes import CallChanges
 from service.calls.control import ControlChannel
 from service.calls.controllers import CallController
@@ -62,6 +63,7 @@ from service.openapi import document_problems
 from service.recordings.controllers import RecordingController, list_recordings
 from service.recordings.service import RecordingService
 from service.recordings.storage import RecordingStorage, build_storage
+from service.recordings.vapi_copy import VapiCopyMarker, VapiCopyWorker
 from service.recordings.watch import WatchedStorage
 from service.rules.controllers import FiringController, RuleController  # rules
 from service.rules.engine import RuleEngine  # rules
@@ -193,6 +195,23 @@ def create_app(
         metrics=metrics,
     )
     changes.subscribe(Forwarder(default_upstream=org_upstream, wake=forwards.wake))
+    # Vapi's own recording, kept (contract section 10): a pending download with the end-of-call report.
+    vapi_copies = VapiCopyWorker(
+        db,
+        storage,
+        http,
+        vapi,
+        allow_private=settings.webhook_allow_private,
+        first_retry_seconds=settings.vapi_recording_retry_seconds,
+        poll_interval=min(5.0, settings.vapi_recording_retry_seconds),
+    )
+    changes.subscribe(VapiCopyMarker(wake=vapi_copies.wake))
+    # Calls Vapi created while Switchboard was not listening: listed and imported (service.calls.catchup).
+    catch_up = (
+        CatchUp(db, writer, vapi, interval=settings.vapi_catch_up_seconds)
+        if settings.vapi_api_key and settings.vapi_catch_up_seconds > 0
+        else None
+    )
     relay = Relay(http, db, UpstreamResolver(vapi, settings), settings, metrics)
     webhooks = WebhookService(
         writer, metrics, auth=WebhookAuth.from_settings(settings), relay=relay, inbound_upstream=org_upstream
@@ -247,9 +266,20 @@ def create_app(
         await idempotency.purge_expired()  # keys older than 24 h
         # Consumers before producers; closed in reverse, so that what producers hand over at the end
         # (a webhook's firings, a session's last events) still finds its consumer running.
-        background: list[Background] = [deliveries, forwards, lifecycle, rule_engine, supervisor, sharing, webhooks]
+        background: list[Background] = [
+            deliveries,
+            forwards,
+            vapi_copies,
+            lifecycle,
+            rule_engine,
+            supervisor,
+            sharing,
+            webhooks,
+        ]
         if settings.analytics_enabled:
-            background.insert(3, analytics)  # analytics: before the producers of finalised recordings
+            background.insert(4, analytics)  # analytics: before the producers of finalised recordings
+        if catch_up is not None:  # a producer of call changes: after their consumers
+            background.append(catch_up)
         await channels.__aenter__()  # the channels outlive every part that publishes or listens
         for part in background:
             await part.start()

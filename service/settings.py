@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     erasure_claim_seconds: float = Field(default=60.0, ge=1)
     # "flac": finished recordings are re-encoded losslessly and their raw segments removed.
     archive_format: Literal["pcm", "flac"] = "pcm"
+    # Vapi's own recording, kept (service.recordings.vapi_copy): the first retry of a failed download
+    # (doubling up to an hour, eight attempts).
+    vapi_recording_retry_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Catching up (service.calls.catchup): how often Vapi's calls created since the last seen one are
+    # listed and imported (also at start-up); 0: never. Needs SWITCHBOARD_VAPI_API_KEY.
+    vapi_catch_up_seconds: float = Field(default=300.0, ge=0)
 
     @field_validator("retention", mode="before")
     @classmethod

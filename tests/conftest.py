@@ -125,6 +125,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "vapi_api_key": VAPI_KEY,
         "listen_connect_timeout_seconds": 5.0,
         "shutdown_timeout_seconds": 5.0,
+        # The catch-up imports any call the simulator knows at start-up: on only in the tests about it.
+        "vapi_catch_up_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

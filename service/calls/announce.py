@@ -1,4 +1,4 @@
-"""Outbound webhooks about calls (``call.created``, ``call.status_changed``, ``call.ended``): the
+"""Outbound webhooks about calls (``call.created``, ``call.status_changed``, ``call.ended``, ``call.report``): the
 outbox's subscription to call changes, enqueued in the transaction that made the change; and the
 ``call ended`` log line, written once that transaction committed (a batch rolled back and applied
 again logs nothing twice, an end that never committed logs nothing)."""
@@ -12,6 +12,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls.changes import AfterCommit, CallChange
+from service.calls.report import summary
 from service.db.models import Call
 from service.deliveries.outbox import enqueue
 
@@ -32,8 +33,32 @@ def call_summary(call: Call) -> dict[str, Any]:
     }
 
 
+def call_report(call: Call) -> dict[str, Any]:
+    """``call.report``: the call with what Vapi's end-of-call report says of it (contract section 10)."""
+    return {
+        **call_summary(call),
+        "type": call.type,
+        "phoneNumberId": call.phone_number_id,
+        "endedMessage": call.ended_message,
+        "cost": call.cost,
+        "costs": call.costs or [],
+        "summary": summary(call),
+        "analysis": call.analysis or {},
+        "structuredOutputs": call.structured_outputs or {},
+        "phoneCallProvider": call.phone_call_provider,
+        "phoneCallProviderId": call.phone_call_provider_id,
+        "squadId": call.squad_id,
+        "workflowId": call.workflow_id,
+    }
+
+
+def reported(change: CallChange) -> bool:
+    """Whether the change stored Vapi's end-of-call report (a duplicate delivery is never stored twice)."""
+    return any(event.source == "vapi" and event.type == "end-of-call-report" for event in change.events)
+
+
 class CallAnnouncer:
-    """Subscribes the outbox to call changes: a call first seen or moved to another status."""
+    """Subscribes the outbox to call changes: a call first seen, moved to another status, or reported on."""
 
     async def stage(self, session: AsyncSession, change: CallChange) -> AfterCommit | None:
         call, before = change.call, change.previous_status
@@ -43,10 +68,13 @@ class CallAnnouncer:
             await enqueue(session, "call.created", call_summary(call))
         elif call.status != before:
             await enqueue(session, "call.status_changed", {**call_summary(call), "previousStatus": before})
+        after: AfterCommit | None = None
         if call.status == "ended" and before != "ended":
             await enqueue(session, "call.ended", call_summary(call))
-            return partial(log.info, "call ended", **ended_call_fields(call))
-        return None
+            after = partial(log.info, "call ended", **ended_call_fields(call))
+        if reported(change):  # after call.ended: the report follows the end (contract section 10)
+            await enqueue(session, "call.report", call_report(call))
+        return after
 
 
 def ended_call_fields(call: Call) -> dict[str, Any]:

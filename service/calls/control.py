@@ -10,7 +10,8 @@ records the injection together with its firing's outcome in one transaction of i
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import datetime as dt
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
 from service.calls.events import NewEvent, append_events
+from service.calls.speech import catch_up
 from service.db.engine import Database
 from service.db.models import Call, Injection, utcnow
 from service.deliveries.outbox import enqueue
@@ -37,6 +39,7 @@ class Posted:
     call_id: str
     message: dict[str, Any]
     error: str | None
+    started_at: dt.datetime = field(default_factory=utcnow)  # when the POST began (calls.speech.catch_up)
 
 
 class ControlChannel:
@@ -53,6 +56,7 @@ class ControlChannel:
         if not call_status.is_live(call.status) or not call.control_url:
             raise ConflictError(f"call {call.id!r} is not live (status {call.status}); nothing was sent")
         error: str | None = None
+        started_at = utcnow()
         for attempt in range(max(1, attempts)):
             try:
                 await self._vapi.send_control(call.control_url, message, authenticated=call.control_auth)
@@ -66,7 +70,7 @@ class ControlChannel:
                 error = exc.detail
                 break
         log.info("control message failed" if error else "control message sent", call_id=call.id, type=message["type"])
-        return Posted(call.id, message, error)
+        return Posted(call.id, message, error, started_at)
 
     async def send(self, call_id: str, message: dict[str, Any], *, origin: str) -> Injection:
         """Post ``message`` to the call and journal it in a transaction of its own (the API's path)."""
@@ -77,7 +81,8 @@ class ControlChannel:
         posted = await self.post(call, message)
         async with self._db.write() as session:
             injection, event = await record_injection(session, posted, origin=origin)
-            await append_events(session, call_id, [event])
+            spoken = await catch_up(session, injection, since=posted.started_at)
+            await append_events(session, call_id, [event] if spoken is None else [event, spoken])
         return injection
 
 

@@ -15,6 +15,7 @@ from service.auth import current_principal, scoped
 from service.calls.analytics import analytics_out
 from service.calls.ids import CallIdPath
 from service.calls.redact import hide_recording_urls
+from service.calls.report import summary
 from service.calls.schemas import (
     CallCreate,
     CallImport,
@@ -50,6 +51,19 @@ IdempotencyKey = Annotated[
 # Who wrote an event: Vapi (webhooks), the listen socket (its text frames), Switchboard itself.
 EventSource = Literal["vapi", "listen", "switchboard"]
 
+# The call-record filters of GET /v1/calls and GET /v1/recordings (contract section 10).
+VapiCallType = Literal["inboundPhoneCall", "outboundPhoneCall", "webCall", "vapi.websocketCall"]  # SDK CallType
+EndedReasonFilter = Annotated[
+    str | None,
+    QueryParameter(
+        name="endedReason",
+        max_length=200,
+        description="Why Vapi says the call ended, exactly (e.g. customer-ended-call)",
+    ),
+]
+PhoneNumberIdFilter = Annotated[str | None, QueryParameter(name="phoneNumberId", max_length=64)]
+CallTypeFilter = Annotated[VapiCallType | None, QueryParameter(name="type", description="Vapi's call type")]
+
 
 def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
     monitor = Monitor(listen=call.listen_url is not None, control=call.control_url is not None)
@@ -81,6 +95,16 @@ def call_out(call: Call, *, show_monitor_urls: bool) -> CallOut:
         legal_hold_reason=call.legal_hold_reason,
         upstream=call.upstream if show_monitor_urls else None,
         analytics=analytics_out(call.analytics),
+        cost=call.cost,
+        costs=call.costs,
+        summary=summary(call),
+        analysis=call.analysis,
+        structured_outputs=call.structured_outputs,
+        ended_message=call.ended_message,
+        phone_call_provider=call.phone_call_provider,
+        phone_call_provider_id=call.phone_call_provider_id,
+        squad_id=call.squad_id,
+        workflow_id=call.workflow_id,
     )
 
 
@@ -111,6 +135,7 @@ def injection_out(injection: Injection) -> InjectionOut:
         sent_at=injection.sent_at,
         error=injection.error,
         created_at=injection.created_at,
+        spoken_at=injection.spoken_at,
     )
 
 
@@ -207,6 +232,9 @@ class CallController(Controller):
         min_overlap_seconds: Annotated[
             float | None, QueryParameter(name="minOverlapSeconds", ge=0, description="Analysed calls only")
         ] = None,
+        ended_reason: EndedReasonFilter = None,
+        phone_number_id: PhoneNumberIdFilter = None,
+        call_type: CallTypeFilter = None,
     ) -> CallPage:
         filters = CallFilters(
             status,
@@ -218,6 +246,9 @@ class CallController(Controller):
             saying=parse_query(q) if q is not None else None,
             min_longest_silence_seconds=min_longest_silence_seconds,
             min_overlap_seconds=min_overlap_seconds,
+            ended_reason=ended_reason,
+            phone_number_id=phone_number_id,
+            type=call_type,
         )
         page, next_cursor = await calls.list_calls(filters, limit=limit, cursor=cursor)
         admin = current_principal(request).is_admin

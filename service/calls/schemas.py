@@ -73,6 +73,18 @@ class CallOut(msgspec.Struct, rename="camel"):
     # The customer's own server for the call (contract section 9); admin keys only: it may hold secrets.
     upstream: dict[str, Any] | None = None
     analytics: AnalyticsOut | None = None  # from the recording, once final (GET /v1/calls/{id}/analytics)
+    # What Vapi reports about the finished call (contract section 10): from its end-of-call report or
+    # its call object, whichever Vapi wrote later; null until Vapi says.
+    cost: float | None = None
+    costs: list[dict[str, Any]] | None = None
+    summary: str | None = None
+    analysis: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    ended_message: str | None = None
+    phone_call_provider: str | None = None
+    phone_call_provider_id: str | None = None
+    squad_id: str | None = None
+    workflow_id: str | None = None
 
 
 class ForwardOut(msgspec.Struct, rename="camel"):
@@ -122,6 +134,8 @@ class InjectionOut(msgspec.Struct, rename="camel"):
     sent_at: dt.datetime | None
     error: str | None
     created_at: dt.datetime
+    # A say: when Vapi said its speech started (status spoken, or interrupted when the customer cut in).
+    spoken_at: dt.datetime | None = None
 
 
 VapiId = Annotated[str, msgspec.Meta(pattern=CALL_ID_PATTERN, examples=[CALL_ID_EXAMPLE])]

@@ -37,7 +37,17 @@ from service.vapi.messages import FINAL_TRANSCRIPTS, REQUEST_TYPES, SWITCHBOARD_
 log = structlog.get_logger(__name__)
 
 # What Switchboard itself needs to track calls and run rules (besides final transcripts).
-REQUIRED_SERVER_MESSAGES = ("status-update", "end-of-call-report", "speech-update", "hang")
+# ``assistant.speechStarted`` and ``user-interrupted`` tell whether a say was spoken (``calls.speech``),
+# ``transfer-update`` that the call was transferred (the ``call.transferred`` milestone).
+REQUIRED_SERVER_MESSAGES = (
+    "status-update",
+    "end-of-call-report",
+    "speech-update",
+    "hang",
+    "assistant.speechStarted",
+    "user-interrupted",
+    "transfer-update",
+)
 
 
 def build_vapi_request(
@@ -114,6 +124,11 @@ class CallFilters:
     min_longest_silence_seconds: float | None = None  # analytics
     min_overlap_seconds: float | None = None  # analytics
 
+    # Contract section 10; each has a list index ending with the sort key (migration 0012).
+    ended_reason: str | None = None
+    phone_number_id: str | None = None
+    type: str | None = None
+
     def __post_init__(self) -> None:
         # A naive time cannot be compared with stored (UTC) times: say so instead of guessing a zone.
         for name, value in (("createdAfter", self.created_after), ("createdBefore", self.created_before)):
@@ -154,6 +169,12 @@ class CallFilters:
             query = query.where(Call.assistant_id == self.assistant_id)
         if self.customer_number:
             query = query.where(Call.customer_number == self.customer_number)
+        if self.ended_reason:
+            query = query.where(Call.ended_reason == self.ended_reason)
+        if self.phone_number_id:
+            query = query.where(Call.phone_number_id == self.phone_number_id)
+        if self.type:
+            query = query.where(Call.type == self.type)
         if self.created_after:
             query = query.where(created_at >= self.created_after)
         if self.created_before:

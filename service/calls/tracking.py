@@ -12,6 +12,7 @@ from service.calls import status as call_status
 from service.calls.compact import timeline_message
 from service.calls.events import NewEvent
 from service.calls.redact import redact
+from service.calls.report import merge_report
 from service.db.models import Call
 from service.vapi.messages import base_type
 
@@ -74,6 +75,8 @@ def merge_vapi_call(call: Call, vapi_call: dict[str, Any]) -> None:
         call.ended_reason = vapi_call["endedReason"]
     call.started_at = call.started_at or parse_timestamp(vapi_call.get("startedAt"))
     call.ended_at = call.ended_at or parse_timestamp(vapi_call.get("endedAt"))
+    call.vapi_created_at = call.vapi_created_at or parse_timestamp(vapi_call.get("createdAt"))
+    merge_report(call, vapi_call, written_at=parse_timestamp(vapi_call.get("updatedAt")))
 
 
 def _apply_monitor_plan(call: Call, plan: dict[str, Any]) -> None:
@@ -120,6 +123,8 @@ def apply_message(
     if kind == "end-of-call-report":
         apply_status(call, "ended", at=parse_timestamp(message.get("endedAt")) or at)
         call.started_at = call.started_at or parse_timestamp(message.get("startedAt"))
+        written_at = parse_timestamp(message.get("timestamp")) or parse_timestamp(message.get("endedAt")) or at
+        merge_report(call, message, written_at=written_at)
     stored = timeline_message(message, status_changed=call.status != before)  # the call object once, not per event
     events = [NewEvent("vapi", kind, redact(stored), at, dedupe_key=key, original=original)]
     if call.status != before:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.calls.changes import AfterCommit, CallChange, CallChanges, Origin
 from service.calls.events import NewEvent
 from service.calls.rows import CallRows
+from service.calls.speech import follow_speech
 from service.db.engine import Database
 from service.db.models import Call
 
@@ -37,7 +38,7 @@ class CallUnit:
         self.session = session
         self._rows = CallRows(session)
         self._unseen: set[str] = set()  # created here and not recorded yet: their first change is a sighting
-        self._recorded: list[tuple[Call, int, Origin, str | None]] = []  # (call, events, origin, before)
+        self._recorded: list[tuple[Call, list[NewEvent], Origin, str | None]] = []  # (call, events, origin, before)
         self.changes: list[CallChange] = []  # once saved: what was recorded, with the events numbered
 
     async def lock(self, call_ids: Iterable[str], *, origin: Origin) -> dict[str, Call]:
@@ -63,19 +64,26 @@ class CallUnit:
         """Note a change of ``call`` and the events it adds to its timeline (numbered and stored when
         the unit is saved); the change's position in :attr:`changes` once saved."""
         self._unseen.discard(call.id)
-        self._rows.append(call, events)
-        self._recorded.append((call, len(events), origin, previous_status))
+        self._recorded.append((call, list(events), origin, previous_status))
         return len(self.changes) + len(self._recorded) - 1
 
     async def save(self) -> None:
-        """Store the calls and their events; :attr:`changes` then holds every recorded change."""
+        """Store the calls and their events; :attr:`changes` then holds every recorded change.
+
+        Speech messages among the events move the call's say injections (``calls.speech``): the events
+        that records join the change."""
+        for index, (call, events, origin, previous_status) in enumerate(self._recorded):
+            events.extend(await follow_speech(self.session, call.id, events))
+            self._rows.append(call, events)
+            self._recorded[index] = (call, events, origin, previous_status)
         numbered = await self._rows.save()
         taken: dict[str, int] = {}
-        for call, count, origin, previous_status in self._recorded:
+        for call, recorded, origin, previous_status in self._recorded:
+            count = len(recorded)
             first = taken.get(call.id, 0)
             taken[call.id] = first + count
-            events = numbered.get(call.id, [])[first : first + count]
-            self.changes.append(CallChange(call.id, origin, events, call, previous_status))
+            stored = numbered.get(call.id, [])[first : first + count]
+            self.changes.append(CallChange(call.id, origin, stored, call, previous_status))
         self._recorded = []
 
 

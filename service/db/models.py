@@ -76,6 +76,20 @@ class Call(TimestampedMixin, DefaultBase):
     # The customer's own server for this call (contract section 9, ``calls.upstream``): url, headers,
     # secret, timeoutSeconds, source, serverMessages. May hold secrets: shown to admin keys only.
     upstream: Mapped[dict[str, Any] | None] = mapped_column(JsonB, nullable=True)
+    # What Vapi reports about the finished call (contract section 10), from its end-of-call report or its
+    # Call object, whichever Vapi wrote later (``reported_at``: the time of the source taken).
+    ended_message: Mapped[str | None] = mapped_column(Text)
+    cost: Mapped[float | None] = mapped_column(Float)
+    costs: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonB, nullable=True)
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(JsonB, nullable=True)
+    structured_outputs: Mapped[dict[str, Any] | None] = mapped_column(JsonB, nullable=True)
+    phone_call_provider: Mapped[str | None] = mapped_column(String(32))
+    phone_call_provider_id: Mapped[str | None] = mapped_column(String(128))
+    squad_id: Mapped[str | None] = mapped_column(String(64))
+    workflow_id: Mapped[str | None] = mapped_column(String(64))
+    reported_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # Vapi's ``createdAt``: the catch-up (service.calls.catchup) lists Vapi's calls created after the latest.
+    vapi_created_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
     # Read-only (recordings are written through their own rows; the foreign key cascades deletes): a
     # writable relationship made every flush of a changed call inspect it, ~5 % of webhook ingest.
@@ -91,6 +105,10 @@ class Call(TimestampedMixin, DefaultBase):
         Index("ix_call_status_created_at", "status", "created_at", "id"),
         Index("ix_call_customer_number_created_at", "customer_number", "created_at", "id"),
         Index("ix_call_assistant_id_created_at", "assistant_id", "created_at", "id"),
+        Index("ix_call_ended_reason_created_at", "ended_reason", "created_at", "id"),
+        Index("ix_call_phone_number_id_created_at", "phone_number_id", "created_at", "id"),
+        Index("ix_call_type_created_at", "type", "created_at", "id"),
+        Index("ix_call_vapi_created_at", "vapi_created_at"),  # the catch-up's "last seen createdAt"
         Index("ix_call_updated_at", "updated_at"),  # the console's change stream (service/console/feed.py)
         Index("ix_call_ended_at", "ended_at"),  # the retention sweep: calls ended before a cutoff
         Index("ix_call_erasing_until", "erasing_until"),  # the erasure sweep: tombstones left by a crash
@@ -279,6 +297,10 @@ class Injection(TimestampedMixin, UUIDv7Base):
     origin: Mapped[str] = mapped_column(String(16), default="api")
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+    # Did Vapi speak it (a say; service.calls.speech): when its speech started (status ``spoken``, or
+    # ``interrupted`` when the customer cut in) and when it stopped.
+    spoken_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    speech_ended_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
 
 class ApiKey(TimestampedMixin, UUIDv7Base):
@@ -349,6 +371,27 @@ class WebhookDeliveryAttempt(UUIDv7Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class VapiRecording(TimestampedMixin, DefaultBase):
+    """Switchboard's copy of Vapi's stereo recording of a call (contract section 10), and the durable
+    marker of its download: ``pending`` until stored (``service.recordings.vapi_copy``), retried with
+    backoff across restarts, ``failed`` once the attempts are used up."""
+
+    call_id: Mapped[str] = mapped_column(ForeignKey("call.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Where Vapi said the file is (artifact.stereoRecordingUrl); GET /call/{id}/stereo-recording otherwise.
+    url: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    storage_key: Mapped[str | None] = mapped_column(Text)
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    stored_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+
+    __table_args__ = (Index("ix_vapi_recording_due", "status", "next_attempt_at"),)
 
 
 class UpstreamForward(TimestampedMixin, BigIntBase):

@@ -30,6 +30,7 @@ EVENT_TYPES: Final = (
     "call.created",
     "call.status_changed",
     "call.ended",
+    "call.report",
     "recording.completed",
     "rule.fired",
     "injection.failed",

@@ -12,6 +12,7 @@ EventType = Literal[
     "call.created",
     "call.status_changed",
     "call.ended",
+    "call.report",
     "recording.completed",
     "rule.fired",
     "injection.failed",

@@ -87,7 +87,7 @@ class Piece:
 
     length: int
     key: str | None = None
-    offset: int = 0
+    offset: int = 0  # where in ``key`` the piece starts (a gap filled from Vapi's copy: recordings.fill)
 
 
 def stretch(pieces: Sequence[Piece], start: int, end: int) -> list[Piece]:

@@ -13,13 +13,14 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from service.auth import scoped
+from service.calls.controllers import CallTypeFilter, EndedReasonFilter, PhoneNumberIdFilter
 from service.calls.ids import CallIdPath
 from service.calls.service import CallFilters, metadata_filters
-from service.db.models import Call, Recording
+from service.db.models import Call, Recording, VapiRecording
 from service.errors import DomainError
 from service.pagination import Cursor, Limit
 from service.recordings.audio import RangeNotSatisfiableError, parse_range
-from service.recordings.schemas import Gap, RecordingListItem, RecordingOut, RecordingPage, SegmentOut
+from service.recordings.schemas import Gap, RecordingListItem, RecordingOut, RecordingPage, SegmentOut, VapiCopyOut
 from service.recordings.service import Download, RecordingService, RecordingView
 
 Recordings = NamedDependency[RecordingService]
@@ -87,6 +88,20 @@ def recording_out(call_id: str, view: RecordingView) -> RecordingOut:
     )
 
 
+def vapi_copy_out(copy: VapiRecording | None) -> VapiCopyOut | None:
+    if copy is None:
+        return None
+    return VapiCopyOut(
+        status=copy.status,
+        bytes=copy.bytes,
+        sha256=copy.sha256,
+        content_type=copy.content_type,
+        attempts=copy.attempts,
+        error=copy.error,
+        stored_at=copy.stored_at,
+    )
+
+
 def no_recording_out(call_id: str) -> RecordingOut:
     """A call with nothing recorded yet (not answered, or its listen socket not reached)."""
     return RecordingOut(
@@ -136,7 +151,37 @@ class RecordingController(Controller):
     @get("/recording", operation_id="getRecording", summary="A call's recording: status, format, gaps")
     async def get_recording(self, call_id: CallIdPath, recordings: Recordings) -> RecordingOut:
         view = await recordings.describe(call_id)
-        return recording_out(call_id, view) if view is not None else no_recording_out(call_id)
+        out = recording_out(call_id, view) if view is not None else no_recording_out(call_id)
+        out.vapi_copy = vapi_copy_out(await recordings.vapi_copy(call_id))
+        return out
+
+    @get(
+        "/recording/vapi",
+        operation_id="downloadVapiRecording",
+        summary="Switchboard's copy of Vapi's stereo recording, byte for byte as Vapi served it (Range supported)",
+        description="Downloaded after the end-of-call report (Vapi deletes its own after 14 days); 404 until stored.",
+        media_type="audio/wav",
+    )
+    async def download_vapi(
+        self, request: Request[Any, Any, Any], call_id: CallIdPath, recordings: Recordings
+    ) -> Stream:
+        copy, key = await recordings.vapi_download(call_id)
+        total = copy.bytes or 0
+        try:
+            selected = parse_range(request.headers.get("range"), total)
+        except RangeNotSatisfiableError:
+            raise RangeError(total) from None
+        start, end = selected or (0, total)
+        headers = {
+            "Accept-Ranges": "bytes",
+            "Content-Length": str(end - start),
+            "Content-Disposition": content_disposition(f"{call_id}-vapi.wav"),
+        }
+        if selected:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+        media_type = copy.content_type or "audio/wav"
+        stream = recordings.read(key, start, end)
+        return Stream(stream, media_type=media_type, headers=headers, status_code=206 if selected else 200)
 
     @get(
         "/recording.pcm",
@@ -173,9 +218,17 @@ class RecordingController(Controller):
         channel: Channel = None,
         start: Annotated[float | None, QueryParameter(ge=0, description="Only from this second (decimals)")] = None,
         end: Annotated[float | None, QueryParameter(gt=0, description="Only up to this second (decimals)")] = None,
+        fill: Annotated[
+            Literal["vapi"] | None,
+            QueryParameter(
+                description="vapi: gaps filled from Switchboard's copy of Vapi's recording, aligned byte for byte "
+                "(409 when it is missing, in another format or does not align)"
+            ),
+        ] = None,
     ) -> Stream:
+        channel_index = CHANNELS[channel] if channel else None
         download = await recordings.wav_download(
-            call_id, channel=CHANNELS[channel] if channel else None, start=start, end=end
+            call_id, channel=channel_index, start=start, end=end, fill_vapi=fill == "vapi"
         )
         suffix = f"-{channel}" if channel else ""
         return ranged_stream(
@@ -256,6 +309,9 @@ async def list_recordings(
     min_duration_seconds: Annotated[float | None, QueryParameter(name="minDurationSeconds", ge=0)] = None,
     created_after: Annotated[dt.datetime | None, QueryParameter(name="createdAfter")] = None,
     created_before: Annotated[dt.datetime | None, QueryParameter(name="createdBefore")] = None,
+    ended_reason: EndedReasonFilter = None,
+    phone_number_id: PhoneNumberIdFilter = None,
+    call_type: CallTypeFilter = None,
 ) -> RecordingPage:
     filters = CallFilters(
         assistant_id=assistant_id,
@@ -263,6 +319,9 @@ async def list_recordings(
         created_after=created_after,
         created_before=created_before,
         metadata=metadata_filters(request.query_params),
+        ended_reason=ended_reason,
+        phone_number_id=phone_number_id,
+        type=call_type,
     )
     rows, next_cursor = await recordings.search(
         filters, status=status, min_duration_seconds=min_duration_seconds, limit=limit, cursor=cursor

@@ -22,6 +22,18 @@ class SegmentOut(msgspec.Struct, rename="camel"):
     ended_at: dt.datetime | None
 
 
+class VapiCopyOut(msgspec.Struct, rename="camel"):
+    """Switchboard's copy of Vapi's stereo recording (``GET …/recording/vapi`` once ``stored``)."""
+
+    status: str  # pending (being downloaded, retried with backoff), stored, failed
+    bytes: int | None
+    sha256: str | None
+    content_type: str | None
+    attempts: int
+    error: str | None
+    stored_at: dt.datetime | None
+
+
 class RecordingOut(msgspec.Struct, rename="camel"):
     call_id: str
     status: str
@@ -39,6 +51,8 @@ class RecordingOut(msgspec.Struct, rename="camel"):
     error: str | None
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
+    # Vapi's own stereo recording, kept (contract section 10): null until the end-of-call report.
+    vapi_copy: VapiCopyOut | None = None
 
 
 class RecordingListItem(msgspec.Struct, rename="camel"):

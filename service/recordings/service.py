@@ -16,7 +16,7 @@ from uuid_utils.compat import uuid7
 
 from service.calls.service import CallFilters
 from service.db.engine import Database, is_postgresql
-from service.db.models import Call, Recording, RecordingSegment, utcnow
+from service.db.models import Call, Recording, RecordingSegment, VapiRecording, utcnow
 from service.db.stores import recordings as sql
 from service.deliveries.outbox import enqueue
 from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError
@@ -31,6 +31,16 @@ from service.recordings.audio import (
     stretch,
     timeline,
     wav_header,
+)
+from service.recordings.fill import (
+    SEARCH_SECONDS,
+    Placed,
+    WavFormat,
+    find_alignment,
+    lines_up,
+    parse_wav_header,
+    probe,
+    stitched_pieces,
 )
 from service.recordings.flac import ArchivedAudio, archive_key
 from service.recordings.listening import ListeningCopies
@@ -326,11 +336,73 @@ class RecordingService:
         return pcm_download(view, self._source(view))
 
     async def wav_download(
-        self, call_id: str, *, channel: int | None, start: float | None = None, end: float | None = None
+        self,
+        call_id: str,
+        *,
+        channel: int | None,
+        start: float | None = None,
+        end: float | None = None,
+        fill_vapi: bool = False,
     ) -> Download:
-        """The WAV download, or the stretch ``[start, end)`` seconds of it."""
+        """The WAV download, or the stretch ``[start, end)`` seconds of it; with ``fill_vapi``, the whole
+        recording with its gaps filled from Vapi's copy."""
+        if fill_vapi and (start is not None or end is not None):
+            raise InvalidInputError("fill=vapi serves the whole recording: it cannot be combined with start or end")
         view = await self.view(call_id)
+        if fill_vapi:
+            return await self._filled(call_id, view, wav_download(view, self._source(view), channel=channel))
         return wav_download(view, self._source(view), channel=channel, start=start, end=end)
+
+    async def _filled(self, call_id: str, view: RecordingView, download: Download) -> Download:
+        """The recording as a stereo WAV on Vapi's timeline, its gaps read from Vapi's copy
+        (``recordings.fill``): 409 when the copy is missing, its format differs, or a segment cannot be
+        found in it byte for byte."""
+        recording = view.recording
+        if download.channel is not None or recording.format != "pcm":
+            raise ConflictError(
+                "fill=vapi needs the whole (not one channel's) recording, kept raw", recordingFormat=recording.format
+            )
+        copy, key = await self.vapi_download(call_id)
+        total = copy.bytes or 0
+        head = b"".join([chunk async for chunk in self._storage.read(key, 0, min(total, 4096))])
+        fmt = parse_wav_header(head, total=total)
+        if fmt is None or not lines_up(fmt, sample_rate=recording.sample_rate, channels=recording.channels):
+            raise ConflictError(f"Vapi's recording of call {call_id!r} is not in the live recording's format")
+        block = recording.channels * SAMPLE_BYTES
+        placed: list[Placed] = []
+        position, shift = 0, 0  # in the live timeline; live → Vapi offset found so far
+        for piece in download.pieces:
+            if piece.key is not None:
+                at = await self._place(piece, fmt, key, block, guess=position + shift)
+                if at is None:
+                    raise ConflictError(
+                        f"the live and Vapi's recordings of call {call_id!r} do not align byte for byte"
+                    )
+                placed.append(Placed(piece.key, piece.length, at))
+                shift = at - position
+            position += piece.length
+        pieces = stitched_pieces(placed, key=key, data_offset=fmt.data_offset)
+        header = wav_header(
+            sum(p.length for p in pieces), sample_rate=recording.sample_rate, channels=recording.channels
+        )
+        return Download(self._storage, header, pieces, None, recording.channels)
+
+    async def _place(self, piece: Piece, fmt: WavFormat, key: str, block: int, *, guess: int) -> int | None:
+        """Where segment ``piece`` starts in Vapi's audio, searched within :data:`SEARCH_SECONDS` of
+        ``guess`` (where the live timeline puts it)."""
+        window = fmt.sample_rate * block * SEARCH_SECONDS
+        segment = b"".join([chunk async for chunk in self._storage.read(piece.key or "", 0, min(piece.length, window))])
+        found = probe(segment, block=block)
+        if found is None:
+            return None
+        lo = max(0, guess - window)
+        lo -= lo % block
+        hi = min(fmt.data_bytes, guess + window + len(segment))
+        vapi_audio = b"".join(
+            [chunk async for chunk in self._storage.read(key, fmt.data_offset + lo, fmt.data_offset + hi)]
+        )
+        at = find_alignment(vapi_audio, found, probe_at=0, block=block)
+        return None if at is None else lo + at
 
     async def flac_download(self, call_id: str) -> Download:
         """The recording's lossless archive as stored: 404 while the recording is kept raw."""
@@ -369,6 +441,24 @@ class RecordingService:
         if view is None:
             raise NotFoundError(f"call {call_id!r} has no recording yet", recordingStatus="none")
         return view
+
+    async def vapi_copy(self, call_id: str) -> VapiRecording | None:
+        """The call's copy of Vapi's recording (or its pending download); None when it has none."""
+        async with self._db.read() as session:
+            return await session.get(VapiRecording, call_id)
+
+    async def vapi_download(self, call_id: str) -> tuple[VapiRecording, str]:
+        """The stored copy of Vapi's recording and its storage key: 404 while there is none."""
+        copy = await self.vapi_copy(call_id)
+        if copy is None or copy.status != "stored" or copy.storage_key is None:
+            raise NotFoundError(
+                f"call {call_id!r} has no copy of Vapi's recording", vapiCopyStatus=copy.status if copy else "none"
+            )
+        return copy, copy.storage_key
+
+    def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of a stored object."""
+        return self._storage.read(key, start, end)
 
     async def describe(self, call_id: str) -> RecordingView | None:
         """The call's recording (None: nothing recorded yet); open segments report what storage holds."""

@@ -41,6 +41,7 @@ from service.calls import status as call_status
 from service.calls.changes import AfterCommit, CallChange
 from service.calls.control import ControlChannel, record_injection
 from service.calls.events import NewEvent, append_events
+from service.calls.speech import catch_up
 from service.db.engine import Database
 from service.db.models import Call, Rule, RuleFiring, utcnow
 from service.errors import ConflictError
@@ -399,7 +400,8 @@ class RuleEngine:
                 )
                 payload = {**base, "injectionId": str(injection.id), "type": message["type"], "error": injection.error}
                 outcome = NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)
-                await append_events(session, call_id, [sent, outcome])
+                spoken = await catch_up(session, injection, since=posted.started_at)  # spoken before recorded
+                await append_events(session, call_id, [sent, outcome] if spoken is None else [sent, outcome, spoken])
         except ConflictError as exc:  # the call is not live (any more): nothing was sent
             await self._skip(firing_id, rule, call_id, exc.detail, base)
             return

@@ -2,8 +2,9 @@
 
 Milestones come from committed events: ``call.status_changed`` (and ``status-update: queued``) give the
 ``call.*`` milestones; final ``transcript`` and ``speech-update`` messages come from webhooks *and* the
-listen socket; ``listen.connected`` from the listen session. ``call.elapsed`` and ``user.silent`` are
-timers the engine derives from ``call.answered`` and user speech.
+listen socket; ``listen.connected`` from the listen session; ``injection.spoken`` from ``calls.speech``;
+``user.interrupted`` and ``call.transferred`` from Vapi's ``user-interrupted`` and ``transfer-update``.
+``call.elapsed`` and ``user.silent`` are timers the engine derives from ``call.answered`` and user speech.
 
 Each occurrence has a key that is the same whichever path delivered it, so the unique
 ``(rule, call, occurrence)`` firing key turns the two copies into one firing.
@@ -50,7 +51,18 @@ class Occurrence:
     """When Switchboard received it: delays count from here."""
 
 
-RELEVANT_TYPES = frozenset({"call.status_changed", "status-update", "transcript", "speech-update", "listen.connected"})
+RELEVANT_TYPES = frozenset(
+    {
+        "call.status_changed",
+        "status-update",
+        "transcript",
+        "speech-update",
+        "listen.connected",
+        "injection.spoken",
+        "user-interrupted",
+        "transfer-update",
+    }
+)
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
@@ -92,7 +104,33 @@ def occurrences_from_events(call_id: str, events: Iterable[EventLike]) -> list[O
             segment = payload.get("segment")
             body = {"type": "listen.connected", "segment": segment, **base}
             found.append(Occurrence(call_id, "listen.connected", f"listen:{segment}", body, at))
+        elif occurrence := _speech_and_transfer(call_id, event, payload, base):
+            found.append(occurrence)
     return found
+
+
+def _speech_and_transfer(
+    call_id: str, event: EventLike, payload: dict[str, Any], base: dict[str, Any]
+) -> Occurrence | None:
+    """``injection.spoken`` (a say Vapi started speaking), ``user.interrupted`` (the customer cut the
+    assistant off: Vapi's ``user-interrupted``), ``call.transferred`` (Vapi's ``transfer-update``)."""
+    at = event.received_at
+    if event.type == "injection.spoken" and event.source == "switchboard":
+        injection = payload.get("injectionId")
+        body = {"type": "injection.spoken", "injectionId": injection, "content": payload.get("content"), **base}
+        body["origin"] = payload.get("origin")
+        return Occurrence(call_id, "injection.spoken", f"spoken:{injection}", body, at)
+    if event.source != "vapi":
+        return None
+    if event.type == "user-interrupted":
+        turn = payload.get("turnId")
+        ident = turn if isinstance(turn, str) and turn else f"seq{event.seq}"
+        return Occurrence(call_id, "user.interrupted", f"interrupted:{ident}", {"type": "user.interrupted", **base}, at)
+    if event.type == "transfer-update":
+        destination = payload.get("destination") if isinstance(payload.get("destination"), dict) else {}
+        body = {"type": "call.transferred", "destination": destination, **base}
+        return Occurrence(call_id, "call.transferred", f"transferred:{event.seq}", body, at)
+    return None
 
 
 def call_context(call: Call) -> dict[str, Any]:

@@ -34,6 +34,9 @@ MILESTONES = (
     "speech.stopped",
     "user.silent",
     "listen.connected",
+    "injection.spoken",
+    "user.interrupted",
+    "call.transferred",
 )
 NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
 MAX_NAME_CHARS = 100
@@ -42,7 +45,13 @@ FIELDS = ("name", "description", "on", "delay", "at", "for", "if", "say", "actio
 # A template stands for text known only when it is rendered. Where a field's format is checked (a number
 # must be E.164), the rule is checked at load time with a value of that format in the template's place;
 # other fields are checked with the template's own text (its length, that it is not blank).
-_TEMPLATE_STAND_INS = {"number": "+10000000000", "sipUri": "sip:template@example.invalid"}
+_TEMPLATE_STAND_INS = {
+    "number": "+10000000000",
+    "sipUri": "sip:template@example.invalid",
+    "extension": "1",
+    "holdAudioUrl": "https://template.example.invalid/hold.mp3",
+    "transferCompleteAudioUrl": "https://template.example.invalid/done.wav",
+}
 
 # Where a field of the n-th rule sits in its file: (rule index, field path) → line (1-based), or None.
 LineLookup = Callable[[int, str], int | None]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -77,6 +79,10 @@ async def _rest_refusal(sim: VapiSimulator, request: AnyRequest) -> tuple[int, d
 
 
 # -- Vapi REST API -----------------------------------------------------------------------------------
+
+
+def _millis(moment: datetime) -> datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 async def _create_call(request: AnyRequest) -> Response[Any]:
@@ -186,16 +192,75 @@ async def get_phone_number(request: AnyRequest, phone_number_id: FromPath[str]) 
     return await _stored_object(request, "Phone Number", _simulator(request).phone_numbers, phone_number_id)
 
 
-@get("/call", operation_id="simListCalls")
-async def list_calls(request: AnyRequest, limit: FromQuery[int] = 100) -> Response[Any]:
-    """``GET /call``: calls, newest first."""
+@get("/call/{call_id:str}/stereo-recording", operation_id="simStereoRecording")
+async def stereo_recording(request: AnyRequest, call_id: FromPath[str]) -> Response[Any]:
+    """``GET /call/{id}/stereo-recording`` (vapi-server-sdk 3.0.0
+    ``calls.call_artifact_controller_stereo_recording_download``): a redirect to a freshly signed URL of
+    the call's stereo recording, also when the report's URL has expired."""
     sim = _simulator(request)
     refusal = await _rest_refusal(sim, request)
+    call = sim.calls.get(call_id) if call_id not in sim.deleted else None
+    if refusal is None and (call is None or not call.ended):
+        refusal = 404, vapi_error(404, "Recording not found")
+    if refusal is not None:
+        status, error = refusal
+        _log_rest(sim, request, status, None, error, call_id)
+        return _json(error, status)
+    _log_rest(sim, request, 302, None, None, call_id)
+    location = f"/recordings/{call_id}-stereo.wav?X-Amz-Signature={secrets.token_hex(8)}"
+    return Response(content=b"", status_code=302, headers={"Location": location})
+
+
+@get("/recordings/{name:str}", operation_id="simRecordingFile")
+async def recording_file(request: AnyRequest, name: FromPath[str]) -> Response[Any]:
+    """Vapi's recording storage: the stereo WAV of an ended call (``artifact.stereoRecordingUrl``); 403 once
+    the unsigned URL has expired (``VapiSimulator.expire_recording_url``), as S3 refuses it."""
+    sim = _simulator(request)
+    call = sim.calls.get(name.removesuffix("-stereo.wav")) if name.endswith("-stereo.wav") else None
+    if call is None or not call.ended or call.id in sim.deleted:
+        return Response(content=b"<Error><Code>NoSuchKey</Code></Error>", status_code=404, media_type="application/xml")
+    if call.recording_url_expired and "X-Amz-Signature" not in request.query_params:
+        return Response(
+            content=b"<Error><Code>AccessDenied</Code></Error>", status_code=403, media_type="application/xml"
+        )
+    wav = call.stereo_wav()
+    _log_rest(sim, request, 200, None, {"bytes": len(wav)}, call.id)
+    return Response(content=wav, status_code=200, media_type="audio/wav")
+
+
+# ``GET /call``'s createdAt filters (vapi-server-sdk 3.0.0 ``calls.list``) and how each compares.
+CREATED_AT_FILTERS = {
+    "createdAtGt": lambda created, bound: created > bound,
+    "createdAtGe": lambda created, bound: created >= bound,
+    "createdAtLt": lambda created, bound: created < bound,
+    "createdAtLe": lambda created, bound: created <= bound,
+}
+
+
+@get("/call", operation_id="simListCalls")
+async def list_calls(request: AnyRequest, limit: FromQuery[int] = 100) -> Response[Any]:
+    """``GET /call``: calls, newest first; filtered by ``id``, ``assistantId``, ``phoneNumberId`` and the
+    ``createdAt{Gt,Ge,Lt,Le}`` bounds (ISO 8601), as the SDK's ``calls.list`` sends them."""
+    sim = _simulator(request)
+    refusal = await _rest_refusal(sim, request)
+    bounds = {}
+    for name in CREATED_AT_FILTERS:
+        if (raw := request.query_params.get(name)) is not None and refusal is None:
+            try:
+                bounds[name] = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                refusal = 400, vapi_error(400, [f"{name} must be an ISO 8601 date"])
     if refusal is not None:
         status, error = refusal
         _log_rest(sim, request, status, None, error, None)
         return _json(error, status)
-    kept = (call for call in sim.calls.values() if call.id not in sim.deleted)
+    kept = [call for call in sim.calls.values() if call.id not in sim.deleted]
+    for key, value in (("id", "id"), ("assistantId", "assistantId"), ("phoneNumberId", "phoneNumberId")):
+        if (wanted := request.query_params.get(key)) is not None:
+            kept = [call for call in kept if (call.id if value == "id" else call.request.get(value)) == wanted]
+    for name, bound in bounds.items():
+        # Vapi's createdAt has millisecond precision: compare what it shows.
+        kept = [call for call in kept if CREATED_AT_FILTERS[name](_millis(call.created_at), bound)]
     calls = sorted(kept, key=lambda c: c.created_at, reverse=True)[: max(0, limit)]
     _log_rest(sim, request, 200, None, {"count": len(calls)}, None)
     return _json([call.to_vapi() for call in calls])
@@ -496,6 +561,8 @@ def build_app(sim: VapiSimulator) -> Litestar:
             get_call,
             delete_call,
             list_calls,
+            stereo_recording,
+            recording_file,
             get_assistant,
             get_phone_number,
             control,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import secrets
 import uuid
+import wave
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from service.simulator import audio
 from service.simulator.audio import FrameSource, call_tag
 from service.simulator.script import CallScript
 from service.vapi import messages as vapi_messages
@@ -25,6 +28,8 @@ TWILIO_ACCOUNT_SID = "AC" + "51" * 16
 TWILIO_AUTH_TOKEN = "sim-twilio-auth-token-" + "9f" * 8
 """The (fake) Twilio auth token Vapi includes with the phone number: must never be stored."""
 RECORDINGS_BASE = "https://storage.vapi.ai"
+# The id of the one structured output the simulator extracts from every call.
+STRUCTURED_OUTPUT_ID = "5a1c7e52-0000-4000-8000-000000000001"
 
 
 StopReason = Literal["ended", "drop", "client", "shutdown"]
@@ -259,6 +264,10 @@ class SimCall:
     openai_messages: list[dict[str, Any]] = field(default_factory=list)
     connections: set[ListenConnection] = field(default_factory=set)
     inbound: bool = False
+    # Vapi's stereo recording (``stereo_wav``) and whether its artifact URL has expired (a test's fault:
+    # the URL then answers 403, ``GET /call/{id}/stereo-recording`` still serves it).
+    _stereo: bytes | None = None
+    recording_url_expired: bool = False
 
     def __post_init__(self) -> None:
         self.tag = call_tag(self.id)
@@ -371,6 +380,46 @@ class SimCall:
         """A plausible cost in USD."""
         return round(self.duration_seconds / 60 * COST_PER_MINUTE, 4)
 
+    def costs(self) -> list[dict[str, Any]]:
+        """The cost split by component, summing to :attr:`cost` (vapi-server-sdk 3.0.0 ``CallCostsItem``:
+        transport, transcriber, model, voice and vapi items with their required fields)."""
+        minutes = round(self.duration_seconds / 60, 4)
+        spoken = sum(len(m["message"]) for m in self.messages if m["role"] == "bot")
+        shares = {"transport": 0.4, "transcriber": 0.15, "model": 0.2, "voice": 0.15}
+        parts = {kind: round(self.cost * share, 4) for kind, share in shares.items()}
+        vapi = round(self.cost - sum(parts.values()), 4)  # the rest: the parts add up to the total
+        return [
+            {"type": "transport", "provider": "twilio", "minutes": minutes, "cost": parts["transport"]},
+            {
+                "type": "transcriber",
+                "transcriber": {"provider": "deepgram"},
+                "minutes": minutes,
+                "cost": parts["transcriber"],
+            },
+            {
+                "type": "model",
+                "model": {"provider": "openai", "model": "gpt-4o"},
+                "promptTokens": 40 * self.turn,
+                "completionTokens": 12 * self.turn,
+                "cost": parts["model"],
+            },
+            {"type": "voice", "voice": {"provider": "11labs"}, "characters": spoken, "cost": parts["voice"]},
+            {"type": "vapi", "subType": "normal", "minutes": minutes, "cost": vapi},
+        ]
+
+    def analysis(self) -> dict[str, Any]:
+        """Vapi's analysis of the ended call (SDK ``Analysis``: summary, structuredData, successEvaluation)."""
+        turns = sum(1 for m in self.messages if m["role"] in ("bot", "user"))
+        return {
+            "summary": self.summary(),
+            "structuredData": {"turns": turns, "endedReason": self.ended_reason},
+            "successEvaluation": "true" if turns else "false",
+        }
+
+    def structured_outputs(self) -> dict[str, Any]:
+        """``artifact.structuredOutputs``: results by structured-output id (``{name, result}``)."""
+        return {STRUCTURED_OUTPUT_ID: {"name": "outcome", "result": {"resolved": self.ended_reason is not None}}}
+
     def transcript_text(self) -> str:
         """The conversation as Vapi's artifact transcript renders it (``AI: …`` / ``User: …`` lines)."""
         lines = []
@@ -389,8 +438,10 @@ class SimCall:
             # Stable recording URLs (Artifact.recordingUrl, stereoRecordingUrl, pcapUrl); the presigned
             # ones are added per delivery (webhooks.with_fresh_presigned_urls).
             "recordingUrl": f"{RECORDINGS_BASE}/{self.id}-mono.wav",
-            "stereoRecordingUrl": f"{RECORDINGS_BASE}/{self.id}-stereo.wav",
+            # Served by the simulator itself (GET /recordings/{id}-stereo.wav), as Vapi's storage serves it.
+            "stereoRecordingUrl": f"{self.http_base}/recordings/{self.id}-stereo.wav",
             "pcapUrl": f"{RECORDINGS_BASE}/{self.id}.pcap",
+            **({"structuredOutputs": self.structured_outputs()} if self.ended else {}),
         }
 
     def to_vapi(self) -> dict[str, Any]:
@@ -441,8 +492,22 @@ class SimCall:
         if self.ended:
             call["messages"] = [dict(m) for m in self.messages]
             call["artifact"] = self.artifact()
-            call["analysis"] = {"summary": self.summary()}
+            call["analysis"] = self.analysis()
+            call["costs"] = self.costs()
         return call
+
+    def stereo_wav(self) -> bytes:
+        """The call's stereo recording as Vapi keeps it (customer left, assistant right): a 16-bit WAV of
+        the call's audio timeline, from the answer to the end; made once."""
+        if self._stereo is None:
+            out = io.BytesIO()
+            with wave.open(out, "wb") as wav:
+                wav.setnchannels(audio.CHANNELS)
+                wav.setsampwidth(audio.SAMPLE_WIDTH)
+                wav.setframerate(audio.SAMPLE_RATE)
+                wav.writeframes(b"".join(self.frame(index) for index in range(self.end_frame or 0)))
+            self._stereo = out.getvalue()
+        return self._stereo
 
     def summary(self) -> str:
         """A stand-in for Vapi's LLM call summary."""

@@ -13,7 +13,7 @@ from typing import Any
 from service.vapi.control import CONTROL_TYPES, ControlError, parse_control
 
 # Accepted and logged without a schema of their own: nothing to simulate (and not yet sent by Switchboard).
-UNSIMULATED_TYPES = frozenset({"send-transport-message", "handoff"})
+UNSIMULATED_TYPES = frozenset({"handoff"})
 
 
 def unwrap_control(body: object) -> object:
@@ -41,8 +41,6 @@ def validate_control(message: object) -> list[str]:
     if not isinstance(kind, str) or kind not in known:
         return [f"type must be one of: {', '.join(sorted(known))}"]
     if kind in UNSIMULATED_TYPES:
-        if kind == "send-transport-message" and not isinstance(message.get("message"), Mapping):
-            return ["message must be an object"]
         return []
     if kind == "say" and "content" not in message and isinstance(message.get("message"), str):
         legacy = dict(message)

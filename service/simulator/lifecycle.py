@@ -196,10 +196,11 @@ class CallRunner:
             "end-of-call-report",
             endedReason=reason,
             artifact=report,
-            analysis={"summary": call.summary()},
+            analysis=call.analysis(),
             startedAt=rendered.get("startedAt"),
             endedAt=rendered["endedAt"],
             cost=call.cost,
+            costs=call.costs(),
             durationSeconds=round(call.duration_seconds, 3),
             durationMs=round(call.duration_seconds * 1000),
             durationMinutes=round(call.duration_seconds / 60, 4),
@@ -261,6 +262,11 @@ class CallRunner:
         update: dict[str, Any] = {"status": "started", "role": speech.role, "turn": speech.turn}
         self.webhooks.send("speech-update", **update)
         self._broadcast({"type": "speech-update", **update})
+        if speech.role == "user" and self.call.script.barge_in and self._assistant_speaking(speech.start):
+            # The interruption first, then the assistant's speech stops because of it.
+            self.webhooks.send("user-interrupted", turnId=f"turn-{speech.turn}")
+            self._cut_assistant(speech.start)
+            self._plan_end()
         if speech.role == "assistant":
             fields: dict[str, Any] = {"text": speech.text, "turn": speech.turn}
             if speech.source is not None:
@@ -336,14 +342,7 @@ class CallRunner:
         call = self.call
         start = self.frame_now() + 1
         if interrupt:
-            for speech in self._speeches:
-                if speech.role == "assistant" and not speech.cancelled and speech.start < start < speech.end:
-                    speech.cancelled = True
-                    call.assistant_speech.spans = [
-                        (a, min(b, start)) if (a, b) == (speech.start, speech.end) else (a, b)
-                        for a, b in call.assistant_speech.spans
-                    ]
-                    self._stop_speech(speech, final=False)
+            self._cut_assistant(start)
             self._plan_end()  # an interrupted say that was to end the call no longer does
         else:
             start = max(start, call.assistant_speech.busy_until())
@@ -356,6 +355,32 @@ class CallRunner:
             source=source,
             end_call_reason=SAY_THEN_END_REASON if end_after else None,
         )
+
+    def _assistant_speaking(self, frame: int) -> bool:
+        return any(s.role == "assistant" and not s.cancelled and s.start < frame < s.end for s in self._speeches)
+
+    def _cut_assistant(self, start: int) -> bool:
+        """Stop what the assistant is saying at frame ``start``; whether it was saying something."""
+        call = self.call
+        cut = False
+        for speech in self._speeches:
+            if speech.role == "assistant" and not speech.cancelled and speech.start < start < speech.end:
+                speech.cancelled = cut = True
+                call.assistant_speech.spans = [
+                    (a, min(b, start)) if (a, b) == (speech.start, speech.end) else (a, b)
+                    for a, b in call.assistant_speech.spans
+                ]
+                self._stop_speech(speech, final=False)
+        return cut
+
+    def customer_says(self, text: str) -> None:
+        """The customer says ``text`` now (over the assistant, with the script's ``barge_in``)."""
+
+        def start() -> None:
+            begin = self.frame_now() + 1
+            self._speak("user", text, begin, begin + max(1, _frames(speech_seconds(text))))
+
+        self._when_answered(start)
 
     def add_message(self, message: Mapping[str, Any], *, trigger_response: bool) -> None:
         """Add a message to the conversation; the assistant answers when ``trigger_response``."""

@@ -66,3 +66,6 @@ class CallScript:
     partial_transcripts: bool = True
     send_queued_status: bool = False
     """Also send a ``status-update`` for ``queued`` right after the call is created."""
+    barge_in: bool = False
+    """The customer speaking while the assistant speaks cuts it off, as Vapi does: its speech stops
+    there and ``user-interrupted`` is sent (vapi-server-sdk 3.0.0 ``ServerMessageUserInterrupted``)."""

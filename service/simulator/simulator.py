@@ -260,6 +260,15 @@ class VapiSimulator:
         """End a live call now with ``reason``."""
         self.runners[call_id].request_end(reason)
 
+    def expire_recording_url(self, call_id: str) -> None:
+        """The call's artifact ``stereoRecordingUrl`` answers 403 from now on (Vapi's URLs expire);
+        ``GET /call/{id}/stereo-recording`` still serves the recording."""
+        self.calls[call_id].recording_url_expired = True
+
+    def customer_says(self, call_id: str, text: str) -> None:
+        """The customer of a live call says ``text`` now (a test's barge-in: see ``CallScript.barge_in``)."""
+        self.runners[call_id].customer_says(text)
+
     def check_api_key(self, authorization: str | None) -> bool:
         """Whether a REST request is authorised (any request, when no API key is configured)."""
         return self.api_key is None or authorization == f"Bearer {self.api_key}"
@@ -332,11 +341,16 @@ class VapiSimulator:
         elif kind == "end-call":
             runner.request_end(END_CALL_REASON)
         elif kind == "transfer":
+            # ``content``, else the destination's ``message`` (SDK TransferDestinationNumber/Sip), is said
+            # to the customer before the transfer.
+            destination = message.get("destination")
             content = message.get("content")
-            runner.transfer(message.get("destination"), content if isinstance(content, str) else None)
+            if not isinstance(content, str) and isinstance(destination, Mapping):
+                content = destination.get("message")
+            runner.transfer(destination, content if isinstance(content, str) else None)
         elif kind == "append-context":
             runner.append_context(message["content"])
-        # send-transport-message, handoff: accepted and logged; nothing to simulate
+        # send-transport-message (its TwiML or SIP request), handoff: accepted and logged; nothing to simulate
 
     # -- listen --------------------------------------------------------------------------------------
 

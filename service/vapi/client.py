@@ -7,8 +7,9 @@ in an exception message or a log line.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -72,6 +73,12 @@ class VapiClient:
             await self._monitor_policy.check(url)
 
     async def _request(self, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
+        body = await self._request_json(method, path, json=json)
+        if not isinstance(body, dict):
+            raise UpstreamError(f"Vapi answered {method} {path} with JSON that is not an object")
+        return body
+
+    async def _request_json(self, method: str, path: str, *, json: Any = None) -> Any:
         try:
             response = await self._http.request(
                 method, self._base_url + path, json=json, headers=self._api_headers(), timeout=self._timeout
@@ -89,8 +96,6 @@ class VapiClient:
             body = response.json()
         except ValueError:
             raise UpstreamError(f"Vapi answered {method} {path} with a body that is not JSON") from None
-        if not isinstance(body, dict):
-            raise UpstreamError(f"Vapi answered {method} {path} with JSON that is not an object")
         return body
 
     async def create_call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +108,29 @@ class VapiClient:
     async def get_call(self, call_id: str) -> dict[str, Any]:
         """``GET /call/{id}``."""
         return await self._request("GET", f"/call/{quote(call_id, safe='')}")
+
+    async def list_calls(
+        self, *, created_at_gt: dt.datetime, created_at_lt: dt.datetime | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """``GET /call?createdAtGt=&createdAtLt=&limit=`` (vapi-server-sdk 3.0.0 ``calls.list``): calls
+        created in that window, newest first, at most ``limit``."""
+        params = {"createdAtGt": _iso(created_at_gt), "limit": str(limit)}
+        if created_at_lt is not None:
+            params["createdAtLt"] = _iso(created_at_lt)
+        answer = await self._request_json("GET", "/call?" + urlencode(params))
+        if not isinstance(answer, list):
+            raise UpstreamError("Vapi answered GET /call with JSON that is not a list")
+        return [item for item in answer if isinstance(item, dict)]
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def stereo_recording(self, call_id: str) -> tuple[str, dict[str, str]]:
+        """Where to download the call's stereo recording from Vapi, and the headers: ``GET
+        /call/{id}/stereo-recording`` (vapi-server-sdk 3.0.0
+        ``calls.call_artifact_controller_stereo_recording_download``; the file, or a redirect to it)."""
+        return f"{self._base_url}/call/{quote(call_id, safe='')}/stereo-recording", self._api_headers()
 
     async def delete_call(self, call_id: str) -> bool:
         """``DELETE /call/{id}``: Vapi deletes its copy of the call (recording, transcript, …).
@@ -162,3 +190,8 @@ class VapiClient:
             raise UpstreamTimeoutError(f"control {kind!r}: no answer within {self._timeout:g} s") from None
         except httpx.TransportError as exc:
             raise UpstreamError(f"control {kind!r}: {type(exc).__name__}") from None
+
+
+def _iso(moment: dt.datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and ``Z``, as Vapi writes ``createdAt``."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -68,19 +68,64 @@ class EndCall(msgspec.Struct, tag="end-call", tag_field="type", forbid_unknown_f
     """``end-call``: end the call now."""
 
 
+# How Vapi executes a transfer (the SDK's TransferPlanMode values).
+TransferMode = Literal[
+    "blind-transfer",
+    "blind-transfer-add-summary-to-sip-header",
+    "warm-transfer-say-message",
+    "warm-transfer-say-summary",
+    "warm-transfer-twiml",
+    "warm-transfer-wait-for-operator-to-speak-first-and-then-say-message",
+    "warm-transfer-wait-for-operator-to-speak-first-and-then-say-summary",
+    "warm-transfer-experimental",
+]
+Extension = Annotated[str, msgspec.Meta(pattern=r"^[0-9*#,wW]{1,20}$", examples=["123"])]
+CallerId = Annotated[str, msgspec.Meta(min_length=1, max_length=100, examples=["+14155550100", "{{customer.number}}"])]
+AudioUrl = Annotated[str, msgspec.Meta(pattern=r"^https://", max_length=2048)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=600)]
+
+
+class TransferPlan(msgspec.Struct, rename="camel", omit_defaults=True, forbid_unknown_fields=True):
+    """``transferPlan`` (SDK ``TransferPlan``): a blind or warm transfer; ``message`` is said to the
+    destination party in the warm modes that say one. The SDK's nested plans (summary, fallback,
+    context engineering) are left out: Vapi's defaults apply."""
+
+    mode: TransferMode = "blind-transfer"
+    message: SpokenText | None = None
+    timeout: Seconds | None = None
+    sip_verb: dict[str, str] | None = None
+    dial_timeout: Seconds | None = None
+    hold_audio_url: AudioUrl | None = None
+    transfer_complete_audio_url: AudioUrl | None = None
+    twiml: ModelText | None = None
+    sip_headers_in_refer_to_enabled: bool | None = None
+
+
 class NumberDestination(
     msgspec.Struct, tag="number", tag_field="type", rename="camel", omit_defaults=True, forbid_unknown_fields=True
 ):
+    """A phone number to transfer to (SDK ``TransferDestinationNumber``): ``message`` is said to the
+    customer before the transfer, ``callerId`` is what the destination sees."""
+
     number: E164
-    extension: str | None = None
-    caller_id: str | None = None
+    extension: Extension | None = None
+    caller_id: CallerId | None = None
+    message: SpokenText | None = None
+    transfer_plan: TransferPlan | None = None
+    description: ModelText | None = None
 
 
 class SipDestination(
     msgspec.Struct, tag="sip", tag_field="type", rename="camel", omit_defaults=True, forbid_unknown_fields=True
 ):
+    """A SIP URI to transfer to (SDK ``TransferDestinationSip``)."""
+
     sip_uri: SipUri
     sip_headers: dict[str, str] | None = None
+    caller_id: CallerId | None = None
+    message: SpokenText | None = None
+    transfer_plan: TransferPlan | None = None
+    description: ModelText | None = None
 
 
 class Transfer(msgspec.Struct, tag="transfer", tag_field="type", omit_defaults=True, forbid_unknown_fields=True):
@@ -97,10 +142,39 @@ class AppendContext(msgspec.Struct, tag="append-context", tag_field="type", forb
     content: ModelText
 
 
-ControlMessage = Say | AddMessage | Control | EndCall | Transfer | AppendContext
+class TwilioTransportMessage(
+    msgspec.Struct, tag="twilio", tag_field="transport", omit_defaults=True, forbid_unknown_fields=True
+):
+    """TwiML for the call's Twilio leg."""
+
+    twiml: ModelText
+
+
+class SipTransportMessage(
+    msgspec.Struct,
+    tag="vapi.sip",
+    tag_field="transport",
+    rename="camel",
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+):
+    """A SIP request on the call's Vapi SIP leg (SDK ``VapiSipTransportMessageSipVerb``)."""
+
+    sip_verb: Literal["INFO", "MESSAGE", "NOTIFY"]
+    headers: dict[str, str] | None = None
+    body: Annotated[str, msgspec.Meta(max_length=20000)] | None = None
+
+
+class SendTransportMessage(msgspec.Struct, tag="send-transport-message", tag_field="type", forbid_unknown_fields=True):
+    """``send-transport-message``: a message for the call's transport (Twilio TwiML, or a SIP request)."""
+
+    message: TwilioTransportMessage | SipTransportMessage
+
+
+ControlMessage = Say | AddMessage | Control | EndCall | Transfer | AppendContext | SendTransportMessage
 """Every control message Switchboard sends: what a rule's ``action`` may be."""
 
-ControlRequest = AddMessage | Control | EndCall | Transfer | AppendContext
+ControlRequest = AddMessage | Control | EndCall | Transfer | AppendContext | SendTransportMessage
 """What ``POST /v1/calls/{id}/control`` accepts (``say`` has its own route)."""
 
 CONTROL_TYPES: tuple[str, ...] = tuple(str(member.__struct_config__.tag) for member in typing.get_args(ControlMessage))

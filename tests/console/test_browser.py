@@ -6,6 +6,7 @@ any console error or uncaught page error.
 
 from __future__ import annotations
 
+import asyncio
 import wave
 
 from playwright.async_api import expect
@@ -103,7 +104,19 @@ async def test_a_live_call_from_list_to_recording(console: Console, stack: Stack
     await expect(console.page.get_by_role("button", name="Stop listening")).to_have_attribute("aria-pressed", "true")
     await console.page.get_by_role("button", name="Stop listening").click()
 
-    await end_call(stack, call_id)
+    # The control buttons beside Say: mute and unmute, a refused transfer number, then end the call.
+    await console.page.get_by_role("button", name="Mute assistant").click()
+    await expect(console.page.get_by_role("button", name="Unmute assistant")).to_have_attribute("aria-pressed", "true")
+    await console.page.get_by_role("button", name="Unmute assistant").click()
+    await expect(console.page.get_by_role("button", name="Mute assistant")).to_be_enabled()
+    await console.page.get_by_label("Transfer to (E.164 number)").fill("555")
+    await console.page.get_by_role("button", name="Transfer", exact=True).click()
+    await expect(console.page.locator("#control-status")).to_contain_text("E.164")
+    console.page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await console.page.get_by_role("button", name="End call").click()
+    await stack.sim.wait_for_status(call_id, "ended")
+    controls = [m.get("control", m["type"]) for m in stack.sim.control_received(call_id) if m["type"] != "say"]
+    assert controls == ["mute-assistant", "unmute-assistant", "end-call"]
     audio = console.page.locator("#recording-audio")
     await expect(audio).to_be_visible()
     await console.page.wait_for_function("document.getElementById('recording-audio').duration > 0")
@@ -116,6 +129,11 @@ async def test_a_live_call_from_list_to_recording(console: Console, stack: Stack
         assert (parsed.getnchannels(), parsed.getframerate(), parsed.getsampwidth()) == (2, 16000, 2)
         assert parsed.getnframes() > 16000, "more than a second of audio"
     await expect(console.page.locator("#call-status")).to_have_text("ended")
+    # What Vapi's end-of-call report said: the outcome, the cost and its items, the summary.
+    ended = stack.sim.calls[call_id]
+    await expect(console.page.locator("#call-outcome")).to_contain_text(str(ended.ended_reason))
+    await expect(console.page.locator("#call-cost")).to_contain_text(f"${ended.cost:.4f} (transport $")
+    await expect(console.page.locator("#call-summary")).to_have_text(ended.summary())
     await expect(console.page.get_by_label("Make the assistant say")).to_be_disabled()
     await console.page.evaluate("document.getElementById('timeline').scrollTop = 0")
     await console.screenshot("call", full_page=True)

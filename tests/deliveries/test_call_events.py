@@ -1,4 +1,4 @@
-"""A call's life reaches a CRM's webhook endpoint: created, status changes, ended, recording completed."""
+"""A call's life reaches a CRM's webhook endpoint: created, status changes, ended, reported, recording completed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ async def test_call_lifecycle_events_are_delivered_signed(
             "/v1/webhook-endpoints",
             json={
                 "url": receiver_url,
-                "events": ["call.created", "call.status_changed", "call.ended", "recording.completed"],
+                "events": ["call.created", "call.status_changed", "call.ended", "call.report", "recording.completed"],
             },
         )
         assert created.status_code == 201, created.text
@@ -44,6 +44,18 @@ async def test_call_lifecycle_events_are_delivered_signed(
     types = [kind for kind, _ in events]
     assert types[0] == "call.created"
     assert types.count("call.ended") == 1
+    # call.report follows the end-of-call report, after call.ended, with Vapi's figures (contract section 10).
+    assert types.count("call.report") == 1
+    assert types.index("call.report") > types.index("call.ended")
+    report = next(data for kind, data in events if kind == "call.report")
+    assert report["id"] == call_id
+    assert report["cost"] > 0
+    assert report["costs"]
+    assert report["summary"]
+    assert report["analysis"]["summary"] == report["summary"]
+    assert report["structuredOutputs"]
+    assert report["endedReason"]
+    assert report["phoneCallProviderId"]
     assert types.count("recording.completed") == 1
     statuses = [data["status"] for kind, data in events if kind == "call.status_changed"]
     assert "in-progress" in statuses

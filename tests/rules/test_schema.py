@@ -158,6 +158,47 @@ def test_other_control_messages_and_their_templates() -> None:
     assert add.render({}, {})[0]["message"] == {"role": "system", "content": "Be brief."}
 
 
+def test_every_sdk_control_type_is_an_action() -> None:
+    """Every control message of the one schema (each an SDK ClientInboundMessage, see
+    tests/simulator/test_sdk_models.py) is a valid action and renders as written."""
+    import msgspec
+
+    from service.vapi.control import CONTROL_TYPES
+    from tests.simulator.test_sdk_models import CONTROL_MESSAGES, SIP_TRANSFER, SIP_TRANSPORT
+
+    examples = [msgspec.to_builtins(message) for message in (*CONTROL_MESSAGES.values(), SIP_TRANSFER, SIP_TRANSPORT)]
+    assert {example["type"] for example in examples} == set(CONTROL_TYPES)
+    for index, example in enumerate(examples):
+        rule = compiled(name=f"r{index}", on="transcript", action=example)
+        assert rule.render({}, {})[0] == example
+
+
+def test_a_warm_transfer_with_templates() -> None:
+    warm = compiled(
+        name="w",
+        on="transcript",
+        action={
+            "type": "transfer",
+            "destination": {
+                "type": "number",
+                "number": "{{ call.metadata.agent }}",
+                "extension": "{{ call.metadata.ext }}",
+                "callerId": "{{ call.customer.number }}",
+                "transferPlan": {"mode": "warm-transfer-say-message", "message": "{{ call.customer.name }} on hold."},
+            },
+        },
+    )
+    call = {"metadata": {"agent": "+14155550100", "ext": "42"}, "customer": {"number": "+14155550123", "name": "Ada"}}
+    body, _ = warm.render(call, {})
+    assert body["destination"] == {
+        "type": "number",
+        "number": "+14155550100",
+        "extension": "42",
+        "callerId": "+14155550123",
+        "transferPlan": {"mode": "warm-transfer-say-message", "message": "Ada on hold."},
+    }
+
+
 @pytest.mark.parametrize(
     ("document", "expected"),
     [
@@ -200,7 +241,8 @@ def test_other_control_messages_and_their_templates() -> None:
             [
                 (
                     "action.type",
-                    "unknown action type 'shout'; known: say, add-message, control, end-call, transfer, append-context",
+                    "unknown action type 'shout'; known: say, add-message, control, end-call, transfer, "
+                    "append-context, send-transport-message",
                 )
             ],
         ),

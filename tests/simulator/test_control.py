@@ -110,7 +110,10 @@ async def test_other_control_types(
         {"type": "control", "control": "mute-customer"},
         {"type": "control", "control": "unmute-customer"},
         {"type": "append-context", "kind": "instructions", "content": "Be brief."},
-        {"type": "send-transport-message", "message": {"type": "twilio.sms", "body": "hi"}},
+        {
+            "type": "send-transport-message",
+            "message": {"transport": "twilio", "twiml": "<Response><Pause/></Response>"},
+        },
         {"type": "transfer", "destination": {"type": "number", "number": "+15550001111"}, "content": "Transferring."},
     ]
     for message in messages:

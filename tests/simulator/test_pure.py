@@ -76,7 +76,7 @@ def test_empty_subscription_sends_nothing() -> None:
         {"type": "transfer", "destination": {"type": "number", "number": "+15550001111"}, "content": "One moment"},
         {"type": "transfer", "destination": {"type": "sip", "sipUri": "sip:a@b"}},
         {"type": "append-context", "kind": "instructions", "content": "be brief"},
-        {"type": "send-transport-message", "message": {"type": "twilio.sms"}},
+        {"type": "send-transport-message", "message": {"transport": "twilio", "twiml": "<Response/>"}},
         {"type": "handoff"},
     ],
 )

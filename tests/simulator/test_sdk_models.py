@@ -21,7 +21,7 @@ import msgspec
 import pydantic
 import pytest
 
-from service.simulator import SimulatorServer
+from service.simulator import SimulatorServer, Utterance
 from service.simulator.control import validate_control
 from service.simulator.lifecycle import END_CALL_REASON, SAY_THEN_END_REASON, TRANSFER_REASON
 from service.vapi.control import (
@@ -38,8 +38,13 @@ from service.vapi.control import (
     NumberDestination,
     Role,
     Say,
+    SendTransportMessage,
     SipDestination,
+    SipTransportMessage,
     Transfer,
+    TransferMode,
+    TransferPlan,
+    TwilioTransportMessage,
     parse_control,
 )
 from tests.simulator.conftest import ALL_MESSAGES, LONG_SCRIPT, WebhookReceiver, place_call, with_overrides
@@ -66,6 +71,7 @@ def sdk() -> SimpleNamespace:
         "ServerMessageModelOutput",
         "ServerMessageAssistantSpeech",
         "ServerMessageTransferUpdate",
+        "ServerMessageUserInterrupted",
         "ClientInboundMessageSay",
         "ClientInboundMessageAddMessage",
         "ClientInboundMessageControl",
@@ -76,6 +82,8 @@ def sdk() -> SimpleNamespace:
         "ClientInboundMessageMessage",
         "ClientInboundMessageControlControl",
         "ClientInboundMessageAppendContextKind",
+        "TransferPlanMode",
+        "VapiSipTransportMessageSipVerb",
         "OpenAiMessageRole",
         "AssistantOverridesServerMessagesItem",
         "ServerMessageToolCalls",
@@ -117,6 +125,29 @@ def _check_call(sdk: SimpleNamespace, payload: dict[str, Any]) -> Any:
     return call
 
 
+def _check_figures(parsed: Any, payload: dict[str, Any]) -> None:
+    """The figures of a finished call (Call or ServerMessageEndOfCallReport, which Switchboard keeps on
+    the call record): every cost item a known SDK cost model without unknown keys, adding up to ``cost``;
+    the analysis and the structured outputs as the SDK's Analysis and Artifact name them."""
+    assert parsed.costs, "no costs"
+    assert {type(item).__name__.rpartition("_")[2] for item in parsed.costs} == {
+        "Transport",
+        "Transcriber",
+        "Model",
+        "Voice",
+        "Vapi",
+    }
+    for item in parsed.costs:
+        _no_extras(item)
+    assert sum(item.cost for item in parsed.costs) == pytest.approx(parsed.cost, abs=1e-6)
+    assert parsed.analysis.summary
+    assert parsed.analysis.structured_data is not None
+    assert parsed.analysis.success_evaluation in ("true", "false")
+    _no_extras(parsed.analysis)
+    assert parsed.artifact.structured_outputs == payload["artifact"]["structuredOutputs"]
+    assert all(set(output) == {"name", "result"} for output in parsed.artifact.structured_outputs.values())
+
+
 MODEL_FOR_TYPE = {
     "status-update": "ServerMessageStatusUpdate",
     "speech-update": "ServerMessageSpeechUpdate",
@@ -127,6 +158,7 @@ MODEL_FOR_TYPE = {
     "model-output": "ServerMessageModelOutput",
     "assistant.speechStarted": "ServerMessageAssistantSpeech",
     "transfer-update": "ServerMessageTransferUpdate",
+    "user-interrupted": "ServerMessageUserInterrupted",
 }
 
 
@@ -135,7 +167,12 @@ async def test_server_messages_and_calls_validate(
 ) -> None:
     assert set(ALL_MESSAGES) <= _literals(sdk.AssistantOverridesServerMessagesItem)
     sim = simulator.sim
-    sim.script = dataclasses.replace(LONG_SCRIPT, hang_at=0.5, send_queued_status=True)
+    # The customer cuts the assistant's first sentence short: user-interrupted.
+    turns = (
+        Utterance("assistant", "Hello, this is a long greeting that goes on.", at=0.1, duration=2.0),
+        Utterance("user", "Wait.", at=1.0),
+    )
+    sim.script = dataclasses.replace(LONG_SCRIPT, hang_at=0.5, send_queued_status=True, barge_in=True, turns=turns)
     created = await place_call(vapi, with_overrides(serverMessages=ALL_MESSAGES))
     _check_call(sdk, created)
     await sim.wait_for_status(created["id"], "in-progress")
@@ -149,6 +186,7 @@ async def test_server_messages_and_calls_validate(
     assert parsed_call.ended_reason == TRANSFER_REASON
     assert parsed_call.artifact is not None
     assert parsed_call.artifact.transcript
+    _check_figures(parsed_call, fetched)
 
     seen: set[str] = set()
     for item in receiver.received:
@@ -172,6 +210,7 @@ async def test_server_messages_and_calls_validate(
             assert message.analysis.summary
             assert message.started_at is not None
             assert message.ended_at is not None
+            _check_figures(message, payload)
         if payload["type"] in ("conversation-update", "end-of-call-report"):
             messages = message.messages if payload["type"] == "conversation-update" else message.artifact.messages
             assert all(type(m).__name__ in ("UserMessage", "BotMessage", "SystemMessage") for m in messages)
@@ -206,12 +245,40 @@ CONTROL_MESSAGES: dict[str, ControlMessage] = {
     "control": Control(control="mute-assistant"),
     "end-call": EndCall(),
     "transfer": Transfer(
-        destination=NumberDestination(number="+15550001111", extension="12", caller_id="+15550002222"),
+        destination=NumberDestination(
+            number="+15550001111",
+            extension="12",
+            caller_id="+15550002222",
+            message="Connecting you to billing.",
+            transfer_plan=TransferPlan(
+                mode="warm-transfer-wait-for-operator-to-speak-first-and-then-say-message",
+                message="A customer about a refund.",
+                timeout=30,
+                sip_verb={"type": "refer"},
+                dial_timeout=40,
+                hold_audio_url="https://example.com/hold.mp3",
+                transfer_complete_audio_url="https://example.com/beep.wav",
+                twiml="<Say>Hello</Say>",
+                sip_headers_in_refer_to_enabled=True,
+            ),
+            description="Billing desk",
+        ),
         content="Hold on",
     ),
     "append-context": AppendContext(kind="instructions", content="x"),
+    "send-transport-message": SendTransportMessage(TwilioTransportMessage(twiml="<Response><Pause/></Response>")),
 }
-SIP_TRANSFER = Transfer(destination=SipDestination(sip_uri="sip:agent@example.com", sip_headers={"X-Team": "a"}))
+SIP_TRANSFER = Transfer(
+    destination=SipDestination(
+        sip_uri="sip:agent@example.com",
+        sip_headers={"X-Team": "a"},
+        caller_id="sip:bot@example.com",
+        message="Transferring.",
+        transfer_plan=TransferPlan(mode="blind-transfer-add-summary-to-sip-header"),
+        description="Agents",
+    )
+)
+SIP_TRANSPORT = SendTransportMessage(SipTransportMessage(sip_verb="INFO", headers={"X-A": "1"}, body="dtmf=1"))
 SDK_MODELS = {
     "say": "ClientInboundMessageSay",
     "add-message": "ClientInboundMessageAddMessage",
@@ -219,6 +286,7 @@ SDK_MODELS = {
     "end-call": "ClientInboundMessageEndCall",
     "transfer": "ClientInboundMessageTransfer",
     "append-context": "ClientInboundMessageAppendContext",
+    "send-transport-message": "ClientInboundMessageSendTransportMessage",
 }
 
 
@@ -236,7 +304,9 @@ def test_every_control_type_has_an_example_and_an_sdk_model(sdk: SimpleNamespace
     assert set(CONTROL_TYPES) <= sdk_types
 
 
-@pytest.mark.parametrize("message", [*CONTROL_MESSAGES.values(), SIP_TRANSFER], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize(
+    "message", [*CONTROL_MESSAGES.values(), SIP_TRANSFER, SIP_TRANSPORT], ids=lambda m: type(m).__name__
+)
 def test_control_messages_are_sdk_messages(sdk: SimpleNamespace, message: ControlMessage) -> None:
     body = msgspec.to_builtins(message)
     fields = {key: value for key, value in body.items() if key != "type"}  # the type names the model
@@ -251,9 +321,14 @@ def test_control_messages_are_sdk_messages(sdk: SimpleNamespace, message: Contro
         assert message.control in _literals(sdk.ClientInboundMessageControlControl)
     if isinstance(message, AppendContext):
         assert message.kind in _literals(sdk.ClientInboundMessageAppendContextKind)
+    if isinstance(message, Transfer) and message.destination.transfer_plan is not None:
+        assert message.destination.transfer_plan.mode in _literals(sdk.TransferPlanMode)
+    if isinstance(message, SendTransportMessage) and isinstance(message.message, SipTransportMessage):
+        assert message.message.sip_verb in _literals(sdk.VapiSipTransportMessageSipVerb)
 
 
 def test_every_role_control_and_kind_is_an_sdk_value(sdk: SimpleNamespace) -> None:
+    assert set(typing.get_args(TransferMode)) == _literals(sdk.TransferPlanMode)
     assert set(typing.get_args(Role)) == _literals(sdk.OpenAiMessageRole)
     assert set(typing.get_args(ControlAction)) <= _literals(sdk.ClientInboundMessageControlControl)
     assert set(typing.get_args(ContextKind)) <= _literals(sdk.ClientInboundMessageAppendContextKind)
@@ -291,6 +366,19 @@ def test_control_messages_the_simulator_accepts_are_sdk_messages(sdk: SimpleName
         ({"type": "transfer", "destination": {"type": "number", "number": "+15550001111"}, "content": ""}, "content"),
         ({"type": "append-context", "kind": "gossip", "content": "x"}, "kind"),
         ({"type": "dance"}, "type"),
+        (
+            {
+                "type": "transfer",
+                "destination": {"type": "number", "number": "+15550001111", "transferPlan": {"mode": "teleport"}},
+            },
+            "destination.transferPlan.mode",
+        ),
+        (
+            {"type": "transfer", "destination": {"type": "number", "number": "+15550001111", "extension": "ext 1"}},
+            "destination.extension",
+        ),
+        ({"type": "send-transport-message", "message": {"transport": "pigeon"}}, "message.transport"),
+        ({"type": "send-transport-message", "message": {"transport": "vapi.sip", "sipVerb": "BYE"}}, "message.sipVerb"),
     ],
 )
 def test_control_messages_are_stricter_than_the_sdk(message: dict[str, Any], field: str) -> None:

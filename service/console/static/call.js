@@ -157,6 +157,21 @@ function fact(term, ...value) {
   return h("div", {}, h("dt", {}, term), h("dd", {}, ...value));
 }
 
+function outcome(call) {
+  if (!call.endedReason) return "—";
+  const parts = [call.endedReason];
+  if (call.endedMessage) parts.push(call.endedMessage);
+  const success = call.analysis?.successEvaluation;
+  if (success !== undefined && success !== null) parts.push(`success: ${success}`);
+  return parts.join(" · ");
+}
+
+function cost(call) {
+  if (call.cost === null || call.cost === undefined) return "—";
+  const items = (call.costs || []).map((item) => `${item.type} $${Number(item.cost).toFixed(4)}`);
+  return `$${call.cost.toFixed(4)}${items.length ? ` (${items.join(", ")})` : ""}`;
+}
+
 function renderCall() {
   $("call-title").textContent = customerLabel(call.customer);
   $("call-status").replaceWith(Object.assign(statusBadge(call.status), { id: "call-status" }));
@@ -168,9 +183,14 @@ function renderCall() {
     fact("Ended", call.endedAt ? `${dateTime(call.endedAt)} (${call.endedReason || "no reason"})` : "—"),
     fact("Assistant", call.assistantId || "—"),
     fact("Metadata", metadata.join(", ") || "—"),
+    // What Vapi reported after the call (its end-of-call report): outcome, cost, summary.
+    fact("Outcome", h("span", { id: "call-outcome" }, outcome(call))),
+    fact("Cost", h("span", { id: "call-cost" }, cost(call))),
+    fact("Summary", h("span", { id: "call-summary" }, call.summary || "—")),
   );
   const live = LIVE.has(call.status);
   for (const control of $("say-form").elements) control.disabled = !live;
+  for (const control of $("control-form").elements) control.disabled = !live;
   $("listen-button").disabled = !live && !player.listening;
   if (!live && !$("say-status").textContent) $("say-status").textContent = "The call is not live: nothing can be said into it.";
 }
@@ -201,6 +221,53 @@ async function say(event) {
     $("say-button").disabled = !LIVE.has(call.status);
   }
   fetchEvents();
+}
+
+// -- end call, transfer, mute ---------------------------------------------------------------------
+
+async function control(message, done) {
+  const status = $("control-status");
+  const buttons = [...$("control-form").elements];
+  for (const element of buttons) element.disabled = true;
+  try {
+    const injection = await (await api(`${base}/control`, { method: "POST", body: message })).json();
+    if (injection.status === "sent") {
+      status.textContent = `${done} at ${timeOf(injection.sentAt)}.`;
+      return true;
+    }
+    status.textContent = `Not delivered: ${injection.error}`;
+  } catch (error) {
+    status.textContent = error.status === 403 ? "This API key cannot control calls (it lacks calls:write)." : error.message;
+  } finally {
+    for (const element of buttons) element.disabled = !LIVE.has(call.status);
+    fetchEvents();
+  }
+  return false;
+}
+
+async function toggleMute() {
+  const button = $("mute-button");
+  const muted = button.dataset.muted === "true";
+  const sent = await control({ type: "control", control: muted ? "unmute-assistant" : "mute-assistant" }, muted ? "Unmuted" : "Muted");
+  if (!sent) return;
+  button.dataset.muted = String(!muted);
+  button.setAttribute("aria-pressed", String(!muted));
+  button.textContent = muted ? "Mute assistant" : "Unmute assistant";
+}
+
+async function endCall() {
+  if (!window.confirm("End this call now?")) return;
+  await control({ type: "end-call" }, "End-call sent");
+}
+
+async function transfer(event) {
+  event.preventDefault();
+  const number = $("transfer-number").value.trim();
+  if (!/^\+[1-9][0-9]{6,14}$/.test(number)) {
+    $("control-status").textContent = "Give the number in E.164 form, e.g. +14155550100.";
+    return;
+  }
+  await control({ type: "transfer", destination: { type: "number", number } }, `Transfer to ${number} sent`);
 }
 
 // -- listen ---------------------------------------------------------------------------------------
@@ -383,6 +450,9 @@ async function start() {
     appendEvents(events);
   });
   $("say-form").addEventListener("submit", say);
+  $("mute-button").addEventListener("click", () => toggleMute().catch(failed));
+  $("end-button").addEventListener("click", () => endCall().catch(failed));
+  $("control-form").addEventListener("submit", (event) => transfer(event).catch(failed));
   $("listen-button").addEventListener("click", () => toggleListening().catch(failed));
   $("recording-load").addEventListener("click", loadRecording);
   const stopFollowing = follow(`/v1/console/stream?callId=${encodeURIComponent(callId)}`, {

@@ -1,0 +1,117 @@
+"""Catching up: calls Vapi created while Switchboard was not listening (down, or its webhooks lost) are
+found by listing Vapi's calls created after the latest ``createdAt`` Switchboard has seen, at start-up and
+then every ``SWITCHBOARD_VAPI_CATCH_UP_SECONDS``, and imported through the call writer (the listen
+supervisor, subscribed to call changes, listens to those still live).
+
+Listing follows the SDK's ``calls.list`` parameters (vapi-server-sdk 3.0.0): ``createdAtGt`` the last
+seen ``createdAt``, ``limit`` a page; Vapi answers newest first, so a full page is followed by the next
+older one (``createdAtLt`` its oldest ``createdAt``). With nothing seen yet, the window starts
+:data:`FIRST_WINDOW` ago (not the whole history of the account).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+
+from service.calls.events import NewEvent
+from service.calls.redact import redact
+from service.calls.tracking import merge_vapi_call, parse_timestamp
+from service.calls.writer import CallWriter
+from service.db.engine import Database
+from service.db.models import Call, utcnow
+from service.tasks import TaskOwner
+from service.vapi.client import VapiClient
+
+log = structlog.get_logger(__name__)
+
+FIRST_WINDOW = dt.timedelta(days=1)
+MAX_PAGES = 50  # per round: a backlog larger than this is finished by the next rounds
+
+
+def next_window(page: list[dict[str, Any]], limit: int) -> dt.datetime | None:
+    """The ``createdAtLt`` of the next (older) page after a newest-first ``page``; None when it was the
+    last (not full, or without a readable ``createdAt``)."""
+    if len(page) < limit:
+        return None
+    created = [parse_timestamp(item.get("createdAt")) for item in page]
+    known = [moment for moment in created if moment is not None]
+    return min(known) if known else None
+
+
+class CatchUp:
+    """Imports the calls Vapi created since the last seen ``createdAt`` (``start()``/``close()``)."""
+
+    def __init__(
+        self, db: Database, writer: CallWriter, vapi: VapiClient, *, interval: float, page_size: int = 100
+    ) -> None:
+        self._db = db
+        self._writer = writer
+        self._vapi = vapi
+        self._interval = interval
+        self._page_size = page_size
+        self._owner = TaskOwner("vapi-catch-up")
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        self._owner.spawn(self._run(), name="timer")
+
+    async def close(self, timeout: float) -> None:
+        self._stop.set()
+        await self._owner.close(timeout)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                imported = await self.run_once()
+                if imported:
+                    log.info("caught up with Vapi", imported=imported)
+            except Exception as exc:  # Vapi or the database away: the next round tries again
+                log.warning("catching up with Vapi failed", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._stop.wait()
+
+    async def last_seen(self) -> dt.datetime:
+        """The latest Vapi ``createdAt`` of a stored call (or :data:`FIRST_WINDOW` ago)."""
+        async with self._db.read() as session:
+            latest: dt.datetime | None = await session.scalar(select(func.max(Call.vapi_created_at)))
+        return latest if latest is not None else utcnow() - FIRST_WINDOW
+
+    async def run_once(self) -> int:
+        """List and import the calls created since the last seen ``createdAt``; how many were new."""
+        since = await self.last_seen()
+        imported = 0
+        before: dt.datetime | None = None
+        for _ in range(MAX_PAGES):
+            page = await self._vapi.list_calls(created_at_gt=since, created_at_lt=before, limit=self._page_size)
+            imported += await self._import(page)
+            before = next_window(page, self._page_size)
+            if before is None:
+                break
+        return imported
+
+    async def _import(self, page: list[dict[str, Any]]) -> int:
+        """Store the calls of ``page`` Switchboard does not know yet, in one writer transaction."""
+        listed = {item["id"]: item for item in page if isinstance(item.get("id"), str)}
+        if not listed:
+            return 0
+        async with self._db.read() as session:
+            known = set((await session.scalars(select(Call.id).where(Call.id.in_(list(listed))))).all())
+        new = [call_id for call_id in listed if call_id not in known]
+        if not new:
+            return 0
+        async with self._writer.transaction() as unit:
+            calls = await unit.lock(new, origin="import")
+            for call_id, call in calls.items():
+                before = unit.status_before(call)
+                merge_vapi_call(call, listed[call_id])
+                kind = "call.imported" if before is None else "call.refreshed"
+                event = NewEvent("switchboard", kind, {**redact(listed[call_id]), "caughtUp": True})
+                unit.record(call, [event], origin="import", previous_status=before)
+        return len(new)

@@ -371,6 +371,7 @@ async def run_switchboard(
         "SWITCHBOARD_WEBHOOK_SECRET": secrets.token_hex(16),
         "SWITCHBOARD_ADMIN_API_KEY": admin_key,
         "SWITCHBOARD_LOG_LEVEL": "warning",
+        **dict(setting.split("=", 1) for setting in args.serve_env),
     }
     progress(f"{label}: starting switchboard serve on {base}")
     serve = await procs.start("serve", switchboard_argv("serve", "--port", str(port)), env=env, cwd=tmp)
@@ -714,6 +715,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="event loop of the baselines (serve runs on uvloop, uvicorn's default when installed)",
     )
     parser.add_argument("--py-spy", type=Path, help="sample serve with py-spy over the window into this file (raw)")
+    parser.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for serve, e.g. SWITCHBOARD_ANALYTICS_ENABLED=0 (repeatable)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database, audio)")
     return parser.parse_args(argv)
 

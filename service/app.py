@@ -205,7 +205,8 @@ def create_app(
         first_retry_seconds=settings.vapi_recording_retry_seconds,
         poll_interval=min(5.0, settings.vapi_recording_retry_seconds),
     )
-    changes.subscribe(VapiCopyMarker(wake=vapi_copies.wake))
+    if settings.vapi_recording_copy:
+        changes.subscribe(VapiCopyMarker(wake=vapi_copies.wake))
     # Calls Vapi created while Switchboard was not listening: listed and imported (service.calls.catchup).
     catch_up = (
         CatchUp(db, writer, vapi, interval=settings.vapi_catch_up_seconds)
@@ -269,7 +270,6 @@ def create_app(
         background: list[Background] = [
             deliveries,
             forwards,
-            vapi_copies,
             lifecycle,
             rule_engine,
             supervisor,
@@ -277,7 +277,9 @@ def create_app(
             webhooks,
         ]
         if settings.analytics_enabled:
-            background.insert(4, analytics)  # analytics: before the producers of finalised recordings
+            background.insert(3, analytics)  # analytics: before the producers of finalised recordings
+        if settings.vapi_recording_copy:
+            background.insert(2, vapi_copies)
         if catch_up is not None:  # a producer of call changes: after their consumers
             background.append(catch_up)
         await channels.__aenter__()  # the channels outlive every part that publishes or listens

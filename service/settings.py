@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # Vapi's own recording, kept (service.recordings.vapi_copy): the first retry of a failed download
     # (doubling up to an hour, eight attempts).
     vapi_recording_retry_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Whether Vapi's own stereo recording is copied into Switchboard's storage after each call (0: not,
+    # e.g. under a zero-data-retention policy, or when the live recording is all you keep).
+    vapi_recording_copy: bool = True
     # Catching up (service.calls.catchup): how often Vapi's calls created since the last seen one are
     # listed and imported (also at start-up); 0: never. Needs SWITCHBOARD_VAPI_API_KEY.
     vapi_catch_up_seconds: float = Field(default=300.0, ge=0)

@@ -54,6 +54,17 @@ async def test_the_copy_equals_vapi_s_bytes_and_is_erased_with_the_call(database
         assert (await stack.client.get(f"/v1/calls/{call_id}/recording/vapi")).status_code == 404
 
 
+async def test_no_copy_is_made_when_turned_off(database_url: str, tmp_path: Path) -> None:
+    async with running_stack(database_url, tmp_path, script=SCRIPT, pace=4, vapi_recording_copy=False) as stack:
+        call_id = await stack.place_call()
+        await stack.sim.wait_for_status(call_id, "ended", timeout=20)
+        await stack.wait_for_recording(call_id)
+        events = [event["type"] for event in await stack.events(call_id)]
+        assert "end-of-call-report" in events, "the report was stored"
+        assert (await stack.client.get(f"/v1/calls/{call_id}/recording")).json()["vapiCopy"] is None
+        assert not (tmp_path / "recordings" / copy_key(call_id)).exists()
+
+
 async def test_an_expired_url_falls_back_to_vapi_and_a_failed_download_survives_a_restart(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -134,7 +134,10 @@ async def test_a_real_full_tmpfs_turns_readiness_red_and_loses_nothing_once_spac
         (small_tmpfs / "probe").write_bytes(b"\0" * 1024 * 1024)
     (small_tmpfs / "probe").unlink()
     storage = LocalStorage(small_tmpfs / "recordings")
-    async with running_stack(database_url, tmp_path, script=TALK, pace=2, storage=storage) as stack:
+    # Only the live recording on the small disk: no copy of Vapi's recording beside it.
+    async with running_stack(
+        database_url, tmp_path, script=TALK, pace=2, storage=storage, vapi_recording_copy=False
+    ) as stack:
         call_id = await stack.place_call()
         await wait_for_readiness(stack.client, 503)  # the disk filled up mid-call
         await asyncio.sleep(0.5)

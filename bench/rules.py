@@ -147,6 +147,8 @@ async def measure_latency(args: argparse.Namespace, folder: Path, url: str) -> d
         "SWITCHBOARD_ADMIN_API_KEY": ADMIN_KEY,
         "SWITCHBOARD_WEBHOOK_SECRET": SECRET,
         "SWITCHBOARD_LOG_LEVEL": "warning",
+        # This process plays Vapi on loopback: its control URLs are private addresses.
+        "SWITCHBOARD_WEBHOOK_ALLOW_PRIVATE": "1",
         **{name: os.environ[name] for name in ("PYTHONPATH",) if name in os.environ},  # e.g. an older checkout
     }
     receiver = ControlReceiver()

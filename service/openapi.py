@@ -16,8 +16,29 @@ from service.errors import PROBLEM_JSON
 # Operations that call Vapi and so can answer 502/504.
 CALLS_VAPI = frozenset({"createCall", "importCall", "sayInCall", "controlCall"})
 # Operations that refuse when the state does not allow (not live, in flight, in use).
-CONFLICTS = frozenset({"createCall", "sayInCall", "controlCall", "createRule", "putRule"})
-RANGED = frozenset({"downloadRecordingPcm", "downloadRecordingWav"})
+CONFLICTS = frozenset(
+    {
+        "createCall",
+        "sayInCall",
+        "controlCall",
+        "createRule",
+        "putRule",
+        "deleteCall",  # live or on legal hold
+        "downloadRecordingOgg",  # still being recorded
+        "downloadRecordingWav",  # fill=vapi without a copy that lines up
+    }
+)
+RANGED = frozenset(
+    {
+        "downloadRecordingPcm",
+        "downloadRecordingWav",
+        "downloadRecordingFlac",
+        "downloadRecordingOgg",
+        "downloadVapiRecording",
+    }
+)
+# Operations that answer 503 when a dependency fails half-way (the work is finished later).
+UNAVAILABLE = frozenset({"deleteCall", "receiveVapiWebhook"})
 
 PROBLEM_SCHEMA = Schema(
     type=OpenAPIType.OBJECT,
@@ -41,6 +62,7 @@ DESCRIPTIONS = {
     422: "Semantically invalid input (bad cursor, reused Idempotency-Key, …)",
     500: "Unexpected error (logged; no details leak)",
     502: "Vapi answered with an error or could not be reached",
+    503: "A dependency (storage, Vapi, the webhook writer) is unavailable; retry later",
     504: "Vapi did not answer in time",
 }
 
@@ -69,6 +91,8 @@ def _statuses(path: str, method: str, operation: Operation) -> set[int]:
         statuses.add(409)
     if operation_id in RANGED:
         statuses.add(416)
+    if operation_id in UNAVAILABLE:
+        statuses.add(503)
     return statuses
 
 

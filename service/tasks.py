@@ -10,12 +10,14 @@ cancels the rest and awaits them all. The parts that run for the whole life of t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, Protocol
+import contextlib
+from collections.abc import Callable, Coroutine, Hashable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class Background(Protocol):
@@ -131,3 +133,40 @@ class TaskOwner:
             for task in tasks:  # in case a done callback has not run yet
                 self._tasks.pop(task, None)
         return cancelled
+
+
+async def run_claim_loop(
+    name: str,
+    *,
+    workers: TaskOwner,
+    wake: asyncio.Event,
+    poll_interval: float,
+    closing: Callable[[], bool],
+    claim: Callable[[int], Coroutine[Any, Any, Sequence[T]]],
+    work: Callable[[T], tuple[Coroutine[Any, Any, Any], str]],
+    next_due_in: Callable[[], Coroutine[Any, Any, float | None]],
+) -> None:
+    """The loop of a durable work queue (rows claimed from a table): claim as many as ``workers`` has
+    free slots, run each as an owned task, claim again at once while there were some, else sleep until
+    the earliest pending row is due, the poll interval, or ``wake`` (a commit that queued work, a slot
+    freed). A failed claim (the database briefly away) waits for the next poll."""
+    while not closing():
+        wake.clear()
+        wait = poll_interval
+        free = workers.free or 0
+        if free > 0:
+            try:
+                claimed = await claim(free)
+                for row in claimed:
+                    coroutine, task_name = work(row)
+                    workers.spawn(coroutine, name=task_name)
+                if claimed:
+                    continue
+                due = await next_due_in()
+                if due is not None:
+                    wait = min(wait, due)
+            except Exception as exc:
+                log.warning(f"{name} claim failed", error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(wait, 0.01)):
+                await wake.wait()

@@ -11,7 +11,6 @@ message is forwarded at least once, from any replica, after any restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from service.db.engine import Database
 from service.db.models import Call, UpstreamForward, utcnow
 from service.deliveries.retry import RetryPolicy
 from service.metrics import Metrics
-from service.tasks import TaskOwner
+from service.tasks import TaskOwner, run_claim_loop
 
 log = structlog.get_logger(__name__)
 
@@ -123,25 +122,16 @@ class ForwardWorker:
         await self._attempts.close(timeout)
 
     async def _run(self) -> None:
-        while not self._closing:
-            self._wake.clear()
-            wait = self._poll_interval
-            free = self._attempts.free or 0
-            if free > 0:
-                try:
-                    claimed = await self._claim(free)
-                    for forward in claimed:
-                        self._attempts.spawn(self._deliver(forward), name=str(forward.forward_id))
-                    if claimed:
-                        continue
-                    due = await self._next_due_in()
-                    if due is not None:
-                        wait = min(wait, due)
-                except Exception as exc:  # the database may be briefly away: next poll
-                    log.warning("upstream forward claim failed", error=f"{type(exc).__name__}: {exc}")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(wait, 0.01)):
-                    await self._wake.wait()
+        await run_claim_loop(
+            "upstream forward",
+            workers=self._attempts,
+            wake=self._wake,
+            poll_interval=self._poll_interval,
+            closing=lambda: self._closing,
+            claim=self._claim,
+            work=lambda forward: (self._deliver(forward), str(forward.forward_id)),
+            next_due_in=self._next_due_in,
+        )
 
     async def _next_due_in(self) -> float | None:
         async with self._db.read() as session:

@@ -17,7 +17,6 @@ Erasure removes the copy with the call's storage prefix; the row goes with the c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from service.db.engine import Database
 from service.db.models import VapiRecording, utcnow
 from service.outbound_urls import UnsafeUrlError, check_webhook_url
 from service.recordings.storage import RecordingStorage
-from service.tasks import TaskOwner
+from service.tasks import TaskOwner, run_claim_loop
 from service.vapi.client import VapiClient
 
 log = structlog.get_logger(__name__)
@@ -140,25 +139,16 @@ class VapiCopyWorker:
         await self._downloads.close(timeout)
 
     async def _run(self) -> None:
-        while not self._closing:
-            self._wake.clear()
-            wait = self._poll_interval
-            free = self._downloads.free or 0
-            if free > 0:
-                try:
-                    claimed = await self._claim(free)
-                    for copy in claimed:
-                        self._downloads.spawn(self._download(copy), name=copy.call_id)
-                    if claimed:
-                        continue
-                    due = await self._next_due_in()
-                    if due is not None:
-                        wait = min(wait, due)
-                except Exception as exc:  # the database may be briefly away: next poll
-                    log.warning("vapi recording claim failed", error=f"{type(exc).__name__}: {exc}")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(wait, 0.01)):
-                    await self._wake.wait()
+        await run_claim_loop(
+            "vapi recording",
+            workers=self._downloads,
+            wake=self._wake,
+            poll_interval=self._poll_interval,
+            closing=lambda: self._closing,
+            claim=self._claim,
+            work=lambda copy: (self._download(copy), copy.call_id),
+            next_due_in=self._next_due_in,
+        )
 
     async def _next_due_in(self) -> float | None:
         async with self._db.read() as session:

@@ -162,13 +162,11 @@ class VapiSimulator:
 
     # -- calls ---------------------------------------------------------------------------------------
 
-    def place_call(
-        self, request: dict[str, Any], *, base_url: str | None = None, call_id: str | None = None, inbound: bool = False
+    def _new_call(
+        self, request: dict[str, Any], *, base_url: str | None, call_id: str | None, inbound: bool
     ) -> SimCall:
-        """Create a call for a (validated) create-call body and start its lifecycle."""
-        if self._closing:
-            raise RuntimeError("simulator is shutting down")
-        call = SimCall.create(
+        """The state of a new call for ``request`` (not started)."""
+        return SimCall.create(
             request,
             org_id=self.org_id,
             script=self.script,
@@ -179,6 +177,14 @@ class VapiSimulator:
             call_id=call_id,
             inbound=inbound,
         )
+
+    def place_call(
+        self, request: dict[str, Any], *, base_url: str | None = None, call_id: str | None = None, inbound: bool = False
+    ) -> SimCall:
+        """Create a call for a (validated) create-call body and start its lifecycle."""
+        if self._closing:
+            raise RuntimeError("simulator is shutting down")
+        call = self._new_call(request, base_url=base_url, call_id=call_id, inbound=inbound)
         sender = self._sender(call)
         runner = CallRunner(self, call, sender)
         self.calls[call.id] = call
@@ -223,17 +229,7 @@ class VapiSimulator:
         (None when the answer started none) and the request's log entry."""
         call_id = str(uuid.uuid4())
         request = {"phoneNumberId": phone_number_id, "customer": customer}
-        asking = SimCall.create(
-            request,
-            org_id=self.org_id,
-            script=self.script,
-            delivery=self._delivery(request),
-            http_base=self._base(base_url),
-            ws_base="ws" + self._base(base_url).removeprefix("http"),
-            frames=self._frames,
-            call_id=call_id,
-            inbound=True,
-        )
+        asking = self._new_call(request, base_url=base_url, call_id=call_id, inbound=True)
         asking.status = "ringing"
         # Always sent: an assistant-request is not part of any subscription.
         asking.delivery = replace(asking.delivery, subscription=asking.delivery.subscription | {"assistant-request"})

@@ -165,23 +165,10 @@ class RecordingController(Controller):
     async def download_vapi(
         self, request: Request[Any, Any, Any], call_id: CallIdPath, recordings: Recordings
     ) -> Stream:
-        copy, key = await recordings.vapi_download(call_id)
-        total = copy.bytes or 0
-        try:
-            selected = parse_range(request.headers.get("range"), total)
-        except RangeNotSatisfiableError:
-            raise RangeError(total) from None
-        start, end = selected or (0, total)
-        headers = {
-            "Accept-Ranges": "bytes",
-            "Content-Length": str(end - start),
-            "Content-Disposition": content_disposition(f"{call_id}-vapi.wav"),
-        }
-        if selected:
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
-        media_type = copy.content_type or "audio/wav"
-        stream = recordings.read(key, start, end)
-        return Stream(stream, media_type=media_type, headers=headers, status_code=206 if selected else 200)
+        download, media_type = await recordings.vapi_file_download(call_id)
+        return ranged_stream(
+            download, request.headers.get("range"), media_type=media_type, filename=f"{call_id}-vapi.wav"
+        )
 
     @get(
         "/recording.pcm",

@@ -456,9 +456,10 @@ class RecordingService:
             )
         return copy, copy.storage_key
 
-    def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes ``[start, end)`` of a stored object."""
-        return self._storage.read(key, start, end)
+    async def vapi_file_download(self, call_id: str) -> tuple[Download, str]:
+        """The stored copy of Vapi's recording as a download, byte for byte, and its media type."""
+        copy, key = await self.vapi_download(call_id)
+        return Download(self._storage, b"", [Piece(copy.bytes or 0, key)], None, 1), copy.content_type or "audio/wav"
 
     async def describe(self, call_id: str) -> RecordingView | None:
         """The call's recording (None: nothing recorded yet); open segments report what storage holds."""

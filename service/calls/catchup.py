@@ -3,10 +3,13 @@ found by listing Vapi's calls created after the latest ``createdAt`` Switchboard
 then every ``SWITCHBOARD_VAPI_CATCH_UP_SECONDS``, and imported through the call writer (the listen
 supervisor, subscribed to call changes, listens to those still live).
 
-Listing follows the SDK's ``calls.list`` parameters (vapi-server-sdk 3.0.0): ``createdAtGt`` the last
-seen ``createdAt``, ``limit`` a page; Vapi answers newest first, so a full page is followed by the next
-older one (``createdAtLt`` its oldest ``createdAt``). With nothing seen yet, the window starts
-:data:`FIRST_WINDOW` ago (not the whole history of the account).
+Listing follows the SDK's ``calls.list`` parameters (vapi-server-sdk 3.0.0), bounds included:
+``createdAtGe`` the last seen ``createdAt``, ``limit`` a page. Vapi answers newest first, so a full page is
+followed by the next older one, ``createdAtLe`` its oldest ``createdAt``: calls created in the same
+millisecond as a page's oldest are listed again rather than skipped (those already listed are known by
+id). A round reads at most :data:`MAX_PAGES` pages; a longer backlog is walked on by the next round from
+where this one stopped. With nothing seen yet, the window starts :data:`FIRST_WINDOW` ago (not the whole
+history of the account).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -34,14 +38,38 @@ FIRST_WINDOW = dt.timedelta(days=1)
 MAX_PAGES = 50  # per round: a backlog larger than this is finished by the next rounds
 
 
-def next_window(page: list[dict[str, Any]], limit: int) -> dt.datetime | None:
-    """The ``createdAtLt`` of the next (older) page after a newest-first ``page``; None when it was the
-    last (not full, or without a readable ``createdAt``)."""
-    if len(page) < limit:
-        return None
-    created = [parse_timestamp(item.get("createdAt")) for item in page]
-    known = [moment for moment in created if moment is not None]
-    return min(known) if known else None
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Where a newest-first walk through Vapi's calls stands: the next page is of the calls created from
+    ``since`` to ``before`` (both included, ``before`` None for now), ``listed`` the ids already read
+    that were created at ``before`` itself."""
+
+    since: dt.datetime
+    before: dt.datetime | None = None
+    listed: frozenset[str] = frozenset()
+
+    def after(self, page: list[dict[str, Any]], limit: int) -> Window | None:
+        """The window of the next (older) page after ``page``; None when it was the last (not full, or
+        without a readable ``createdAt``)."""
+        if len(page) < limit:
+            return None
+        dated = [
+            (moment, item["id"])
+            for item in page
+            if isinstance(item.get("id"), str) and (moment := parse_timestamp(item.get("createdAt"))) is not None
+        ]
+        if not dated:
+            return None
+        oldest = min(moment for moment, _ in dated)
+        listed = frozenset(call_id for moment, call_id in dated if moment == oldest)
+        if oldest != self.before:
+            return Window(self.since, oldest, listed)
+        if listed <= self.listed:
+            # A whole page of calls created in one millisecond, all read already: the listing has no
+            # offset to reach any more of that millisecond, so step past it.
+            log.warning("a full page of Vapi calls share one createdAt; going on below it", limit=limit)
+            return Window(self.since, oldest - dt.timedelta(milliseconds=1))
+        return Window(self.since, oldest, listed | self.listed)
 
 
 class CatchUp:
@@ -57,6 +85,7 @@ class CatchUp:
         self._page_size = page_size
         self._owner = TaskOwner("vapi-catch-up")
         self._stop = asyncio.Event()
+        self._walk: Window | None = None  # a backlog's walk cut by MAX_PAGES, for the next round
 
     async def start(self) -> None:
         self._owner.spawn(self._run(), name="timer")
@@ -84,16 +113,21 @@ class CatchUp:
         return latest if latest is not None else utcnow() - FIRST_WINDOW
 
     async def run_once(self) -> int:
-        """List and import the calls created since the last seen ``createdAt``; how many were new."""
-        since = await self.last_seen()
+        """List and import the calls created since the last seen ``createdAt`` (or go on with the walk
+        the previous round cut); how many were new."""
+        window: Window | None = self._walk or Window(await self.last_seen())
+        self._walk = None
         imported = 0
-        before: dt.datetime | None = None
         for _ in range(MAX_PAGES):
-            page = await self._vapi.list_calls(created_at_gt=since, created_at_lt=before, limit=self._page_size)
+            assert window is not None
+            page = await self._vapi.list_calls(
+                created_at_ge=window.since, created_at_le=window.before, limit=self._page_size
+            )
             imported += await self._import(page)
-            before = next_window(page, self._page_size)
-            if before is None:
-                break
+            window = window.after(page, self._page_size)
+            if window is None:
+                return imported
+        self._walk = window
         return imported
 
     async def _import(self, page: list[dict[str, Any]]) -> int:

@@ -110,13 +110,13 @@ class VapiClient:
         return await self._request("GET", f"/call/{quote(call_id, safe='')}")
 
     async def list_calls(
-        self, *, created_at_gt: dt.datetime, created_at_lt: dt.datetime | None = None, limit: int = 100
+        self, *, created_at_ge: dt.datetime, created_at_le: dt.datetime | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """``GET /call?createdAtGt=&createdAtLt=&limit=`` (vapi-server-sdk 3.0.0 ``calls.list``): calls
-        created in that window, newest first, at most ``limit``."""
-        params = {"createdAtGt": _iso(created_at_gt), "limit": str(limit)}
-        if created_at_lt is not None:
-            params["createdAtLt"] = _iso(created_at_lt)
+        """``GET /call?createdAtGe=&createdAtLe=&limit=`` (vapi-server-sdk 3.0.0 ``calls.list``): calls
+        created in that window, bounds included, newest first, at most ``limit``."""
+        params = {"createdAtGe": _iso(created_at_ge), "limit": str(limit)}
+        if created_at_le is not None:
+            params["createdAtLe"] = _iso(created_at_le)
         answer = await self._request_json("GET", "/call?" + urlencode(params))
         if not isinstance(answer, list):
             raise UpstreamError("Vapi answered GET /call with JSON that is not a list")

@@ -1,20 +1,23 @@
 """Catching up: calls Vapi created while Switchboard was stopped (or without its webhooks) are listed
-with ``GET /call?createdAtGt=<last seen createdAt>`` at start-up and on a timer, page by page, and
+with ``GET /call?createdAtGe=<last seen createdAt>`` at start-up and on a timer, page by page, and
 imported through the call writer."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import select
 
-from service.calls.catchup import CatchUp, next_window
+from service.calls import catchup
+from service.calls.catchup import CatchUp, Window
 from service.calls.changes import CallChanges
 from service.calls.writer import CallWriter
 from service.db.engine import Database
+from service.db.models import Call
 from service.simulator import CallScript, SimulatorServer, VapiSimulator
 from service.vapi.client import VapiClient
 from tests.conftest import VAPI_KEY
@@ -36,9 +39,6 @@ async def _placed_elsewhere(simulator: SimulatorServer, count: int) -> list[str]
             response = await vapi.post("/call", json=body)
             assert response.status_code == 201, response.text
             ids.append(response.json()["id"])
-            # Distinct createdAt milliseconds: paging by createdAtLt skips calls created in the same
-            # millisecond as a page's oldest (a known limit of catch-up, see the session note).
-            await asyncio.sleep(0.003)
     return ids
 
 
@@ -79,25 +79,61 @@ async def test_a_backlog_is_read_page_by_page(database_url: str, tmp_path: Path)
     sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SCRIPT)
     async with SimulatorServer(sim) as simulator:
         placed = await _placed_elsewhere(simulator, 5)
+        # Two of them created in one millisecond, across the boundary of pages of three.
+        for call_id in placed[1:3]:
+            sim.calls[call_id].created_at = sim.calls[placed[1]].created_at
+        db = Database(database_url)
+        async with httpx.AsyncClient() as http:
+            vapi = VapiClient(http, base_url=simulator.base_url, api_key=VAPI_KEY, public_key=None, timeout=5)
+            catch_up = CatchUp(db, CallWriter(db, CallChanges()), vapi, interval=3600, page_size=3)
+            assert await catch_up.run_once() == 5
+            assert await catch_up.run_once() == 0, "nothing new since the last seen createdAt"
+        last = await catch_up.last_seen()
+        await db.dispose()
+    created = [dt.datetime.fromisoformat(sim.calls[c].to_vapi()["createdAt"].replace("Z", "+00:00")) for c in placed]
+    assert last == max(created)
+    pages = [
+        e.data for e in sim.log.entries if e.kind == "rest" and e.data["path"] == "/call" and e.data["method"] == "GET"
+    ]
+    assert len(pages) == 3 + 1, "5 calls in pages of 3 (the shared millisecond read twice), then one more round"
+
+
+async def test_a_backlog_longer_than_a_round_is_walked_on_by_the_next_round(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catchup, "MAX_PAGES", 1)
+    sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SCRIPT)
+    async with SimulatorServer(sim) as simulator:
+        placed = await _placed_elsewhere(simulator, 5)
         db = Database(database_url)
         async with httpx.AsyncClient() as http:
             vapi = VapiClient(http, base_url=simulator.base_url, api_key=VAPI_KEY, public_key=None, timeout=5)
             catch_up = CatchUp(db, CallWriter(db, CallChanges()), vapi, interval=3600, page_size=2)
-            assert await catch_up.run_once() == 5
-            assert await catch_up.run_once() == 0, "nothing new since the last seen createdAt"
-            last = await catch_up.last_seen()
+            # One page per round: the newest two, then on below them (not from the newest stored again);
+            # each later page lists its upper bound's call again, so it brings one new call.
+            assert [await catch_up.run_once() for _ in range(5)] == [2, 1, 1, 1, 0]
+            async with db.read() as session:
+                stored = set((await session.scalars(select(Call.id))).all())
         await db.dispose()
-    created = [dt.datetime.fromisoformat(sim.calls[c].to_vapi()["createdAt"].replace("Z", "+00:00")) for c in placed]
-    assert last == max(created)
-    pages = [e.data for e in sim.log.entries if e.kind == "rest" and e.data["path"] == "/call"]
-    assert len(pages) >= 3 + 1, "5 calls in pages of 2, then the empty second round"
+    assert stored == set(placed)
 
 
-def test_the_next_page_starts_below_the_oldest_of_a_full_one() -> None:
-    page: list[dict[str, Any]] = [
-        {"id": "b", "createdAt": "2026-12-05T09:00:02.000Z"},
-        {"id": "a", "createdAt": "2026-12-05T09:00:01.000Z"},
-    ]
-    assert next_window(page, 2) == dt.datetime(2026, 12, 5, 9, 0, 1, tzinfo=dt.UTC)
-    assert next_window(page, 3) is None  # not full: the last page
-    assert next_window([{"id": "x"}, {"id": "y"}], 2) is None
+def _page(*calls: tuple[str, str]) -> list[dict[str, Any]]:
+    return [{"id": call_id, "createdAt": f"2026-12-05T09:00:{at}Z"} for call_id, at in calls]
+
+
+def test_the_next_page_includes_the_oldest_millisecond_of_a_full_one() -> None:
+    since = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+    first = Window(since)
+    second = first.after(_page(("b", "02.000"), ("a", "01.000")), 2)
+    assert second == Window(since, dt.datetime(2026, 12, 5, 9, 0, 1, tzinfo=dt.UTC), frozenset({"a"}))
+    assert first.after(_page(("b", "02.000"), ("a", "01.000")), 3) is None  # not full: the last page
+    assert first.after([{"id": "x"}, {"id": "y"}], 2) is None  # no readable createdAt
+    # The same millisecond again, with a call not listed yet: stay on it, remembering both.
+    assert second is not None
+    third = second.after(_page(("a", "01.000"), ("c", "01.000")), 2)
+    assert third == Window(since, second.before, frozenset({"a", "c"}))
+    # A full page of that millisecond, every call listed already: step past it.
+    assert third is not None
+    fourth = third.after(_page(("c", "01.000"), ("a", "01.000")), 2)
+    assert fourth == Window(since, dt.datetime(2026, 12, 5, 9, 0, 0, 999000, tzinfo=dt.UTC))

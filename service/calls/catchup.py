@@ -131,7 +131,7 @@ class CatchUp:
         return imported
 
     async def _import(self, page: list[dict[str, Any]]) -> int:
-        """Store the calls of ``page`` Switchboard does not know yet, in one writer transaction."""
+        """Store the calls of ``page`` Switchboard does not know yet (nor erased), in one writer transaction."""
         listed = {item["id"]: item for item in page if isinstance(item.get("id"), str)}
         if not listed:
             return 0
@@ -148,4 +148,4 @@ class CatchUp:
                 kind = "call.imported" if before is None else "call.refreshed"
                 event = NewEvent("switchboard", kind, {**redact(listed[call_id]), "caughtUp": True})
                 unit.record(call, [event], origin="import", previous_status=before)
-        return len(new)
+        return len(calls)  # an erased call is listed but never stored again

@@ -29,6 +29,7 @@ from service.calls.metadata import index_rows
 from service.db.engine import is_postgresql
 from service.db.models import Call, utcnow
 from service.db.stores import calls as sql
+from service.errors import ConflictError
 
 _new_call = inspect(Call).class_manager.new_instance
 
@@ -42,6 +43,7 @@ class CallRows:
         self._postgresql = is_postgresql(session)
         self._loaded: dict[str, tuple[Call, dict[str, Any]]] = {}
         self.created: set[str] = set()  # ids inserted by this transaction (first sightings)
+        self.erased: set[str] = set()  # ids asked for that belong to erased calls (never created again)
         self._unindexed: set[str] = set()  # created here, no metadata index rows written yet
         self._events: dict[str, list[NewEvent]] = {}  # appended since the last save, per call
 
@@ -58,9 +60,12 @@ class CallRows:
         """The calls ``call_ids``, locked for this transaction (in id order, so that concurrent writers
         cannot deadlock), each created empty (status ``queued``) if it was not stored; ids created here
         are added to :attr:`created`. ``INSERT … ON CONFLICT DO NOTHING`` makes concurrent first
-        sightings (the API's own insert racing the call's first webhook) converge on one row."""
+        sightings (the API's own insert racing the call's first webhook) converge on one row.
+
+        An erased call is never created again: its id is left out of the answer and added to
+        :attr:`erased`."""
         call_ids = list(call_ids)
-        wanted = sorted(set(call_ids) - set(self._loaded))
+        wanted = sorted(set(call_ids) - set(self._loaded) - self.erased)
         if wanted:
             if self._postgresql and len(wanted) > 1:
                 # Insert what is missing before locking anything: holding one call's lock while waiting
@@ -68,17 +73,20 @@ class CallRows:
                 present = set((await self._execute(sql.IDS_PRESENT, {"call_ids": wanted})).scalars())
                 await self._insert_missing([call_id for call_id in wanted if call_id not in present], origin)
                 await self._read(wanted)
-                return {call_id: self._loaded[call_id][0] for call_id in call_ids}
-            await self._read(wanted)
-            missing = [call_id for call_id in wanted if call_id not in self._loaded]
-            await self._insert_missing(missing, origin)
-            if missing:
-                await self._read(missing)
-        return {call_id: self._loaded[call_id][0] for call_id in call_ids}
+            else:
+                await self._read(wanted)
+                missing = [call_id for call_id in wanted if call_id not in self._loaded]
+                await self._insert_missing(missing, origin)
+                if missing:
+                    await self._read(missing)
+        return {call_id: self._loaded[call_id][0] for call_id in call_ids if call_id in self._loaded}
 
     async def lock_one(self, call_id: str, *, origin: str) -> Call:
-        """:meth:`lock` for a single call."""
-        return (await self.lock([call_id], origin=origin))[call_id]
+        """:meth:`lock` for a single call; :class:`ConflictError` (409) for an erased one."""
+        call = (await self.lock([call_id], origin=origin)).get(call_id)
+        if call is None:
+            raise ConflictError(f"call {call_id!r} was erased")
+        return call
 
     def append(self, call: Call, events: Sequence[NewEvent]) -> None:
         """Add ``events`` to the call's timeline: :meth:`save` numbers them after the call's last ones
@@ -87,7 +95,12 @@ class CallRows:
             self._events.setdefault(call.id, []).extend(events)
 
     async def _insert_missing(self, missing: list[str], origin: str) -> None:
-        """Empty rows for ``missing`` (sorted); a row inserted meanwhile by another transaction wins."""
+        """Empty rows for ``missing`` (sorted) but the erased ones; a row inserted meanwhile by another
+        transaction wins."""
+        if missing:  # first sightings only: one indexed look-up per new call
+            erased = set((await self._execute(sql.IDS_ERASED, {"call_ids": missing})).scalars())
+            self.erased |= erased
+            missing = [call_id for call_id in missing if call_id not in erased]
         for call_id in missing:
             now = utcnow()
             result = await self._execute(

@@ -42,14 +42,19 @@ class CallUnit:
         self.changes: list[CallChange] = []  # once saved: what was recorded, with the events numbered
 
     async def lock(self, call_ids: Iterable[str], *, origin: Origin) -> dict[str, Call]:
-        """The calls, locked for this transaction and created empty when not stored yet."""
+        """The calls, locked for this transaction and created empty when not stored yet; an erased
+        call's id is left out (it is never stored again)."""
         known = set(self._rows.created)
         calls = await self._rows.lock(call_ids, origin=origin)
         self._unseen |= self._rows.created - known
         return calls
 
     async def lock_one(self, call_id: str, *, origin: Origin) -> Call:
-        return (await self.lock([call_id], origin=origin))[call_id]
+        """One call, as :meth:`lock`; :class:`~service.errors.ConflictError` (409) for an erased one."""
+        known = set(self._rows.created)
+        call = await self._rows.lock_one(call_id, origin=origin)
+        self._unseen |= self._rows.created - known
+        return call
 
     def created(self, call: Call) -> bool:
         """Whether this transaction stored the call for the first time."""

@@ -115,6 +115,15 @@ class Call(TimestampedMixin, DefaultBase):
     )
 
 
+class ErasedCall(DefaultBase):
+    """A call that was erased: remembered (its id only) so that a late webhook or a catch-up round
+    does not store it again."""
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(16))  # request | retention | sweep
+    erased_at: Mapped[dt.datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+
+
 class CallMetadata(DefaultBase):
     """The index of ``metadata.<key>=<value>`` filters: one row per top-level scalar of a call's metadata.
 

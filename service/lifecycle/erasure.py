@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls.status import is_live
 from service.db.engine import Database
-from service.db.models import Call, IdempotencyRecord, Recording, WebhookDelivery, utcnow
+from service.db.models import Call, ErasedCall, IdempotencyRecord, Recording, WebhookDelivery, utcnow
 from service.deliveries.outbox import enqueue
 from service.errors import ConflictError, NotFoundError, ServiceUnavailableError, UpstreamError
 from service.metrics import Metrics
@@ -132,7 +132,9 @@ class Eraser:
         # Cascades: call_event, call_metadata, recording (and its segments), injection, rule_firing.
         deleted = await session.execute(delete(Call).where(Call.id == call_id, Call.erasing_until.is_not(None)))
         if deleted.rowcount:  # type: ignore[attr-defined]  # a CursorResult for deletes
-            erased_at = utcnow().isoformat().replace("+00:00", "Z")
+            now = utcnow()
+            session.add(ErasedCall(id=call_id, reason=reason, erased_at=now))  # never stored again
+            erased_at = now.isoformat().replace("+00:00", "Z")
             await enqueue(session, "call.deleted", {"id": call_id, "reason": reason, "erasedAt": erased_at})
 
     async def claim(self, *, retention: float | None, limit: int) -> list[tuple[str, Reason]]:

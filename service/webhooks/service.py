@@ -271,7 +271,12 @@ class WebhookService:
                 pairs = [(item.vapi_call["id"], item.key) for item in batch]
                 stored = await stored_dedupe_keys(unit.session, pairs)
             for item in batch:
-                call = calls[item.vapi_call["id"]]
+                call_id = item.vapi_call["id"]
+                call = calls.get(call_id)
+                if call is None:  # erased: a late message does not store the call again
+                    log.info("webhook for an erased call dropped", call_id=call_id, type=item.message.get("type"))
+                    outcomes.append(_Applied(IngestResult(stored=False, call_id=call_id)))
+                    continue
                 if (call.id, item.key) in stored:
                     seq = stored[(call.id, item.key)] or None
                     outcomes.append(_Applied(IngestResult(stored=False, call_id=call.id, seq=seq, duplicate=True)))

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from service.calls.rows import CallRows
 from service.db.engine import Database
-from service.db.models import Call, CallMetadata
+from service.db.models import Call, CallMetadata, ErasedCall
+from service.errors import ConflictError
 from tests.conftest import statements_sent
 
 
@@ -127,3 +128,18 @@ async def test_a_batch_with_new_and_known_calls_locks_and_creates_them_all(db: D
         assert sorted(calls) == ["a-new", "known", "z-new"]
         assert rows.created == {"a-new", "z-new"}
         assert calls["known"].customer == {"name": "Ada"}
+
+
+async def test_an_erased_call_is_never_created_again(db: Database) -> None:
+    async with db.write() as session:
+        session.add(ErasedCall(id="gone", reason="request"))
+    async with db.write() as session:
+        rows = CallRows(session)
+        calls = await rows.lock(["gone", "known", "new"], origin="webhook")
+        assert set(calls) == {"known", "new"}
+        assert (rows.created, rows.erased) == ({"new"}, {"gone"})
+        with pytest.raises(ConflictError, match="was erased"):
+            await rows.lock_one("gone", origin="import")
+        await rows.save()
+    async with db.read() as session:
+        assert set((await session.scalars(select(Call.id))).all()) == {"known", "new"}

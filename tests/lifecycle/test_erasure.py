@@ -14,6 +14,7 @@ import pytest
 from service.apikeys.service import ApiKeyService
 from service.recordings.storage import RecordingStorage, StorageError
 from service.simulator import CallScript, Utterance
+from tests.conftest import WEBHOOK_SECRET
 from tests.harness import CALL, Stack, running_stack
 from tests.lifecycle.conftest import rows_of, storage_at
 
@@ -80,6 +81,25 @@ async def test_delete_erases_the_call_everywhere(stack: Stack, database_url: str
     retried = await client.post("/v1/calls", json=CALL, headers={"Idempotency-Key": "create-1"})
     assert retried.status_code == 201, retried.text
     assert retried.json()["id"] != call_id
+
+
+async def test_an_erased_call_is_not_stored_again_by_a_late_webhook(stack: Stack, database_url: str) -> None:
+    call_id = await stack.place_call()
+    await stack.sim.wait_for_status(call_id, "ended", timeout=30)
+    await stack.wait_for_recording(call_id)
+    assert (await stack.client.delete(f"/v1/calls/{call_id}")).status_code == 204
+    # Vapi delivers its end-of-call report again, late (or a retry of one that timed out).
+    [report] = stack.sim.webhooks_sent(call_id, "end-of-call-report")
+    late = await stack.client.post("/webhooks/vapi", json=report["body"], headers={"X-Vapi-Secret": WEBHOOK_SECRET})
+    assert late.status_code == 200, late.text
+    assert late.json()["stored"] is False
+    assert (await stack.client.get(f"/v1/calls/{call_id}")).status_code == 404
+    assert set((await rows_of(database_url, call_id)).values()) == {0}, "nothing of it stored again"
+    # Nor by importing it on purpose while Vapi still has it (erased without Vapi's API key, say).
+    stack.sim.deleted.discard(call_id)
+    imported = await stack.client.post("/v1/calls/import", json={"vapiCallId": call_id})
+    assert imported.status_code == 409, imported.text
+    assert "was erased" in imported.json()["detail"]
 
 
 async def test_call_deleted_is_announced_to_subscribers(database_url: str, tmp_path: Path) -> None:

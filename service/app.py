@@ -238,6 +238,7 @@ def create_app(
         metrics,
         retention=settings.retention,
         sweep_seconds=settings.retention_sweep_seconds,
+        delivery_history=settings.delivery_history,
         archiver=Archiver(db, storage) if settings.archive_format == "flac" else None,
     )
     search = SearchService(db)  # search

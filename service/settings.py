@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # "90d", "12h", "3s"; unset: kept) are erased, except held ones, by a sweep every so many seconds.
     retention: float | None = None
     retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    # Outbound webhook deliveries and the tap's forwards, once delivered or abandoned, are deleted this
+    # long after their last attempt (by the same sweep); unset or empty: kept forever.
+    delivery_history: float | None = 30 * 86400.0
     # A replica's claim on a call it erases: an erasure cut short by a crash is finished by the sweep of
     # any replica once the claim has lapsed (tombstones are looked for at least this often).
     erasure_claim_seconds: float = Field(default=60.0, ge=1)
@@ -115,14 +118,14 @@ class Settings(BaseSettings):
     # listed and imported (also at start-up); 0: never. Needs SWITCHBOARD_VAPI_API_KEY.
     vapi_catch_up_seconds: float = Field(default=300.0, ge=0)
 
-    @field_validator("retention", mode="before")
+    @field_validator("retention", "delivery_history", mode="before")
     @classmethod
-    def _parse_retention(cls, value: object) -> float | None:
+    def _parse_keep_for(cls, value: object) -> float | None:
         if value is None or value == "":
             return None
         seconds = parse_duration(value)
         if seconds <= 0:
-            raise ValueError("the retention must be longer than zero (unset it to keep calls forever)")
+            raise ValueError("must be longer than zero (unset it to keep forever)")
         return seconds
 
     @field_validator("redis_url")

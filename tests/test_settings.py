@@ -69,6 +69,18 @@ def test_unset_retention_keeps_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(_env_file=None).retention is None
 
 
+def test_delivery_history_is_kept_thirty_days_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWITCHBOARD_DELIVERY_HISTORY", raising=False)
+    assert load_settings(_env_file=None).delivery_history == 30 * 86400
+    monkeypatch.setenv("SWITCHBOARD_DELIVERY_HISTORY", "7d")
+    assert load_settings(_env_file=None).delivery_history == 7 * 86400
+    monkeypatch.setenv("SWITCHBOARD_DELIVERY_HISTORY", "")
+    assert load_settings(_env_file=None).delivery_history is None, "empty: kept forever"
+    monkeypatch.setenv("SWITCHBOARD_DELIVERY_HISTORY", "0")
+    with pytest.raises(ConfigurationError, match=r"SWITCHBOARD_DELIVERY_HISTORY: .*longer than zero"):
+        load_settings(_env_file=None)
+
+
 @pytest.mark.parametrize(
     ("public_url", "vapi_base_url", "warned"),
     [

@@ -4,6 +4,8 @@
   ``SWITCHBOARD_RETENTION_SWEEP_SECONDS``, calls past ``SWITCHBOARD_RETENTION`` are erased too. A pass
   claims at most :data:`SWEEP_BATCH` calls (bounded work per pass; a full pass is followed by another
   right away, so a backlog drains without one replica holding a long transaction).
+- **Delivery history**: with the retention pass, settled outbound deliveries and forwards older than
+  ``SWITCHBOARD_DELIVERY_HISTORY`` are deleted (:mod:`service.lifecycle.history`).
 - **Archiver** (``SWITCHBOARD_ARCHIVE_FORMAT=flac``): finished PCM recordings are archived one at a time.
 - The ``switchboard_recording_stored_bytes`` gauge is refreshed at start-up, after each retention pass
   or erasure, and when the archiver has caught up (it sums every recording: not on every idle tick).
@@ -22,6 +24,7 @@ from service.db.engine import Database
 from service.db.models import Recording
 from service.lifecycle.archive import ArchiveError, Archiver
 from service.lifecycle.erasure import Eraser
+from service.lifecycle.history import purge_settled
 from service.metrics import Metrics
 from service.tasks import TaskOwner
 
@@ -40,6 +43,7 @@ class LifecycleWorker:
         *,
         retention: float | None,
         sweep_seconds: float,
+        delivery_history: float | None = None,
         archiver: Archiver | None = None,
         batch: int = SWEEP_BATCH,
         archive_poll_seconds: float = ARCHIVE_POLL_SECONDS,
@@ -48,6 +52,7 @@ class LifecycleWorker:
         self._eraser = eraser
         self._metrics = metrics
         self._retention = retention
+        self._delivery_history = delivery_history
         self._sweep_seconds = sweep_seconds
         # Tombstones are looked for at least as often as an eraser's claim lapses.
         self._tick = min(sweep_seconds, eraser.claim_seconds)
@@ -95,6 +100,10 @@ class LifecycleWorker:
                 if due:
                     last_retention = time.monotonic()
                 erased = await self.sweep(retention=due)
+                if due and self._delivery_history is not None:
+                    purged = await purge_settled(self._db, older_than=self._delivery_history)
+                    if purged:
+                        log.info("delivery history purged", rows=purged)
                 if erased >= self._batch:
                     wait = 0.0  # a backlog: the next bounded pass right away
                 if due or erased:

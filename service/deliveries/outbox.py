@@ -36,6 +36,7 @@ EVENT_TYPES: Final = (
     "injection.failed",
     "call.deleted",
     "call.analyzed",  # analytics (service.analytics)
+    "rule.notified",  # a rule's notify action (service.rules)
 )
 
 # Set on a session that enqueued deliveries; read (and cleared) when it commits or rolls back.

@@ -135,6 +135,7 @@ async def test_a_run_whose_lease_ran_out_cannot_overwrite_the_next(parts: Parts)
     async with parts.db.read() as session:
         announced = (await session.scalars(select(WebhookDelivery))).all()
     assert [delivery.event_type for delivery in announced] == ["call.analyzed"]
+    assert announced[0].call_id == "call-1", "erasing the call deletes its pending deliveries"
     data = announced[0].payload["data"]
     assert data["callId"] == "call-1"
     assert data["status"] == "completed"

@@ -247,6 +247,7 @@ def create_app(
         recordings,
         storage,
         metrics,
+        writer,  # a completed analysis is a call change: call.analyzed (webhook, rules milestone)
         mode=settings.analytics_vad_mode,
         poll_interval=settings.analytics_poll_seconds,
     )
@@ -277,8 +278,8 @@ def create_app(
             sharing,
             webhooks,
         ]
-        if settings.analytics_enabled:
-            background.insert(3, analytics)  # analytics: before the producers of finalised recordings
+        if settings.analytics_enabled:  # a consumer of finalised recordings, a producer of call.analyzed milestones
+            background.insert(background.index(rule_engine) + 1, analytics)
         if settings.vapi_recording_copy:
             background.insert(2, vapi_copies)
         if catch_up is not None:  # a producer of call changes: after their consumers

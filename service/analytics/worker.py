@@ -7,6 +7,11 @@ lease and its ``attempts`` bumped in one short write transaction (``FOR UPDATE S
 PostgreSQL); the result is written only if ``attempts`` is still the claimed one, so a replica whose
 lease ran out never overwrites a newer run. A run that fails is retried after ``retry_after``, and
 marked ``failed`` after ``max_attempts``; a process killed mid-run leaves the lease to expire.
+
+A completed result is also a call change: the transaction that stores it is a call writer's unit that
+appends ``call.analyzed`` to the call's timeline (:mod:`service.calls.writer`), so the
+``call.analyzed`` outbound webhook (the announcer) and the rules' ``call.analyzed`` milestone (the rule
+engine's firing rows) commit with the result or not at all.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from service.analytics.activity import Conversation, conversation
 from service.analytics.detector import ChannelDetector, UnsupportedAudioError, detect
 from service.calls.analytics import AnalyticsOut, ChannelTalk, Interruptions
+from service.calls.events import NewEvent
+from service.calls.writer import CallWriter
 from service.db.engine import Database
 from service.db.models import CallAnalytics, utcnow
-from service.deliveries.outbox import enqueue
 from service.errors import NotFoundError
 from service.metrics import Metrics
 from service.recordings.analysis_queue import NO_AUDIO
@@ -55,6 +61,7 @@ class AnalyticsWorker:
         recordings: RecordingService,
         storage: RecordingStorage,
         metrics: Metrics,
+        writer: CallWriter,
         *,
         mode: int = 2,
         poll_interval: float = 2.0,
@@ -67,6 +74,7 @@ class AnalyticsWorker:
         self._recordings = recordings
         self._storage = storage
         self._metrics = metrics
+        self._writer = writer
         self._mode = mode
         self._poll_interval = poll_interval
         self._lease = lease
@@ -215,8 +223,7 @@ class AnalyticsWorker:
             interruptions=Interruptions(result.customer_interruptions, result.assistant_interruptions),
             talk_ratio=result.talk_ratio,
         )
-        announcement = {"callId": claim.call_id, **msgspec.to_builtins(summary)}
-        await self._store(claim, values, outcome="completed", announce=announcement)
+        await self._store(claim, values, outcome="completed", analyzed=msgspec.to_builtins(summary))
 
     async def _failed(self, claim: Claim, error: str, *, final: bool) -> None:
         now = self._clock()
@@ -227,19 +234,23 @@ class AnalyticsWorker:
         await self._store(claim, values, outcome="failed" if final else "retried")
 
     async def _store(
-        self, claim: Claim, values: Mapping[str, object], *, outcome: str, announce: dict[str, Any] | None = None
+        self, claim: Claim, values: Mapping[str, object], *, outcome: str, analyzed: dict[str, Any] | None = None
     ) -> None:
-        """Write the outcome if the claim still holds; ``announce``: the ``call.analyzed`` outbound
-        webhook, queued in the same transaction (only by the run whose result is stored)."""
+        """Write the outcome if the claim still holds; ``analyzed``: the summary of a completed run, also
+        appended to the call's timeline as ``call.analyzed`` through the call writer, in the same
+        transaction (only by the run whose result is stored)."""
         try:
-            async with self._db.write() as session:
-                stored = await session.execute(
+            async with self._writer.transaction() as unit:
+                stored = await unit.session.execute(
                     update(CallAnalytics)
                     .where(CallAnalytics.call_id == claim.call_id, CallAnalytics.attempts == claim.attempts)
                     .values(**values)
                 )
-                if announce is not None and stored.rowcount:  # type: ignore[attr-defined]
-                    await enqueue(session, "call.analyzed", announce)
+                # The row stored, its call exists: a concurrent erasure waits for this transaction.
+                if analyzed is not None and stored.rowcount:  # type: ignore[attr-defined]
+                    call = await unit.lock_one(claim.call_id, origin="analytics")
+                    event = NewEvent("switchboard", "call.analyzed", analyzed)
+                    unit.record(call, [event], origin="analytics", previous_status=call.status)
         except Exception as exc:  # not stored: the lease expires and the run is done again
             log.warning("call analytics not stored", call_id=claim.call_id, error=type(exc).__name__)
             outcome = "not-stored"

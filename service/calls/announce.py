@@ -1,4 +1,5 @@
-"""Outbound webhooks about calls (``call.created``, ``call.status_changed``, ``call.ended``, ``call.report``): the
+"""Outbound webhooks about calls (``call.created``, ``call.status_changed``, ``call.ended``, ``call.report``,
+``call.analyzed``): the
 outbox's subscription to call changes, enqueued in the transaction that made the change; and the
 ``call ended`` log line, written once that transaction committed (a batch rolled back and applied
 again logs nothing twice, an end that never committed logs nothing)."""
@@ -74,6 +75,9 @@ class CallAnnouncer:
             after = partial(log.info, "call ended", **ended_call_fields(call))
         if reported(change):  # after call.ended: the report follows the end (contract section 10)
             await enqueue(session, "call.report", call_report(call))
+        for event in change.events:  # the conversation's analytics (contract section 13)
+            if event.source == "switchboard" and event.type == "call.analyzed":
+                await enqueue(session, "call.analyzed", {"callId": call.id, **event.payload})
         return after
 
 

@@ -29,7 +29,7 @@ from service.db.models import Call
 
 log = structlog.get_logger(__name__)
 
-Origin = Literal["webhook", "api", "import", "reconcile", "listen"]
+Origin = Literal["webhook", "api", "import", "reconcile", "listen", "analytics"]
 AfterCommit = Callable[[], None]
 
 

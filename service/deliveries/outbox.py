@@ -36,6 +36,7 @@ EVENT_TYPES: Final = (
     "injection.failed",
     "call.deleted",
     "call.analyzed",  # analytics (service.analytics)
+    "rule.notified",  # a rule's notify action (service.rules)
 )
 
 # Set on a session that enqueued deliveries; read (and cleared) when it commits or rolls back.
@@ -67,8 +68,9 @@ async def _endpoints(session: AsyncSession) -> list[tuple[Any, tuple[str, ...]]]
 
 
 def call_of(event_type: str, data: dict[str, Any]) -> str | None:
-    """The call an event is about: ``data.id`` of ``call.*`` events, ``data.callId`` of the others."""
-    call_id = data.get("id") if event_type.startswith("call.") else data.get("callId")
+    """The call an event is about: ``data.id`` of ``call.*`` events (``data.callId`` of ``call.analyzed``),
+    ``data.callId`` of the others."""
+    call_id = data.get("id", data.get("callId")) if event_type.startswith("call.") else data.get("callId")
     return call_id if isinstance(call_id, str) else None
 
 

@@ -18,6 +18,7 @@ EventType = Literal[
     "injection.failed",
     "call.deleted",
     "call.analyzed",
+    "rule.notified",
 ]
 
 

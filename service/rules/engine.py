@@ -9,7 +9,10 @@ the commit, :meth:`RuleEngine.dispatch` hands the firings to the engine's worker
 frames are committed without their call and reach :meth:`RuleEngine.observe` after their commit
 (synchronous, no I/O); the worker evaluates those and records each firing in its own transaction.
 A firing posts through the control channel, then records the injection and closes the firing in one
-transaction of its own. Firing tasks are bounded and owned by the engine.
+transaction of its own. A ``notify`` firing sends nothing itself: one transaction queues its
+``rule.notified`` outbound webhook in the outbox and closes the firing, so it needs no live call (the
+one action of ``call.analyzed``) and one interrupted is simply delivered again. Firing tasks are
+bounded and owned by the engine.
 
 Timed firings (``delay``, ``call.elapsed``, ``user.silent``) wait as rows in ``rule_firing``; a timer
 task claims the due ones (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so they survive restarts and fire
@@ -38,6 +41,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
+from service.calls.announce import call_summary
 from service.calls.changes import AfterCommit, CallChange
 from service.calls.control import ControlChannel, record_injection
 from service.calls.events import NewEvent, append_events
@@ -58,7 +62,7 @@ from service.rules.milestones import (
     firing_plan,
     occurrences_from_events,
 )
-from service.rules.schema import CompiledRule, RuleSetError, compile_rule
+from service.rules.schema import CompiledRule, Notify, RuleSetError, action_type, compile_rule
 from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
@@ -333,6 +337,7 @@ class RuleEngine:
             due_at=plan.due or self._clock(),
             detail={
                 "milestone": decision.rule.milestone,
+                "action": action_type(decision.rule.action),
                 "occurrence": occurrence.key,
                 "event": occurrence.event,
                 **plan.extra,
@@ -380,28 +385,19 @@ class RuleEngine:
         due_at: dt.datetime | None = None,
     ) -> None:
         """Render, POST (through the control channel), and close the firing with its outcome, with the
-        injection, in one transaction."""
+        injection, in one transaction (a ``notify``: see :meth:`_notify`)."""
         call_id = call.id
         base = {"rule": rule.name, "firingId": str(firing_id), "occurrence": key, "milestone": rule.milestone}
         try:  # rendering inside: a template refusing to grow too large fails the firing, not the worker
             message, missing = rule.render(call_values, event)
             if missing:
                 log.warning("template fields missing; rendered empty", rule=rule.name, call_id=call_id, fields=missing)
-            posted = await self._control.post(call, message, attempts=self._inject_attempts)
-            async with self._db.write() as session:
-                injection, sent = await record_injection(session, posted, origin="rule")
-                fired = injection.status == "sent"
-                await firings.close_firing(
-                    session,
-                    firing_id,
-                    status="fired" if fired else "failed",
-                    injection_id=injection.id,
-                    error=injection.error,
-                )
-                payload = {**base, "injectionId": str(injection.id), "type": message["type"], "error": injection.error}
-                outcome = NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)
-                spoken = await catch_up(session, injection, since=posted.started_at)  # spoken before recorded
-                await append_events(session, call_id, [sent, outcome] if spoken is None else [sent, outcome, spoken])
+            if isinstance(rule.action, Notify):
+                if not await self._notify(firing_id, call, message, event, base):
+                    return  # closed by another delivery of the same firing
+                fired = True
+            else:
+                fired = await self._inject(firing_id, call, message, base)
         except ConflictError as exc:  # the call is not live (any more): nothing was sent
             await self._skip(firing_id, rule, call_id, exc.detail, base)
             return
@@ -421,6 +417,43 @@ class RuleEngine:
             self._metrics.rule_failures.labels(reason="injection-failed").inc()
         self._metrics.rule_firings.labels(rule=rule.name, status="fired" if fired else "failed").inc()
         log.info("rule fired" if fired else "rule firing failed", rule=rule.name, call_id=call_id, occurrence=key)
+
+    async def _inject(self, firing_id: uuid.UUID, call: Call, message: dict[str, Any], base: dict[str, Any]) -> bool:
+        """POST the control message, then record the injection and close the firing; whether it was sent."""
+        posted = await self._control.post(call, message, attempts=self._inject_attempts)
+        async with self._db.write() as session:
+            injection, sent = await record_injection(session, posted, origin="rule")
+            fired = injection.status == "sent"
+            await firings.close_firing(
+                session,
+                firing_id,
+                status="fired" if fired else "failed",
+                injection_id=injection.id,
+                error=injection.error,
+            )
+            payload = {**base, "injectionId": str(injection.id), "type": message["type"], "error": injection.error}
+            outcome = NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)
+            spoken = await catch_up(session, injection, since=posted.started_at)  # spoken before recorded
+            await append_events(session, call.id, [sent, outcome] if spoken is None else [sent, outcome, spoken])
+        return fired
+
+    async def _notify(
+        self, firing_id: uuid.UUID, call: Call, message: dict[str, Any], event: dict[str, Any], base: dict[str, Any]
+    ) -> bool:
+        """Queue ``rule.notified`` for the subscribed endpoints, close the firing and journal it, in one
+        transaction; False when the firing was already closed (nothing queued twice)."""
+        notification = {
+            "callId": call.id,
+            **{name: base[name] for name in ("rule", "firingId", "occurrence", "milestone")},
+            "message": message.get("message"),
+            "event": event,
+            "call": call_summary(call),
+        }
+        async with self._db.write() as session:
+            if not await firings.close_notified(session, firing_id, notification):
+                return False
+            await append_events(session, call.id, [NewEvent("switchboard", "rule.fired", {**base, "type": "notify"})])
+        return True
 
     async def _skip(
         self, firing_id: uuid.UUID, rule: CompiledRule, call_id: str, reason: str, base: dict[str, Any]
@@ -452,8 +485,7 @@ class RuleEngine:
                     await self.refresh()
                 if now - last_sweep >= SWEEP_EVERY_SECONDS:
                     last_sweep = now
-                    if stuck := await firings.fail_stuck(self._db, now=self._clock()):
-                        log.warning("interrupted rule firings closed as failed", count=stuck)
+                    await self.sweep_stuck()
             except Exception as exc:  # the database may be briefly away; timers wait in their rows
                 log.warning("rule timer pass failed", error=type(exc).__name__)
 
@@ -469,6 +501,16 @@ class RuleEngine:
                 break
         return total
 
+    async def sweep_stuck(self) -> None:
+        """Firings interrupted mid-delivery (a crash): control messages are closed as failed (whether the
+        POST left is unknown), notifications are delivered again (they surely did not leave)."""
+        stuck, again = await firings.fail_stuck(self._db, now=self._clock())
+        if stuck:
+            log.warning("interrupted rule firings closed as failed", count=stuck)
+        for row in again:
+            log.info("interrupted rule notification delivered again", rule=row.rule_name, call_id=row.call_id)
+            await self._spawn(self._fire_claimed(row), f"rule-timer:{row.rule_name}")
+
     async def _fire_claimed(self, row: RuleFiring) -> None:
         rule = self._book.rules.get(row.rule_name)
         base = {"rule": row.rule_name, "firingId": str(row.id), "occurrence": row.occurrence}
@@ -481,7 +523,9 @@ class RuleEngine:
         async with self._db.read() as session:
             call = await session.get(Call, row.call_id)
             speech = await firings.user_speech(session, row.call_id) if rule.milestone == "user.silent" else []
-        if call is None or not call_status.is_live(call.status):
+        # A notification needs no live call, unless its milestone is one of a live call (a time, a silence).
+        live_only = not isinstance(rule.action, Notify) or rule.milestone in ("call.elapsed", "user.silent")
+        if call is None or (live_only and not call_status.is_live(call.status)):
             await self._skip(row.id, rule, row.call_id, "the call ended before the firing was due", base)
             return
         decision = decide_due(

@@ -114,17 +114,48 @@ async def close_firing(
     )
     row = result.first()
     if status == "fired" and row is not None:
-        call_id, rule_name, occurrence, detail = row
-        data = {
-            "callId": call_id,
-            "rule": rule_name,
-            "firingId": str(firing_id),
-            "occurrence": occurrence,
-            "milestone": (detail or {}).get("milestone"),
-            "injectionId": str(injection_id) if injection_id else None,
-            "firedAt": now.isoformat().replace("+00:00", "Z"),
-        }
-        await enqueue(session, "rule.fired", data)
+        await _announce_fired(session, firing_id, row, injection_id=injection_id, at=now)
+
+
+async def _announce_fired(
+    session: AsyncSession, firing_id: uuid.UUID, row: Any, *, injection_id: uuid.UUID | None, at: dt.datetime
+) -> None:
+    """Queue ``rule.fired`` for a firing closed as fired (``row``: its call, rule, occurrence, detail)."""
+    call_id, rule_name, occurrence, detail = row
+    data = {
+        "callId": call_id,
+        "rule": rule_name,
+        "firingId": str(firing_id),
+        "occurrence": occurrence,
+        "milestone": (detail or {}).get("milestone"),
+        "injectionId": str(injection_id) if injection_id else None,
+        "firedAt": _iso(at),
+    }
+    await enqueue(session, "rule.fired", data)
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def close_notified(session: AsyncSession, firing_id: uuid.UUID, notification: dict[str, Any]) -> bool:
+    """Close a ``notify`` firing as fired and queue its ``rule.notified`` webhook (``notification`` plus
+    ``notifiedAt``) and ``rule.fired``, inside the caller's transaction. Nothing leaves before that
+    transaction commits, so a firing still ``firing`` has surely not notified: closing is conditional on
+    it, and False means another delivery (a replica, the sweep) closed it first: notify nothing."""
+    now = utcnow()
+    result = await session.execute(
+        update(RuleFiring)
+        .where(RuleFiring.id == firing_id, RuleFiring.status == "firing")
+        .values(status="fired", fired_at=now, error=None, updated_at=now)
+        .returning(RuleFiring.call_id, RuleFiring.rule_name, RuleFiring.occurrence, RuleFiring.detail)
+    )
+    row = result.first()
+    if row is None:
+        return False
+    await _announce_fired(session, firing_id, row, injection_id=None, at=now)
+    await enqueue(session, "rule.notified", {**notification, "notifiedAt": _iso(now)})
+    return True
 
 
 async def finish_firing(
@@ -144,15 +175,28 @@ async def finish_firing(
             await append_events(session, call_id, [event])
 
 
-async def fail_stuck(db: Database, *, now: dt.datetime) -> int:
-    """Close firings interrupted between their row and their outcome (see :data:`STUCK_AFTER`)."""
+async def fail_stuck(db: Database, *, now: dt.datetime) -> tuple[int, list[RuleFiring]]:
+    """Close firings interrupted between their row and their outcome (see :data:`STUCK_AFTER`): how many
+    were failed, and the ``notify`` firings claimed again instead (their outcome is known: they did not
+    notify, see :func:`close_notified`), to be delivered now."""
     async with db.write() as session:
-        result = await session.execute(
-            update(RuleFiring)
-            .where(RuleFiring.status == "firing", RuleFiring.updated_at < now - STUCK_AFTER)
-            .values(status="failed", error="interrupted: the outcome of the control POST is unknown", updated_at=now)
-        )
-    return int(getattr(result, "rowcount", 0) or 0)
+        rows = (
+            await session.scalars(
+                select(RuleFiring)
+                .where(RuleFiring.status == "firing", RuleFiring.updated_at < now - STUCK_AFTER)
+                .order_by(RuleFiring.updated_at)
+                .limit(1000)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        again: list[RuleFiring] = []
+        for row in rows:
+            row.updated_at = now
+            if (row.detail or {}).get("action") == "notify":
+                again.append(row)
+            else:
+                row.status, row.error = "failed", "interrupted: the outcome of the control POST is unknown"
+    return len(rows) - len(again), again
 
 
 async def user_speech(session: AsyncSession, call_id: str, *, limit: int = 50) -> list[tuple[str, dt.datetime]]:

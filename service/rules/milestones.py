@@ -3,7 +3,9 @@
 Milestones come from committed events: ``call.status_changed`` (and ``status-update: queued``) give the
 ``call.*`` milestones; final ``transcript`` and ``speech-update`` messages come from webhooks *and* the
 listen socket; ``listen.connected`` from the listen session; ``injection.spoken`` from ``calls.speech``;
-``user.interrupted`` and ``call.transferred`` from Vapi's ``user-interrupted`` and ``transfer-update``.
+``user.interrupted`` and ``call.transferred`` from Vapi's ``user-interrupted`` and ``transfer-update``;
+``call.analyzed`` from the analytics worker's ``call.analyzed`` event (one occurrence per call, however
+often the recording is analysed again).
 ``call.elapsed`` and ``user.silent`` are timers the engine derives from ``call.answered`` and user speech.
 
 Each occurrence has a key that is the same whichever path delivered it, so the unique
@@ -61,6 +63,7 @@ RELEVANT_TYPES = frozenset(
         "injection.spoken",
         "user-interrupted",
         "transfer-update",
+        "call.analyzed",
     }
 )
 
@@ -112,14 +115,19 @@ def occurrences_from_events(call_id: str, events: Iterable[EventLike]) -> list[O
 def _speech_and_transfer(
     call_id: str, event: EventLike, payload: dict[str, Any], base: dict[str, Any]
 ) -> Occurrence | None:
-    """``injection.spoken`` (a say Vapi started speaking), ``user.interrupted`` (the customer cut the
-    assistant off: Vapi's ``user-interrupted``), ``call.transferred`` (Vapi's ``transfer-update``)."""
+    """``injection.spoken`` (a say Vapi started speaking), ``call.analyzed`` (the conversation's analytics
+    are complete), ``user.interrupted`` (the customer cut the assistant off: Vapi's ``user-interrupted``),
+    ``call.transferred`` (Vapi's ``transfer-update``)."""
     at = event.received_at
     if event.type == "injection.spoken" and event.source == "switchboard":
         injection = payload.get("injectionId")
         body = {"type": "injection.spoken", "injectionId": injection, "content": payload.get("content"), **base}
         body["origin"] = payload.get("origin")
         return Occurrence(call_id, "injection.spoken", f"spoken:{injection}", body, at)
+    if event.type == "call.analyzed" and event.source == "switchboard":
+        # The analytics summary (contract section 13) as ``event``: event.longestSilenceSeconds, …
+        body = {**payload, "type": "call.analyzed", **base}
+        return Occurrence(call_id, "call.analyzed", "analyzed", body, at)
     if event.source != "vapi":
         return None
     if event.type == "user-interrupted":

@@ -10,14 +10,21 @@ import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from service import durations
 from service.rules.conditions import Condition, ConditionSyntaxError, compile_condition
 from service.rules.templates import Template, TemplateError, compile_template, is_template
-from service.vapi.control import CONTROL_TYPES, ControlError, ControlMessage, Say, parse_control
+from service.vapi.control import (
+    CONTROL_TYPES,
+    ControlError,
+    ControlMessage,
+    Say,
+    parse_control,
+    split_validation_error,
+)
 
 STATUS_MILESTONES = {
     "queued": "call.queued",
@@ -37,7 +44,11 @@ MILESTONES = (
     "injection.spoken",
     "user.interrupted",
     "call.transferred",
+    "call.analyzed",
 )
+# After these the call is over: a say is heard by nobody; on call.analyzed (the call ended a while
+# ago) no control message can act at all, only a notify.
+AFTER_THE_CALL = ("call.ended", "call.analyzed")
 NAME_PATTERN = re.compile(r"^[a-z0-9-]+$")
 MAX_NAME_CHARS = 100
 MAX_DURATION_SECONDS = 24 * 3600.0
@@ -55,6 +66,19 @@ _TEMPLATE_STAND_INS = {
 
 # Where a field of the n-th rule sits in its file: (rule index, field path) → line (1-based), or None.
 LineLookup = Callable[[int, str], int | None]
+
+
+class Notify(msgspec.Struct, tag="notify", tag_field="type", omit_defaults=True, forbid_unknown_fields=True):
+    """``notify``: not a control message but an outbound webhook (``rule.notified``) to the endpoints
+    subscribed to it, through the durable outbox; ``message`` (a template) travels with it. It needs no
+    live call, so it is the one action allowed on ``call.analyzed``."""
+
+    message: Annotated[str, msgspec.Meta(min_length=1, max_length=5000, pattern=r"\S")] | None = None
+
+
+Action = ControlMessage | Notify
+"""What a rule does: a control message sent to the live call, or a notification."""
+ACTION_TYPES = (*CONTROL_TYPES, "notify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +121,8 @@ class CompiledRule:
 
     name: str
     milestone: str
-    action: ControlMessage
-    """The control message, checked; a field that holds a template holds its stand-in (see ``body``)."""
+    action: Action
+    """The control message (or notification), checked; a field holding a template holds its stand-in (``body``)."""
     templates: Mapping[str, Template]
     """Template per dotted path of a string in the action body (``content``, ``message.content``, …)."""
     delay: float = 0.0
@@ -255,8 +279,15 @@ def compile_rule(document: object, *, index: int = 0, lines: LineLookup | None =
         description = None
 
     action, templates = _compile_action(document, errors)
-    if isinstance(action, Say) and milestone == "call.ended":
-        errors.add("say" if "say" in document else "action", "a say cannot be heard on call.ended: the call is over")
+    where = "say" if "say" in document else "action"
+    if isinstance(action, Say) and milestone in AFTER_THE_CALL:
+        errors.add(where, f"a say cannot be heard on {milestone}: the call is over (use action: {{type: notify}})")
+    elif milestone == "call.analyzed" and action is not None and not isinstance(action, Notify):
+        errors.add(
+            f"{where}.type",
+            f"a control message ({action_type(action)}) cannot act on call.analyzed: the call is over; "
+            "only action: {type: notify} is allowed",
+        )
 
     if errors.errors or action is None or milestone is None or not isinstance(name, str):
         return RuleSetError(errors.errors)
@@ -275,9 +306,22 @@ def compile_rule(document: object, *, index: int = 0, lines: LineLookup | None =
     )
 
 
-def _compile_action(
-    document: Mapping[str, Any], errors: _Collector
-) -> tuple[ControlMessage | None, dict[str, Template]]:
+def action_type(action: Action) -> str:
+    """The action's ``type`` (``say``, ``transfer``, ``notify``, …)."""
+    return str(action.__struct_config__.tag)
+
+
+def parse_action(value: object) -> Action:
+    """A rule's action: a ``notify``, or a control message (:class:`ControlError` if invalid)."""
+    if isinstance(value, Mapping) and value.get("type") == "notify":
+        try:
+            return msgspec.convert(value, Notify)
+        except msgspec.ValidationError as exc:
+            raise ControlError(*split_validation_error(str(exc))) from None
+    return parse_control(value)
+
+
+def _compile_action(document: Mapping[str, Any], errors: _Collector) -> tuple[Action | None, dict[str, Template]]:
     if "say" in document and "action" in document:
         errors.add("action", "give either say (shorthand) or action, not both")
         return None, {}
@@ -304,11 +348,11 @@ def _compile_action(
         except TemplateError as exc:
             errors.add("say" if field_prefix == "say" else f"action.{path}", str(exc))
     try:
-        action = parse_control(_with_stand_ins(raw, templated))
+        action = parse_action(_with_stand_ins(raw, templated))
     except ControlError as exc:
         reason = exc.reason
         if exc.field == "type" and isinstance(raw, Mapping):
-            reason = f"unknown action type {raw.get('type')!r}; known: {', '.join(CONTROL_TYPES)}"
+            reason = f"unknown action type {raw.get('type')!r}; known: {', '.join(ACTION_TYPES)}"
         field_ = "say" if field_prefix == "say" else ".".join(p for p in ("action", exc.field) if p)
         errors.add(field_, reason)
         return None, {}

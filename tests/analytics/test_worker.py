@@ -14,6 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from service.analytics.worker import AnalyticsWorker
+from service.calls.announce import CallAnnouncer
+from service.calls.changes import CallChanges
+from service.calls.writer import CallWriter
 from service.db.engine import Database
 from service.db.models import Call, CallAnalytics, WebhookDelivery, WebhookEndpoint, utcnow
 from service.metrics import Metrics
@@ -29,7 +32,14 @@ class Parts:
     recordings: RecordingService
 
     def worker(self, **options: Any) -> AnalyticsWorker:
-        return AnalyticsWorker(self.db, self.recordings, self.storage, Metrics(), **options)
+        return AnalyticsWorker(self.db, self.recordings, self.storage, Metrics(), self.writer, **options)
+
+    @property
+    def writer(self) -> CallWriter:
+        """The call writer, with the outbox's subscriber (``call.analyzed`` webhooks) as in the app."""
+        changes = CallChanges()
+        changes.subscribe(CallAnnouncer())
+        return CallWriter(self.db, changes)
 
     async def record(self, call_id: str, spans: list[tuple[bool, bool, float]], *, channels: int = 2) -> None:
         """A finalised recording of ``(customer talks, assistant talks, seconds)`` spans."""
@@ -125,6 +135,7 @@ async def test_a_run_whose_lease_ran_out_cannot_overwrite_the_next(parts: Parts)
     async with parts.db.read() as session:
         announced = (await session.scalars(select(WebhookDelivery))).all()
     assert [delivery.event_type for delivery in announced] == ["call.analyzed"]
+    assert announced[0].call_id == "call-1", "erasing the call deletes its pending deliveries"
     data = announced[0].payload["data"]
     assert data["callId"] == "call-1"
     assert data["status"] == "completed"
@@ -146,7 +157,7 @@ async def test_errors_are_retried_then_given_up(parts: Parts) -> None:
     away = UnreadableStorage(parts.storage.root)
     now = [utcnow()]
     worker = AnalyticsWorker(
-        parts.db, RecordingService(parts.db, away), away, Metrics(), clock=lambda: now[0], max_attempts=2
+        parts.db, RecordingService(parts.db, away), away, Metrics(), parts.writer, clock=lambda: now[0], max_attempts=2
     )
     assert await worker.run_once()
     row = await parts.analytics("call-1")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from tests.deliveries.conftest import receiver, receiver_url  # noqa: F401 - fixtures: rules that notify
 from tests.harness import Stack, eventually
 
 

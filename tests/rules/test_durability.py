@@ -249,7 +249,7 @@ async def test_an_interrupted_firing_is_closed_as_failed_never_retried(database_
         row = await session.scalar(select(RuleFiring))
         assert row is not None
         row.updated_at = long_ago
-    assert await firings.fail_stuck(db, now=utcnow()) == 1
+    assert await firings.fail_stuck(db, now=utcnow()) == (1, [])
     async with db.read() as session:
         row = await session.scalar(select(RuleFiring))
     assert row is not None

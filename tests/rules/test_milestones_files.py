@@ -215,12 +215,12 @@ def test_occurrence_is_hashable_value() -> None:
 
 def test_the_worked_examples_of_the_rules_guide_compile() -> None:
     guide = (Path(__file__).resolve().parents[2] / "docs" / "rules.md").read_text()
-    examples = guide.split("## Five worked examples", 1)[1]
+    examples = guide.split("## Six worked examples", 1)[1]
     blocks = [block.split("```", 1)[0] for block in examples.split("```yaml\n")[1:]]
     text = "".join(textwrap.dedent(block) for block in blocks)
     rules, errors = parse_rules_text(text)
     assert errors == []
-    assert len(rules) == 5
+    assert len(rules) == 6
 
 
 def test_due_decisions() -> None:

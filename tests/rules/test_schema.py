@@ -148,6 +148,18 @@ def test_other_control_messages_and_their_templates() -> None:
         "content": "Transferring you.",
     }
     assert compiled(name="e", on="call.ended", action={"type": "end-call"}).render({}, {})[0] == {"type": "end-call"}
+    notify = compiled(
+        name="n",
+        on="call.analyzed",
+        action={"type": "notify", "message": "{{ event.longestSilenceSeconds }} s of dead air on {{ call.id }}"},
+    )
+    assert notify.render({"id": "c1"}, {"longestSilenceSeconds": 21.5})[0] == {
+        "type": "notify",
+        "message": "21.5 s of dead air on c1",
+    }
+    assert notify.compiled_form()["templateFields"] == ["call.id", "event.longestSilenceSeconds"]
+    bare = compiled(name="b", on="transcript", action={"type": "notify"})  # on any milestone; message optional
+    assert bare.render({}, {})[0] == {"type": "notify"}
     mute = compiled(name="m", on="speech.started", action={"type": "control", "control": "mute-assistant"})
     assert mute.render({}, {})[0] == {"type": "control", "control": "mute-assistant"}
     add = compiled(
@@ -242,7 +254,7 @@ def test_a_warm_transfer_with_templates() -> None:
                 (
                     "action.type",
                     "unknown action type 'shout'; known: say, add-message, control, end-call, transfer, "
-                    "append-context, send-transport-message",
+                    "append-context, send-transport-message, notify",
                 )
             ],
         ),
@@ -280,7 +292,29 @@ def test_a_warm_transfer_with_templates() -> None:
         ),
         (
             {"name": "a", "on": "call.ended", "action": {"type": "say", "content": "Bye"}},
-            [("action", "a say cannot be heard on call.ended: the call is over")],
+            [("action", "a say cannot be heard on call.ended: the call is over (use action: {type: notify})")],
+        ),
+        (
+            {"name": "a", "on": "call.analyzed", "say": "Bye"},
+            [("say", "a say cannot be heard on call.analyzed: the call is over (use action: {type: notify})")],
+        ),
+        (
+            {"name": "a", "on": "call.analyzed", "action": {"type": "end-call"}},
+            [
+                (
+                    "action.type",
+                    "a control message (end-call) cannot act on call.analyzed: the call is over; "
+                    "only action: {type: notify} is allowed",
+                )
+            ],
+        ),
+        (
+            {"name": "a", "on": "call.analyzed", "action": {"type": "notify", "message": " "}},
+            [("action.message", "Expected `str` matching regex '\\\\S'")],
+        ),
+        (
+            {"name": "a", "on": "call.analyzed", "action": {"type": "notify", "to": "boss"}},
+            [("action.to", "Object contains unknown field `to`")],
         ),
         ("not a rule", [("", "a rule must be a mapping of fields, got str")]),
     ],

@@ -4,8 +4,9 @@ Owned by the app's lifespan (``start()`` / ``close(timeout)``) like the delivery
 that looks for pending rows every ``poll_interval`` seconds and analyses one recording at a time (the
 work is CPU: two cores serve the whole service). Replicas share the queue: a row is claimed with a
 lease and its ``attempts`` bumped in one short write transaction (``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL); the result is written only if ``attempts`` is still the claimed one, so a replica whose
-lease ran out never overwrites a newer run. A run that fails is retried after ``retry_after``, and
+PostgreSQL); the result is written only if ``attempts`` and ``lease_until`` are still the claim's, so a
+replica whose lease ran out never overwrites a newer run, nor a run of the recording queued again
+(which starts ``attempts`` over). A run that fails is retried after ``retry_after``, and
 marked ``failed`` after ``max_attempts``; a process killed mid-run leaves the lease to expire.
 
 A completed result is also a call change: the transaction that stores it is a call writer's unit that
@@ -50,6 +51,7 @@ log = structlog.get_logger(__name__)
 class Claim:
     call_id: str
     attempts: int
+    lease_until: dt.datetime  # with ``attempts``, the fencing token of this claim
 
 
 class AnalyticsWorker:
@@ -145,17 +147,14 @@ class AnalyticsWorker:
             )
             if call_id is None:
                 return None
+            lease_until = self._clock() + self._lease
             attempts = await session.scalar(
                 update(CallAnalytics)
                 .where(CallAnalytics.call_id == call_id)
-                .values(
-                    attempts=CallAnalytics.attempts + 1,
-                    lease_until=self._clock() + self._lease,
-                    updated_at=self._clock(),
-                )
+                .values(attempts=CallAnalytics.attempts + 1, lease_until=lease_until, updated_at=self._clock())
                 .returning(CallAnalytics.attempts)
             )
-        return Claim(call_id, int(attempts or 0))
+        return Claim(call_id, int(attempts or 0), lease_until)
 
     async def analyze(self, claim: Claim) -> None:
         """Measure the claimed call's recording and store the outcome (never raises)."""
@@ -243,7 +242,11 @@ class AnalyticsWorker:
             async with self._writer.transaction() as unit:
                 stored = await unit.session.execute(
                     update(CallAnalytics)
-                    .where(CallAnalytics.call_id == claim.call_id, CallAnalytics.attempts == claim.attempts)
+                    .where(
+                        CallAnalytics.call_id == claim.call_id,
+                        CallAnalytics.attempts == claim.attempts,
+                        CallAnalytics.lease_until == claim.lease_until,
+                    )
                     .values(**values)
                 )
                 # The row stored, its call exists: a concurrent erasure waits for this transaction.

@@ -20,6 +20,7 @@ from service.calls.writer import CallWriter
 from service.db.engine import Database
 from service.db.models import Call, CallAnalytics, WebhookDelivery, WebhookEndpoint, utcnow
 from service.metrics import Metrics
+from service.recordings.analysis_queue import queue_analysis
 from service.recordings.service import RecordingService
 from service.recordings.storage import LocalStorage
 from service.simulator.audio import FrameSource, call_tag
@@ -141,6 +142,25 @@ async def test_a_run_whose_lease_ran_out_cannot_overwrite_the_next(parts: Parts)
     assert data["status"] == "completed"
     assert data["customer"]["talkSeconds"] == pytest.approx(1.0, abs=0.3)
     assert set(data) >= {"overlapSeconds", "longestSilenceSeconds", "interruptions", "talkRatio"}
+
+
+async def test_a_run_of_a_recording_queued_again_cannot_overwrite_the_new_run(parts: Parts) -> None:
+    """Queued again (a takeover resumed and finalised the recording anew), ``attempts`` starts over: the
+    old run's claim must not match the new one's although both are the first attempt."""
+    await parts.record("call-1", [(True, False, 1.0)])
+    now = utcnow()
+    old = await parts.worker(clock=lambda: now).claim()
+    assert old is not None
+    async with parts.db.write() as session:
+        await queue_analysis(session, "call-1", recording_status="completed")
+    new = await parts.worker(clock=lambda: now + dt.timedelta(seconds=1)).claim()
+    assert new is not None
+    assert new.attempts == old.attempts == 1
+    await parts.worker().analyze(old)  # the old run finishes after the new one claimed
+    row = await parts.analytics("call-1")
+    assert (row.status, row.attempts, row.lease_until) == ("pending", 1, new.lease_until), "the old run stored nothing"
+    await parts.worker().analyze(new)
+    assert (await parts.analytics("call-1")).status == "completed"
 
 
 class UnreadableStorage(LocalStorage):

@@ -71,7 +71,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import structlog
     import uvicorn
 
-    from service.app import rules_of_file
     from service.preflight import bind_port, check_redis_reachable, check_storage_writable, check_workers
 
     _start_logging(settings)
@@ -84,7 +83,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     _ready_database(settings)  # once, in this process: workers find the database migrated
     log = structlog.get_logger(__name__)
     if args.workers > 1:
-        rules_of_file(settings)  # a rules file with errors is refused here, once, not by every worker
+        from service.rules.files import load_configured_rules
+
+        load_configured_rules(settings.rules_file)  # a rules file with errors: refused here, not by each worker
         log.info("listening", host=args.host, port=args.port, workers=args.workers)
         return _run_workers(args, settings, sock)
     config = uvicorn.Config(_frozen_app(settings), **_uvicorn_options(args, settings))

@@ -38,7 +38,8 @@ def replica_id() -> str:
 def dead_here(owner: str, *, host: str, pid: int) -> bool:
     """Whether the lease owner ``owner`` (a :func:`replica_id`) was a process of this host that no
     longer runs: its pid is gone (or a zombie), or it is our own pid under another name (a container
-    restarted, where the service is pid 1 again). A sibling worker of ``serve --workers`` runs: alive. A pid reused by an unrelated process reads as alive: the lease
+    restarted, where the service is pid 1 again). A sibling worker of ``serve --workers`` runs: alive.
+    A pid reused by an unrelated process reads as alive: the lease
     then simply expires, as on another host."""
     owner_host, _, rest = owner.partition(":")
     owner_pid, _, _ = rest.partition(":")

@@ -24,7 +24,8 @@ from service.simulator import CallScript, SimulatorServer, VapiSimulator
 from tests.conftest import VAPI_KEY
 from tests.harness import CALL, eventually
 from tests.listen.test_processes import AUTH, recording_when_final
-from tests.listen.test_replicas_redis import hear, redis_url  # noqa: F401 - the fixture
+from tests.listen.test_replicas_redis import hear
+from tests.listen.test_replicas_redis import redis_url as redis_url  # the fixture
 from tests.processes import ServeProcess, serve_env, serve_process
 from tests.servers import free_port
 
@@ -49,6 +50,10 @@ def workers_of(pid: int) -> set[int]:
         if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in command:
             found.add(int(entry.name))
     return found
+
+
+def all_gone(pids: set[int]) -> bool:
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 def workers_started(serve: ServeProcess) -> int:
@@ -156,7 +161,7 @@ async def test_two_workers_share_the_port_and_take_over_a_killed_sibling(
             serve.process.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(serve.process.wait, 30)
             assert code == 0, serve.log()[-3000:]
-            assert not any(Path(f"/proc/{pid}").exists() for pid in now_workers), "no worker left behind"
+            assert all_gone(now_workers), "no worker left behind"
     assert takeover < LEASE_SECONDS + 3, f"calls taken over {takeover:.2f} s after the kill"
     log = serve.log()
     assert "Traceback" not in log

@@ -166,3 +166,19 @@ async def test_two_workers_share_the_port_and_take_over_a_killed_sibling(
     log = serve.log()
     assert "Traceback" not in log
     assert log.count("switchboard stopped") >= 2, "the workers shut down through the lifespan"
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(
+    postgresql_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of the supervisor: its workers do not keep serving the port on their own (Linux)."""
+    port = free_port()
+    env = serve_env(
+        postgresql_url, tmp_path / "recordings", "http://127.0.0.1:9", port, SWITCHBOARD_REDIS_URL=redis_url
+    )
+    async with serve_process(env, port, tmp_path / "serve.log", "--workers", "2", ready=60) as serve:
+        await eventually(lambda: workers_started(serve) == 2, 60, interval=0.1, what="both workers started")
+        workers = workers_of(serve.process.pid)
+        assert len(workers) == 2
+        serve.kill()
+        await eventually(lambda: all_gone(workers), 20, interval=0.1, what="the workers stopped")

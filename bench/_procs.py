@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -42,25 +42,57 @@ def _die_with_parent() -> None:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """CPU seconds (user + system) and memory of a process at one moment."""
+    """CPU seconds (user + system) and memory of a process and its descendants at one moment (summed:
+    ``serve --workers N`` is a supervisor and N workers), and the CPU seconds of each process."""
 
     cpu_seconds: float
     rss_bytes: int
     peak_rss_bytes: int
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+
+
+def _stat_fields(pid: int) -> list[str]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (children, their children…), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parents.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def usage(pid: int) -> Usage:
-    """CPU time and RSS / peak RSS (VmHWM) of a live process."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name may hold spaces and parentheses: fields are counted after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    memory: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            memory[key] = int(value.split()[0]) * 1024
-    return Usage((utime + stime) / _CLOCK_TICKS, memory.get("VmRSS", 0), memory.get("VmHWM", 0))
+    """CPU time and RSS / peak RSS (VmHWM) of a live process and its descendants, summed (a peak is
+    each process's own, so their sum is an upper bound of the tree's peak)."""
+    cpu: dict[int, float] = {}
+    rss = peak = 0
+    for one in [pid, *descendants(pid)]:
+        try:
+            fields = _stat_fields(one)
+            status = Path(f"/proc/{one}/status").read_text()
+        except OSError:
+            if one == pid:
+                raise
+            continue  # a descendant that just ended
+        cpu[one] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        for line in status.splitlines():
+            key, _, value = line.partition(":")
+            if key == "VmRSS":
+                rss += int(value.split()[0]) * 1024
+            elif key == "VmHWM":
+                peak += int(value.split()[0]) * 1024
+    return Usage(sum(cpu.values()), rss, peak, cpu)
 
 
 class Child:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,6 +104,9 @@ class PhaseResult:
     simulator_cpu_seconds: float = 0.0
     machine_busy: float = 0.0
     exit_code: int | None = None
+    workers: int = 1
+    cpu_by_process: list[float] = field(default_factory=list)
+    calls_per_core: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -238,6 +242,9 @@ class Window:
         assert self.before is not None
         assert self.after is not None
         result.cpu_seconds = self.after.cpu_seconds - self.before.cpu_seconds
+        result.cpu_by_process = [
+            cpu - self.before.cpu_by_pid.get(pid, 0.0) for pid, cpu in sorted(self.after.cpu_by_pid.items())
+        ]
         result.window_seconds = self.ended - self.started
         result.mean_cores = result.cpu_seconds / result.window_seconds if result.window_seconds else 0.0
         result.baseline_rss_bytes = baseline_rss
@@ -276,6 +283,8 @@ def account(
     result.audio_seconds = result.expected_bytes / BYTES_PER_SECOND
     minutes = result.audio_seconds / 60
     result.cpu_per_call_minute = result.cpu_seconds / minutes if minutes else 0.0
+    # Concurrent calls one core sustains: call-seconds recorded per CPU-second spent.
+    result.calls_per_core = result.audio_seconds / result.cpu_seconds if result.cpu_seconds else 0.0
     lags = [stored_at[c] - ended_at[c] for c in sim_calls if c in stored_at and c in ended_at]
     result.max_lag_seconds = max(lags) if lags else None
     after_create: list[float] = []
@@ -356,15 +365,83 @@ async def wait_calls_ended(sim: Simulator, ids: set[str], label: str, deadline: 
 
 
 async def run_switchboard(
-    args: argparse.Namespace, procs: ProcessGroup, sim: Simulator, client: httpx.AsyncClient, tmp: Path
+    args: argparse.Namespace,
+    procs: ProcessGroup,
+    sim: Simulator,
+    client: httpx.AsyncClient,
+    tmp: Path,
+    workers: int = 1,
 ) -> PhaseResult:
-    label = "switchboard"
+    label = "switchboard" if workers == 1 else f"switchboard x{workers}"
+    async with serve_database(args.database, tmp) as database_url:
+        return await _run_switchboard(args, procs, sim, client, tmp, workers, label, database_url)
+
+
+@contextlib.asynccontextmanager
+async def serve_database(server: str | None, tmp: Path) -> AsyncIterator[str]:
+    """A new SQLite file, or a new database on the PostgreSQL server ``server`` (dropped afterwards)."""
+    if server is None:
+        yield f"sqlite+aiosqlite:///{tmp}/bench-{secrets.token_hex(4)}.db"
+        return
+    import asyncpg
+
+    name = f"switchboard_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{server.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def settled(serve: Child, workers: int, timeout: float = 120.0) -> None:
+    """Wait until ``serve --workers`` runs its workers and they have finished starting (the tree's CPU
+    falls quiet): ``/healthz`` answers as soon as the first one is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = serve.usage()
+        await asyncio.sleep(1.0)
+        after = serve.usage()
+        if len(after.cpu_by_pid) > workers and after.cpu_seconds - before.cpu_seconds < 0.2:
+            return
+    raise BenchError(f"serve did not start {workers} workers within {timeout:g} s:\n{serve.log_tail()}")
+
+
+async def lease_holders(database_url: str) -> list[int]:
+    """How many calls each replica holds a listen lease on (PostgreSQL), most first."""
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        rows = await connection.fetch(
+            "SELECT count(*) AS n FROM call WHERE listen_owner IS NOT NULL GROUP BY listen_owner ORDER BY n DESC"
+        )
+    finally:
+        await connection.close()
+    return [int(row["n"]) for row in rows]
+
+
+async def _run_switchboard(
+    args: argparse.Namespace,
+    procs: ProcessGroup,
+    sim: Simulator,
+    client: httpx.AsyncClient,
+    tmp: Path,
+    workers: int,
+    label: str,
+    database_url: str,
+) -> PhaseResult:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     admin_key = secrets.token_hex(16)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
-        "SWITCHBOARD_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench.db",
+        "SWITCHBOARD_DATABASE_URL": database_url,
+        "SWITCHBOARD_AUTO_MIGRATE": "1",
+        **({"SWITCHBOARD_REDIS_URL": args.redis} if workers > 1 else {}),
         "SWITCHBOARD_STORAGE_URL": f"file://{tmp}/rec",
         "SWITCHBOARD_VAPI_BASE_URL": sim.base_url,
         "SWITCHBOARD_PUBLIC_URL": base,
@@ -374,12 +451,15 @@ async def run_switchboard(
         **dict(setting.split("=", 1) for setting in args.serve_env),
     }
     progress(f"{label}: starting switchboard serve on {base}")
-    serve = await procs.start("serve", switchboard_argv("serve", "--port", str(port)), env=env, cwd=tmp)
+    argv = switchboard_argv("serve", "--port", str(port), "--workers", str(workers))
+    serve = await procs.start(label.replace(" ", "-"), argv, env=env, cwd=tmp)
     await wait_http_ok(client, f"{base}/healthz", serve)
+    if workers > 1:
+        await settled(serve, workers)
     auth = {"Authorization": f"Bearer {admin_key}"}
     (await client.get(f"{base}/v1/calls", params={"limit": 1}, headers=auth)).raise_for_status()  # warm up
     await asyncio.sleep(1.0)
-    result = PhaseResult(label, args.calls, args.seconds)
+    result = PhaseResult(label, args.calls, args.seconds, workers=workers)
     window = Window(serve, sim.child)
     baseline_rss = serve.usage().rss_bytes
 
@@ -406,6 +486,9 @@ async def run_switchboard(
         result.notes.append(f"{len(refused)} calls not placed (not counted below), first: {refused[0]}")
         result.calls = len(ids)
     deadline = time.monotonic() + args.seconds + 30 + args.drain_timeout
+    if not database_url.startswith("sqlite"):
+        held = await lease_holders(database_url)
+        result.notes.append(f"calls leased per replica after placing: {held}")
     sim_calls = await wait_calls_ended(sim, ids, label, deadline)
     progress(f"{label}: every call ended; waiting for the recordings to be finalised")
     while True:
@@ -621,6 +704,14 @@ def render_table(results: list[PhaseResult]) -> str:
             f"{r.machine_busy * 100:.0f} % busy; RSS {r.baseline_rss_bytes / 2**20:.1f} → "
             f"{r.peak_rss_bytes / 2**20:.1f} MiB"
         )
+        out.append(
+            f"  one core sustains ≈{r.calls_per_core:.0f} concurrent calls (call-seconds per CPU-second)"
+            + (
+                f"; CPU s per process {[round(cpu, 1) for cpu in r.cpu_by_process]}"
+                if len(r.cpu_by_process) > 1
+                else ""
+            )
+        )
         out += [f"  note: {note}" for note in r.notes]
     by_name = {r.listener: r for r in results}
     if (sb := by_name.get("switchboard")) and (naive := by_name.get("naive")) and sb.cpu_per_call_minute:
@@ -672,12 +763,12 @@ async def run(args: argparse.Namespace) -> list[PhaseResult]:
             sim_child = await procs.start("simulator", sim_argv, cwd=tmp)
             sim = Simulator(sim_child, f"http://127.0.0.1:{port}", client)
             await wait_http_ok(client, f"{sim.base_url}/_sim/calls", sim_child)
-            phases: list[str] = ["switchboard"]
+            phases: list[str] = [f"switchboard:{n}" for n in args.workers]
             phases += [] if args.skip_floor else ["floor"]
             phases += [] if args.skip_naive else ["naive"]
             for phase in phases:
-                if phase == "switchboard":
-                    result = await run_switchboard(args, procs, sim, client, tmp)
+                if phase.startswith("switchboard:"):
+                    result = await run_switchboard(args, procs, sim, client, tmp, int(phase.split(":")[1]))
                 else:
                     result = await run_baseline(phase, args, procs, sim, tmp)
                 results.append(result)
@@ -722,8 +813,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="a setting for serve, e.g. SWITCHBOARD_ANALYTICS_ENABLED=0 (repeatable)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="N",
+        help="run switchboard serve --workers N, one phase per N given (default 1); N > 1 needs --database",
+    )
+    parser.add_argument(
+        "--database",
+        metavar="POSTGRES_DSN",
+        help="a PostgreSQL server (postgresql://USER@HOST:PORT/DB to connect to) on which each switchboard phase "
+        "gets a new database, dropped afterwards (default: a SQLite file)",
+    )
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/0",
+        help="SWITCHBOARD_REDIS_URL of phases with more than one worker (default: %(default)s)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database, audio)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if max(args.workers) > 1 and args.database is None:
+        parser.error("--workers above 1 needs --database (PostgreSQL): SQLite serves one process")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,13 +67,12 @@ from service.recordings.vapi_copy import VapiCopyMarker, VapiCopyWorker
 from service.recordings.watch import WatchedStorage
 from service.rules.controllers import FiringController, RuleController  # rules
 from service.rules.engine import RuleEngine  # rules
-from service.rules.files import load_rules_file  # rules
-from service.rules.schema import RuleSetError  # rules
+from service.rules.files import load_configured_rules  # rules
 from service.rules.service import RuleService  # rules
 from service.search.controllers import SearchController  # search
 from service.search.index import TranscriptIndexer
 from service.search.service import SearchService  # search
-from service.settings import ConfigurationError, Settings
+from service.settings import Settings
 from service.tasks import Background
 from service.vapi.client import VapiClient
 from service.vapi.monitors import MonitorUrlPolicy
@@ -105,10 +104,7 @@ def create_app(
     storage: RecordingStorage | None = None,
 ) -> Litestar:
     """Build the app. ``http_client`` and ``storage`` replace the external systems (tests, embedding)."""
-    try:  # rules: a rules file with errors refuses start-up, listing them all
-        file_rules = load_rules_file(settings.rules_file) if settings.rules_file else []
-    except RuleSetError as exc:
-        raise ConfigurationError(str(exc)) from None
+    file_rules = load_configured_rules(settings.rules_file)  # rules: errors refuse start-up
     db = Database(settings.database_url)
     storage = WatchedStorage(storage or build_storage(settings.storage_url))  # write failures reach /readyz
     owns_http_client = http_client is None

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
+import os
+import signal
+import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from service.settings import ConfigurationError, Settings, load_settings, unknown_variables
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 def _start_logging(settings: Settings) -> None:
@@ -35,37 +45,99 @@ def _ready_database(settings: Settings) -> None:
         check_database_migrated(settings.database_url, revision)
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import structlog
-    import uvicorn
-
+def _frozen_app(settings: Settings) -> Litestar:
     from service.app import create_app
-    from service.preflight import bind_port, check_storage_writable
 
-    _start_logging(settings)
-    # The port first: a busy port is refused before anything starts, not after "switchboard started".
-    sock = bind_port(args.host, args.port)
-    check_storage_writable(settings.storage_url)
-    _ready_database(settings)
     app = create_app(settings)
     # Everything built so far (modules, mappers, routes) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise stall the event loop for 50-130 ms under load.
     gc.collect()
     gc.freeze()
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,  # service.logging renders uvicorn's lines too
-        access_log=settings.access_log,
-        lifespan="on",
-        ws="websockets-sansio",
-    )
-    structlog.get_logger(__name__).info("listening", host=args.host, port=args.port)
+    return app
+
+
+def _uvicorn_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    return {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,  # service.logging renders uvicorn's lines too
+        "access_log": settings.access_log,
+        "lifespan": "on",
+        "ws": "websockets-sansio",
+    }
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import structlog
+    import uvicorn
+
+    from service.preflight import bind_port, check_redis_reachable, check_storage_writable, check_workers
+
+    _start_logging(settings)
+    check_workers(settings.database_url, settings.redis_url, args.workers)
+    # The port first: a busy port is refused before anything starts, not after "switchboard started".
+    sock = bind_port(args.host, args.port)
+    check_storage_writable(settings.storage_url)
+    if settings.redis_url:
+        check_redis_reachable(settings.redis_url)
+    _ready_database(settings)  # once, in this process: workers find the database migrated
+    log = structlog.get_logger(__name__)
+    if args.workers > 1:
+        from service.rules.files import load_configured_rules
+
+        load_configured_rules(settings.rules_file)  # a rules file with errors: refused here, not by each worker
+        log.info("listening", host=args.host, port=args.port, workers=args.workers)
+        return _run_workers(args, settings, sock)
+    config = uvicorn.Config(_frozen_app(settings), **_uvicorn_options(args, settings))
+    log.info("listening", host=args.host, port=args.port)
     # uvicorn re-raises the signal that stopped it once it has shut down: a clean stop, not an error.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _run_workers(args: argparse.Namespace, settings: Settings, sock: socket.socket) -> int:
+    """``serve --workers N``: uvicorn's supervisor runs N worker processes that accept on ``sock``.
+
+    Each worker builds its own app (:func:`worker_app`): a replica with its own event loop, database
+    pool and leases, sharing live audio and console changes with its siblings through Redis. The
+    supervisor restarts a worker that dies, stops them all on SIGTERM or SIGINT (each shuts down as
+    ``serve`` does), replaces them one by one on SIGHUP, and stops if a worker fails before it serves.
+    """
+    import structlog
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        f"{__name__}:worker_app", factory=True, workers=args.workers, **_uvicorn_options(args, settings)
+    )
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    if failed := [process.pid for process in supervisor.processes if process.exitcode == STARTUP_FAILURE]:
+        structlog.get_logger(__name__).error("a worker failed to start (see its lines above): stopped", pids=failed)
+        return 1
+    return 0
+
+
+def worker_app() -> Litestar:
+    """The app of one worker of ``serve --workers N``, which uvicorn calls in each process it starts.
+
+    The parent has already checked the configuration and migrated the database; a worker dies with it
+    (Linux), so that a supervisor killed with SIGKILL leaves no worker serving on its port.
+    """
+    from multiprocessing import parent_process
+
+    from service.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    parent = parent_process()
+    if sys.platform == "linux" and parent is not None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent.pid:  # the parent died before prctl
+            raise SystemExit(0)
+    return _frozen_app(settings)
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
@@ -212,6 +284,16 @@ def _rules_check(args: argparse.Namespace, _settings: Settings | None) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchboard",
@@ -227,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="processes serving the port, one per core to use (default: %(default)s). Each is a replica with its "
+        "own leases; N > 1 needs PostgreSQL and SWITCHBOARD_REDIS_URL. A worker that dies is restarted; "
+        "SIGTERM stops them all",
+    )
     serve.set_defaults(handler=_serve, needs_settings=True)
 
     migrate = commands.add_parser("migrate", help="apply database migrations")

@@ -163,3 +163,44 @@ def bind_port(host: str, port: int, *, option: str = "--port") -> socket.socket:
             message = f"cannot listen on {host}:{port} ({exc.strerror}): fix --host or {option}"
         raise StartupCheckFailed(message) from None
     return sock
+
+
+def check_workers(database_url: str, redis_url: str | None, workers: int) -> None:
+    """``serve --workers N`` (N > 1) runs N replicas on one host: PostgreSQL and Redis, as for replicas.
+
+    SQLite is refused: its single writer would serialise the workers (each write waits for the file's
+    lock) and it is not what the replicas' guarantees are tested on. Redis is required: without it a
+    listener reaching a worker that does not record the call would be closed with 4404, and the console
+    feed would show only that worker's changes.
+    """
+    if workers <= 1:
+        return
+    if make_url(database_url).get_backend_name() == "sqlite":
+        raise StartupCheckFailed(
+            f"--workers {workers} needs PostgreSQL (SWITCHBOARD_DATABASE_URL=postgresql+asyncpg://…); "
+            "SQLite serves one process: run without --workers"
+        )
+    if not redis_url:
+        raise StartupCheckFailed(
+            f"--workers {workers} needs SWITCHBOARD_REDIS_URL (redis://HOST:PORT/DB), through which the workers "
+            "share live audio and the console's feed"
+        )
+
+
+def check_redis_reachable(url: str) -> None:
+    """Ping the Redis of ``SWITCHBOARD_REDIS_URL`` once, within :data:`DATABASE_TIMEOUT_SECONDS`."""
+    import redis
+
+    parts = urlsplit(url)
+    where = f"Redis at {parts.hostname or parts.path or 'localhost'}:{parts.port or 6379}"
+    if parts.scheme == "unix":
+        where = f"Redis at {parts.path}"
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=DATABASE_TIMEOUT_SECONDS, socket_timeout=DATABASE_TIMEOUT_SECONDS
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise StartupCheckFailed(f"cannot reach the {where} ({exc}): check SWITCHBOARD_REDIS_URL") from None
+    finally:
+        client.close()

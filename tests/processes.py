@@ -50,11 +50,13 @@ def serve_env(database_url: str, storage_dir: Path, vapi_base_url: str, port: in
 
 
 @asynccontextmanager
-async def serve_process(env: dict[str, str], port: int, log_path: Path) -> AsyncIterator[ServeProcess]:
-    """Start ``switchboard serve`` and wait until ``/healthz`` answers; kill it on exit if still alive."""
+async def serve_process(
+    env: dict[str, str], port: int, log_path: Path, *args: str, ready: float = 30
+) -> AsyncIterator[ServeProcess]:
+    """Start ``switchboard serve [args]`` and wait until ``/healthz`` answers; kill it on exit if still alive."""
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(  # noqa: ASYNC220 - started once, waited on below
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), *args],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -70,7 +72,7 @@ async def serve_process(env: dict[str, str], port: int, log_path: Path) -> Async
 
     try:
         async with httpx.AsyncClient() as client:
-            await eventually(healthy, 30, interval=0.1, what="switchboard serve answers /healthz")
+            await eventually(healthy, ready, interval=0.1, what="switchboard serve answers /healthz")
         yield running
     finally:
         if process.poll() is None:

@@ -155,3 +155,29 @@ def test_a_free_port_is_bound_and_kept(tmp_path: Path) -> None:
         _, err = process.communicate(timeout=30)
     assert process.returncode in (0, -15), err  # uvicorn re-raises SIGTERM once it has shut down
     assert "Traceback" not in err
+
+
+def test_workers_on_sqlite_are_refused(tmp_path: Path) -> None:
+    result = run_cli("serve", "--port", str(free_port()), "--workers", "2", **sqlite_env(tmp_path))
+    assert_refused(result, "--workers 2 needs PostgreSQL", "SQLite serves one process")
+    assert not (tmp_path / "db").exists(), "refused before migrating anything"
+
+
+def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
+    env = {**sqlite_env(tmp_path), "SWITCHBOARD_DATABASE_URL": f"{POSTGRES}/postgres"}
+    result = run_cli("serve", "--port", str(free_port()), "--workers", "3", **env)
+    assert_refused(result, "--workers 3 needs SWITCHBOARD_REDIS_URL")
+
+
+def test_an_unreachable_redis_is_named(tmp_path: Path) -> None:
+    env = {**sqlite_env(tmp_path), "SWITCHBOARD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    line = assert_refused(run_cli("serve", "--port", str(free_port()), **env), "cannot reach the Redis at 127.0.0.1")
+    assert "SWITCHBOARD_REDIS_URL" in line
+    assert not (tmp_path / "db").exists(), "refused before migrating anything"
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two"])
+def test_workers_must_be_a_positive_number(workers: str) -> None:
+    result = run_cli("serve", "--workers", workers)
+    assert result.returncode == 2
+    assert "argument --workers: expected a whole number of 1 or more" in result.stderr

@@ -15,6 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import Collection
+from pathlib import Path
 
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,8 +37,9 @@ def replica_id() -> str:
 
 def dead_here(owner: str, *, host: str, pid: int) -> bool:
     """Whether the lease owner ``owner`` (a :func:`replica_id`) was a process of this host that no
-    longer runs: its pid is gone, or it is our own pid under another name (a container restarted,
-    where the service is pid 1 again). A pid reused by an unrelated process reads as alive: the lease
+    longer runs: its pid is gone (or a zombie), or it is our own pid under another name (a container
+    restarted, where the service is pid 1 again). A sibling worker of ``serve --workers`` runs: alive.
+    A pid reused by an unrelated process reads as alive: the lease
     then simply expires, as on another host."""
     owner_host, _, rest = owner.partition(":")
     owner_pid, _, _ = rest.partition(":")
@@ -51,7 +53,17 @@ def dead_here(owner: str, *, host: str, pid: int) -> bool:
         return True
     except PermissionError:  # it exists, under another user
         return False
-    return False
+    return _zombie(int(owner_pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but not been reaped yet (``serve --workers``: a killed worker until its
+    supervisor waits for it), which ``kill(pid, 0)`` still finds. Linux only; elsewhere: no."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith("Z")
 
 
 class LeaseKeeper:

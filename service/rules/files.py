@@ -14,6 +14,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from service.rules.schema import CompiledRule, RuleError, RuleSetError, compile_rules
+from service.settings import ConfigurationError
 
 
 def _plain(value: Any) -> Any:
@@ -89,3 +90,12 @@ def load_rules_file(path: Path) -> list[CompiledRule]:
     if errors:
         raise RuleSetError(errors, source=str(path))
     return rules
+
+
+def load_configured_rules(path: Path | None) -> list[CompiledRule]:
+    """The rules of ``SWITCHBOARD_RULES_FILE`` (none when unset): a file with errors refuses start-up,
+    listing them all (a :class:`ConfigurationError`)."""
+    try:
+        return load_rules_file(path) if path else []
+    except RuleSetError as exc:
+        raise ConfigurationError(str(exc)) from None

@@ -7,6 +7,8 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -46,6 +48,23 @@ def test_a_dead_process_of_this_host_is_recognised_by_its_lease_owner() -> None:
     assert dead_here(f"host-a:{os.getpid()}:00000000", host="host-a", pid=os.getpid())
     assert not dead_here(f"host-b:{child}:abcd1234", host="host-a", pid=os.getpid()), "other hosts: expiry"
     assert not dead_here("garbage", host="host-a", pid=os.getpid())
+
+
+def test_a_killed_sibling_not_yet_reaped_is_dead_and_a_running_one_alive() -> None:
+    """``serve --workers``: a worker killed with SIGKILL is a zombie until its supervisor waits for it."""
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = f"host-a:{sibling.pid}:abcd1234"
+        assert not dead_here(owner, host="host-a", pid=os.getpid()), "a running sibling keeps its leases"
+        sibling.kill()
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{sibling.pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            assert time.monotonic() < deadline, "the killed child became a zombie"
+            time.sleep(0.01)
+        assert dead_here(owner, host="host-a", pid=os.getpid()), "exited, not yet reaped: dead"
+    finally:
+        sibling.kill()
+        sibling.wait()
 
 
 async def test_leases_of_dead_processes_here_are_taken_over_before_they_expire(database_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -96,6 +97,31 @@ async def test_an_unknown_assistant_is_cached_as_one_and_a_failure_is_not() -> N
     for _ in range(2):
         assert await flaky.for_outbound({}, assistant_id="a1", phone_number_id=None) is None
     assert failures == ["/assistant/a1", "/assistant/a1"]
+
+
+async def test_a_burst_of_placements_reads_the_assistant_once() -> None:
+    """Calls placed at the same moment with one assistant wait for one read of it (not one each)."""
+    seen: list[str] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        await asyncio.sleep(0.05)
+        return httpx.Response(200, json={"server": {"url": "https://a/x"}})
+
+    vapi = VapiClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(slow)),
+        base_url="https://vapi.test",
+        api_key="k",
+        public_key=None,
+        timeout=1,
+    )
+    upstreams = UpstreamResolver(vapi, Settings(_env_file=None, upstream_cache_seconds=60), Clock())
+    found = await asyncio.gather(
+        *(upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None) for _ in range(20))
+    )
+    assert seen == ["/assistant/a1"]
+    assert {upstream["url"] for upstream in found if upstream is not None} == {"https://a/x"}
+    assert None not in found
 
 
 async def test_no_upstream_anywhere_is_none() -> None:

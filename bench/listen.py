@@ -733,9 +733,12 @@ async def run(args: argparse.Namespace) -> list[PhaseResult]:
     progress(f"temporary folder {tmp}")
     results: list[PhaseResult] = []
     try:
-        async with ProcessGroup(tmp) as procs, httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=max(50, args.calls + 10) if args.burst else 50)
-        ) as client:
+        async with (
+            ProcessGroup(tmp) as procs,
+            httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=max(50, args.calls + 10) if args.burst else 50)
+            ) as client,
+        ):
             port = free_port()
             sim_argv = switchboard_argv(
                 "simulate", "--port", str(port), "--pace", "1", "--talk-seconds", f"{args.seconds:g}"

@@ -65,6 +65,7 @@ log = structlog.get_logger(__name__)
 
 QUEUE_LIMIT = 10_000
 CLAIM_BATCH = 100
+FIRING_CONCURRENCY = 64  # control POSTs in flight at most
 JOURNAL_BATCH = 200  # posted firings closed per transaction at most
 RELOAD_EVERY_SECONDS = 1.0
 SWEEP_EVERY_SECONDS = 30.0
@@ -136,7 +137,7 @@ class RuleEngine:
         *,
         file_rules: Sequence[CompiledRule] = (),
         poll_interval: float = 0.25,
-        concurrency: int = 64,
+        concurrency: int = FIRING_CONCURRENCY,
         inject_attempts: int = 3,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:

@@ -22,6 +22,10 @@ wall time. Figures per phase:
 - peak RSS (VmHWM) and RSS per session: (peak - RSS before the first call) / N;
 - lag: the longest time from a call's end (per the simulator) to its recording being complete.
 
+``--burst`` plays a dialer: every call placed at once, a ``call.answered`` rule saying something, and per
+call the time from the simulator sending the answered webhook to the say reaching the call's control URL
+(both on the simulator's clock; its webhook log records ``sentAt`` for this bench). Only Switchboard runs.
+
 Progress goes to standard error, the table to standard output. Every child process is stopped on exit or
 Ctrl-C (and dies with us even on SIGKILL); the temporary folder is removed unless ``--keep``.
 """

@@ -21,21 +21,20 @@ class Clock:
         return self.now
 
 
+def vapi_client(handler: Any) -> VapiClient:
+    """A Vapi client whose requests ``handler`` answers (sync or async)."""
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return VapiClient(http, base_url="https://vapi.test", api_key="k", public_key=None, timeout=1)
+
+
 def resolver(objects: dict[str, dict[str, Any]], seen: list[str], **settings: Any) -> tuple[UpstreamResolver, Clock]:
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.path)
         found = objects.get(request.url.path)
         return httpx.Response(200, json=found) if found is not None else httpx.Response(404, json={"message": "no"})
 
-    vapi = VapiClient(
-        httpx.AsyncClient(transport=httpx.MockTransport(answer)),
-        base_url="https://vapi.test",
-        api_key="k",
-        public_key=None,
-        timeout=1,
-    )
     clock = Clock()
-    return UpstreamResolver(vapi, Settings(_env_file=None, **settings), clock), clock
+    return UpstreamResolver(vapi_client(answer), Settings(_env_file=None, **settings), clock), clock
 
 
 async def test_first_found_wins_call_assistant_number_default() -> None:
@@ -108,14 +107,7 @@ async def test_a_burst_of_placements_reads_the_assistant_once() -> None:
         await asyncio.sleep(0.05)
         return httpx.Response(200, json={"server": {"url": "https://a/x"}})
 
-    vapi = VapiClient(
-        httpx.AsyncClient(transport=httpx.MockTransport(slow)),
-        base_url="https://vapi.test",
-        api_key="k",
-        public_key=None,
-        timeout=1,
-    )
-    upstreams = UpstreamResolver(vapi, Settings(_env_file=None, upstream_cache_seconds=60), Clock())
+    upstreams = UpstreamResolver(vapi_client(slow), Settings(_env_file=None, upstream_cache_seconds=60), Clock())
     found = await asyncio.gather(
         *(upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None) for _ in range(20))
     )

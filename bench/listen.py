@@ -22,6 +22,10 @@ wall time. Figures per phase:
 - peak RSS (VmHWM) and RSS per session: (peak - RSS before the first call) / N;
 - lag: the longest time from a call's end (per the simulator) to its recording being complete.
 
+``--burst`` plays a dialer: every call placed at once, a ``call.answered`` rule saying something, and per
+call the time from the simulator sending the answered webhook to the say reaching the call's control URL
+(both on the simulator's clock; its webhook log records ``sentAt`` for this bench). Only Switchboard runs.
+
 Progress goes to standard error, the table to standard output. Every child process is stopped on exit or
 Ctrl-C (and dies with us even on SIGKILL); the temporary folder is removed unless ``--keep``.
 """
@@ -63,6 +67,10 @@ PLACE_CONCURRENCY = 10
 POLL_SECONDS = 1.0
 LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "[warning", "[error", "[critical", "Traceback")
 BENCH_DIR = Path(__file__).resolve().parent
+# --burst: every call is greeted when answered (the latency measured); JSON is YAML 1.2.
+BURST_RULES = json.dumps(
+    {"rules": [{"name": "burst-greeting", "on": "call.answered", "say": "This call is recorded for quality."}]}
+)
 PROJECT_DIR = BENCH_DIR.parent
 
 _started = time.monotonic()
@@ -107,6 +115,8 @@ class PhaseResult:
     workers: int = 1
     cpu_by_process: list[float] = field(default_factory=list)
     calls_per_core: float = 0.0
+    answered_say: dict[str, float] = field(default_factory=dict)
+    answer_spread_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -196,6 +206,33 @@ class Simulator:
                 elif kind == "call" and data.get("status") == "in-progress":
                     answered.setdefault(call_id, entry["at"])
         return {call_id: (at, answered.get(call_id)) for call_id, at in created.items()}
+
+    async def answered_say_latencies(
+        self, ids: set[str], keep: Path | None = None
+    ) -> tuple[dict[str, float], list[float]]:
+        """Per call: the simulator's ``status-update`` (in-progress) webhook leaving it (``sentAt``) to
+        the first ``say`` arriving on the call's control URL, both on the simulator's clock; and when
+        each call was answered (for the spread of the burst)."""
+        sent: dict[str, float] = {}
+        said: dict[str, float] = {}
+        answered: list[float] = []
+        for kind in ("webhook", "control", "call"):
+            response = await self._client.get(f"{self.base_url}/_sim/log", params={"kind": kind}, timeout=120.0)
+            response.raise_for_status()
+            if keep is not None:
+                (keep / f"simulator-{kind}.json").write_bytes(response.content)
+            for entry in response.json()["entries"]:
+                call_id, data = entry["callId"], entry["data"]
+                if call_id not in ids:
+                    continue
+                if kind == "webhook" and data.get("type") == "status-update":
+                    if data["body"]["message"].get("status") == "in-progress":
+                        sent.setdefault(call_id, float(data["sentAt"]))
+                elif kind == "control" and (data.get("message") or {}).get("type") == "say":
+                    said.setdefault(call_id, float(entry["at"]))
+                elif kind == "call" and data.get("status") == "in-progress":
+                    answered.append(float(entry["at"]))
+        return {c: said[c] - sent[c] for c in sent if c in said}, answered
 
     async def ended_at(self, ids: set[str]) -> dict[str, float]:
         """When each call ended (wall clock), from the simulator's log."""
@@ -324,26 +361,47 @@ def account(
         )
 
 
+async def account_burst(result: PhaseResult, sim: Simulator, ids: set[str], keep: Path | None) -> None:
+    """The answered say's latency (percentiles over the calls) and how spread the answers were; with
+    ``keep``, the simulator's log of webhooks, control messages and call statuses is saved there."""
+    latencies, answered = await sim.answered_say_latencies(ids, keep)
+    if answered:
+        result.answer_spread_seconds = max(answered) - min(answered)
+    if missing := len(ids) - len(latencies):
+        result.notes.append(f"{missing} calls without an answered webhook followed by a say")
+    if not latencies:
+        return
+    ordered = sorted(latencies.values())
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    result.answered_say = {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1], "count": len(ordered)}
+
+
 async def place_calls(
     n: int,
     ramp_rate: float,
     place: Callable[[int], Awaitable[T]],
     label: str,
+    concurrency: int = PLACE_CONCURRENCY,
 ) -> list[T]:
-    """Place ``n`` calls, at most ``ramp_rate`` starts per second and ``PLACE_CONCURRENCY`` in flight."""
+    """Place ``n`` calls, at most ``ramp_rate`` starts per second (0: all at once) and ``concurrency``
+    in flight."""
     t0 = time.monotonic()
     done = 0
 
     async def one(i: int) -> T:
         nonlocal done
-        await asyncio.sleep(max(0.0, t0 + i / ramp_rate - time.monotonic()))
+        if ramp_rate > 0:
+            await asyncio.sleep(max(0.0, t0 + i / ramp_rate - time.monotonic()))
         value = await place(i)
         done += 1
         if done % 50 == 0 or done == n:
             progress(f"{label}: placed {done}/{n} calls")
         return value
 
-    return await gather_limited(PLACE_CONCURRENCY, (functools.partial(one, i) for i in range(n)))
+    return await gather_limited(concurrency, (functools.partial(one, i) for i in range(n)))
 
 
 async def wait_calls_ended(sim: Simulator, ids: set[str], label: str, deadline: float) -> dict[str, dict[str, Any]]:
@@ -450,6 +508,9 @@ async def _run_switchboard(
         "SWITCHBOARD_LOG_LEVEL": "warning",
         **dict(setting.split("=", 1) for setting in args.serve_env),
     }
+    if args.burst:
+        (tmp / "rules.yaml").write_text(BURST_RULES)
+        env["SWITCHBOARD_RULES_FILE"] = str(tmp / "rules.yaml")
     progress(f"{label}: starting switchboard serve on {base}")
     argv = switchboard_argv("serve", "--port", str(port), "--workers", str(workers))
     serve = await procs.start(label.replace(" ", "-"), argv, env=env, cwd=tmp)
@@ -481,7 +542,8 @@ async def _run_switchboard(
 
     spy = await start_py_spy(args, procs, serve)
     window.open()
-    ids = {call_id for call_id in await place_calls(args.calls, args.ramp_rate, place, label) if call_id}
+    ramp, concurrency = (0.0, args.calls) if args.burst else (args.ramp_rate, PLACE_CONCURRENCY)
+    ids = {call_id for call_id in await place_calls(args.calls, ramp, place, label, concurrency) if call_id}
     if refused:
         result.notes.append(f"{len(refused)} calls not placed (not counted below), first: {refused[0]}")
         result.calls = len(ids)
@@ -526,6 +588,8 @@ async def _run_switchboard(
     if gaps := sum(len(r.get("gaps") or []) for r in recordings.values()):
         result.notes.append(f"{gaps} gaps in the recordings")
     account(result, sim_calls, stored, stored_at, await sim.ended_at(ids), await sim.connect_times(ids))
+    if args.burst:
+        await account_burst(result, sim, ids, tmp if args.keep else None)
     result.exit_code = await procs.stop(serve)
     if result.exit_code not in (0, -signal.SIGTERM, None):  # uvicorn re-raises SIGTERM once shut down
         result.notes.append(f"serve exited with {result.exit_code}")
@@ -541,6 +605,8 @@ async def start_py_spy(args: argparse.Namespace, procs: ProcessGroup, serve: Chi
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     argv = [exe, "record", "--pid", str(serve.pid), "--rate", "100", "--nonblocking", "--format", "raw"]
     argv += ["--output", str(args.py_spy.resolve())]
+    if args.py_spy_seconds:
+        argv += ["--duration", str(args.py_spy_seconds)]
     progress(f"switchboard: sampling serve with {' '.join(argv[1:])} (py-spy's own CPU competes for the cores)")
     spy = await procs.start("py-spy", argv, stop_signal=signal.SIGINT)  # it writes its output on Ctrl-C
     await asyncio.sleep(1.0)
@@ -712,6 +778,14 @@ def render_table(results: list[PhaseResult]) -> str:
                 else ""
             )
         )
+        if r.answered_say:
+            a = r.answered_say
+            spread = r.answer_spread_seconds or 0.0
+            out.append(
+                f"  answered -> say (simulator clock, {a['count']:.0f} calls answered within {spread:.2f} s): "
+                f"p50 {a['p50'] * 1000:.0f} ms, p90 {a['p90'] * 1000:.0f} ms, p99 {a['p99'] * 1000:.0f} ms, "
+                f"max {a['max'] * 1000:.0f} ms"
+            )
         out += [f"  note: {note}" for note in r.notes]
     by_name = {r.listener: r for r in results}
     if (sb := by_name.get("switchboard")) and (naive := by_name.get("naive")) and sb.cpu_per_call_minute:
@@ -754,7 +828,12 @@ async def run(args: argparse.Namespace) -> list[PhaseResult]:
     progress(f"temporary folder {tmp}")
     results: list[PhaseResult] = []
     try:
-        async with ProcessGroup(tmp) as procs, httpx.AsyncClient(limits=httpx.Limits(max_connections=50)) as client:
+        async with (
+            ProcessGroup(tmp) as procs,
+            httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=max(50, args.calls + 10) if args.burst else 50)
+            ) as client,
+        ):
             port = free_port()
             sim_argv = switchboard_argv(
                 "simulate", "--port", str(port), "--pace", "1", "--talk-seconds", f"{args.seconds:g}"
@@ -764,8 +843,8 @@ async def run(args: argparse.Namespace) -> list[PhaseResult]:
             sim = Simulator(sim_child, f"http://127.0.0.1:{port}", client)
             await wait_http_ok(client, f"{sim.base_url}/_sim/calls", sim_child)
             phases: list[str] = [f"switchboard:{n}" for n in args.workers]
-            phases += [] if args.skip_floor else ["floor"]
-            phases += [] if args.skip_naive else ["naive"]
+            phases += [] if args.skip_floor or args.burst else ["floor"]
+            phases += [] if args.skip_naive or args.burst else ["naive"]
             for phase in phases:
                 if phase.startswith("switchboard:"):
                     result = await run_switchboard(args, procs, sim, client, tmp, int(phase.split(":")[1]))
@@ -789,6 +868,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200, help="concurrent calls per phase (default 200)")
     parser.add_argument("--seconds", type=float, default=20.0, help="audio seconds per call (default 20)")
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="place every call at once with a call.answered say rule loaded; measure answered -> say "
+        "(Switchboard only, no baselines)",
+    )
     parser.add_argument("--skip-naive", action="store_true", help="do not run the naive baseline")
     parser.add_argument("--skip-floor", action="store_true", help="do not run the bare-websockets floor")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
@@ -806,6 +891,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="event loop of the baselines (serve runs on uvloop, uvicorn's default when installed)",
     )
     parser.add_argument("--py-spy", type=Path, help="sample serve with py-spy over the window into this file (raw)")
+    parser.add_argument(
+        "--py-spy-seconds", type=int, help="sample only this many seconds from the first call placed (e.g. a burst)"
+    )
     parser.add_argument(
         "--serve-env",
         action="append",

@@ -66,7 +66,7 @@ from service.recordings.storage import RecordingStorage, build_storage
 from service.recordings.vapi_copy import VapiCopyMarker, VapiCopyWorker
 from service.recordings.watch import WatchedStorage
 from service.rules.controllers import FiringController, RuleController  # rules
-from service.rules.engine import RuleEngine  # rules
+from service.rules.engine import FIRING_CONCURRENCY, RuleEngine  # rules
 from service.rules.files import load_configured_rules  # rules
 from service.rules.service import RuleService  # rules
 from service.search.controllers import SearchController  # search
@@ -112,8 +112,18 @@ def create_app(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         headers={"User-Agent": f"switchboard/{__version__}"},
     )
+    # Control messages (rules, the API's say): a pool of their own, sized for the rule engine's firings.
+    control_http = (
+        httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=FIRING_CONCURRENCY * 2, max_keepalive_connections=FIRING_CONCURRENCY),
+            headers={"User-Agent": f"switchboard/{__version__}"},
+        )
+        if owns_http_client
+        else None  # an embedding's client carries control messages too
+    )
     vapi = VapiClient(
         http,
+        control_http=control_http,
         base_url=settings.vapi_base_url,
         api_key=settings.vapi_api_key.get_secret_value() if settings.vapi_api_key else None,
         public_key=settings.vapi_public_key.get_secret_value() if settings.vapi_public_key else None,
@@ -298,6 +308,8 @@ def create_app(
                 await redis.aclose()
             if owns_http_client:
                 await http.aclose()
+                assert control_http is not None
+                await control_http.aclose()
             await storage.close()
             await db.dispose()
             log.info("switchboard stopped")

@@ -94,3 +94,39 @@ async def test_a_write_lock_held_elsewhere_fails_as_database_unavailable(
     async with db.write() as session:  # the connection went back to the pool usable
         assert await session.scalar(text("SELECT 1")) == 1
     await db.dispose()
+
+
+async def test_urgent_writers_go_before_ordinary_ones_waiting(sqlite_file: str) -> None:
+    """The webhook batch (urgent) does not queue behind the bookkeeping writers already waiting; within
+    a lane writers keep their order, and a waiter cancelled leaves the queue without stalling it."""
+    db = Database(sqlite_file)
+    order: list[str] = []
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def write(name: str, *, urgent: bool = False) -> None:
+        async with db.write(urgent=urgent) as session:
+            await session.execute(text("SELECT 1"))
+            order.append(name)
+            if name == "first":
+                holding.set()
+                await release.wait()
+
+    try:
+        first = asyncio.create_task(write("first"))
+        await holding.wait()
+        tasks = [asyncio.create_task(write(f"ordinary-{n}")) for n in range(3)]
+        await asyncio.sleep(0)
+        cancelled = asyncio.create_task(write("cancelled", urgent=True))
+        await asyncio.sleep(0)
+        tasks += [asyncio.create_task(write(f"urgent-{n}", urgent=True)) for n in range(2)]
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        release.set()
+        await asyncio.gather(first, *tasks)
+        assert cancelled.cancelled()
+        assert order == ["first", "urgent-0", "urgent-1", "ordinary-0", "ordinary-1", "ordinary-2"]
+        async with db.write() as session:  # the lock is free again
+            await session.execute(text("SELECT 1"))
+    finally:
+        await db.dispose()

@@ -15,6 +15,7 @@ call's own subscription (absent: Vapi's default list).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -95,12 +96,15 @@ class _Cached:
 @dataclass(slots=True)
 class UpstreamResolver:
     """Finds a call's upstream, reading assistants and phone numbers from Vapi (cached briefly: a
-    campaign places many calls with one assistant, and a dashboard change shows within a minute)."""
+    campaign places many calls with one assistant, and a dashboard change shows within a minute).
+    Concurrent lookups of one object share one request: a dialer placing a burst of calls with one
+    assistant costs Vapi one read, not one per call."""
 
     vapi: VapiClient
     settings: Settings
     clock: Callable[[], float] = time.monotonic
     _cache: dict[str, _Cached] = field(default_factory=dict)
+    _reading: dict[str, asyncio.Future[dict[str, Any] | None]] = field(default_factory=dict)
 
     async def for_outbound(
         self, overrides: Mapping[str, Any], *, assistant_id: str | None, phone_number_id: str | None
@@ -144,6 +148,22 @@ class UpstreamResolver:
         cached = self._cache.get(key)
         if cached is not None and cached.until > now:
             return cached.value
+        if (reading := self._reading.get(key)) is not None:  # another request reads it: its answer
+            return await asyncio.shield(reading)  # a waiter cancelled must not cancel the shared answer
+        reading = asyncio.get_running_loop().create_future()
+        self._reading[key] = reading
+        value = None  # what the others get if this read fails: Vapi could not say
+        try:
+            value = await self._read(key, fetch, object_id)
+        finally:
+            del self._reading[key]
+            reading.set_result(value)
+        return value
+
+    async def _read(
+        self, key: str, fetch: Callable[[str], Awaitable[dict[str, Any]]], object_id: str
+    ) -> dict[str, Any] | None:
+        now = self.clock()
         value: dict[str, Any] | None
         try:
             value = await fetch(object_id)

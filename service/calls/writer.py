@@ -100,9 +100,10 @@ class CallWriter:
         self._changes = changes
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[CallUnit]:
+    async def transaction(self, *, urgent: bool = False) -> AsyncIterator[CallUnit]:
+        """``urgent``: before the ordinary writers waiting (``Database.write``); what rules answer."""
         after: list[AfterCommit]
-        async with self._db.write() as session:
+        async with self._db.write(urgent=urgent) as session:
             unit = CallUnit(session)
             yield unit
             await unit.save()

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.calls import status as call_status
 from service.calls.announce import call_summary
 from service.calls.changes import AfterCommit, CallChange
-from service.calls.control import ControlChannel, record_injection
+from service.calls.control import ControlChannel, Posted, record_injection
 from service.calls.events import NewEvent, append_events
 from service.calls.speech import catch_up
 from service.db.engine import Database
@@ -69,6 +69,8 @@ log = structlog.get_logger(__name__)
 
 QUEUE_LIMIT = 10_000
 CLAIM_BATCH = 100
+FIRING_CONCURRENCY = 64  # control POSTs in flight at most
+JOURNAL_BATCH = 200  # posted firings closed per transaction at most
 RELOAD_EVERY_SECONDS = 1.0
 SWEEP_EVERY_SECONDS = 30.0
 TIMER_SLACK_SECONDS = 0.002  # the loop's clock and the wall clock may differ by a hair
@@ -106,6 +108,17 @@ class _Recorded:
         return self.firing_id is not None and self.decision.plan.due is None
 
 
+@dataclass(frozen=True, slots=True)
+class _Posted:
+    """A firing whose control POST has been made: what :meth:`RuleEngine._journal` records of it."""
+
+    firing_id: uuid.UUID
+    rule: CompiledRule
+    key: str
+    posted: Posted
+    base: dict[str, Any]
+
+
 @dataclass(slots=True)
 class Planned:
     """The firings :meth:`RuleEngine.plan` recorded in the caller's transaction; hand it to
@@ -128,7 +141,7 @@ class RuleEngine:
         *,
         file_rules: Sequence[CompiledRule] = (),
         poll_interval: float = 0.25,
-        concurrency: int = 64,
+        concurrency: int = FIRING_CONCURRENCY,
         inject_attempts: int = 3,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
@@ -143,7 +156,9 @@ class RuleEngine:
         self._inject_attempts = inject_attempts
         self._clock = clock
         self._queue: asyncio.Queue[_Batch | Planned] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self._posted: asyncio.Queue[_Posted] = asyncio.Queue()  # bounded by the firing tasks that fill it
         self._loops = TaskOwner("rules")  # the worker and the timer
+        self._journaller = TaskOwner("rules-journal")  # closes posted firings, many per transaction
         self._firings = TaskOwner("rule", limit=concurrency)  # one task per firing being delivered
         self._wake = asyncio.Event()
         self._dues: list[dt.datetime] = []  # heap: due times this replica scheduled, not yet passed
@@ -189,11 +204,16 @@ class RuleEngine:
         self._loops.spawn(self._tick(), name="timer")
 
     async def close(self, timeout: float) -> None:
-        """Refuse new work, stop the worker and the timer, let firing tasks finish, cancel the rest."""
+        """Refuse new work, stop the worker and the timer, let firing tasks finish, cancel the rest,
+        then journal what was posted."""
         self._closing = True
         await self._loops.close()
         if cancelled := await self._firings.close(timeout):
             log.warning("rule firings cancelled at shutdown", count=cancelled)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._posted.join()
+        await self._journaller.close()
 
     async def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``work`` as an owned task; waits for a free slot (backpressure on the worker and timer)."""
@@ -384,58 +404,108 @@ class RuleEngine:
         observed: float | None,
         due_at: dt.datetime | None = None,
     ) -> None:
-        """Render, POST (through the control channel), and close the firing with its outcome, with the
-        injection, in one transaction (a ``notify``: see :meth:`_notify`)."""
+        """Render, then POST a control message (through the control channel): the firing is closed with
+        its outcome and the injection by the journal task (:meth:`_journal_posted`), many firings per
+        transaction, so that a firing task holds its slot for the POST only, not for a turn at the
+        database's write lock. A ``notify`` is closed at once (:meth:`_notify`)."""
         call_id = call.id
         base = {"rule": rule.name, "firingId": str(firing_id), "occurrence": key, "milestone": rule.milestone}
         try:  # rendering inside: a template refusing to grow too large fails the firing, not the worker
             message, missing = rule.render(call_values, event)
             if missing:
                 log.warning("template fields missing; rendered empty", rule=rule.name, call_id=call_id, fields=missing)
+            posted: Posted | None = None
             if isinstance(rule.action, Notify):
                 if not await self._notify(firing_id, call, message, event, base):
                     return  # closed by another delivery of the same firing
-                fired = True
             else:
-                fired = await self._inject(firing_id, call, message, base)
+                posted = await self._control.post(call, message, attempts=self._inject_attempts)
         except ConflictError as exc:  # the call is not live (any more): nothing was sent
             await self._skip(firing_id, rule, call_id, exc.detail, base)
             return
         except Exception as exc:
-            self._metrics.rule_failures.labels(reason="error").inc()
-            log.exception("rule firing failed", rule=rule.name, call_id=call_id)
-            event_ = NewEvent("switchboard", "rule.failed", {**base, "error": type(exc).__name__})
-            await firings.finish_firing(
-                self._db, firing_id, call_id, status="failed", error=type(exc).__name__, event=event_
-            )
+            await self._failed(firing_id, rule, call_id, exc, base)
             return
         if observed is not None:
             self._metrics.rule_fire_seconds.observe(time.perf_counter() - observed)
         if due_at is not None:
             self._metrics.rule_lateness_seconds.observe(max(0.0, (self._clock() - due_at).total_seconds()))
+        if posted is None:  # notified, and closed already
+            self._counted(rule, call_id, key, fired=True)
+            return
+        self._posted.put_nowait(_Posted(firing_id, rule, key, posted, base))
+        if not len(self._journaller) and not self._journaller.closed:  # started with the first firing
+            self._journaller.spawn(self._journal_posted(), name="journal")
+
+    async def _failed(
+        self, firing_id: uuid.UUID, rule: CompiledRule, call_id: str, exc: Exception, base: dict[str, Any]
+    ) -> None:
+        self._metrics.rule_failures.labels(reason="error").inc()
+        log.error("rule firing failed", rule=rule.name, call_id=call_id, exc_info=exc)
+        event = NewEvent("switchboard", "rule.failed", {**base, "error": type(exc).__name__})
+        await firings.finish_firing(
+            self._db, firing_id, call_id, status="failed", error=type(exc).__name__, event=event
+        )
+
+    # -- journal -------------------------------------------------------------------------------------
+
+    async def _journal_posted(self) -> None:
+        """Close posted firings, every one waiting (up to :data:`JOURNAL_BATCH`) in one transaction: the
+        injection, the firing's outcome and their events. If a batch fails, its firings are retried
+        one by one, so that a bad one fails alone (closed as failed, or by the sweep if even that fails)."""
+        while True:
+            batch = [await self._posted.get()]
+            while len(batch) < JOURNAL_BATCH and not self._posted.empty():
+                batch.append(self._posted.get_nowait())
+            try:
+                await self._journal(batch)
+            except Exception:
+                for item in batch:
+                    try:
+                        await self._journal([item])
+                    except Exception as exc:
+                        with contextlib.suppress(Exception):  # else the sweep closes it as failed
+                            await self._failed(item.firing_id, item.rule, item.posted.call_id, exc, item.base)
+            finally:
+                for _ in batch:
+                    self._posted.task_done()
+
+    async def _journal(self, batch: list[_Posted]) -> None:
+        # In call order (then posting order): PostgreSQL row locks taken in the order every writer uses.
+        ordered = sorted(batch, key=lambda item: item.posted.call_id)
+        outcomes: list[tuple[_Posted, bool]] = []
+        async with self._db.write() as session:
+            for item in ordered:
+                posted = item.posted
+                injection, sent = await record_injection(session, posted, origin="rule")
+                fired = injection.status == "sent"
+                await firings.close_firing(
+                    session,
+                    item.firing_id,
+                    status="fired" if fired else "failed",
+                    injection_id=injection.id,
+                    error=injection.error,
+                )
+                payload = {
+                    **item.base,
+                    "injectionId": str(injection.id),
+                    "type": posted.message["type"],
+                    "error": injection.error,
+                }
+                outcome = NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)
+                spoken = await catch_up(session, injection, since=posted.started_at)  # spoken before recorded
+                events = [sent, outcome] if spoken is None else [sent, outcome, spoken]
+                await append_events(session, posted.call_id, events)
+                outcomes.append((item, fired))
+        for item, fired in outcomes:
+            self._counted(item.rule, item.posted.call_id, item.key, fired=fired)
+
+    def _counted(self, rule: CompiledRule, call_id: str, key: str, *, fired: bool) -> None:
+        """The metrics and log line of a firing closed as fired or failed."""
         if not fired:
             self._metrics.rule_failures.labels(reason="injection-failed").inc()
         self._metrics.rule_firings.labels(rule=rule.name, status="fired" if fired else "failed").inc()
         log.info("rule fired" if fired else "rule firing failed", rule=rule.name, call_id=call_id, occurrence=key)
-
-    async def _inject(self, firing_id: uuid.UUID, call: Call, message: dict[str, Any], base: dict[str, Any]) -> bool:
-        """POST the control message, then record the injection and close the firing; whether it was sent."""
-        posted = await self._control.post(call, message, attempts=self._inject_attempts)
-        async with self._db.write() as session:
-            injection, sent = await record_injection(session, posted, origin="rule")
-            fired = injection.status == "sent"
-            await firings.close_firing(
-                session,
-                firing_id,
-                status="fired" if fired else "failed",
-                injection_id=injection.id,
-                error=injection.error,
-            )
-            payload = {**base, "injectionId": str(injection.id), "type": message["type"], "error": injection.error}
-            outcome = NewEvent("switchboard", "rule.fired" if fired else "rule.failed", payload)
-            spoken = await catch_up(session, injection, since=posted.started_at)  # spoken before recorded
-            await append_events(session, call.id, [sent, outcome] if spoken is None else [sent, outcome, spoken])
-        return fired
 
     async def _notify(
         self, firing_id: uuid.UUID, call: Call, message: dict[str, Any], event: dict[str, Any], base: dict[str, Any]

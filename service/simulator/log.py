@@ -18,7 +18,8 @@ class LogEntry:
 
     - ``rest``: ``method``, ``path``, ``status``, ``request`` (parsed JSON body or None), ``response``.
     - ``webhook``: ``type``, ``url``, ``headers`` (sent), ``body`` (the ``{"message": …}`` sent),
-      ``status`` (HTTP status or None), ``error`` (str or None), ``delivered`` (bool).
+      ``sentAt`` (wall clock when the POST began; the entry's ``at`` is after the answer), ``status``
+      (HTTP status or None), ``error`` (str or None), ``delivered`` (bool).
     - ``control``: ``status`` (answered), ``message`` (parsed JSON or None), ``raw`` (body as str), ``error``.
     - ``listen``: ``event`` (``connected``, ``refused``, ``closed``), ``index``, and per event ``status``,
       ``reason``, ``closeCode``, ``frames``, ``bytes``.

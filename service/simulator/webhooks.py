@@ -182,6 +182,7 @@ class WebhookSender:
         error: str | None = None
         answer: Any = None
         fault = self._fault_for(call.id, item.message_type)
+        sent_at = time.time()  # when the POST began: what latency is measured from (bench/listen.py --burst)
         if url is None:
             error = "no server url configured"
         elif fault is not None:
@@ -202,6 +203,7 @@ class WebhookSender:
             url=url,
             headers=headers,
             body=body,
+            sentAt=sent_at,
             status=status,
             error=error,
             delivered=status is not None and error is None,

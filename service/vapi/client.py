@@ -49,8 +49,12 @@ class VapiClient:
         public_key: str | None,
         timeout: float,
         monitor_policy: MonitorUrlPolicy | None = None,
+        control_http: httpx.AsyncClient | None = None,
     ) -> None:
         self._http = http
+        # Control POSTs on a pool of their own (default: ``http``): a burst of placements, reconciles
+        # or downloads neither holds every connection nor makes each control POST scan theirs.
+        self._control_http = control_http or http
         self._monitor_policy = monitor_policy  # None: monitor URLs are not checked (embedding, unit tests)
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -178,7 +182,7 @@ class VapiClient:
     async def _post_control(self, control_url: str, message: dict[str, Any], *, authenticated: bool) -> httpx.Response:
         kind = message.get("type", "?")
         try:
-            return await self._http.post(
+            return await self._control_http.post(
                 control_url,
                 json=message,
                 headers=self.monitor_headers(authenticated=authenticated),

@@ -264,7 +264,8 @@ class WebhookService:
     async def _apply(self, batch: list[_Received], *, look_up_duplicates: bool) -> list[_Applied]:
         """Apply ``batch`` in order in one unit of work of the call writer."""
         outcomes: list[_Applied | int] = []  # an int: the position of the change that stored the message
-        async with self._calls.transaction() as unit:
+        # Urgent: the milestones rules answer are in here; bookkeeping writes wait (Database.write).
+        async with self._calls.transaction(urgent=True) as unit:
             calls = await unit.lock([item.vapi_call["id"] for item in batch], origin="webhook")
             stored: dict[tuple[str, str], int] = {}
             if look_up_duplicates:

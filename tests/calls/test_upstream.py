@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -20,21 +21,20 @@ class Clock:
         return self.now
 
 
+def vapi_client(handler: Any) -> VapiClient:
+    """A Vapi client whose requests ``handler`` answers (sync or async)."""
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return VapiClient(http, base_url="https://vapi.test", api_key="k", public_key=None, timeout=1)
+
+
 def resolver(objects: dict[str, dict[str, Any]], seen: list[str], **settings: Any) -> tuple[UpstreamResolver, Clock]:
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.path)
         found = objects.get(request.url.path)
         return httpx.Response(200, json=found) if found is not None else httpx.Response(404, json={"message": "no"})
 
-    vapi = VapiClient(
-        httpx.AsyncClient(transport=httpx.MockTransport(answer)),
-        base_url="https://vapi.test",
-        api_key="k",
-        public_key=None,
-        timeout=1,
-    )
     clock = Clock()
-    return UpstreamResolver(vapi, Settings(_env_file=None, **settings), clock), clock
+    return UpstreamResolver(vapi_client(answer), Settings(_env_file=None, **settings), clock), clock
 
 
 async def test_first_found_wins_call_assistant_number_default() -> None:
@@ -96,6 +96,24 @@ async def test_an_unknown_assistant_is_cached_as_one_and_a_failure_is_not() -> N
     for _ in range(2):
         assert await flaky.for_outbound({}, assistant_id="a1", phone_number_id=None) is None
     assert failures == ["/assistant/a1", "/assistant/a1"]
+
+
+async def test_a_burst_of_placements_reads_the_assistant_once() -> None:
+    """Calls placed at the same moment with one assistant wait for one read of it (not one each)."""
+    seen: list[str] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        await asyncio.sleep(0.05)
+        return httpx.Response(200, json={"server": {"url": "https://a/x"}})
+
+    upstreams = UpstreamResolver(vapi_client(slow), Settings(_env_file=None, upstream_cache_seconds=60), Clock())
+    found = await asyncio.gather(
+        *(upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None) for _ in range(20))
+    )
+    assert seen == ["/assistant/a1"]
+    assert {upstream["url"] for upstream in found if upstream is not None} == {"https://a/x"}
+    assert None not in found
 
 
 async def test_no_upstream_anywhere_is_none() -> None:

@@ -62,14 +62,19 @@ class SearchColumns:
     def __init__(self, query: SearchQuery, *, sqlite: bool) -> None:
         self.source: FromClause
         self.relevance: ColumnElement[Any] | None
+        # The utterance's id as the full-text index sees it: ranges and order on it are the index's own
+        # (FTS5 walks its doclists by rowid, either way, from any bound).
+        self.row_id: ColumnElement[int]
         if sqlite:
             self.source = UTTERANCE.join(_FTS_ROWS, UTTERANCE.c.id == _FTS_ROWS.c.rowid)
+            self.row_id = _FTS_ROWS.c.rowid
             self.matches = _FTS.op("MATCH")(bindparam("match", query.fts5(), type_=String))
             self.highlight = func.highlight(_FTS, 0, MARK_START, MARK_END)
             self.relevance = None  # sqlite_relevance() of the highlight, once it is computed
         else:
             document, tsquery = _DOCUMENT, postgresql_query(query)
             self.source = UTTERANCE
+            self.row_id = UTTERANCE.c.id
             self.matches = document.op("@@")(tsquery)
             options = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"
             self.highlight = func.ts_headline(_CONFIG, UTTERANCE.c.text, tsquery, options)

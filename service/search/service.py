@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, or_, select, tuple_
+from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls.service import metadata_matches
@@ -29,6 +29,9 @@ _SEGMENT = table_of(RecordingSegment)
 # How far back before a transcript its speech start is looked for, in timeline events (the partial
 # transcripts and speech updates of both copies sit in between).
 SPEECH_WINDOW_EVENTS = 200
+# How many matches are ranked together, at most: the newest this many, then the next older this many, ...
+# A query matching fewer is ranked whole. Bounds a common word's cost (see README, Search).
+CANDIDATE_WINDOW = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +78,43 @@ class Hit:
 
 
 @dataclass(frozen=True, slots=True)
-class _Position:
-    """Where a page ends: relevance, then recency, then the row id (unique) break ties."""
+class _Window:
+    """A run of consecutive matches, by id: the ``CANDIDATE_WINDOW`` newest at or below ``top``.
 
+    ``bottom`` is the oldest of them, or 0 when fewer were found (the last window: nothing older
+    matches). A cursor pins its window, so inserts and deletes never move a page's neighbours."""
+
+    top: int
+    bottom: int
+
+    @property
+    def last(self) -> bool:
+        return self.bottom == 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where a page ends: its window, then relevance, recency and the row id (unique) within it."""
+
+    window: _Window
     relevance: int
     occurred_at: dt.datetime
     row_id: int
 
     def encode(self) -> str:
-        return encode_cursor(self.relevance, self.occurred_at.isoformat(), self.row_id)
+        window = self.window
+        return encode_cursor(window.top, window.bottom, self.relevance, self.occurred_at.isoformat(), self.row_id)
 
     @classmethod
     def decode(cls, cursor: str) -> _Position:
         parts = decode_cursor(cursor)
         try:
-            relevance, occurred_at, row_id = parts
-            if not isinstance(relevance, int) or not isinstance(row_id, int):
+            top, bottom, relevance, occurred_at, row_id = parts
+            if not all(isinstance(number, int) for number in (top, bottom, relevance, row_id)):
                 raise TypeError
-            return cls(relevance, dt.datetime.fromisoformat(occurred_at), row_id)
+            if not 0 <= bottom <= top:
+                raise ValueError
+            return cls(_Window(top, bottom), relevance, dt.datetime.fromisoformat(occurred_at), row_id)
         except (TypeError, ValueError):
             raise InvalidInputError(BAD_CURSOR) from None
 
@@ -108,12 +130,23 @@ class SearchService:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def statement(self, query: SearchQuery, filters: SearchFilters) -> Select[Any]:
-        """Every matching utterance with its relevance and highlight (a subquery to sort and page)."""
+    def matching(self, query: SearchQuery, filters: SearchFilters) -> Select[tuple[int]]:
+        """The ids of the utterances that match (``SELECT id``, with the filters)."""
+        return self._matching(query, filters)[0]
+
+    def _matching(self, query: SearchQuery, filters: SearchFilters) -> tuple[Select[Any], ColumnElement[int]]:
+        columns = SearchColumns(query, sqlite=self._db.is_sqlite)
+        ids = select(columns.row_id.label("id")).select_from(columns.source).where(columns.matches)
+        return filters.apply(ids), columns.row_id
+
+    def ranked(self, query: SearchQuery, filters: SearchFilters, window: _Window) -> Select[Any]:
+        """The matches of ``window`` with their relevance and highlight (a subquery to sort and page)."""
         columns = SearchColumns(query, sqlite=self._db.is_sqlite)
         utterance = (UTTERANCE.c.id, UTTERANCE.c.call_id, UTTERANCE.c.seq, UTTERANCE.c.role, UTTERANCE.c.text)
         matching = select(*utterance, UTTERANCE.c.occurred_at, columns.highlight.label("highlight"))
-        matching = filters.apply(matching.select_from(columns.source).where(columns.matches))
+        matching = filters.apply(
+            matching.select_from(columns.source).where(columns.matches, columns.row_id.between(window.bottom, window.top))
+        )
         if columns.relevance is not None:
             return matching.add_columns(columns.relevance.label("relevance"))
         # SQLite: highlight once per row (OFFSET 0 keeps the subquery from being flattened into the
@@ -122,29 +155,55 @@ class SearchService:
         relevance = sqlite_relevance(highlighted.c.highlight, highlighted.c.text)
         return select(*highlighted.c, relevance.label("relevance"))
 
+    async def _window(
+        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None
+    ) -> _Window | None:
+        """The window of the ``CANDIDATE_WINDOW`` newest matches at or below ``top`` (any, if None);
+        None when there is none. One walk of the index by id, newest first, stopping at the window's size."""
+        ids, row_id = self._matching(query, filters)
+        if top is not None:
+            ids = ids.where(row_id <= top)
+        newest = ids.order_by(row_id.desc()).limit(CANDIDATE_WINDOW).subquery("newest")
+        found = (await session.execute(select(func.max(newest.c.id), func.min(newest.c.id), func.count()))).one()
+        highest, lowest, count = found
+        if not count:
+            return None
+        return _Window(top if top is not None else highest, lowest if count >= CANDIDATE_WINDOW else 0)
+
     async def search(
         self, text: str, filters: SearchFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Hit], str | None]:
-        """The utterances matching ``text`` (see ``service.fulltext.query``), most relevant first, then
-        newest. Keyset pagination on (relevance, time, id): results inserted meanwhile never make a
-        later page skip or repeat one."""
+        """The utterances matching ``text`` (see ``service.fulltext.query``): window by window, newest
+        first, each window's matches most relevant first, then newest. A window is the
+        ``CANDIDATE_WINDOW`` newest matches below the previous one, so ranking costs the same however
+        many utterances match; with fewer matches than that, the whole result is one window. Keyset
+        pagination on (window, relevance, time, id): results inserted meanwhile never make a later page
+        skip or repeat one."""
         query = parse_query(text)
-        found = self.statement(query, filters).subquery("found")
-        page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
-        if cursor:
-            after = _Position.decode(cursor)
-            page = page.where(
-                tuple_(found.c.relevance, found.c.occurred_at, found.c.id)
-                < (after.relevance, after.occurred_at, after.row_id)
-            )
+        after = _Position.decode(cursor) if cursor else None
+        window = after.window if after else None
+        rows: list[tuple[_Window, Row[Any]]] = []
         async with self._db.read() as session:
-            rows = (await session.execute(page.limit(limit + 1))).all()
+            if window is None:
+                window = await self._window(session, query, filters, None)
+            while window is not None:
+                found = self.ranked(query, filters, window).subquery("found")
+                page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
+                if after is not None and after.window == window:
+                    page = page.where(
+                        tuple_(found.c.relevance, found.c.occurred_at, found.c.id)
+                        < (after.relevance, after.occurred_at, after.row_id)
+                    )
+                rows += [(window, row) for row in await session.execute(page.limit(limit + 1 - len(rows)))]
+                if len(rows) > limit or window.last:
+                    break
+                window = await self._window(session, query, filters, window.bottom - 1)
             next_cursor = None
             if len(rows) > limit:
                 rows = rows[:limit]
-                last = rows[-1]
-                next_cursor = _Position(last.relevance, last.occurred_at, last.id).encode()
-            offsets = await _recording_offsets(session, rows)
+                window, last = rows[-1]
+                next_cursor = _Position(window, last.relevance, last.occurred_at, last.id).encode()
+            offsets = await _recording_offsets(session, [row for _, row in rows])
         hits = [
             Hit(
                 row.call_id,
@@ -155,7 +214,7 @@ class SearchService:
                 row.occurred_at,
                 offsets.get((row.call_id, row.seq)),
             )
-            for row in rows
+            for _, row in rows
         ]
         return hits, next_cursor
 

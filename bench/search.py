@@ -319,6 +319,8 @@ async def measure(db: Database, corpus: Corpus, args: argparse.Namespace) -> dic
     search, recorder = SearchService(db), Statements(db)
     figures: dict[str, dict[str, Any]] = {}
     for name, (query, options, skip) in shapes(corpus).items():
+        if args.only and not any(part in name for part in args.only):
+            continue
         filters = SearchFilters(**options)
         cursor = None
         for _ in range(skip):
@@ -334,6 +336,8 @@ async def measure(db: Database, corpus: Corpus, args: argparse.Namespace) -> dic
                 await page()
             print(await recorder.plans(statements), file=sys.stderr)
     for name, query in CALL_SHAPES.items():
+        if args.only and not any(part in name for part in args.only):
+            continue
         calls_page = CallFilters(saying=parse_query(query)).page(limit=51, cursor=None)
 
         async def listing(statement: Any = calls_page) -> int:
@@ -404,6 +408,7 @@ async def main() -> None:
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--plans", action="store_true", help="print each shape's statements and their plans")
     parser.add_argument("--no-count", dest="count", action="store_false", help="skip counting each shape's matches")
+    parser.add_argument("--only", action="append", help="run the shapes whose name contains this (repeatable)")
     parser.add_argument("--load-only", action="store_true", help="build (or check) the datasets, measure nothing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -32,6 +32,7 @@ from sqlalchemy import (
     table,
 )
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import Join
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from service.db.models import TranscriptUtterance
@@ -59,15 +60,18 @@ def postgresql_query(query: SearchQuery) -> ColumnElement[Any]:
 class SearchColumns:
     """What one backend adds to a search: the FROM, the match condition, relevance and highlight."""
 
-    def __init__(self, query: SearchQuery, *, sqlite: bool) -> None:
+    def __init__(self, query: SearchQuery, *, sqlite: bool, utterances_first: bool = False) -> None:
+        """``utterances_first``: the statement's other conditions pick few utterances; SQLite then reads
+        them first and probes the full-text index by rowid for each, instead of walking the query's matches."""
         self.source: FromClause
         self.relevance: ColumnElement[Any] | None
         # The utterance's id as the full-text index sees it: ranges and order on it are the index's own
         # (FTS5 walks its doclists by rowid, either way, from any bound).
         self.row_id: ColumnElement[int]
         if sqlite:
-            self.source = UTTERANCE.join(_FTS_ROWS, UTTERANCE.c.id == _FTS_ROWS.c.rowid)
-            self.row_id = _FTS_ROWS.c.rowid
+            on = UTTERANCE.c.id == _FTS_ROWS.c.rowid
+            self.source = CrossJoin(UTTERANCE, _FTS_ROWS, on) if utterances_first else UTTERANCE.join(_FTS_ROWS, on)
+            self.row_id = UTTERANCE.c.id if utterances_first else _FTS_ROWS.c.rowid
             self.matches = _FTS.op("MATCH")(bindparam("match", query.fts5(), type_=String))
             self.highlight = func.highlight(_FTS, 0, MARK_START, MARK_END)
             self.relevance = None  # sqlite_relevance() of the highlight, once it is computed
@@ -79,6 +83,19 @@ class SearchColumns:
             options = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"
             self.highlight = func.ts_headline(_CONFIG, UTTERANCE.c.text, tsquery, options)
             self.relevance = cast(func.ts_rank(document, tsquery, 8) * _SCALE, BigInteger)
+
+
+class CrossJoin(Join):
+    """SQLite's ``CROSS JOIN … ON``: an inner join whose left side the planner keeps as the outer loop."""
+
+    inherit_cache = True
+
+
+@compiles(CrossJoin, "sqlite")
+def _cross_join(element: CrossJoin, compiler: SQLCompiler, **kw: Any) -> str:
+    kw["asfrom"] = True
+    left, right = compiler.process(element.left, **kw), compiler.process(element.right, **kw)
+    return f"{left} CROSS JOIN {right} ON {compiler.process(element.onclause, **kw)}"
 
 
 def sqlite_relevance(highlight: ColumnElement[Any], text: ColumnElement[Any]) -> ColumnElement[Any]:

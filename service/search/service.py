@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, tuple_
+from sqlalchemy import BigInteger, ColumnElement, Row, Select, and_, any_, bindparam, func, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.calls.service import metadata_matches
+from service.calls.service import CallFilters, metadata_matches
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, Recording, RecordingSegment
 from service.db.statements import table_of
@@ -32,6 +34,23 @@ SPEECH_WINDOW_EVENTS = 200
 # How many matches are ranked together, at most: the newest this many, then the next older this many, ...
 # A query matching fewer is ranked whole. Bounds a common word's cost (see README, Search).
 CANDIDATE_WINDOW = 1000
+# PostgreSQL looks for a window's matches in id ranges growing from the newest down: the first this many
+# ids, then four times as many, ... (a GIN index knows no order: each range is a bounded scan, either
+# through the primary key for a common word or the GIN index for a rarer one, the planner chooses).
+FIRST_RANGE = 20_000
+# The filters on the call (callId, metadata, ...) are applied first when they leave at most this many
+# utterances to check.
+SELECTIVE_UTTERANCES = 2_000
+
+
+def _ranges_down_from(top: int) -> list[tuple[int, int]]:
+    """Contiguous id ranges from ``top`` down to 0, ``FIRST_RANGE`` long then four times longer each."""
+    ranges, high, size = [], top, FIRST_RANGE
+    while high >= 0:
+        low = max(high - size + 1, 0)
+        ranges.append((low, high))
+        high, size = low - 1, size * 4
+    return ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +63,20 @@ class SearchFilters:
     created_after: dt.datetime | None = None  # the call's creation
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Set by the search when the filters on the call leave few utterances: those calls' ids, which the
+    # filters on the call then become (the database starts from them instead of from the matches).
+    calls: Select[Any] | None = None
+
+    def columns(self, query: SearchQuery, *, sqlite: bool) -> SearchColumns:
+        """The full-text pieces of a search with these filters."""
+        return SearchColumns(query, sqlite=sqlite, utterances_first=self.calls is not None)
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``transcript_utterance``."""
         if self.role:
             query = query.where(UTTERANCE.c.role == self.role)
+        if self.calls is not None:
+            return query.where(UTTERANCE.c.call_id.in_(self.calls))
         if self.call_id:
             query = query.where(UTTERANCE.c.call_id == self.call_id)
         if self.assistant_id or self.created_after or self.created_before:
@@ -62,6 +90,21 @@ class SearchFilters:
         for key, value in self.metadata.items():
             query = query.where(metadata_matches(key, value, UTTERANCE.c.call_id))
         return query
+
+    def matching_calls(self) -> Select[Any] | None:
+        """The ids of the calls the filters on the call allow (as ``GET /v1/calls`` finds them: from the
+        metadata index when there is a metadata filter); None without such a filter."""
+        if not (self.call_id or self.assistant_id or self.created_after or self.created_before or self.metadata):
+            return None
+        calls = CallFilters(
+            assistant_id=self.assistant_id,
+            created_after=self.created_after,
+            created_before=self.created_before,
+            metadata=self.metadata,
+        )
+        query, (_, call_id) = calls.newest_first_calls()
+        query = query.with_only_columns(call_id)
+        return query.where(Call.id == self.call_id) if self.call_id else query
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,18 +178,23 @@ class SearchService:
         return self._matching(query, filters)[0]
 
     def _matching(self, query: SearchQuery, filters: SearchFilters) -> tuple[Select[Any], ColumnElement[int]]:
-        columns = SearchColumns(query, sqlite=self._db.is_sqlite)
+        columns = filters.columns(query, sqlite=self._db.is_sqlite)
         ids = select(columns.row_id.label("id")).select_from(columns.source).where(columns.matches)
         return filters.apply(ids), columns.row_id
 
-    def ranked(self, query: SearchQuery, filters: SearchFilters, window: _Window) -> Select[Any]:
-        """The matches of ``window`` with their relevance and highlight (a subquery to sort and page)."""
-        columns = SearchColumns(query, sqlite=self._db.is_sqlite)
+    def ranked(
+        self, query: SearchQuery, filters: SearchFilters, window: _Window, ids: Sequence[int] = ()
+    ) -> Select[Any]:
+        """The matches of ``window`` with their relevance and highlight (a subquery to sort and page).
+        ``ids``: the window's matches when just found (PostgreSQL then reads them by primary key)."""
+        columns = filters.columns(query, sqlite=self._db.is_sqlite)
         utterance = (UTTERANCE.c.id, UTTERANCE.c.call_id, UTTERANCE.c.seq, UTTERANCE.c.role, UTTERANCE.c.text)
         matching = select(*utterance, UTTERANCE.c.occurred_at, columns.highlight.label("highlight"))
-        matching = filters.apply(
-            matching.select_from(columns.source).where(columns.matches, columns.row_id.between(window.bottom, window.top))
-        )
+        matching = matching.select_from(columns.source).where(columns.matches)
+        if ids and not self._db.is_sqlite:
+            matching = matching.where(UTTERANCE.c.id == any_(bindparam("ids", list(ids), type_=ARRAY(BigInteger))))
+        else:
+            matching = filters.apply(matching.where(columns.row_id.between(window.bottom, window.top)))
         if columns.relevance is not None:
             return matching.add_columns(columns.relevance.label("relevance"))
         # SQLite: highlight once per row (OFFSET 0 keeps the subquery from being flattened into the
@@ -155,20 +203,42 @@ class SearchService:
         relevance = sqlite_relevance(highlighted.c.highlight, highlighted.c.text)
         return select(*highlighted.c, relevance.label("relevance"))
 
+    async def _narrowed(self, session: AsyncSession, filters: SearchFilters) -> SearchFilters:
+        """``filters``, with the calls they allow as a list of ids when those calls hold at most
+        ``SELECTIVE_UTTERANCES`` utterances: probing each of those against the query is then cheaper than
+        walking the query's matches (a word said in most calls, in one call of interest)."""
+        calls = filters.matching_calls()
+        if calls is None:
+            return filters
+        said = select(UTTERANCE.c.id).where(UTTERANCE.c.call_id.in_(calls)).limit(SELECTIVE_UTTERANCES + 1)
+        count = await session.scalar(select(func.count()).select_from(said.subquery()))
+        return replace(filters, calls=calls) if count is not None and count <= SELECTIVE_UTTERANCES else filters
+
     async def _window(
         self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None
-    ) -> _Window | None:
-        """The window of the ``CANDIDATE_WINDOW`` newest matches at or below ``top`` (any, if None);
-        None when there is none. One walk of the index by id, newest first, stopping at the window's size."""
+    ) -> tuple[_Window | None, list[int]]:
+        """The window of the ``CANDIDATE_WINDOW`` newest matches at or below ``top`` (at or below the
+        newest utterance, if None), and their ids; None when there is none."""
         ids, row_id = self._matching(query, filters)
-        if top is not None:
-            ids = ids.where(row_id <= top)
-        newest = ids.order_by(row_id.desc()).limit(CANDIDATE_WINDOW).subquery("newest")
-        found = (await session.execute(select(func.max(newest.c.id), func.min(newest.c.id), func.count()))).one()
-        highest, lowest, count = found
-        if not count:
-            return None
-        return _Window(top if top is not None else highest, lowest if count >= CANDIDATE_WINDOW else 0)
+        if filters.calls is not None:
+            # Not the primary key's order (which the planner prefers to the calls' utterances): few rows.
+            row_id = row_id + 0
+        if top is None:
+            top = await session.scalar(select(func.max(UTTERANCE.c.id)))
+            if top is None:
+                return None, []
+        if self._db.is_sqlite or filters.calls is not None:
+            # FTS5 walks a term's doclist by rowid, newest first, and stops at the window's size.
+            ranges: list[tuple[int, int]] = [(0, top)]
+        else:
+            ranges = _ranges_down_from(top)
+        found: list[int] = []
+        for low, high in ranges:
+            newest = ids.where(row_id.between(low, high)).order_by(row_id.desc())
+            found += (await session.scalars(newest.limit(CANDIDATE_WINDOW - len(found)))).all()
+            if len(found) >= CANDIDATE_WINDOW:
+                return _Window(top, found[-1]), found
+        return (_Window(top, 0) if found else None), found
 
     async def search(
         self, text: str, filters: SearchFilters, *, limit: int, cursor: str | None
@@ -184,10 +254,16 @@ class SearchService:
         window = after.window if after else None
         rows: list[tuple[_Window, Row[Any]]] = []
         async with self._db.read() as session:
+            if not self._db.is_sqlite:
+                # Plan each statement for its own query: a generic plan (after five runs of a prepared
+                # statement) cannot know whether a word is rare (GIN index) or common (primary key).
+                await session.execute(sql("SET LOCAL plan_cache_mode = force_custom_plan"))
+            filters = await self._narrowed(session, filters)
+            ids: list[int] = []
             if window is None:
-                window = await self._window(session, query, filters, None)
+                window, ids = await self._window(session, query, filters, None)
             while window is not None:
-                found = self.ranked(query, filters, window).subquery("found")
+                found = self.ranked(query, filters, window, ids).subquery("found")
                 page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
                 if after is not None and after.window == window:
                     page = page.where(
@@ -197,7 +273,7 @@ class SearchService:
                 rows += [(window, row) for row in await session.execute(page.limit(limit + 1 - len(rows)))]
                 if len(rows) > limit or window.last:
                     break
-                window = await self._window(session, query, filters, window.bottom - 1)
+                window, ids = await self._window(session, query, filters, window.bottom - 1)
             next_cursor = None
             if len(rows) > limit:
                 rows = rows[:limit]

@@ -69,7 +69,7 @@ class SearchFilters:
 
     def columns(self, query: SearchQuery, *, sqlite: bool) -> SearchColumns:
         """The full-text pieces of a search with these filters."""
-        return SearchColumns(query, sqlite=sqlite, utterances_first=self.calls is not None)
+        return SearchColumns(query, sqlite=sqlite, calls=self.calls)
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``transcript_utterance``."""
@@ -103,7 +103,7 @@ class SearchFilters:
             metadata=self.metadata,
         )
         query, (_, call_id) = calls.newest_first_calls()
-        query = query.with_only_columns(call_id)
+        query = query.with_only_columns(call_id.label("call_id"))
         return query.where(Call.id == self.call_id) if self.call_id else query
 
 

@@ -343,6 +343,7 @@ async def measure(db: Database, corpus: Corpus, args: argparse.Namespace) -> dic
     for name, query in call_shapes(corpus).items():
         if args.only and not any(part in name for part in args.only):
             continue
+
         async def listing(query: str = query) -> int:
             async with db.read() as session:
                 listed = await CallFilters(saying=parse_query(query)).resolved(session)

@@ -219,6 +219,12 @@ def analysed(call_id: SortColumn, min_longest_silence: float | None, min_overlap
     return exists(probe.offset(0))  # OFFSET 0: a probe per page row, not a join (as metadata_matches)
 
 
+def calls_with_metadata(key: str, value: str) -> Select[tuple[str]]:
+    """The ids of the calls whose ``metadata.<key>`` matches ``value`` (as :func:`metadata_matches`): a
+    range of ``ix_call_metadata_key_value``, for ``IN``: read once, then probed per row in memory."""
+    return select(CallMetadata.call_id).where(CallMetadata.key == key, _value_matches(CallMetadata, value))
+
+
 def metadata_matches(key: str, value: str, call_id: SortColumn) -> ColumnElement[bool]:
     """The call ``call_id``'s ``metadata.<key>`` matches ``value``: a string equal to it, or a number or
     boolean equal to it read as JSON (``42`` matches both ``"42"`` and ``42``). A primary-key lookup in

@@ -114,6 +114,7 @@ class CrossJoin(Join):
 
 @compiles(CrossJoin, "sqlite")
 def _cross_join(element: CrossJoin, compiler: SQLCompiler, **kw: Any) -> str:
+    assert element.onclause is not None
     kw["asfrom"] = True
     left, right = compiler.process(element.left, **kw), compiler.process(element.right, **kw)
     return f"{left} CROSS JOIN {right} ON {compiler.process(element.onclause, **kw)}"
@@ -164,7 +165,7 @@ def _calls_saying(element: CallsSaying, compiler: SQLCompiler, **kw: Any) -> str
     sqlite = compiler.dialect.name == "sqlite"
     if sqlite and element.per_call:
         columns = SearchColumns(element.query, sqlite=True)
-        probe = select(literal_column("1")).select_from(columns.source)
+        probe: Select[Any] = select(literal_column("1")).select_from(columns.source)
         probe = probe.where(
             columns.matches,
             _FTS_ROWS.c.rowid.between(*call_span(element.call_id)),

@@ -8,12 +8,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Row, Select, and_, any_, bindparam, func, or_, select, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Row,
+    Select,
+    Subquery,
+    and_,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy import text as sql
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.calls.service import CallFilters, metadata_matches
+from service.calls.service import CallFilters, calls_with_metadata
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, Recording, RecordingSegment
 from service.db.statements import table_of
@@ -34,23 +47,14 @@ SPEECH_WINDOW_EVENTS = 200
 # How many matches are ranked together, at most: the newest this many, then the next older this many, ...
 # A query matching fewer is ranked whole. Bounds a common word's cost (see README, Search).
 CANDIDATE_WINDOW = 1000
-# PostgreSQL looks for a window's matches in id ranges growing from the newest down: the first this many
-# ids, then four times as many, ... (a GIN index knows no order: each range is a bounded scan, either
-# through the primary key for a common word or the GIN index for a rarer one, the planner chooses).
+# PostgreSQL looks for a window's matches in id ranges from the newest down: the first this many ids,
+# then ranges at least four times longer, sized by the matches' density so far (a GIN index knows no
+# order: each range is a bounded scan, through the primary key for a common word or the GIN index for
+# a rarer one, as the planner chooses).
 FIRST_RANGE = 20_000
 # The filters on the call (callId, metadata, ...) are applied first when they leave at most this many
 # utterances to check.
 SELECTIVE_UTTERANCES = 2_000
-
-
-def _ranges_down_from(top: int) -> list[tuple[int, int]]:
-    """Contiguous id ranges from ``top`` down to 0, ``FIRST_RANGE`` long then four times longer each."""
-    ranges, high, size = [], top, FIRST_RANGE
-    while high >= 0:
-        low = max(high - size + 1, 0)
-        ranges.append((low, high))
-        high, size = low - 1, size * 4
-    return ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,8 @@ class SearchFilters:
             if self.created_before:
                 query = query.where(_CALL.c.created_at < self.created_before)
         for key, value in self.metadata.items():
-            query = query.where(metadata_matches(key, value, UTTERANCE.c.call_id))
+            # Many calls (else ``calls`` is set): their ids read once, not a probe per match.
+            query = query.where(UTTERANCE.c.call_id.in_(calls_with_metadata(key, value)))
         return query
 
     def matching_calls(self) -> Select[Any] | None:
@@ -183,10 +188,19 @@ class SearchService:
         return filters.apply(ids), columns.row_id
 
     def ranked(
-        self, query: SearchQuery, filters: SearchFilters, window: _Window, ids: Sequence[int] = ()
+        self,
+        query: SearchQuery,
+        filters: SearchFilters,
+        window: _Window,
+        ids: Sequence[int] = (),
+        *,
+        newest: bool = False,
     ) -> Select[Any]:
         """The matches of ``window`` with their relevance and highlight (a subquery to sort and page).
-        ``ids``: the window's matches when just found (PostgreSQL then reads them by primary key)."""
+        ``ids``: the window's matches when just found (PostgreSQL then reads them by primary key).
+        ``newest`` (SQLite): the window is the ``CANDIDATE_WINDOW`` newest matches of ``window``'s range,
+        found by the same walk of the index that ranks them; each row then also carries the window's
+        oldest id (``window_bottom``) and its size (``window_size``)."""
         columns = filters.columns(query, sqlite=self._db.is_sqlite)
         utterance = (UTTERANCE.c.id, UTTERANCE.c.call_id, UTTERANCE.c.seq, UTTERANCE.c.role, UTTERANCE.c.text)
         matching = select(*utterance, UTTERANCE.c.occurred_at, columns.highlight.label("highlight"))
@@ -197,11 +211,17 @@ class SearchService:
             matching = filters.apply(matching.where(columns.row_id.between(window.bottom, window.top)))
         if columns.relevance is not None:
             return matching.add_columns(columns.relevance.label("relevance"))
+        if newest:
+            matching = matching.order_by(_walk_order(columns.row_id, filters).desc()).limit(CANDIDATE_WINDOW)
         # SQLite: highlight once per row (OFFSET 0 keeps the subquery from being flattened into the
         # outer query, which would repeat the call in each use), then relevance from it.
         highlighted = matching.offset(0).subquery("highlighted")
         relevance = sqlite_relevance(highlighted.c.highlight, highlighted.c.text)
-        return select(*highlighted.c, relevance.label("relevance"))
+        ranked = select(*highlighted.c, relevance.label("relevance"))
+        if newest:
+            size, bottom = func.count().over(), func.min(highlighted.c.id).over()
+            ranked = ranked.add_columns(bottom.label("window_bottom"), size.label("window_size"))
+        return ranked
 
     async def _narrowed(self, session: AsyncSession, filters: SearchFilters) -> SearchFilters:
         """``filters``, with the calls they allow as a list of ids when those calls hold at most
@@ -214,30 +234,49 @@ class SearchService:
         count = await session.scalar(select(func.count()).select_from(said.subquery()))
         return replace(filters, calls=calls) if count is not None and count <= SELECTIVE_UTTERANCES else filters
 
-    async def _window(
-        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None
-    ) -> tuple[_Window | None, list[int]]:
+    async def _next_window(
+        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None, limit: int
+    ) -> tuple[_Window | None, Sequence[Row[Any]]]:
         """The window of the ``CANDIDATE_WINDOW`` newest matches at or below ``top`` (at or below the
-        newest utterance, if None), and their ids; None when there is none."""
-        ids, row_id = self._matching(query, filters)
-        if filters.calls is not None:
-            # Not the primary key's order (which the planner prefers to the calls' utterances): few rows.
-            row_id = row_id + 0
+        newest utterance, if None; None when nothing matches there), and its ``limit`` best rows."""
         if top is None:
             top = await session.scalar(select(func.max(UTTERANCE.c.id)))
             if top is None:
                 return None, []
-        if self._db.is_sqlite or filters.calls is not None:
-            # FTS5 walks a term's doclist by rowid, newest first, and stops at the window's size.
-            ranges: list[tuple[int, int]] = [(0, top)]
-        else:
-            ranges = _ranges_down_from(top)
+        if self._db.is_sqlite:
+            # FTS5 walks a term's doclist by rowid, newest first: one statement finds and ranks the window.
+            found = self.ranked(query, filters, _Window(top, 0), newest=True).subquery("found")
+            rows = (await session.execute(_page(found, limit))).all()
+            if not rows:
+                return None, rows
+            full = rows[0].window_size >= CANDIDATE_WINDOW
+            return _Window(top, rows[0].window_bottom if full else 0), rows
+        window, ids = await self._postgresql_window(session, query, filters, top)
+        if window is None:
+            return None, []
+        found = self.ranked(query, filters, window, ids).subquery("found")
+        return window, (await session.execute(_page(found, limit))).all()
+
+    async def _postgresql_window(
+        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int
+    ) -> tuple[_Window | None, list[int]]:
+        """The ``CANDIDATE_WINDOW`` newest matches at or below ``top``, by id ranges from ``top`` down
+        (see ``FIRST_RANGE``)."""
+        ids, row_id = self._matching(query, filters)
+        row_id = _walk_order(row_id, filters)
+        size = top + 1 if filters.calls is not None else FIRST_RANGE
         found: list[int] = []
-        for low, high in ranges:
+        high = top
+        while high >= 0:
+            low = max(high - size + 1, 0)
             newest = ids.where(row_id.between(low, high)).order_by(row_id.desc())
             found += (await session.scalars(newest.limit(CANDIDATE_WINDOW - len(found)))).all()
             if len(found) >= CANDIDATE_WINDOW:
                 return _Window(top, found[-1]), found
+            # The next range: four times longer, or long enough for the rest at the density seen so far.
+            density = len(found) / (top - low + 1)
+            needed = (CANDIDATE_WINDOW - len(found)) / density * 1.25 if density else high + 1
+            high, size = low - 1, max(size * 4, int(needed))
         return (_Window(top, 0) if found else None), found
 
     async def search(
@@ -259,21 +298,20 @@ class SearchService:
                 # statement) cannot know whether a word is rare (GIN index) or common (primary key).
                 await session.execute(sql("SET LOCAL plan_cache_mode = force_custom_plan"))
             filters = await self._narrowed(session, filters)
-            ids: list[int] = []
-            if window is None:
-                window, ids = await self._window(session, query, filters, None)
-            while window is not None:
-                found = self.ranked(query, filters, window, ids).subquery("found")
-                page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
-                if after is not None and after.window == window:
-                    page = page.where(
-                        tuple_(found.c.relevance, found.c.occurred_at, found.c.id)
-                        < (after.relevance, after.occurred_at, after.row_id)
-                    )
-                rows += [(window, row) for row in await session.execute(page.limit(limit + 1 - len(rows)))]
+            top = None
+            while True:
+                if window is not None:  # pinned by the cursor
+                    found = self.ranked(query, filters, window).subquery("found")
+                    position = after if after is not None and after.window == window else None
+                    found_rows = (await session.execute(_page(found, limit + 1 - len(rows), position))).all()
+                else:
+                    window, found_rows = await self._next_window(session, query, filters, top, limit + 1 - len(rows))
+                    if window is None:
+                        break
+                rows += [(window, row) for row in found_rows]
                 if len(rows) > limit or window.last:
                     break
-                window, ids = await self._window(session, query, filters, window.bottom - 1)
+                top, window = window.bottom - 1, None
             next_cursor = None
             if len(rows) > limit:
                 rows = rows[:limit]
@@ -293,6 +331,21 @@ class SearchService:
             for _, row in rows
         ]
         return hits, next_cursor
+
+
+def _walk_order(row_id: ColumnElement[int], filters: SearchFilters) -> ColumnElement[int]:
+    """What a window's newest matches are sorted by: the id, as an expression when the filters picked few
+    calls (not the primary key's order, which the planner would walk instead of those calls' utterances)."""
+    return row_id + 0 if filters.calls is not None else row_id
+
+
+def _page(found: Subquery, limit: int, after: _Position | None = None) -> Select[Any]:
+    """A window's matches (``found``), most relevant first, then newest, after ``after``."""
+    page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
+    if after is not None:
+        position = (after.relevance, after.occurred_at, after.row_id)
+        page = page.where(tuple_(found.c.relevance, found.c.occurred_at, found.c.id) < position)
+    return page.limit(limit)
 
 
 async def _recording_offsets(session: AsyncSession, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], float | None]:

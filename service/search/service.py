@@ -30,7 +30,7 @@ from service.calls.service import CallFilters, calls_with_metadata
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, Recording, RecordingSegment
 from service.db.statements import table_of
-from service.errors import InvalidInputError
+from service.errors import InvalidQueryError
 from service.fulltext.query import SearchQuery, parse_query
 from service.fulltext.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, sqlite_relevance
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
@@ -164,7 +164,7 @@ class _Position:
                 raise ValueError
             return cls(_Window(top, bottom), relevance, dt.datetime.fromisoformat(occurred_at), row_id)
         except (TypeError, ValueError):
-            raise InvalidInputError(BAD_CURSOR) from None
+            raise InvalidQueryError(BAD_CURSOR) from None
 
 
 def highlighted(marked: str) -> str:

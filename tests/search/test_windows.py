@@ -1,6 +1,7 @@
 """Ranking windows: a search ranks at most CANDIDATE_WINDOW matches together (the newest, then the next
-older, ...), found by each database's own plan; the plans chosen by data (few calls, many matches) give
-the same answers as the others. Sizes are shrunk here so that a handful of utterances spans windows."""
+older, ...), found by each database's own plan; the plan chosen for filters on few calls gives the same
+answers as the walk over the matches (GET /v1/calls?q= checked call by call: test_transcripts). Sizes
+are shrunk here so that a handful of utterances spans windows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from service.fulltext import sql as fulltext_sql
 from service.search import service as search_service
 from tests.search.conftest import Calls
 
@@ -89,42 +89,14 @@ async def test_filters_on_few_calls_give_what_the_walk_over_the_matches_gives(
     assert await all_pages(calls, "refund", limit=2, callId="call-1", **{"metadata.team": "support"}) == []
 
 
-async def test_calls_saying_a_common_word_are_checked_call_by_call_with_the_same_answer(
-    calls: Calls, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await calls.start("call-a", team="billing")
-    await calls.start("call-b", team="support")
-    await calls.start("call-c", team="support")
-    await calls.say("call-a", "user", "I need a refund")
-    await calls.say("call-b", "assistant", "refunds are processed weekly")
-    await calls.say("call-b", "user", "thanks for the refund")
-    await calls.say("call-c", "user", "cancel my plan")
-
-    async def found(**params: str) -> list[str]:
-        response = await calls.client.get("/v1/calls", params=params)
-        assert response.status_code == 200, response.text
-        return [call["id"] for call in response.json()["data"]]
-
-    shapes: list[dict[str, str]] = [
-        {"q": "refund"},
-        {"q": "refund", "metadata.team": "support"},
-        {"q": '"my plan"'},
-        {"q": "refund", "limit": "1"},
-        {"q": "nothing"},
-    ]
-    listed = [await found(**params) for params in shapes]
-    monkeypatch.setattr(fulltext_sql, "MANY_MATCHES", 1)  # SQLite: every query counts as common
-    assert [await found(**params) for params in shapes] == listed
-    assert listed[:3] == [["call-b", "call-a"], ["call-b"], ["call-c"]]
-
-
 async def test_cursors_name_their_window(calls: Calls) -> None:
     await calls.start("call-1")
     for index in range(3):
         await calls.say("call-1", "user", f"refund {index}")
     cursor = (await calls.search("refund", limit=1))["nextCursor"]
     top, bottom, *position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    assert bottom == 0 and top >= 3, "one window, down to the oldest match"
+    assert bottom == 0, "one window, down to the oldest match"
+    assert top >= 3
 
     def encoded(*parts: Any) -> str:
         return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")

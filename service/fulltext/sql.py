@@ -130,7 +130,7 @@ def sqlite_relevance(highlight: ColumnElement[Any], text: ColumnElement[Any]) ->
 
 
 # SQLite, GET /v1/calls?q=: a query with at least this many matches is checked call by call.
-MANY_MATCHES = 20_000
+MANY_MATCHES = 10_000
 
 
 async def sqlite_matches_many(session: AsyncSession, query: SearchQuery) -> bool:

@@ -48,7 +48,7 @@ SPEECH_WINDOW_EVENTS = 200
 # A query matching fewer is ranked whole. Bounds a common word's cost (see README, Search).
 CANDIDATE_WINDOW = 1000
 # PostgreSQL looks for a window's matches in id ranges from the newest down: the first this many ids,
-# then ranges at least four times longer, sized by the matches' density so far (a GIN index knows no
+# then ranges sized by the matches' density so far (four times longer while none; a GIN index knows no
 # order: each range is a bounded scan, through the primary key for a common word or the GIN index for
 # a rarer one, as the planner chooses).
 FIRST_RANGE = 20_000
@@ -230,9 +230,13 @@ class SearchService:
         calls = filters.matching_calls()
         if calls is None:
             return filters
-        said = select(UTTERANCE.c.id).where(UTTERANCE.c.call_id.in_(calls)).limit(SELECTIVE_UTTERANCES + 1)
-        count = await session.scalar(select(func.count()).select_from(said.subquery()))
-        return replace(filters, calls=calls) if count is not None and count <= SELECTIVE_UTTERANCES else filters
+        for counted in (calls, select(UTTERANCE.c.id).where(UTTERANCE.c.call_id.in_(calls))):
+            # The calls first: a filter on many calls is told by its first few thousand ids.
+            first = counted.limit(SELECTIVE_UTTERANCES + 1).subquery()
+            count = await session.scalar(select(func.count()).select_from(first))
+            if count is None or count > SELECTIVE_UTTERANCES:
+                return filters
+        return replace(filters, calls=calls)
 
     async def _next_window(
         self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None, limit: int
@@ -273,10 +277,10 @@ class SearchService:
             found += (await session.scalars(newest.limit(CANDIDATE_WINDOW - len(found)))).all()
             if len(found) >= CANDIDATE_WINDOW:
                 return _Window(top, found[-1]), found
-            # The next range: four times longer, or long enough for the rest at the density seen so far.
+            # The next range: long enough for the rest at the density seen so far, or four times longer.
             density = len(found) / (top - low + 1)
-            needed = (CANDIDATE_WINDOW - len(found)) / density * 1.25 if density else high + 1
-            high, size = low - 1, max(size * 4, int(needed))
+            needed = (CANDIDATE_WINDOW - len(found)) / density * 1.25 if density else size * 4
+            high, size = low - 1, max(FIRST_RANGE, int(needed))
         return (_Window(top, 0) if found else None), found
 
     async def search(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -21,12 +21,12 @@ from service.calls.schemas import CallCreate
 from service.calls.tracking import merge_vapi_call
 from service.calls.upstream import UpstreamResolver, subscription
 from service.calls.writer import CallWriter
-from service.db.engine import Database
+from service.db.engine import Database, is_postgresql
 from service.db.models import Call, CallAnalytics, CallEvent, CallMetadata, Injection, UpstreamForward
 from service.deliveries.forwards import list_forwards
 from service.errors import BadRequestError, InvalidInputError, InvalidQueryError, NotFoundError, UpstreamError
 from service.fulltext.query import SearchQuery
-from service.fulltext.sql import CallsSaying
+from service.fulltext.sql import CallsSaying, sqlite_matches_many
 from service.outbound_urls import UnsafeUrlError, check_webhook_url
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
 from service.settings import Settings
@@ -121,6 +121,7 @@ class CallFilters:
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     saying: SearchQuery | None = None  # ?q=: calls with an utterance that matches (transcript search)
+    saying_per_call: bool = False  # check ``saying`` call by call (see CallsSaying; set by ``resolved``)
     min_longest_silence_seconds: float | None = None  # analytics
     min_overlap_seconds: float | None = None  # analytics
 
@@ -134,6 +135,13 @@ class CallFilters:
         for name, value in (("createdAfter", self.created_after), ("createdBefore", self.created_before)):
             if value is not None and value.tzinfo is None:
                 raise BadRequestError(f"{name} needs a time zone, e.g. 2025-01-31T09:00:00Z or …+01:00")
+
+    async def resolved(self, session: AsyncSession) -> CallFilters:
+        """These filters, with what depends on the data decided (on SQLite, whether ``q`` is said so
+        often that checking call by call is cheaper)."""
+        if self.saying is None or is_postgresql(session):
+            return self
+        return replace(self, saying_per_call=await sqlite_matches_many(session, self.saying))
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""
@@ -182,7 +190,7 @@ class CallFilters:
         for key, value in metadata.items():
             query = query.where(metadata_matches(key, value, call_id))
         if self.saying is not None:
-            query = query.where(CallsSaying(call_id, self.saying))
+            query = query.where(CallsSaying(call_id, self.saying, per_call=self.saying_per_call))
         if self.min_longest_silence_seconds is not None or self.min_overlap_seconds is not None:
             query = query.where(analysed(call_id, self.min_longest_silence_seconds, self.min_overlap_seconds))
         return query
@@ -209,6 +217,12 @@ def analysed(call_id: SortColumn, min_longest_silence: float | None, min_overlap
     if min_overlap is not None:
         probe = probe.where(CallAnalytics.overlap_seconds >= min_overlap)
     return exists(probe.offset(0))  # OFFSET 0: a probe per page row, not a join (as metadata_matches)
+
+
+def calls_with_metadata(key: str, value: str) -> Select[tuple[str]]:
+    """The ids of the calls whose ``metadata.<key>`` matches ``value`` (as :func:`metadata_matches`): a
+    range of ``ix_call_metadata_key_value``, for ``IN``: read once, then probed per row in memory."""
+    return select(CallMetadata.call_id).where(CallMetadata.key == key, _value_matches(CallMetadata, value))
 
 
 def metadata_matches(key: str, value: str, call_id: SortColumn) -> ColumnElement[bool]:
@@ -297,10 +311,11 @@ class CallService:
         self, filters: CallFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Call], str | None]:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
-        query = filters.page(limit=limit + 1, cursor=cursor).options(
-            selectinload(Call.recording), selectinload(Call.analytics)
-        )
         async with self._db.read() as session:
+            filters = await filters.resolved(session)
+            query = filters.page(limit=limit + 1, cursor=cursor).options(
+                selectinload(Call.recording), selectinload(Call.analytics)
+            )
             calls = (await session.scalars(query)).all()
         return keyset_page(calls, limit, newest_first_cursor)
 

@@ -22,17 +22,22 @@ from sqlalchemy import (
     ColumnElement,
     FromClause,
     Integer,
+    Select,
     String,
+    and_,
     bindparam,
     cast,
     column,
+    exists,
     func,
     literal_column,
     select,
     table,
 )
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import Join
 
 from service.db.models import TranscriptUtterance
 from service.db.statements import table_of
@@ -59,21 +64,60 @@ def postgresql_query(query: SearchQuery) -> ColumnElement[Any]:
 class SearchColumns:
     """What one backend adds to a search: the FROM, the match condition, relevance and highlight."""
 
-    def __init__(self, query: SearchQuery, *, sqlite: bool) -> None:
+    def __init__(self, query: SearchQuery, *, sqlite: bool, calls: Select[Any] | None = None) -> None:
+        """``calls``: the ids (column ``call_id``) of the only calls to search, when they are few. SQLite
+        then looks for matches call by call, each within the rowids of that call's utterances (one
+        range of the full-text index per call; a lookup per rowid costs as much as a whole range)."""
         self.source: FromClause
         self.relevance: ColumnElement[Any] | None
+        # The utterance's id as the full-text index sees it: ranges and order on it are the index's own
+        # (FTS5 walks its doclists by rowid, either way, from any bound).
+        self.row_id: ColumnElement[int]
         if sqlite:
-            self.source = UTTERANCE.join(_FTS_ROWS, UTTERANCE.c.id == _FTS_ROWS.c.rowid)
+            on = UTTERANCE.c.id == _FTS_ROWS.c.rowid
+            if calls is None:
+                self.source, self.row_id = UTTERANCE.join(_FTS_ROWS, on), _FTS_ROWS.c.rowid
+            else:
+                chosen = calls.subquery("chosen")
+                spoken = CrossJoin(chosen, _FTS_ROWS, _FTS_ROWS.c.rowid.between(*call_span(chosen.c.call_id)))
+                self.source = CrossJoin(spoken, UTTERANCE, and_(on, UTTERANCE.c.call_id == chosen.c.call_id))
+                self.row_id = UTTERANCE.c.id
             self.matches = _FTS.op("MATCH")(bindparam("match", query.fts5(), type_=String))
             self.highlight = func.highlight(_FTS, 0, MARK_START, MARK_END)
             self.relevance = None  # sqlite_relevance() of the highlight, once it is computed
         else:
             document, tsquery = _DOCUMENT, postgresql_query(query)
             self.source = UTTERANCE
+            self.row_id = UTTERANCE.c.id
             self.matches = document.op("@@")(tsquery)
             options = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"
             self.highlight = func.ts_headline(_CONFIG, UTTERANCE.c.text, tsquery, options)
             self.relevance = cast(func.ts_rank(document, tsquery, 8) * _SCALE, BigInteger)
+
+
+def call_span(call_id: ColumnElement[Any]) -> tuple[ColumnElement[int], ColumnElement[int]]:
+    """The lowest and highest utterance id of the call ``call_id`` (scalar subqueries, correlated)."""
+    spoken = UTTERANCE.alias("spoken")
+    of_call = spoken.c.call_id == call_id
+    # correlate_except: ``call_id``'s table may be more than one query up (GET /v1/calls' EXISTS probe).
+    return (
+        select(func.min(spoken.c.id)).where(of_call).correlate_except(spoken).scalar_subquery(),
+        select(func.max(spoken.c.id)).where(of_call).correlate_except(spoken).scalar_subquery(),
+    )
+
+
+class CrossJoin(Join):
+    """SQLite's ``CROSS JOIN … ON``: an inner join whose left side the planner keeps as the outer loop."""
+
+    inherit_cache = True
+
+
+@compiles(CrossJoin, "sqlite")
+def _cross_join(element: CrossJoin, compiler: SQLCompiler, **kw: Any) -> str:
+    assert element.onclause is not None
+    kw["asfrom"] = True
+    left, right = compiler.process(element.left, **kw), compiler.process(element.right, **kw)
+    return f"{left} CROSS JOIN {right} ON {compiler.process(element.onclause, **kw)}"
 
 
 def sqlite_relevance(highlight: ColumnElement[Any], text: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -85,23 +129,49 @@ def sqlite_relevance(highlight: ColumnElement[Any], text: ColumnElement[Any]) ->
     return cast(hits * _SCALE / words, BigInteger)
 
 
-class CallsSaying(ColumnElement[bool]):
-    """``call_id IN (the calls with an utterance matching the query)``, for ``GET /v1/calls?q=``.
+# SQLite, GET /v1/calls?q=: a query with at least this many matches is checked call by call.
+MANY_MATCHES = 10_000
 
-    Compiled per dialect; the subquery is uncorrelated, so each database runs the full-text search
-    once and probes the result, instead of once per call.
+
+async def sqlite_matches_many(session: AsyncSession, query: SearchQuery) -> bool:
+    """The query matches at least ``MANY_MATCHES`` utterances (a walk of that many index entries, at most)."""
+    columns = SearchColumns(query, sqlite=True)
+    walk = select(_FTS_ROWS.c.rowid).select_from(_FTS_ROWS).where(columns.matches).limit(MANY_MATCHES)
+    return (await session.scalar(select(func.count()).select_from(walk.subquery()))) == MANY_MATCHES
+
+
+class CallsSaying(ColumnElement[bool]):
+    """The call ``call_id`` has an utterance matching the query, for ``GET /v1/calls?q=``.
+
+    Compiled per dialect. By default ``call_id IN (the calls with a matching utterance)``, uncorrelated:
+    each database runs the full-text search once and probes the result, instead of once per call
+    (PostgreSQL also turns it into a semi-join, probing per call when that is cheaper). ``per_call``
+    (SQLite, a query with many matches, see :func:`sqlite_matches_many`): an ``EXISTS`` per call instead
+    — its utterances, each looked up in the full-text index by rowid — since a page of calls then finds
+    its matches within a few calls, where the list of every match would be long to build.
     """
 
     inherit_cache = False  # the query text is rendered as a bound value at compile time
     type = Boolean()
 
-    def __init__(self, call_id: ColumnElement[Any] | Any, query: SearchQuery) -> None:
+    def __init__(self, call_id: ColumnElement[Any] | Any, query: SearchQuery, *, per_call: bool = False) -> None:
         self.call_id = call_id
         self.query = query
+        self.per_call = per_call
 
 
 @compiles(CallsSaying)
 def _calls_saying(element: CallsSaying, compiler: SQLCompiler, **kw: Any) -> str:
-    columns = SearchColumns(element.query, sqlite=compiler.dialect.name == "sqlite")
+    sqlite = compiler.dialect.name == "sqlite"
+    if sqlite and element.per_call:
+        columns = SearchColumns(element.query, sqlite=True)
+        probe: Select[Any] = select(literal_column("1")).select_from(columns.source)
+        probe = probe.where(
+            columns.matches,
+            _FTS_ROWS.c.rowid.between(*call_span(element.call_id)),
+            UTTERANCE.c.call_id == element.call_id,
+        )
+        return compiler.process(exists(probe), **kw)
+    columns = SearchColumns(element.query, sqlite=sqlite)
     matching = select(UTTERANCE.c.call_id).select_from(columns.source).where(columns.matches)
     return compiler.process(element.call_id.in_(matching), **kw)

@@ -5,17 +5,32 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, or_, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Row,
+    Select,
+    Subquery,
+    and_,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+)
+from sqlalchemy import text as sql
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.calls.service import metadata_matches
+from service.calls.service import CallFilters, calls_with_metadata
 from service.db.engine import Database
 from service.db.models import Call, CallEvent, Recording, RecordingSegment
 from service.db.statements import table_of
-from service.errors import InvalidInputError
+from service.errors import InvalidQueryError
 from service.fulltext.query import SearchQuery, parse_query
 from service.fulltext.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, sqlite_relevance
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
@@ -29,6 +44,17 @@ _SEGMENT = table_of(RecordingSegment)
 # How far back before a transcript its speech start is looked for, in timeline events (the partial
 # transcripts and speech updates of both copies sit in between).
 SPEECH_WINDOW_EVENTS = 200
+# How many matches are ranked together, at most: the newest this many, then the next older this many, ...
+# A query matching fewer is ranked whole. Bounds a common word's cost (see README, Search).
+CANDIDATE_WINDOW = 1000
+# PostgreSQL looks for a window's matches in id ranges from the newest down: the first this many ids,
+# then ranges sized by the matches' density so far (four times longer while none; a GIN index knows no
+# order: each range is a bounded scan, through the primary key for a common word or the GIN index for
+# a rarer one, as the planner chooses).
+FIRST_RANGE = 20_000
+# The filters on the call (callId, metadata, ...) are applied first when they leave at most this many
+# utterances to check.
+SELECTIVE_UTTERANCES = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +67,20 @@ class SearchFilters:
     created_after: dt.datetime | None = None  # the call's creation
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Set by the search when the filters on the call leave few utterances: those calls' ids, which the
+    # filters on the call then become (the database starts from them instead of from the matches).
+    calls: Select[Any] | None = None
+
+    def columns(self, query: SearchQuery, *, sqlite: bool) -> SearchColumns:
+        """The full-text pieces of a search with these filters."""
+        return SearchColumns(query, sqlite=sqlite, calls=self.calls)
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``transcript_utterance``."""
         if self.role:
             query = query.where(UTTERANCE.c.role == self.role)
+        if self.calls is not None:
+            return query.where(UTTERANCE.c.call_id.in_(self.calls))
         if self.call_id:
             query = query.where(UTTERANCE.c.call_id == self.call_id)
         if self.assistant_id or self.created_after or self.created_before:
@@ -57,8 +92,24 @@ class SearchFilters:
             if self.created_before:
                 query = query.where(_CALL.c.created_at < self.created_before)
         for key, value in self.metadata.items():
-            query = query.where(metadata_matches(key, value, UTTERANCE.c.call_id))
+            # Many calls (else ``calls`` is set): their ids read once, not a probe per match.
+            query = query.where(UTTERANCE.c.call_id.in_(calls_with_metadata(key, value)))
         return query
+
+    def matching_calls(self) -> Select[Any] | None:
+        """The ids of the calls the filters on the call allow (as ``GET /v1/calls`` finds them: from the
+        metadata index when there is a metadata filter); None without such a filter."""
+        if not (self.call_id or self.assistant_id or self.created_after or self.created_before or self.metadata):
+            return None
+        calls = CallFilters(
+            assistant_id=self.assistant_id,
+            created_after=self.created_after,
+            created_before=self.created_before,
+            metadata=self.metadata,
+        )
+        query, (_, call_id) = calls.newest_first_calls()
+        query = query.with_only_columns(call_id.label("call_id"))
+        return query.where(Call.id == self.call_id) if self.call_id else query
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,26 +126,45 @@ class Hit:
 
 
 @dataclass(frozen=True, slots=True)
-class _Position:
-    """Where a page ends: relevance, then recency, then the row id (unique) break ties."""
+class _Window:
+    """A run of consecutive matches, by id: the ``CANDIDATE_WINDOW`` newest at or below ``top``.
 
+    ``bottom`` is the oldest of them, or 0 when fewer were found (the last window: nothing older
+    matches). A cursor pins its window, so inserts and deletes never move a page's neighbours."""
+
+    top: int
+    bottom: int
+
+    @property
+    def last(self) -> bool:
+        return self.bottom == 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where a page ends: its window, then relevance, recency and the row id (unique) within it."""
+
+    window: _Window
     relevance: int
     occurred_at: dt.datetime
     row_id: int
 
     def encode(self) -> str:
-        return encode_cursor(self.relevance, self.occurred_at.isoformat(), self.row_id)
+        window = self.window
+        return encode_cursor(window.top, window.bottom, self.relevance, self.occurred_at.isoformat(), self.row_id)
 
     @classmethod
     def decode(cls, cursor: str) -> _Position:
         parts = decode_cursor(cursor)
         try:
-            relevance, occurred_at, row_id = parts
-            if not isinstance(relevance, int) or not isinstance(row_id, int):
+            top, bottom, relevance, occurred_at, row_id = parts
+            if not all(isinstance(number, int) for number in (top, bottom, relevance, row_id)):
                 raise TypeError
-            return cls(relevance, dt.datetime.fromisoformat(occurred_at), row_id)
+            if not 0 <= bottom <= top:
+                raise ValueError
+            return cls(_Window(top, bottom), relevance, dt.datetime.fromisoformat(occurred_at), row_id)
         except (TypeError, ValueError):
-            raise InvalidInputError(BAD_CURSOR) from None
+            raise InvalidQueryError(BAD_CURSOR) from None
 
 
 def highlighted(marked: str) -> str:
@@ -108,43 +178,150 @@ class SearchService:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def statement(self, query: SearchQuery, filters: SearchFilters) -> Select[Any]:
-        """Every matching utterance with its relevance and highlight (a subquery to sort and page)."""
-        columns = SearchColumns(query, sqlite=self._db.is_sqlite)
+    def matching(self, query: SearchQuery, filters: SearchFilters) -> Select[tuple[int]]:
+        """The ids of the utterances that match (``SELECT id``, with the filters)."""
+        return self._matching(query, filters)[0]
+
+    def _matching(self, query: SearchQuery, filters: SearchFilters) -> tuple[Select[Any], ColumnElement[int]]:
+        columns = filters.columns(query, sqlite=self._db.is_sqlite)
+        ids = select(columns.row_id.label("id")).select_from(columns.source).where(columns.matches)
+        return filters.apply(ids), columns.row_id
+
+    def ranked(
+        self,
+        query: SearchQuery,
+        filters: SearchFilters,
+        window: _Window,
+        ids: Sequence[int] = (),
+        *,
+        newest: bool = False,
+    ) -> Select[Any]:
+        """The matches of ``window`` with their relevance and highlight (a subquery to sort and page).
+        ``ids``: the window's matches when just found (PostgreSQL then reads them by primary key).
+        ``newest`` (SQLite): the window is the ``CANDIDATE_WINDOW`` newest matches of ``window``'s range,
+        found by the same walk of the index that ranks them; each row then also carries the window's
+        oldest id (``window_bottom``) and its size (``window_size``)."""
+        columns = filters.columns(query, sqlite=self._db.is_sqlite)
         utterance = (UTTERANCE.c.id, UTTERANCE.c.call_id, UTTERANCE.c.seq, UTTERANCE.c.role, UTTERANCE.c.text)
         matching = select(*utterance, UTTERANCE.c.occurred_at, columns.highlight.label("highlight"))
-        matching = filters.apply(matching.select_from(columns.source).where(columns.matches))
+        matching = matching.select_from(columns.source).where(columns.matches)
+        if ids and not self._db.is_sqlite:
+            matching = matching.where(UTTERANCE.c.id == any_(bindparam("ids", list(ids), type_=ARRAY(BigInteger))))
+        else:
+            matching = filters.apply(matching.where(columns.row_id.between(window.bottom, window.top)))
         if columns.relevance is not None:
             return matching.add_columns(columns.relevance.label("relevance"))
+        if newest:
+            matching = matching.order_by(_walk_order(columns.row_id, filters).desc()).limit(CANDIDATE_WINDOW)
         # SQLite: highlight once per row (OFFSET 0 keeps the subquery from being flattened into the
         # outer query, which would repeat the call in each use), then relevance from it.
         highlighted = matching.offset(0).subquery("highlighted")
         relevance = sqlite_relevance(highlighted.c.highlight, highlighted.c.text)
-        return select(*highlighted.c, relevance.label("relevance"))
+        ranked = select(*highlighted.c, relevance.label("relevance"))
+        if newest:
+            size, bottom = func.count().over(), func.min(highlighted.c.id).over()
+            ranked = ranked.add_columns(bottom.label("window_bottom"), size.label("window_size"))
+        return ranked
+
+    async def _narrowed(self, session: AsyncSession, filters: SearchFilters) -> SearchFilters:
+        """``filters``, with the calls they allow as a list of ids when those calls hold at most
+        ``SELECTIVE_UTTERANCES`` utterances: probing each of those against the query is then cheaper than
+        walking the query's matches (a word said in most calls, in one call of interest)."""
+        calls = filters.matching_calls()
+        if calls is None:
+            return filters
+        for counted in (calls, select(UTTERANCE.c.id).where(UTTERANCE.c.call_id.in_(calls))):
+            # The calls first: a filter on many calls is told by its first few thousand ids.
+            first = counted.limit(SELECTIVE_UTTERANCES + 1).subquery()
+            count = await session.scalar(select(func.count()).select_from(first))
+            if count is None or count > SELECTIVE_UTTERANCES:
+                return filters
+        return replace(filters, calls=calls)
+
+    async def _next_window(
+        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None, limit: int
+    ) -> tuple[_Window | None, Sequence[Row[Any]]]:
+        """The window of the ``CANDIDATE_WINDOW`` newest matches at or below ``top`` (at or below the
+        newest utterance, if None; None when nothing matches there), and its ``limit`` best rows."""
+        if top is None:
+            top = await session.scalar(select(func.max(UTTERANCE.c.id)))
+            if top is None:
+                return None, []
+        if self._db.is_sqlite:
+            # FTS5 walks a term's doclist by rowid, newest first: one statement finds and ranks the window.
+            found = self.ranked(query, filters, _Window(top, 0), newest=True).subquery("found")
+            rows = (await session.execute(_page(found, limit))).all()
+            if not rows:
+                return None, rows
+            full = rows[0].window_size >= CANDIDATE_WINDOW
+            return _Window(top, rows[0].window_bottom if full else 0), rows
+        window, ids = await self._postgresql_window(session, query, filters, top)
+        if window is None:
+            return None, []
+        found = self.ranked(query, filters, window, ids).subquery("found")
+        return window, (await session.execute(_page(found, limit))).all()
+
+    async def _postgresql_window(
+        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int
+    ) -> tuple[_Window | None, list[int]]:
+        """The ``CANDIDATE_WINDOW`` newest matches at or below ``top``, by id ranges from ``top`` down
+        (see ``FIRST_RANGE``)."""
+        ids, row_id = self._matching(query, filters)
+        row_id = _walk_order(row_id, filters)
+        size = top + 1 if filters.calls is not None else FIRST_RANGE
+        found: list[int] = []
+        high = top
+        while high >= 0:
+            low = max(high - size + 1, 0)
+            newest = ids.where(row_id.between(low, high)).order_by(row_id.desc())
+            found += (await session.scalars(newest.limit(CANDIDATE_WINDOW - len(found)))).all()
+            if len(found) >= CANDIDATE_WINDOW:
+                return _Window(top, found[-1]), found
+            # The next range: long enough for the rest at the density seen so far, or four times longer.
+            density = len(found) / (top - low + 1)
+            needed = (CANDIDATE_WINDOW - len(found)) / density * 1.25 if density else size * 4
+            high, size = low - 1, max(FIRST_RANGE, int(needed))
+        return (_Window(top, 0) if found else None), found
 
     async def search(
         self, text: str, filters: SearchFilters, *, limit: int, cursor: str | None
     ) -> tuple[list[Hit], str | None]:
-        """The utterances matching ``text`` (see ``service.fulltext.query``), most relevant first, then
-        newest. Keyset pagination on (relevance, time, id): results inserted meanwhile never make a
-        later page skip or repeat one."""
+        """The utterances matching ``text`` (see ``service.fulltext.query``): window by window, newest
+        first, each window's matches most relevant first, then newest. A window is the
+        ``CANDIDATE_WINDOW`` newest matches below the previous one, so ranking costs the same however
+        many utterances match; with fewer matches than that, the whole result is one window. Keyset
+        pagination on (window, relevance, time, id): results inserted meanwhile never make a later page
+        skip or repeat one."""
         query = parse_query(text)
-        found = self.statement(query, filters).subquery("found")
-        page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
-        if cursor:
-            after = _Position.decode(cursor)
-            page = page.where(
-                tuple_(found.c.relevance, found.c.occurred_at, found.c.id)
-                < (after.relevance, after.occurred_at, after.row_id)
-            )
+        after = _Position.decode(cursor) if cursor else None
+        window = after.window if after else None
+        rows: list[tuple[_Window, Row[Any]]] = []
         async with self._db.read() as session:
-            rows = (await session.execute(page.limit(limit + 1))).all()
+            if not self._db.is_sqlite:
+                # Plan each statement for its own query: a generic plan (after five runs of a prepared
+                # statement) cannot know whether a word is rare (GIN index) or common (primary key).
+                await session.execute(sql("SET LOCAL plan_cache_mode = force_custom_plan"))
+            filters = await self._narrowed(session, filters)
+            top = None
+            while True:
+                if window is not None:  # pinned by the cursor
+                    found = self.ranked(query, filters, window).subquery("found")
+                    position = after if after is not None and after.window == window else None
+                    found_rows = (await session.execute(_page(found, limit + 1 - len(rows), position))).all()
+                else:
+                    window, found_rows = await self._next_window(session, query, filters, top, limit + 1 - len(rows))
+                    if window is None:
+                        break
+                rows += [(window, row) for row in found_rows]
+                if len(rows) > limit or window.last:
+                    break
+                top, window = window.bottom - 1, None
             next_cursor = None
             if len(rows) > limit:
                 rows = rows[:limit]
-                last = rows[-1]
-                next_cursor = _Position(last.relevance, last.occurred_at, last.id).encode()
-            offsets = await _recording_offsets(session, rows)
+                window, last = rows[-1]
+                next_cursor = _Position(window, last.relevance, last.occurred_at, last.id).encode()
+            offsets = await _recording_offsets(session, [row for _, row in rows])
         hits = [
             Hit(
                 row.call_id,
@@ -155,9 +332,24 @@ class SearchService:
                 row.occurred_at,
                 offsets.get((row.call_id, row.seq)),
             )
-            for row in rows
+            for _, row in rows
         ]
         return hits, next_cursor
+
+
+def _walk_order(row_id: ColumnElement[int], filters: SearchFilters) -> ColumnElement[int]:
+    """What a window's newest matches are sorted by: the id, as an expression when the filters picked few
+    calls (not the primary key's order, which the planner would walk instead of those calls' utterances)."""
+    return row_id + 0 if filters.calls is not None else row_id
+
+
+def _page(found: Subquery, limit: int, after: _Position | None = None) -> Select[Any]:
+    """A window's matches (``found``), most relevant first, then newest, after ``after``."""
+    page = select(found).order_by(found.c.relevance.desc(), found.c.occurred_at.desc(), found.c.id.desc())
+    if after is not None:
+        position = (after.relevance, after.occurred_at, after.row_id)
+        page = page.where(tuple_(found.c.relevance, found.c.occurred_at, found.c.id) < position)
+    return page.limit(limit)
 
 
 async def _recording_offsets(session: AsyncSession, rows: Sequence[Row[Any]]) -> dict[tuple[str, int], float | None]:

@@ -6,9 +6,11 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
 from sqlalchemy import delete, func, select, text
 
 from service.db.models import Call, TranscriptUtterance
+from service.fulltext import sql as fulltext_sql
 from tests.search.conftest import Calls
 
 
@@ -171,7 +173,12 @@ async def test_pages_neither_skip_nor_repeat_while_utterances_arrive(calls: Call
     assert set(originals) <= set(seen), "every utterance stored before the first page is on a page"
 
 
-async def test_calls_whose_transcript_matches(calls: Calls) -> None:
+@pytest.mark.parametrize("call_by_call", [False, True], ids=["listed", "call-by-call"])
+async def test_calls_whose_transcript_matches(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, call_by_call: bool
+) -> None:
+    if call_by_call:  # SQLite: every query counts as said often, checked call by call (PostgreSQL: the same)
+        monkeypatch.setattr(fulltext_sql, "MANY_MATCHES", 1)
     await calls.start("call-a", team="billing")
     await calls.start("call-b", team="support")
     await calls.start("call-c", team="support")

@@ -1,0 +1,105 @@
+"""Ranking windows: a search ranks at most CANDIDATE_WINDOW matches together (the newest, then the next
+older, ...), found by each database's own plan; the plan chosen for filters on few calls gives the same
+answers as the walk over the matches (GET /v1/calls?q= checked call by call: test_transcripts). Sizes
+are shrunk here so that a handful of utterances spans windows."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from service.search import service as search_service
+from tests.search.conftest import Calls
+
+
+async def all_pages(calls: Calls, q: str, *, limit: int, between: Any = None, **params: Any) -> list[str]:
+    """Every hit's text, page after page; ``between`` runs after each page."""
+    seen: list[str] = []
+    cursor = None
+    for _ in range(100):
+        page = await calls.search(q, limit=limit, **({"cursor": cursor} if cursor else {}), **params)
+        seen += [hit["text"] for hit in page["data"]]
+        if between is not None:
+            await between()
+        cursor = page["nextCursor"]
+        if cursor is None:
+            return seen
+    raise AssertionError("no last page")
+
+
+async def test_a_result_larger_than_the_window_pages_window_by_window_each_match_once(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await calls.start("call-1")
+    await calls.start("call-2")
+    # Said in this order (ids ascending); relevance varies with how many times the word is said.
+    said = [f"refund {'refund ' * (i % 3)}{'and more words ' * (i % 2)}number {i}" for i in range(11)]
+    for index, text in enumerate(said):
+        await calls.say(f"call-{index % 2 + 1}", "user", text)
+        await calls.say("call-1", "assistant", f"nothing to find {index}")
+    whole = await all_pages(calls, "refund", limit=100)
+    assert sorted(whole) == sorted(said), "one window: every match, best first"
+
+    monkeypatch.setattr(search_service, "CANDIDATE_WINDOW", 4)
+    monkeypatch.setattr(search_service, "FIRST_RANGE", 3)  # PostgreSQL: several id ranges per window
+    newest_first = said[::-1]
+    windows = [newest_first[start : start + 4] for start in range(0, len(said), 4)]
+    expected = [text for window in windows for text in whole if text in window]
+    assert expected != whole, "the windows change the order"
+    for limit in (1, 3, 4, 5, 100):
+        assert await all_pages(calls, "refund", limit=limit) == expected, limit
+
+    arrived: list[str] = []
+
+    async def more() -> None:
+        arrived.append(f"refund refund refund arrived {len(arrived)}")
+        await calls.say("call-2", "user", arrived[-1])
+
+    assert await all_pages(calls, "refund", limit=3, between=more) == expected, "a cursor pins its windows"
+    assert (await calls.texts("refund", limit=1)) == [arrived[-1]], "a new search sees them"
+
+
+async def test_filters_on_few_calls_give_what_the_walk_over_the_matches_gives(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in range(4):
+        await calls.start(f"call-{number}", team="billing" if number % 2 else "support", assistant=f"asst-{number}")
+        for turn in range(3):
+            await calls.say(f"call-{number}", "user", f"refund {'refund ' * turn}in call {number} turn {turn}")
+            await calls.say(f"call-{number}", "assistant", f"no match in call {number} turn {turn}")
+    monkeypatch.setattr(search_service, "CANDIDATE_WINDOW", 2)
+    searches: list[dict[str, Any]] = [
+        {"callId": "call-2"},
+        {"metadata.team": "billing"},
+        {"metadata.team": "billing", "role": "user"},
+        {"assistantId": "asst-3"},
+        {"callId": "call-1", "metadata.team": "support"},  # nothing
+    ]
+    for params in searches:
+        monkeypatch.setattr(search_service, "SELECTIVE_UTTERANCES", 0)  # never: walk the matches
+        walked = await all_pages(calls, "refund", limit=2, **params)
+        monkeypatch.setattr(search_service, "SELECTIVE_UTTERANCES", 1000)  # always: the calls first
+        from_calls = await all_pages(calls, "refund", limit=2, **params)
+        assert from_calls == walked, params
+        assert len(walked) == len(set(walked)), params
+    assert len(await all_pages(calls, "refund", limit=2, **{"metadata.team": "billing"})) == 6
+    assert await all_pages(calls, "refund", limit=2, callId="call-1", **{"metadata.team": "support"}) == []
+
+
+async def test_cursors_name_their_window(calls: Calls) -> None:
+    await calls.start("call-1")
+    for index in range(3):
+        await calls.say("call-1", "user", f"refund {index}")
+    cursor = (await calls.search("refund", limit=1))["nextCursor"]
+    top, bottom, *position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    assert bottom == 0, "one window, down to the oldest match"
+    assert top >= 3
+
+    def encoded(*parts: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+    for bad in (encoded(*position), encoded(bottom + 5, bottom + 9, *position), encoded(top, -1, *position)):
+        assert (await calls.search("refund", expect=400, cursor=bad))["status"] == 400

@@ -64,7 +64,14 @@ async def main(args: argparse.Namespace) -> None:
     sock.bind(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     sim_port = free_port()
-    async with ProcessGroup(tmp) as procs, httpx.AsyncClient(timeout=60) as client:
+    # tracemalloc slows this process several times over: connections kept alive for less than the
+    # servers' 5 s keep-alive, or a request sent on one the server is closing fails (ReadError).
+    limits = httpx.Limits(keepalive_expiry=1.0)
+    async with (
+        ProcessGroup(tmp) as procs,
+        httpx.AsyncClient(timeout=60, limits=limits) as client,
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=200, keepalive_expiry=1.0)) as vapi_http,
+    ):
         sim_argv = switchboard_argv("simulate", "--port", str(sim_port), "--talk-seconds", str(args.seconds))
         sim_argv += ["--server-url", f"{base}/webhooks/vapi", "--secret", secret]
         sim = await procs.start("simulate", sim_argv, env=dict(os.environ))
@@ -83,7 +90,7 @@ async def main(args: argparse.Namespace) -> None:
         from service.db.migrate import upgrade
 
         upgrade(settings.database_url)
-        app = create_app(settings)
+        app = create_app(settings, http_client=vapi_http)
         server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, ws="websockets-sansio"))
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         await wait_http_ok(client, f"{base}/healthz", sim)
@@ -101,10 +108,20 @@ async def main(args: argparse.Namespace) -> None:
             nonlocal placed
             body = {"assistantId": "a", "phoneNumberId": "p", "customer": {"number": f"+1415555{n:04d}"}}
             async with placing:
-                placed += (await client.post(f"{base}/v1/calls", json=body, headers=auth)).status_code == 201
+                headers = {**auth, "Idempotency-Key": f"memory-{n}"}  # a retry places the call once
+                for attempt in range(3):
+                    try:
+                        response = await client.post(f"{base}/v1/calls", json=body, headers=headers)
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
+            if response.status_code != 201:
+                print(f"placing call {n} failed: {response.status_code} {response.text[:200]}")
+            placed += response.status_code == 201
 
         async def settle(count: int) -> None:
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(300):
                 while await active_sessions() < count:  # noqa: ASYNC110 - another process's state
                     await asyncio.sleep(0.2)
             await asyncio.sleep(args.record_seconds)
@@ -134,7 +151,10 @@ async def main(args: argparse.Namespace) -> None:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await serving
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
@@ -144,4 +164,5 @@ if __name__ == "__main__":
     parser.add_argument("--record-seconds", type=float, default=4.0, help="recording before the snapshot")
     parser.add_argument("--depth", type=int, default=12, help="traceback depth kept by tracemalloc")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (simulator.log, database)")
     asyncio.run(main(parser.parse_args()))

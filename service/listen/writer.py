@@ -152,11 +152,8 @@ class RecordingWriter:
         ending_at: float | None = None  # set when close() asked: how long storage may still take
         while ending_at is None or self._pending:
             if ending_at is None:
-                data = await self._next_batch()
-                if data is None:
+                if not await self._receive():
                     ending_at = time.monotonic() + CLOSE_RETRY_SECONDS
-                elif data and not self._broken:
-                    self._hold(data)
             elif self._failures:
                 if time.monotonic() >= ending_at:
                     self._give_up()
@@ -164,6 +161,18 @@ class RecordingWriter:
                 await asyncio.sleep(min(max(0.0, self._retry_at - time.monotonic()), ending_at - time.monotonic()))
             if self._pending and time.monotonic() >= self._retry_at:
                 await self._store_pending()
+
+    async def _receive(self) -> bool:
+        """Hold the next batch for storage; False once close() asked.
+
+        A helper rather than a local of ``_drain``: a local would keep the last batch (48 KiB) alive,
+        for every session, while the loop waits for the next one."""
+        data = await self._next_batch()
+        if data is None:
+            return False
+        if data and not self._broken:
+            self._hold(data)
+        return True
 
     async def _next_batch(self) -> bytes | None:
         """The next batch (None: close asked); b"" when a retry is due before one arrives."""

@@ -178,11 +178,14 @@ class RecordingWriter:
 
     async def _next_batch(self) -> bytes | None:
         """The next batch (None: close asked); b"" when a retry is due before one arrives."""
-        try:
-            async with asyncio.timeout(max(0.0, self._retry_at - time.monotonic()) if self._failures else None):
-                data = await self._queue.get()
-        except TimeoutError:
-            return b""
+        if not self._failures:  # the common case, a few times a second per call: no timeout to arm
+            data = await self._queue.get()
+        else:
+            try:
+                async with asyncio.timeout(max(0.0, self._retry_at - time.monotonic())):
+                    data = await self._queue.get()
+            except TimeoutError:
+                return b""
         if self._blocked:
             self._unblock()
         return data

@@ -108,6 +108,8 @@ class PhaseResult:
     baseline_rss_bytes: int = 0
     peak_rss_bytes: int = 0
     rss_per_session_bytes: float = 0.0
+    mid_rss_bytes: int = 0  # RSS half-way through the calls (every one live): session state, no ramp or end burst
+    end_rss_bytes: int = 0  # RSS once every call is finished: what calls leave behind (switchboard phase)
     max_lag_seconds: float | None = None
     simulator_cpu_seconds: float = 0.0
     machine_busy: float = 0.0
@@ -118,6 +120,12 @@ class PhaseResult:
     answered_say: dict[str, float] = field(default_factory=dict)
     answer_spread_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+
+
+async def rss_later(child: Child, seconds: float) -> int:
+    """The child's RSS ``seconds`` from now (0 if it is gone by then)."""
+    await asyncio.sleep(seconds)
+    return child.usage().rss_bytes if child.alive() else 0
 
 
 # -- machine-wide CPU (to show how contended the 2 cores were) ----------------------------------------
@@ -544,6 +552,7 @@ async def _run_switchboard(
     window.open()
     ramp, concurrency = (0.0, args.calls) if args.burst else (args.ramp_rate, PLACE_CONCURRENCY)
     ids = {call_id for call_id in await place_calls(args.calls, ramp, place, label, concurrency) if call_id}
+    mid_rss = asyncio.create_task(rss_later(serve, args.seconds / 2))
     if refused:
         result.notes.append(f"{len(refused)} calls not placed (not counted below), first: {refused[0]}")
         result.calls = len(ids)
@@ -567,6 +576,8 @@ async def _run_switchboard(
             break
         await asyncio.sleep(POLL_SECONDS)
     window.fill(result, baseline_rss=baseline_rss)
+    result.mid_rss_bytes = await mid_rss
+    result.end_rss_bytes = serve.usage().rss_bytes
     if spy is not None:
         await stop_py_spy(procs, spy, args.py_spy)
     progress(f"{label}: reading {len(ids)} recordings")
@@ -668,6 +679,7 @@ async def run_baseline(
 
     window.open()
     ids = set(await place_calls(args.calls, args.ramp_rate, place, mode))
+    mid_rss = asyncio.create_task(rss_later(child, args.seconds / 2))
     stdin.write(b"end\n")
     await stdin.drain()
     deadline = time.monotonic() + args.seconds + 30 + args.drain_timeout
@@ -699,6 +711,7 @@ async def run_baseline(
         result.notes.append(f"did not finish within {args.drain_timeout:g} s after the calls' end: stopped")
         files = {}
     window.fill(result, baseline_rss=baseline_rss)
+    result.mid_rss_bytes = await mid_rss
     stdin.close()
     result.exit_code = await procs.stop(child)
     sim_calls = await wait_calls_ended(sim, ids, mode, time.monotonic() + 120)
@@ -786,6 +799,16 @@ def render_table(results: list[PhaseResult]) -> str:
                 f"p50 {a['p50'] * 1000:.0f} ms, p90 {a['p90'] * 1000:.0f} ms, p99 {a['p99'] * 1000:.0f} ms, "
                 f"max {a['max'] * 1000:.0f} ms"
             )
+        if r.mid_rss_bytes and r.calls:
+            per_call = (r.mid_rss_bytes - r.baseline_rss_bytes) / r.calls / 1024
+            rss_note = f"RSS half-way through the calls {r.mid_rss_bytes / 2**20:.1f} MiB"
+            rss_note += f" ({per_call:.1f} KiB per live session)"
+            if r.end_rss_bytes:
+                left = (r.end_rss_bytes - r.baseline_rss_bytes) / r.calls / 1024
+                rss_note += (
+                    f"; once every recording was final {r.end_rss_bytes / 2**20:.1f} MiB ({left:.1f} KiB per call)"
+                )
+            out.append(f"  {rss_note}")
         out += [f"  note: {note}" for note in r.notes]
     by_name = {r.listener: r for r in results}
     if (sb := by_name.get("switchboard")) and (naive := by_name.get("naive")) and sb.cpu_per_call_minute:

@@ -130,6 +130,11 @@ class ListenSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._protocol.receive_eof()  # idempotent: the state becomes CLOSED
+        # Nothing is delivered any more: let go of the handler, which (through the recording writer's
+        # backpressure callback) refers back to this socket. Without this the cycle keeps every ended
+        # session, its writer and its parser until a full collection of the cyclic garbage collector.
+        self._handler = None
+        self._early, self._fragments = [], []
         if self.connection_error is None:
             self.connection_error = exc
         if self._close_timer is not None:

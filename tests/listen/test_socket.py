@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
+import tracemalloc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -14,7 +17,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from websockets.http11 import Response
 
 from service.listen.socket import open_listen_socket
-from service.listen.writer import QUEUE_BATCHES, RecordingWriter
+from service.listen.writer import FLUSH_BYTES, QUEUE_BATCHES, RecordingWriter
 from service.metrics import Metrics
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
@@ -170,3 +173,64 @@ async def test_with_a_read_interval_frames_gather_and_arrive_together_in_order(
     assert collector.messages == [bytes([n]) * 1280 for n in range(40)]
     reads = 1 + sum(1 for before, after in itertools.pairwise(arrivals) if after - before > 0.004)
     assert least_reads <= reads <= most_reads
+
+
+async def test_a_closed_socket_lets_go_of_its_handler_so_no_cycle_outlives_the_connection() -> None:
+    """The recording writer's backpressure callback refers back to the socket; once the connection is
+    lost the socket drops its handler, so an ended session is freed at once, not by the cyclic GC."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(b"a" * 1280)
+        await ws.close()
+
+    class BackReferring(Collector):
+        def __init__(self, socket: object) -> None:
+            super().__init__()
+            self.socket = socket  # like RecordingWriter's pressure callback
+
+    gc.disable()
+    try:
+        async with server(handler) as url:
+            socket = await open_listen_socket(url, headers={}, max_size=4096, timeout=5)
+            collector = BackReferring(socket)
+            socket.attach(collector)
+            async with asyncio.timeout(5):
+                await socket.closed
+            assert collector.messages == [b"a" * 1280]
+            alive = weakref.ref(collector)
+            del collector, socket
+            assert alive() is None, "only the cyclic garbage collector would free the handler"
+    finally:
+        gc.enable()
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def write(self, data: bytes) -> None:
+        self.sizes.append(len(data))
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_the_writer_holds_no_batch_once_it_is_stored() -> None:
+    """Between batches a writer holds only what is gathering: a stored batch is not kept alive (it was,
+    by a local of the drain loop waiting for the next one: 48 KiB per live session)."""
+    sink = CountingSink()
+    writer = RecordingWriter(sink, metrics=Metrics(), name="t")
+    await asyncio.sleep(0)  # the writer task starts and waits for a batch
+    tracemalloc.start()
+    try:
+        for n in range(3 * -(-FLUSH_BYTES // 1280)):  # three whole batches: the last one is a full one
+            writer.append(bytes([n % 256]) * 1280)
+        async with asyncio.timeout(5):
+            while sum(sink.sizes) < writer.received:
+                await asyncio.sleep(0.01)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(sink.sizes) >= 3 * FLUSH_BYTES
+    assert held < FLUSH_BYTES // 2, f"{held} bytes still allocated after every batch was stored"
+    await writer.close()

@@ -92,8 +92,9 @@ async def test_filters_on_few_calls_give_what_the_walk_over_the_matches_gives(
         from_calls = await all_pages(calls, "refund", limit=2, **params)
         assert from_calls == walked, params
         assert len(walked) == len(set(walked)), params
-    assert len(await all_pages(calls, "refund", limit=2, **{"metadata.team": "billing"})) == 6
-    assert await all_pages(calls, "refund", limit=2, callId="call-1", **{"metadata.team": "support"}) == []
+    billing: dict[str, Any] = {"metadata.team": "billing"}
+    assert len(await all_pages(calls, "refund", limit=2, **billing)) == 6
+    assert await all_pages(calls, "refund", limit=2, **searches[-1]) == []
 
 
 async def test_cursors_name_their_window(calls: Calls) -> None:

@@ -61,6 +61,10 @@ SELECTIVE_UTTERANCES = 2_000
 # it (a common word in calls created before a date long past).
 MANY_CALLS = 20_000
 COMMON_RATIO = 2
+# ... when the utterances newer than those of the NEWEST_CALLS newest of those calls number more than
+# this many per call to probe.
+NEWEST_CALLS = 10
+SKIPPED_PER_CALL = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +109,10 @@ class SearchFilters:
             query = query.where(UTTERANCE.c.call_id.in_(calls_with_metadata(key, value)))
         return query
 
-    def matching_calls(self) -> Select[Any] | None:
+    def matching_calls(self, *, newest: int | None = None) -> Select[Any] | None:
         """The ids of the calls the filters on the call allow (as ``GET /v1/calls`` finds them: from the
-        metadata index when there is a metadata filter); None without such a filter."""
+        metadata index when there is a metadata filter), or the ``newest`` of them; None without such a
+        filter."""
         if not (self.call_id or self.assistant_id or self.created_after or self.created_before or self.metadata):
             return None
         calls = CallFilters(
@@ -116,9 +121,13 @@ class SearchFilters:
             created_before=self.created_before,
             metadata=self.metadata,
         )
-        query, (_, call_id) = calls.newest_first_calls()
+        query, (created_at, call_id) = calls.newest_first_calls()
         query = query.with_only_columns(call_id.label("call_id"))
-        return query.where(Call.id == self.call_id) if self.call_id else query
+        if self.call_id:
+            query = query.where(Call.id == self.call_id)
+        if newest is not None:
+            query = query.order_by(created_at.desc(), call_id.desc()).limit(newest)
+        return query
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,15 +263,20 @@ class SearchService:
                 return replace(filters, calls=calls)
         if counted_calls > MANY_CALLS:
             return filters
-        # The walk discards the matches of the calls left out; probing the calls costs one lookup each.
-        # Worth it when the query matches many times more utterances than there are calls to probe.
-        if await _count(session, self.matching(query, SearchFilters()), COMMON_RATIO * counted_calls) <= (
-            COMMON_RATIO * counted_calls
-        ):
+        # The walk discards the matches of the calls left out that are newer than the calls' own; probing
+        # the calls costs one lookup each. Worth it when the newest calls' utterances are far from the
+        # newest utterance (the calls allowed are not the newest: a date long past), and the query matches
+        # many more utterances than there are calls to probe (a common word: a rare one is walked fast).
+        newest_calls = filters.matching_calls(newest=NEWEST_CALLS)
+        assert newest_calls is not None
+        newest = await session.scalar(_newest_utterance(newest_calls)) or 0
+        everything = await session.scalar(select(func.max(UTTERANCE.c.id))) or 0
+        if everything - newest <= SKIPPED_PER_CALL * counted_calls:
             return filters
-        chosen = calls.subquery("chosen")
-        newest = select(func.max(call_span(chosen.c.call_id)[1])).select_from(chosen)
-        return replace(filters, ceiling=await session.scalar(newest) or 0)
+        common = COMMON_RATIO * counted_calls
+        if await _count(session, self.matching(query, SearchFilters()), common) <= common:
+            return filters
+        return replace(filters, ceiling=await session.scalar(_newest_utterance(calls)) or 0)
 
     async def _next_window(
         self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None, limit: int
@@ -363,6 +377,12 @@ class SearchService:
             for _, row in rows
         ]
         return hits, next_cursor
+
+
+def _newest_utterance(calls: Select[Any]) -> Select[Any]:
+    """The highest utterance id of ``calls`` (one index probe per call)."""
+    chosen = calls.subquery("chosen")
+    return select(func.max(call_span(chosen.c.call_id)[1])).select_from(chosen)
 
 
 async def _count(session: AsyncSession, query: Select[Any], most: int) -> int:

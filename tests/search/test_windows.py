@@ -150,6 +150,7 @@ async def test_filters_on_many_calls_with_a_common_query_give_what_the_walk_over
         assert set(ceilings) == {None}, params
         monkeypatch.setattr(search_service, "MANY_CALLS", 1000)  # always: from those calls' newest utterance
         monkeypatch.setattr(search_service, "COMMON_RATIO", 0)
+        monkeypatch.setattr(search_service, "SKIPPED_PER_CALL", -1)
         ceilings.clear()
         from_ceiling = await all_pages(calls, "refund", limit=2, cursors=True, **params)
         assert None not in ceilings, params

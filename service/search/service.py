@@ -256,13 +256,12 @@ class SearchService:
         calls = filters.matching_calls()
         if calls is None:
             return filters
-        counted_calls = await _count(session, calls, MANY_CALLS)
+        # The calls first: a filter on many calls is told by its first few thousand ids.
+        counted_calls = await _count(session, calls, SELECTIVE_UTTERANCES)
         if counted_calls <= SELECTIVE_UTTERANCES:
             utterances = select(UTTERANCE.c.id).where(UTTERANCE.c.call_id.in_(calls))
             if await _count(session, utterances, SELECTIVE_UTTERANCES) <= SELECTIVE_UTTERANCES:
                 return replace(filters, calls=calls)
-        if counted_calls > MANY_CALLS:
-            return filters
         # The walk discards the matches of the calls left out that are newer than the calls' own; probing
         # the calls costs one lookup each. Worth it when the newest calls' utterances are far from the
         # newest utterance (the calls allowed are not the newest: a date long past), and the query matches
@@ -270,8 +269,12 @@ class SearchService:
         newest_calls = filters.matching_calls(newest=NEWEST_CALLS)
         assert newest_calls is not None
         newest = await session.scalar(_newest_utterance(newest_calls)) or 0
-        everything = await session.scalar(select(func.max(UTTERANCE.c.id))) or 0
-        if everything - newest <= SKIPPED_PER_CALL * counted_calls:
+        skipped = (await session.scalar(select(func.max(UTTERANCE.c.id))) or 0) - newest
+        if skipped <= SKIPPED_PER_CALL * counted_calls:
+            return filters
+        most = min(MANY_CALLS, skipped // SKIPPED_PER_CALL) if SKIPPED_PER_CALL > 0 else MANY_CALLS
+        counted_calls = await _count(session, calls, most)
+        if counted_calls > most:
             return filters
         common = COMMON_RATIO * counted_calls
         if await _count(session, self.matching(query, SearchFilters()), common) <= common:

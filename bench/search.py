@@ -234,6 +234,7 @@ def shapes(corpus: Corpus) -> dict[str, Shape]:
         "common + assistantId": ("please", {"assistant_id": "asst-2"}, 0),
         "common + createdAfter (newest 1 %)": ("please", {"created_after": newest - span / 100}, 0),
         "common + createdBefore (oldest 10 %)": ("please", {"created_before": oldest + span / 10}, 0),
+        "common + createdBefore (oldest 10 %) page 2": ("please", {"created_before": oldest + span / 10}, 1),
         "rare word + createdBefore (oldest 10 %)": (rare, {"created_before": oldest + span / 10}, 0),
     }
 

@@ -32,7 +32,7 @@ from service.db.models import Call, CallEvent, Recording, RecordingSegment
 from service.db.statements import table_of
 from service.errors import InvalidQueryError
 from service.fulltext.query import SearchQuery, parse_query
-from service.fulltext.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, sqlite_relevance
+from service.fulltext.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, call_span, sqlite_relevance
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.recordings.audio import SAMPLE_BYTES
 from service.search.offsets import SegmentClock, SpeechUpdate, recording_offset, speech_start
@@ -55,6 +55,16 @@ FIRST_RANGE = 20_000
 # The filters on the call (callId, metadata, ...) are applied first when they leave at most this many
 # utterances to check.
 SELECTIVE_UTTERANCES = 2_000
+# Filters on more calls than that but at most this many, with a query matching at least this many times
+# as many utterances as they leave out: the walk over the matches starts at the newest utterance of
+# those calls (found call by call, an index probe each) instead of walking every newer match to discard
+# it (a common word in calls created before a date long past).
+MANY_CALLS = 20_000
+COMMON_RATIO = 2
+# ... when the utterances newer than those of the NEWEST_CALLS newest of those calls number more than
+# this many per call to probe.
+NEWEST_CALLS = 10
+SKIPPED_PER_CALL = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,9 @@ class SearchFilters:
     # Set by the search when the filters on the call leave few utterances: those calls' ids, which the
     # filters on the call then become (the database starts from them instead of from the matches).
     calls: Select[Any] | None = None
+    # Set by the search when the filters on the call allow many calls, none of whose utterances is newer
+    # than this id, and the query is common: the walk over the matches starts there.
+    ceiling: int | None = None
 
     def columns(self, query: SearchQuery, *, sqlite: bool) -> SearchColumns:
         """The full-text pieces of a search with these filters."""
@@ -96,9 +109,10 @@ class SearchFilters:
             query = query.where(UTTERANCE.c.call_id.in_(calls_with_metadata(key, value)))
         return query
 
-    def matching_calls(self) -> Select[Any] | None:
+    def matching_calls(self, *, newest: int | None = None) -> Select[Any] | None:
         """The ids of the calls the filters on the call allow (as ``GET /v1/calls`` finds them: from the
-        metadata index when there is a metadata filter); None without such a filter."""
+        metadata index when there is a metadata filter), or the ``newest`` of them; None without such a
+        filter."""
         if not (self.call_id or self.assistant_id or self.created_after or self.created_before or self.metadata):
             return None
         calls = CallFilters(
@@ -107,9 +121,13 @@ class SearchFilters:
             created_before=self.created_before,
             metadata=self.metadata,
         )
-        query, (_, call_id) = calls.newest_first_calls()
+        query, (created_at, call_id) = calls.newest_first_calls()
         query = query.with_only_columns(call_id.label("call_id"))
-        return query.where(Call.id == self.call_id) if self.call_id else query
+        if self.call_id:
+            query = query.where(Call.id == self.call_id)
+        if newest is not None:
+            query = query.order_by(created_at.desc(), call_id.desc()).limit(newest)
+        return query
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +145,8 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class _Window:
-    """A run of consecutive matches, by id: the ``CANDIDATE_WINDOW`` newest at or below ``top``.
+    """A run of consecutive matches, by id: the ``CANDIDATE_WINDOW`` newest at or below some id, of which
+    ``top`` is the newest (so that ranking the window again reads no newer match the filters discard).
 
     ``bottom`` is the oldest of them, or 0 when fewer were found (the last window: nothing older
     matches). A cursor pins its window, so inserts and deletes never move a page's neighbours."""
@@ -200,7 +219,7 @@ class SearchService:
         ``ids``: the window's matches when just found (PostgreSQL then reads them by primary key).
         ``newest`` (SQLite): the window is the ``CANDIDATE_WINDOW`` newest matches of ``window``'s range,
         found by the same walk of the index that ranks them; each row then also carries the window's
-        oldest id (``window_bottom``) and its size (``window_size``)."""
+        oldest and newest ids (``window_bottom``, ``window_top``) and its size (``window_size``)."""
         columns = filters.columns(query, sqlite=self._db.is_sqlite)
         utterance = (UTTERANCE.c.id, UTTERANCE.c.call_id, UTTERANCE.c.seq, UTTERANCE.c.role, UTTERANCE.c.text)
         matching = select(*utterance, UTTERANCE.c.occurred_at, columns.highlight.label("highlight"))
@@ -219,24 +238,48 @@ class SearchService:
         relevance = sqlite_relevance(highlighted.c.highlight, highlighted.c.text)
         ranked = select(*highlighted.c, relevance.label("relevance"))
         if newest:
-            size, bottom = func.count().over(), func.min(highlighted.c.id).over()
-            ranked = ranked.add_columns(bottom.label("window_bottom"), size.label("window_size"))
+            size, bottom, top = (
+                func.count().over(),
+                func.min(highlighted.c.id).over(),
+                func.max(highlighted.c.id).over(),
+            )
+            ranked = ranked.add_columns(
+                bottom.label("window_bottom"), top.label("window_top"), size.label("window_size")
+            )
         return ranked
 
-    async def _narrowed(self, session: AsyncSession, filters: SearchFilters) -> SearchFilters:
+    async def _narrowed(self, session: AsyncSession, query: SearchQuery, filters: SearchFilters) -> SearchFilters:
         """``filters``, with the calls they allow as a list of ids when those calls hold at most
         ``SELECTIVE_UTTERANCES`` utterances: probing each of those against the query is then cheaper than
-        walking the query's matches (a word said in most calls, in one call of interest)."""
+        walking the query's matches (a word said in most calls, in one call of interest). With more
+        calls (up to ``MANY_CALLS``) and a common query, with the ``ceiling`` of those calls' utterances."""
         calls = filters.matching_calls()
         if calls is None:
             return filters
-        for counted in (calls, select(UTTERANCE.c.id).where(UTTERANCE.c.call_id.in_(calls))):
-            # The calls first: a filter on many calls is told by its first few thousand ids.
-            first = counted.limit(SELECTIVE_UTTERANCES + 1).subquery()
-            count = await session.scalar(select(func.count()).select_from(first))
-            if count is None or count > SELECTIVE_UTTERANCES:
-                return filters
-        return replace(filters, calls=calls)
+        # The calls first: a filter on many calls is told by its first few thousand ids.
+        counted_calls = await _count(session, calls, SELECTIVE_UTTERANCES)
+        if counted_calls <= SELECTIVE_UTTERANCES:
+            utterances = select(UTTERANCE.c.id).where(UTTERANCE.c.call_id.in_(calls))
+            if await _count(session, utterances, SELECTIVE_UTTERANCES) <= SELECTIVE_UTTERANCES:
+                return replace(filters, calls=calls)
+        # The walk discards the matches of the calls left out that are newer than the calls' own; probing
+        # the calls costs one lookup each. Worth it when the newest calls' utterances are far from the
+        # newest utterance (the calls allowed are not the newest: a date long past), and the query matches
+        # many more utterances than there are calls to probe (a common word: a rare one is walked fast).
+        newest_calls = filters.matching_calls(newest=NEWEST_CALLS)
+        assert newest_calls is not None
+        newest = await session.scalar(_newest_utterance(newest_calls)) or 0
+        skipped = (await session.scalar(select(func.max(UTTERANCE.c.id))) or 0) - newest
+        if skipped <= SKIPPED_PER_CALL * counted_calls:
+            return filters
+        most = min(MANY_CALLS, skipped // SKIPPED_PER_CALL) if SKIPPED_PER_CALL > 0 else MANY_CALLS
+        counted_calls = await _count(session, calls, most)
+        if counted_calls > most:
+            return filters
+        common = COMMON_RATIO * counted_calls
+        if await _count(session, self.matching(query, SearchFilters()), common) <= common:
+            return filters
+        return replace(filters, ceiling=await session.scalar(_newest_utterance(calls)) or 0)
 
     async def _next_window(
         self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None, limit: int
@@ -247,6 +290,8 @@ class SearchService:
             top = await session.scalar(select(func.max(UTTERANCE.c.id)))
             if top is None:
                 return None, []
+        if filters.ceiling is not None:
+            top = min(top, filters.ceiling)
         if self._db.is_sqlite:
             # FTS5 walks a term's doclist by rowid, newest first: one statement finds and ranks the window.
             found = self.ranked(query, filters, _Window(top, 0), newest=True).subquery("found")
@@ -254,7 +299,7 @@ class SearchService:
             if not rows:
                 return None, rows
             full = rows[0].window_size >= CANDIDATE_WINDOW
-            return _Window(top, rows[0].window_bottom if full else 0), rows
+            return _Window(rows[0].window_top, rows[0].window_bottom if full else 0), rows
         window, ids = await self._postgresql_window(session, query, filters, top)
         if window is None:
             return None, []
@@ -276,12 +321,12 @@ class SearchService:
             newest = ids.where(row_id.between(low, high)).order_by(row_id.desc())
             found += (await session.scalars(newest.limit(CANDIDATE_WINDOW - len(found)))).all()
             if len(found) >= CANDIDATE_WINDOW:
-                return _Window(top, found[-1]), found
+                return _Window(found[0], found[-1]), found
             # The next range: long enough for the rest at the density seen so far, or four times longer.
             density = len(found) / (top - low + 1)
             needed = (CANDIDATE_WINDOW - len(found)) / density * 1.25 if density else size * 4
             high, size = low - 1, max(FIRST_RANGE, int(needed))
-        return (_Window(top, 0) if found else None), found
+        return (_Window(found[0], 0) if found else None), found
 
     async def search(
         self, text: str, filters: SearchFilters, *, limit: int, cursor: str | None
@@ -301,7 +346,7 @@ class SearchService:
                 # Plan each statement for its own query: a generic plan (after five runs of a prepared
                 # statement) cannot know whether a word is rare (GIN index) or common (primary key).
                 await session.execute(sql("SET LOCAL plan_cache_mode = force_custom_plan"))
-            filters = await self._narrowed(session, filters)
+            filters = await self._narrowed(session, query, filters)
             top = None
             while True:
                 if window is not None:  # pinned by the cursor
@@ -335,6 +380,17 @@ class SearchService:
             for _, row in rows
         ]
         return hits, next_cursor
+
+
+def _newest_utterance(calls: Select[Any]) -> Select[Any]:
+    """The highest utterance id of ``calls`` (one index probe per call)."""
+    chosen = calls.subquery("chosen")
+    return select(func.max(call_span(chosen.c.call_id)[1])).select_from(chosen)
+
+
+async def _count(session: AsyncSession, query: Select[Any], most: int) -> int:
+    """How many rows ``query`` gives, counting at most ``most + 1``."""
+    return await session.scalar(select(func.count()).select_from(query.limit(most + 1).subquery())) or 0
 
 
 def _walk_order(row_id: ColumnElement[int], filters: SearchFilters) -> ColumnElement[int]:

@@ -10,13 +10,18 @@ import json
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from service.db.models import Call
 from service.search import service as search_service
 from tests.search.conftest import Calls
 
 
-async def all_pages(calls: Calls, q: str, *, limit: int, between: Any = None, **params: Any) -> list[str]:
-    """Every hit's text, page after page; ``between`` runs after each page."""
+async def all_pages(
+    calls: Calls, q: str, *, limit: int, between: Any = None, cursors: bool = False, **params: Any
+) -> list[str]:
+    """Every hit's text, page after page (and each next cursor, with ``cursors``); ``between`` runs after
+    each page."""
     seen: list[str] = []
     cursor = None
     for _ in range(100):
@@ -25,6 +30,8 @@ async def all_pages(calls: Calls, q: str, *, limit: int, between: Any = None, **
         if between is not None:
             await between()
         cursor = page["nextCursor"]
+        if cursors:
+            seen.append(f"cursor {cursor}")
         if cursor is None:
             return seen
     raise AssertionError("no last page")
@@ -85,8 +92,9 @@ async def test_filters_on_few_calls_give_what_the_walk_over_the_matches_gives(
         from_calls = await all_pages(calls, "refund", limit=2, **params)
         assert from_calls == walked, params
         assert len(walked) == len(set(walked)), params
-    assert len(await all_pages(calls, "refund", limit=2, **{"metadata.team": "billing"})) == 6
-    assert await all_pages(calls, "refund", limit=2, callId="call-1", **{"metadata.team": "support"}) == []
+    billing: dict[str, Any] = {"metadata.team": "billing"}
+    assert len(await all_pages(calls, "refund", limit=2, **billing)) == 6
+    assert await all_pages(calls, "refund", limit=2, **searches[-1]) == []
 
 
 async def test_cursors_name_their_window(calls: Calls) -> None:
@@ -103,3 +111,55 @@ async def test_cursors_name_their_window(calls: Calls) -> None:
 
     for bad in (encoded(*position), encoded(bottom + 5, bottom + 9, *position), encoded(top, -1, *position)):
         assert (await calls.search("refund", expect=400, cursor=bad))["status"] == 400
+
+
+async def test_filters_on_many_calls_with_a_common_query_give_what_the_walk_over_the_matches_gives(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in range(6):
+        await calls.start(f"call-{number}", team="billing" if number % 2 else "support")
+    for turn in range(3):  # the calls talk at once: an older call's utterances come after newer ones'
+        for number in range(6):
+            await calls.say(f"call-{number}", "user", f"refund {'refund ' * turn}in call {number} turn {turn}")
+            await calls.say(f"call-{number}", "assistant", f"no match in call {number} turn {turn}")
+    await calls.say("call-1", "user", "refund said last in call 1")
+    async with calls.db.read() as session:
+        created = dict((await session.execute(select(Call.id, Call.created_at))).tuples().all())
+    middle = (created["call-2"] + (created["call-3"] - created["call-2"]) / 2).isoformat()
+    monkeypatch.setattr(search_service, "CANDIDATE_WINDOW", 2)
+    monkeypatch.setattr(search_service, "SELECTIVE_UTTERANCES", 0)  # never the few-calls plan
+    ceilings: list[int | None] = []
+    narrowed = search_service.SearchService._narrowed
+
+    async def spied(self: Any, *args: Any) -> search_service.SearchFilters:
+        filters = await narrowed(self, *args)
+        ceilings.append(filters.ceiling)
+        return filters
+
+    monkeypatch.setattr(search_service.SearchService, "_narrowed", spied)
+    searches: list[dict[str, Any]] = [
+        {"createdBefore": middle},
+        {"createdAfter": middle},
+        {"createdBefore": middle, "metadata.team": "billing", "role": "user"},
+        {"createdAfter": middle, "metadata.team": "support"},
+    ]
+    for params in searches:
+        monkeypatch.setattr(search_service, "MANY_CALLS", 0)  # never: walk every match
+        ceilings.clear()
+        walked = await all_pages(calls, "refund", limit=2, cursors=True, **params)
+        assert set(ceilings) == {None}, params
+        monkeypatch.setattr(search_service, "MANY_CALLS", 1000)  # always: from those calls' newest utterance
+        monkeypatch.setattr(search_service, "COMMON_RATIO", 0)
+        monkeypatch.setattr(search_service, "SKIPPED_PER_CALL", -1)
+        ceilings.clear()
+        from_ceiling = await all_pages(calls, "refund", limit=2, cursors=True, **params)
+        assert None not in ceilings, params
+        assert from_ceiling == walked, params  # the same pages and cursors (windows)
+        texts = [text for text in walked if not text.startswith("cursor ")]
+        assert len(texts) == len(set(texts)), params
+        every = list(await calls.texts("refund", limit=100, **params))
+        assert sorted(texts) == sorted(every), params
+    before = await all_pages(calls, "refund", limit=2, createdBefore=middle)
+    assert len(before) == 10
+    assert "refund said last in call 1" in before
+    assert set(before[:2]) == {"refund said last in call 1", "refund refund refund in call 2 turn 2"}, "newest window"

@@ -19,6 +19,8 @@ from litestar import Request
 from litestar.exceptions import ClientException
 
 MAX_DEPTH = 64  # far beyond any Vapi message or API body; far below the recursion limit
+TOO_DEEP = f"the body is nested more than {MAX_DEPTH} levels deep"
+NOT_UTF8 = "the body is not valid UTF-8"
 
 
 class BodyError(ValueError):
@@ -49,11 +51,11 @@ def decode_json_body(raw: bytes) -> Any:
     except msgspec.DecodeError as exc:
         raise BodyError(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise BodyError(f"the body is nested more than {MAX_DEPTH} levels deep") from None
+        raise BodyError(TOO_DEEP) from None
     except UnicodeDecodeError:
-        raise BodyError("the body is not valid UTF-8") from None
+        raise BodyError(NOT_UTF8) from None
     if _too_deep(value, MAX_DEPTH):
-        raise BodyError(f"the body is nested more than {MAX_DEPTH} levels deep")
+        raise BodyError(TOO_DEEP)
     return value
 
 
@@ -65,9 +67,9 @@ class GuardedRequest(Request[Any, Any, Any]):
         try:
             value = await super().json()
         except RecursionError:
-            raise ClientException(f"the body is nested more than {MAX_DEPTH} levels deep") from None
+            raise ClientException(TOO_DEEP) from None
         except UnicodeDecodeError:
-            raise ClientException("the body is not valid UTF-8") from None
+            raise ClientException(NOT_UTF8) from None
         if _too_deep(value, MAX_DEPTH):
-            raise ClientException(f"the body is nested more than {MAX_DEPTH} levels deep")
+            raise ClientException(TOO_DEEP)
         return value

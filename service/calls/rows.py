@@ -34,6 +34,15 @@ from service.errors import ConflictError
 _new_call = inspect(Call).class_manager.new_instance
 
 
+def only(calls: dict[str, Call], call_id: str) -> Call:
+    """The call ``call_id`` of what :meth:`CallRows.lock` answered; :class:`ConflictError` (409) when it
+    was left out (an erased call)."""
+    call = calls.get(call_id)
+    if call is None:
+        raise ConflictError(f"call {call_id!r} was erased")
+    return call
+
+
 class CallRows:
     """The calls one write transaction works on, read and written without the ORM's unit of work."""
 
@@ -83,10 +92,7 @@ class CallRows:
 
     async def lock_one(self, call_id: str, *, origin: str) -> Call:
         """:meth:`lock` for a single call; :class:`ConflictError` (409) for an erased one."""
-        call = (await self.lock([call_id], origin=origin)).get(call_id)
-        if call is None:
-            raise ConflictError(f"call {call_id!r} was erased")
-        return call
+        return only(await self.lock([call_id], origin=origin), call_id)
 
     def append(self, call: Call, events: Sequence[NewEvent]) -> None:
         """Add ``events`` to the call's timeline: :meth:`save` numbers them after the call's last ones

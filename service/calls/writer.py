@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls.changes import AfterCommit, CallChange, CallChanges, Origin
 from service.calls.events import NewEvent
-from service.calls.rows import CallRows
+from service.calls.rows import CallRows, only
 from service.calls.speech import follow_speech
 from service.db.engine import Database
 from service.db.models import Call
@@ -51,10 +51,7 @@ class CallUnit:
 
     async def lock_one(self, call_id: str, *, origin: Origin) -> Call:
         """One call, as :meth:`lock`; :class:`~service.errors.ConflictError` (409) for an erased one."""
-        known = set(self._rows.created)
-        call = await self._rows.lock_one(call_id, origin=origin)
-        self._unseen |= self._rows.created - known
-        return call
+        return only(await self.lock([call_id], origin=origin), call_id)
 
     def created(self, call: Call) -> bool:
         """Whether this transaction stored the call for the first time."""

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -224,3 +226,24 @@ async def wait_http_ok(client: httpx.AsyncClient, url: str, child: Child, timeou
             pass
         await asyncio.sleep(0.2)
     raise BenchError(f"{child.name} did not answer {url} within {timeout:g} s:\n{child.log_tail()}")
+
+
+def git_describe() -> dict[str, Any]:
+    """The checkout the bench runs: its commit, and whether (and how) ``service/`` differs from it."""
+    project = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            command = ["git", *args]
+            done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False, timeout=10)  # noqa: S603
+            return done.stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    diff = git("diff", "HEAD", "--", "service")
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", "service")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "serviceDirty": bool(diff or untracked),
+        "serviceDiffSha256": hashlib.sha256((diff + untracked).encode()).hexdigest() if diff or untracked else None,
+    }

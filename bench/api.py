@@ -40,7 +40,6 @@ import secrets
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-from _procs import BenchError, Child, ProcessGroup, free_port, switchboard_argv, wait_http_ok
+from _procs import BenchError, Child, ProcessGroup, free_port, git_describe, switchboard_argv, wait_http_ok
 
 from service.calls.metadata import index_rows
 from service.calls.service import CallFilters
@@ -136,12 +135,7 @@ def machine_context() -> dict[str, Any]:
     with contextlib.suppress(OSError):
         mem_total = Path("/proc/meminfo").read_text().splitlines()[0].split(":")[1].strip()
 
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=PROJECT_DIR, capture_output=True, text=True, check=False)  # noqa: S603, S607
-        except OSError:
-            return ""
-        return done.stdout.strip()
+    source = git_describe()
 
     return {
         "cpus": os.cpu_count(),
@@ -152,8 +146,8 @@ def machine_context() -> dict[str, Any]:
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),
-        "gitCommit": git("rev-parse", "HEAD"),
-        "serviceDirty": bool(git("status", "--porcelain", "--", "service")),
+        "gitCommit": source["commit"],
+        "serviceDirty": source["serviceDirty"],
         "server": "one `switchboard serve` process (uvicorn, one worker, uvloop)",
     }
 

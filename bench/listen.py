@@ -44,7 +44,6 @@ import platform
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +55,7 @@ from typing import Any, TypeVar
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _procs import BenchError, Child, ProcessGroup, Usage, free_port, switchboard_argv, wait_http_ok
+from _procs import BenchError, Child, ProcessGroup, Usage, free_port, git_describe, switchboard_argv, wait_http_ok
 
 T = TypeVar("T")
 
@@ -817,24 +816,6 @@ def render_table(results: list[PhaseResult]) -> str:
             f"RSS per session {naive.rss_per_session_bytes / max(sb.rss_per_session_bytes, 1):.2f}x"
         )
     return "\n".join(out)
-
-
-def git_describe() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            command = ["git", *args]
-            done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, check=False, timeout=10)  # noqa: S603
-            return done.stdout.strip()
-        except OSError:
-            return ""
-
-    diff = git("diff", "HEAD", "--", "service")
-    untracked = git("ls-files", "--others", "--exclude-standard", "--", "service")
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "serviceDirty": bool(diff or untracked),
-        "serviceDiffSha256": hashlib.sha256((diff + untracked).encode()).hexdigest() if diff or untracked else None,
-    }
 
 
 # -- main ----------------------------------------------------------------------------------------------

@@ -79,17 +79,21 @@ async def test_a_backlog_is_read_page_by_page(database_url: str, tmp_path: Path)
     sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SCRIPT)
     async with SimulatorServer(sim) as simulator:
         placed = await _placed_elsewhere(simulator, 5)
-        # Two of them created in one millisecond, across the boundary of pages of three.
-        for call_id in placed[1:3]:
-            sim.calls[call_id].created_at = sim.calls[placed[1]].created_at
+        # A second apart but two of them created in one millisecond, across the boundary of pages of three.
+        first = sim.calls[placed[0]].created_at
+        for index, call_id in enumerate(placed):
+            sim.calls[call_id].created_at = first + dt.timedelta(seconds=index)
+        sim.calls[placed[2]].created_at = sim.calls[placed[1]].created_at
         db = Database(database_url)
-        async with httpx.AsyncClient() as http:
-            vapi = VapiClient(http, base_url=simulator.base_url, api_key=VAPI_KEY, public_key=None, timeout=5)
-            catch_up = CatchUp(db, CallWriter(db, CallChanges()), vapi, interval=3600, page_size=3)
-            assert await catch_up.run_once() == 5
-            assert await catch_up.run_once() == 0, "nothing new since the last seen createdAt"
-        last = await catch_up.last_seen()
-        await db.dispose()
+        try:
+            async with httpx.AsyncClient() as http:
+                vapi = VapiClient(http, base_url=simulator.base_url, api_key=VAPI_KEY, public_key=None, timeout=5)
+                catch_up = CatchUp(db, CallWriter(db, CallChanges()), vapi, interval=3600, page_size=3)
+                assert await catch_up.run_once() == 5
+                assert await catch_up.run_once() == 0, "nothing new since the last seen createdAt"
+            last = await catch_up.last_seen()
+        finally:
+            await db.dispose()
     created = [dt.datetime.fromisoformat(sim.calls[c].to_vapi()["createdAt"].replace("Z", "+00:00")) for c in placed]
     assert last == max(created)
     pages = [
@@ -105,16 +109,23 @@ async def test_a_backlog_longer_than_a_round_is_walked_on_by_the_next_round(
     sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SCRIPT)
     async with SimulatorServer(sim) as simulator:
         placed = await _placed_elsewhere(simulator, 5)
+        # A millisecond each (placed back to back, two could share one, and a shared millisecond is
+        # read twice: that is the other test's case).
+        first = sim.calls[placed[0]].created_at
+        for index, call_id in enumerate(placed):
+            sim.calls[call_id].created_at = first + dt.timedelta(seconds=index)
         db = Database(database_url)
-        async with httpx.AsyncClient() as http:
-            vapi = VapiClient(http, base_url=simulator.base_url, api_key=VAPI_KEY, public_key=None, timeout=5)
-            catch_up = CatchUp(db, CallWriter(db, CallChanges()), vapi, interval=3600, page_size=2)
-            # One page per round: the newest two, then on below them (not from the newest stored again);
-            # each later page lists its upper bound's call again, so it brings one new call.
-            assert [await catch_up.run_once() for _ in range(5)] == [2, 1, 1, 1, 0]
-            async with db.read() as session:
-                stored = set((await session.scalars(select(Call.id))).all())
-        await db.dispose()
+        try:
+            async with httpx.AsyncClient() as http:
+                vapi = VapiClient(http, base_url=simulator.base_url, api_key=VAPI_KEY, public_key=None, timeout=5)
+                catch_up = CatchUp(db, CallWriter(db, CallChanges()), vapi, interval=3600, page_size=2)
+                # One page per round: the newest two, then on below them (not from the newest stored again);
+                # each later page lists its upper bound's call again, so it brings one new call.
+                assert [await catch_up.run_once() for _ in range(5)] == [2, 1, 1, 1, 0]
+                async with db.read() as session:
+                    stored = set((await session.scalars(select(Call.id))).all())
+        finally:
+            await db.dispose()
     assert stored == set(placed)
 
 

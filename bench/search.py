@@ -150,6 +150,14 @@ def call_name(number: int) -> str:
     return f"call-{number:07d}"
 
 
+# Each call's utterance_ceiling (which the service keeps as it indexes): its newest utterance's id.
+CEILINGS = text(
+    "UPDATE call SET utterance_ceiling = newest.id FROM "
+    "(SELECT call_id, max(id) AS id FROM transcript_utterance GROUP BY call_id) AS newest "
+    "WHERE newest.call_id = call.id"
+)
+
+
 def progress(done: int, total: int, started: float) -> None:
     elapsed = time.perf_counter() - started
     print(f"\r  loaded {done:,}/{total:,} calls ({elapsed:.0f} s)", end="", file=sys.stderr, flush=True)
@@ -175,6 +183,7 @@ async def load_sqlite(db: Database, corpus: Corpus) -> None:
         print("  building the FTS5 index", file=sys.stderr, flush=True)
         await session.execute(text("INSERT INTO transcript_fts (transcript_fts) VALUES ('rebuild')"))
         await session.execute(text(trigger))
+        await session.execute(CEILINGS)
         await session.execute(text("ANALYZE"))
 
 
@@ -198,6 +207,8 @@ async def load_postgresql(db: Database, dsn: str, corpus: Corpus) -> None:
         print("\n  building the GIN index", file=sys.stderr, flush=True)
         await connection.execute("SET maintenance_work_mem = '1GB'")
         await connection.execute(index)
+        async with db.write() as session:
+            await session.execute(CEILINGS)
         await connection.execute("VACUUM ANALYZE")
     finally:
         await connection.close()
@@ -278,7 +289,7 @@ class Statements:
         async with self.db.read() as session:
             connection = await session.connection()
             for statement, parameters in statements:
-                if "transcript" not in statement:
+                if "transcript" not in statement and "utterance_ceiling" not in statement:
                     continue  # the page's recording offsets: primary-key reads
                 rows = (await connection.exec_driver_sql(explain + statement, parameters)).all()
                 lines = [" | ".join(str(value) for value in row[-1:]) for row in rows]

@@ -90,6 +90,10 @@ class Call(TimestampedMixin, DefaultBase):
     reported_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
     # Vapi's ``createdAt``: the catch-up (service.calls.catchup) lists Vapi's calls created after the latest.
     vapi_created_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+    # At least the id of the call's newest ``transcript_utterance`` (the table's highest id when the
+    # call's latest utterance was indexed, service.search.index); None before its first. Where a search
+    # limited to calls created long ago starts its walk over the matches (service.search.service).
+    utterance_ceiling: Mapped[int | None] = mapped_column(BigInteger)
 
     # Read-only (recordings are written through their own rows; the foreign key cascades deletes): a
     # writable relationship made every flush of a changed call inspect it, ~5 % of webhook ingest.

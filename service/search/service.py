@@ -32,7 +32,7 @@ from service.db.models import Call, CallEvent, Recording, RecordingSegment
 from service.db.statements import table_of
 from service.errors import InvalidQueryError
 from service.fulltext.query import SearchQuery, parse_query
-from service.fulltext.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, call_span, sqlite_relevance
+from service.fulltext.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, sqlite_relevance
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.recordings.audio import SAMPLE_BYTES
 from service.search.offsets import SegmentClock, SpeechUpdate, recording_offset, speech_start
@@ -55,14 +55,13 @@ FIRST_RANGE = 20_000
 # The filters on the call (callId, metadata, ...) are applied first when they leave at most this many
 # utterances to check.
 SELECTIVE_UTTERANCES = 2_000
-# Filters on more calls than that but at most this many, with a query matching at least this many times
-# as many utterances as they leave out: the walk over the matches starts at the newest utterance of
-# those calls (found call by call, an index probe each) instead of walking every newer match to discard
-# it (a common word in calls created before a date long past).
+# Filters on more calls than that but at most this many: the walk over the matches starts at the
+# highest ``utterance_ceiling`` of those calls (a column read per call) instead of walking every newer
+# match to discard it (a common word in calls created before a date long past).
 MANY_CALLS = 20_000
-COMMON_RATIO = 2
-# ... when the utterances newer than those of the NEWEST_CALLS newest of those calls number more than
-# this many per call to probe.
+# ... when the newest NEWEST_CALLS of those calls end more than this many utterances per call allowed
+# below the newest utterance (else the walk has little to skip, and reading every call's ceiling costs
+# more than it saves: a filter on calls spread over the whole history, like an assistant or a team).
 NEWEST_CALLS = 10
 SKIPPED_PER_CALL = 10
 
@@ -109,10 +108,10 @@ class SearchFilters:
             query = query.where(UTTERANCE.c.call_id.in_(calls_with_metadata(key, value)))
         return query
 
-    def matching_calls(self, *, newest: int | None = None) -> Select[Any] | None:
+    def matching_calls(self, *, ceilings: bool = False, newest: int | None = None) -> Select[Any] | None:
         """The ids of the calls the filters on the call allow (as ``GET /v1/calls`` finds them: from the
-        metadata index when there is a metadata filter), or the ``newest`` of them; None without such a
-        filter."""
+        metadata index when there is a metadata filter), or with ``ceilings`` their ``utterance_ceiling``;
+        only the ``newest`` of them if given; None without such a filter."""
         if not (self.call_id or self.assistant_id or self.created_after or self.created_before or self.metadata):
             return None
         calls = CallFilters(
@@ -122,7 +121,7 @@ class SearchFilters:
             metadata=self.metadata,
         )
         query, (created_at, call_id) = calls.newest_first_calls()
-        query = query.with_only_columns(call_id.label("call_id"))
+        query = query.with_only_columns(Call.utterance_ceiling if ceilings else call_id.label("call_id"))
         if self.call_id:
             query = query.where(Call.id == self.call_id)
         if newest is not None:
@@ -252,34 +251,25 @@ class SearchService:
         """``filters``, with the calls they allow as a list of ids when those calls hold at most
         ``SELECTIVE_UTTERANCES`` utterances: probing each of those against the query is then cheaper than
         walking the query's matches (a word said in most calls, in one call of interest). With more
-        calls (up to ``MANY_CALLS``) and a common query, with the ``ceiling`` of those calls' utterances."""
+        calls (up to ``MANY_CALLS``), with the ``ceiling`` of those calls' utterances."""
         calls = filters.matching_calls()
         if calls is None:
             return filters
         # The calls first: a filter on many calls is told by its first few thousand ids.
-        counted_calls = await _count(session, calls, SELECTIVE_UTTERANCES)
-        if counted_calls <= SELECTIVE_UTTERANCES:
+        if await _count(session, calls, SELECTIVE_UTTERANCES) <= SELECTIVE_UTTERANCES:
             utterances = select(UTTERANCE.c.id).where(UTTERANCE.c.call_id.in_(calls))
             if await _count(session, utterances, SELECTIVE_UTTERANCES) <= SELECTIVE_UTTERANCES:
                 return replace(filters, calls=calls)
-        # The walk discards the matches of the calls left out that are newer than the calls' own; probing
-        # the calls costs one lookup each. Worth it when the newest calls' utterances are far from the
-        # newest utterance (the calls allowed are not the newest: a date long past), and the query matches
-        # many more utterances than there are calls to probe (a common word: a rare one is walked fast).
-        newest_calls = filters.matching_calls(newest=NEWEST_CALLS)
-        assert newest_calls is not None
-        newest = await session.scalar(_newest_utterance(newest_calls)) or 0
-        skipped = (await session.scalar(select(func.max(UTTERANCE.c.id))) or 0) - newest
-        if skipped <= SKIPPED_PER_CALL * counted_calls:
-            return filters
+        # The walk discards the matches of the calls left out that are newer than the calls' own: where
+        # those end costs a column read per call, and the walk then starts there. Worth it when the
+        # newest of those calls end far below the newest utterance (a date long past).
+        newest = await session.scalar(_highest_ceiling(filters.matching_calls(ceilings=True, newest=NEWEST_CALLS)))
+        skipped = (await session.scalar(select(func.max(UTTERANCE.c.id))) or 0) - (newest or 0)
         most = min(MANY_CALLS, skipped // SKIPPED_PER_CALL) if SKIPPED_PER_CALL > 0 else MANY_CALLS
-        counted_calls = await _count(session, calls, most)
-        if counted_calls > most:
+        if await _count(session, calls, most) > most:
             return filters
-        common = COMMON_RATIO * counted_calls
-        if await _count(session, self.matching(query, SearchFilters()), common) <= common:
-            return filters
-        return replace(filters, ceiling=await session.scalar(_newest_utterance(calls)) or 0)
+        ceiling = await session.scalar(_highest_ceiling(filters.matching_calls(ceilings=True)))
+        return replace(filters, ceiling=ceiling or 0)
 
     async def _next_window(
         self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None, limit: int
@@ -382,10 +372,10 @@ class SearchService:
         return hits, next_cursor
 
 
-def _newest_utterance(calls: Select[Any]) -> Select[Any]:
-    """The highest utterance id of ``calls`` (one index probe per call)."""
-    chosen = calls.subquery("chosen")
-    return select(func.max(call_span(chosen.c.call_id)[1])).select_from(chosen)
+def _highest_ceiling(ceilings: Select[Any] | None) -> Select[Any]:
+    """The highest of the ``utterance_ceiling`` that ``ceilings`` selects."""
+    assert ceilings is not None
+    return select(func.max(ceilings.subquery().c.utterance_ceiling))
 
 
 async def _count(session: AsyncSession, query: Select[Any], most: int) -> int:

@@ -1,5 +1,5 @@
 """Migration 0010 indexes the transcripts stored before it, once each, queues the finalised recordings
-for analytics, and downgrades cleanly."""
+for analytics, and downgrades cleanly; 0014 gives each call the ceiling of its utterances' ids."""
 
 from __future__ import annotations
 
@@ -128,6 +128,12 @@ async def test_0010_indexes_stored_transcripts_once_each(database_url: str) -> N
         assert long == [(2 * n - 1, n) for n in range(1, 1051)], "the n-th yes of either source, once"
         assert keys[6] == transcript_key("assistant", "Your refund is on its way"), "the qualified type is keyed"
         assert (keys[3], keys[4]) == (None, None)
+
+        _migrate(database_url, "up", "head")  # the service writes columns of later revisions
+        async with engine.connect() as connection:
+            ceilings = dict((await connection.execute(select(Call.id, Call.utterance_ceiling))).tuples().all())
+        highest = {call_id: max(row["id"] for row in rows if row["call_id"] == call_id) for call_id in timeline}
+        assert ceilings == highest, "0014: each call's newest utterance"
 
         db = Database(database_url)
         try:

@@ -10,9 +10,9 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from service.db.models import Call
+from service.db.models import Call, TranscriptUtterance
 from service.search import service as search_service
 from tests.search.conftest import Calls
 
@@ -149,8 +149,7 @@ async def test_filters_on_many_calls_with_a_common_query_give_what_the_walk_over
         walked = await all_pages(calls, "refund", limit=2, cursors=True, **params)
         assert set(ceilings) == {None}, params
         monkeypatch.setattr(search_service, "MANY_CALLS", 1000)  # always: from those calls' newest utterance
-        monkeypatch.setattr(search_service, "COMMON_RATIO", 0)
-        monkeypatch.setattr(search_service, "SKIPPED_PER_CALL", -1)
+        monkeypatch.setattr(search_service, "SKIPPED_PER_CALL", 0)
         ceilings.clear()
         from_ceiling = await all_pages(calls, "refund", limit=2, cursors=True, **params)
         assert None not in ceilings, params
@@ -163,3 +162,18 @@ async def test_filters_on_many_calls_with_a_common_query_give_what_the_walk_over
     assert len(before) == 10
     assert "refund said last in call 1" in before
     assert set(before[:2]) == {"refund said last in call 1", "refund refund refund in call 2 turn 2"}, "newest window"
+
+
+async def test_a_calls_utterance_ceiling_bounds_its_utterances_from_above(calls: Calls) -> None:
+    await calls.start("call-a")
+    await calls.start("call-b")
+    await calls.say("call-a", "user", "first")
+    await calls.say("call-a", "user", "a partial one", final=False)  # not indexed: no new ceiling
+    await calls.hear("call-a", "assistant", "second")  # the listen journal's path
+    await calls.say("call-b", "user", "third")
+    async with calls.db.read() as session:
+        newest = select(TranscriptUtterance.call_id, func.max(TranscriptUtterance.id))
+        spoken = dict((await session.execute(newest.group_by(TranscriptUtterance.call_id))).tuples().all())
+        ceilings = dict((await session.execute(select(Call.id, Call.utterance_ceiling))).tuples().all())
+    assert ceilings["call-a"] == spoken["call-a"], "nothing else was indexed in between"
+    assert ceilings["call-a"] < spoken["call-b"] <= (ceilings["call-b"] or 0)

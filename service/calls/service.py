@@ -26,7 +26,7 @@ from service.db.models import Call, CallAnalytics, CallEvent, CallMetadata, Inje
 from service.deliveries.forwards import list_forwards
 from service.errors import BadRequestError, InvalidInputError, InvalidQueryError, NotFoundError, UpstreamError
 from service.fulltext.query import SearchQuery
-from service.fulltext.sql import CallsSaying, sqlite_matches_many
+from service.fulltext.sql import CallsSaying, plan_each_search, sqlite_matches_many
 from service.outbound_urls import UnsafeUrlError, check_webhook_url
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
 from service.settings import Settings
@@ -138,8 +138,12 @@ class CallFilters:
 
     async def resolved(self, session: AsyncSession) -> CallFilters:
         """These filters, with what depends on the data decided (on SQLite, whether ``q`` is said so
-        often that checking call by call is cheaper)."""
-        if self.saying is None or is_postgresql(session):
+        often that checking call by call is cheaper; PostgreSQL plans each search, see
+        ``plan_each_search``)."""
+        if self.saying is None:
+            return self
+        if is_postgresql(session):
+            await plan_each_search(session)
             return self
         return replace(self, saying_per_call=await sqlite_matches_many(session, self.saying))
 

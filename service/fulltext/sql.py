@@ -33,6 +33,7 @@ from sqlalchemy import (
     literal_column,
     select,
     table,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
@@ -127,6 +128,20 @@ def sqlite_relevance(highlight: ColumnElement[Any], text: ColumnElement[Any]) ->
     hits = func.length(highlight) - func.length(func.replace(highlight, MARK_START, ""))
     words = func.length(text) - func.length(func.replace(text, " ", "")) + 5
     return cast(hits * _SCALE / words, BigInteger)
+
+
+_SEARCH_PLANNING = text(
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+    "set_config('max_parallel_workers_per_gather', '0', true)"
+)
+
+
+async def plan_each_search(session: AsyncSession) -> None:
+    """PostgreSQL: plan the rest of this transaction's statements for their own query, in one process.
+    A generic plan (after five runs of a prepared statement) cannot know whether a word is rare (GIN
+    index) or common (primary key); parallel workers take longer to start than a bounded search runs."""
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(_SEARCH_PLANNING)
 
 
 # SQLite, GET /v1/calls?q=: a query with at least this many matches is checked call by call.

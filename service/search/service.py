@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,14 @@ from service.db.models import Call, CallEvent, Recording, RecordingSegment
 from service.db.statements import table_of
 from service.errors import InvalidQueryError
 from service.fulltext.query import SearchQuery, parse_query
-from service.fulltext.sql import MARK_END, MARK_START, UTTERANCE, SearchColumns, sqlite_relevance
+from service.fulltext.sql import (
+    MARK_END,
+    MARK_START,
+    UTTERANCE,
+    SearchColumns,
+    plan_each_search,
+    sqlite_relevance,
+)
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor
 from service.recordings.audio import SAMPLE_BYTES
 from service.search.offsets import SegmentClock, SpeechUpdate, recording_offset, speech_start
@@ -47,11 +55,21 @@ SPEECH_WINDOW_EVENTS = 200
 # How many matches are ranked together, at most: the newest this many, then the next older this many, ...
 # A query matching fewer is ranked whole. Bounds a common word's cost (see README, Search).
 CANDIDATE_WINDOW = 1000
-# PostgreSQL looks for a window's matches in id ranges from the newest down: the first this many ids,
-# then ranges sized by the matches' density so far (four times longer while none; a GIN index knows no
-# order: each range is a bounded scan, through the primary key for a common word or the GIN index for
-# a rarer one, as the planner chooses).
+# PostgreSQL looks for a window's matches in id ranges from the newest down, of at least this many ids,
+# sized by the matches' density so far (four times longer while none; a GIN index knows no order: each
+# range is a bounded scan, through the primary key for a common word or the GIN index for a rarer one,
+# as the planner chooses) ...
 FIRST_RANGE = 20_000
+# ... after walking the newest PROBE_ROWS utterances through the primary key (bounded, and no GIN lookup,
+# whose cost is its whole entry's: a phrase of common words costs as much in 2,000 ids as in 2,000,000),
+# and the next DENSE_WALK that way too when the probe's density says they hold the rest of the window ...
+PROBE_ROWS = 2_000
+DENSE_WALK = 20_000
+# ... or, when the probe's density says at most this many matches are older, all of them at once through
+# the GIN index (a heap read each, where a range costs its length through the primary key).
+SPARSE_MATCHES = 10_000
+# The planner setting turned off for each of those walks (only for its statement).
+_PLAN_SETTINGS = {"key": "enable_bitmapscan", "gin": "enable_seqscan"}
 # The filters on the call (callId, metadata, ...) are applied first when they leave at most this many
 # utterances to check.
 SELECTIVE_UTTERANCES = 2_000
@@ -196,14 +214,11 @@ class SearchService:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def matching(self, query: SearchQuery, filters: SearchFilters) -> Select[tuple[int]]:
-        """The ids of the utterances that match (``SELECT id``, with the filters)."""
-        return self._matching(query, filters)[0]
-
-    def _matching(self, query: SearchQuery, filters: SearchFilters) -> tuple[Select[Any], ColumnElement[int]]:
+    def matching(self, query: SearchQuery, filters: SearchFilters, *also: ColumnElement[Any]) -> Select[Any]:
+        """The ids of the utterances that match (``SELECT id``, and ``also``, with the filters)."""
         columns = filters.columns(query, sqlite=self._db.is_sqlite)
-        ids = select(columns.row_id.label("id")).select_from(columns.source).where(columns.matches)
-        return filters.apply(ids), columns.row_id
+        ids = select(columns.row_id.label("id"), *also).select_from(columns.source).where(columns.matches)
+        return filters.apply(ids)
 
     def ranked(
         self,
@@ -290,33 +305,63 @@ class SearchService:
                 return None, rows
             full = rows[0].window_size >= CANDIDATE_WINDOW
             return _Window(rows[0].window_top, rows[0].window_bottom if full else 0), rows
-        window, ids = await self._postgresql_window(session, query, filters, top)
+        window, matches = await self._postgresql_window(session, query, filters, top)
         if window is None:
             return None, []
-        found = self.ranked(query, filters, window, ids).subquery("found")
+        # The page's rows, highlighted: the window's best, read again by primary key.
+        best = heapq.nlargest(limit, matches, key=lambda row: (row.relevance, row.occurred_at, row.id))
+        found = self.ranked(query, filters, window, [row.id for row in best]).subquery("found")
         return window, (await session.execute(_page(found, limit))).all()
 
     async def _postgresql_window(
         self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int
-    ) -> tuple[_Window | None, list[int]]:
-        """The ``CANDIDATE_WINDOW`` newest matches at or below ``top``, by id ranges from ``top`` down
-        (see ``FIRST_RANGE``)."""
-        ids, row_id = self._matching(query, filters)
-        row_id = _walk_order(row_id, filters)
-        size = top + 1 if filters.calls is not None else FIRST_RANGE
-        found: list[int] = []
-        high = top
-        while high >= 0:
-            low = max(high - size + 1, 0)
-            newest = ids.where(row_id.between(low, high)).order_by(row_id.desc())
-            found += (await session.scalars(newest.limit(CANDIDATE_WINDOW - len(found)))).all()
-            if len(found) >= CANDIDATE_WINDOW:
-                return _Window(found[0], found[-1]), found
-            # The next range: long enough for the rest at the density seen so far, or four times longer.
-            density = len(found) / (top - low + 1)
-            needed = (CANDIDATE_WINDOW - len(found)) / density * 1.25 if density else size * 4
-            high, size = low - 1, max(FIRST_RANGE, int(needed))
-        return (_Window(found[0], 0) if found else None), found
+    ) -> tuple[_Window | None, list[Row[Any]]]:
+        """The ``CANDIDATE_WINDOW`` newest matches at or below ``top`` (id, time and relevance, newest
+        first), walked from ``top`` down: the newest ``PROBE_ROWS`` utterances through the primary key;
+        then, by the density of matches among them, the next ``DENSE_WALK`` the same way, or every older
+        match through the GIN index (``SPARSE_MATCHES``), or ranges (``FIRST_RANGE``)."""
+        columns = filters.columns(query, sqlite=False)
+        assert columns.relevance is not None
+        matching = self.matching(query, filters, UTTERANCE.c.occurred_at, columns.relevance.label("relevance"))
+        found: list[Row[Any]] = []
+
+        async def newest(low: int, high: int, plan: str = "ranges") -> int:
+            """Add the newest matches between ``low`` and ``high``; the id below ``low``."""
+            # "gin": every match through the GIN index, sorted (an expression of the id: no walk of the
+            # primary key); "key": the primary key's walk, no GIN lookup (which costs a whole entry's).
+            row_id = _walk_order(UTTERANCE.c.id, filters) if plan != "gin" else UTTERANCE.c.id + 0
+            statement = matching.where(row_id.between(low, high)).order_by(row_id.desc())
+            setting = _PLAN_SETTINGS.get(plan)
+            if setting:
+                await session.execute(sql(f"SET LOCAL {setting} = off"))
+            found.extend((await session.execute(statement.limit(CANDIDATE_WINDOW - len(found)))).all())
+            if setting:
+                await session.execute(sql(f"SET LOCAL {setting} TO DEFAULT"))
+            return low - 1
+
+        size = 0
+        if filters.calls is not None:  # the few calls' utterances, all at once
+            high = await newest(0, top)
+        else:
+            high = await newest(max(top - PROBE_ROWS + 1, 0), top, "key")
+            probed, walked = len(found), top - high
+            if high < 0 or probed >= CANDIDATE_WINDOW:
+                pass
+            elif probed * DENSE_WALK >= CANDIDATE_WINDOW * walked:  # the rest within DENSE_WALK, likely
+                high = await newest(max(high - DENSE_WALK + 1, 0), high, "key")
+            elif probed and probed * (high + 1) <= SPARSE_MATCHES * walked:  # few matches below, likely
+                high = await newest(0, high, "gin")
+        while len(found) < CANDIDATE_WINDOW and high >= 0:
+            # The next range: long enough for the rest at the density seen so far (with a wide margin
+            # while that is the probe's), or four times longer.
+            density = len(found) / (top - high)
+            margin = 2 if size == 0 else 1.25
+            needed = (CANDIDATE_WINDOW - len(found)) / density * margin if density else size * 4
+            size = max(FIRST_RANGE, int(needed))
+            high = await newest(max(high - size + 1, 0), high)
+        if not found:
+            return None, found
+        return _Window(found[0].id, found[-1].id if len(found) >= CANDIDATE_WINDOW else 0), found
 
     async def search(
         self, text: str, filters: SearchFilters, *, limit: int, cursor: str | None
@@ -332,10 +377,7 @@ class SearchService:
         window = after.window if after else None
         rows: list[tuple[_Window, Row[Any]]] = []
         async with self._db.read() as session:
-            if not self._db.is_sqlite:
-                # Plan each statement for its own query: a generic plan (after five runs of a prepared
-                # statement) cannot know whether a word is rare (GIN index) or common (primary key).
-                await session.execute(sql("SET LOCAL plan_cache_mode = force_custom_plan"))
+            await plan_each_search(session)
             filters = await self._narrowed(session, query, filters)
             top = None
             while True:

@@ -37,9 +37,16 @@ async def all_pages(
     raise AssertionError("no last page")
 
 
+# PostgreSQL's walk (PROBE_ROWS, DENSE_WALK, SPARSE_MATCHES): the probe alone; the probe, then ranges;
+# the probe, then the dense walk; the probe, then every older match through the GIN index.
+@pytest.mark.parametrize(
+    "walk", [(2000, 20_000, 10_000), (2, 1, 0), (4, 8, 0), (2, 1, 1000)], ids=["probe", "ranges", "dense", "gin"]
+)
 async def test_a_result_larger_than_the_window_pages_window_by_window_each_match_once(
-    calls: Calls, monkeypatch: pytest.MonkeyPatch
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, walk: tuple[int, int, int]
 ) -> None:
+    for name, value in zip(("PROBE_ROWS", "DENSE_WALK", "SPARSE_MATCHES"), walk, strict=True):
+        monkeypatch.setattr(search_service, name, value)
     await calls.start("call-1")
     await calls.start("call-2")
     # Said in this order (ids ascending); relevance varies with how many times the word is said.

@@ -64,7 +64,7 @@ FIRST_RANGE = 20_000
 # whose cost is its whole entry's: a phrase of common words costs as much in 2,000 ids as in 2,000,000),
 # and the next DENSE_WALK that way too when the probe's density says they hold the rest of the window ...
 PROBE_ROWS = 2_000
-DENSE_WALK = 20_000
+DENSE_WALK = 40_000
 # ... or, when the probe's density says at most this many matches are older, all of them at once through
 # the GIN index (a heap read each, where a range costs its length through the primary key).
 SPARSE_MATCHES = 10_000

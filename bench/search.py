@@ -358,8 +358,8 @@ async def measure(db: Database, corpus: Corpus, args: argparse.Namespace) -> dic
 
         async def listing(query: str = query) -> int:
             async with db.read() as session:
-                listed = await CallFilters(saying=parse_query(query)).resolved(session)
-                return len((await session.scalars(listed.page(limit=51, cursor=None))).all())
+                listed = await CallFilters(saying=parse_query(query)).page_reading(session, limit=51, cursor=None)
+                return len((await session.scalars(listed)).all())
 
         total = None
         if args.count:

@@ -26,7 +26,7 @@ from service.db.models import Call, CallAnalytics, CallEvent, CallMetadata, Inje
 from service.deliveries.forwards import list_forwards
 from service.errors import BadRequestError, InvalidInputError, InvalidQueryError, NotFoundError, UpstreamError
 from service.fulltext.query import SearchQuery
-from service.fulltext.sql import CallsSaying, plan_each_search, sqlite_matches_many
+from service.fulltext.sql import CallsSaying, plan_each_search, sqlite_batch_saying, sqlite_matches_many
 from service.outbound_urls import UnsafeUrlError, check_webhook_url
 from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
 from service.settings import Settings
@@ -112,6 +112,11 @@ def switchboard_subscription(requested: object, upstream: Mapping[str, Any] | No
     return messages
 
 
+# SQLite, GET /v1/calls?q= said often: how many calls are checked at once, first and at most. A query said
+# in most calls fills a page from the first batch, one said in a few % of calls within a few.
+FIRST_BATCH, LAST_BATCH = 64, 4_096
+
+
 @dataclass(frozen=True, slots=True)
 class CallFilters:
     status: str | None = None
@@ -121,7 +126,6 @@ class CallFilters:
     created_before: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     saying: SearchQuery | None = None  # ?q=: calls with an utterance that matches (transcript search)
-    saying_per_call: bool = False  # check ``saying`` call by call (see CallsSaying; set by ``resolved``)
     min_longest_silence_seconds: float | None = None  # analytics
     min_overlap_seconds: float | None = None  # analytics
 
@@ -135,17 +139,6 @@ class CallFilters:
         for name, value in (("createdAfter", self.created_after), ("createdBefore", self.created_before)):
             if value is not None and value.tzinfo is None:
                 raise BadRequestError(f"{name} needs a time zone, e.g. 2025-01-31T09:00:00Z or …+01:00")
-
-    async def resolved(self, session: AsyncSession) -> CallFilters:
-        """These filters, with what depends on the data decided (on SQLite, whether ``q`` is said so
-        often that checking call by call is cheaper; PostgreSQL plans each search, see
-        ``plan_each_search``)."""
-        if self.saying is None:
-            return self
-        if is_postgresql(session):
-            await plan_each_search(session)
-            return self
-        return replace(self, saying_per_call=await sqlite_matches_many(session, self.saying))
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         """The filters as WHERE clauses on a query that selects from ``call``."""
@@ -172,6 +165,38 @@ class CallFilters:
         query, (created_at_column, id_column) = self.newest_first_calls()
         return newest_first(query, created_at_column, id_column, cursor).limit(limit)
 
+    async def page_reading(self, session: AsyncSession, *, limit: int, cursor: str | None) -> Select[tuple[Call]]:
+        """:meth:`page`, with what depends on the data decided: on SQLite, the calls of a query (``q``)
+        said so often that checking batches of calls is cheaper than listing its matches are found
+        first (:func:`sqlite_batch_saying`), and the statement reads them."""
+        if self.saying is not None and is_postgresql(session):
+            await plan_each_search(session)
+        elif self.saying is not None and await sqlite_matches_many(session, self.saying):
+            found = await self._calls_saying_batch_by_batch(session, self.saying, limit=limit, cursor=cursor)
+            return newest_first(select(Call).where(Call.id.in_(found)), Call.created_at, Call.id, None)
+        return self.page(limit=limit, cursor=cursor)
+
+    async def _calls_saying_batch_by_batch(
+        self, session: AsyncSession, saying: SearchQuery, *, limit: int, cursor: str | None
+    ) -> list[str]:
+        """The ids of the calls of :meth:`page` (``saying`` being the query): the calls matching the other
+        filters, newest first after ``cursor``, are checked batch by batch, each batch twice the previous
+        one (up to ``LAST_BATCH``), until ``limit`` of them match or none is left."""
+        query, (created_at, call_id) = replace(self, saying=None).newest_first_calls()
+        # Only the sort key: the batch's rows are read once more, to be checked (maintain_column_froms
+        # keeps ``call`` as the left side of a metadata filter's join).
+        keys = query.with_only_columns(call_id.label("id"), created_at.label("created_at"), maintain_column_froms=True)
+        found: list[str] = []
+        size = max(FIRST_BATCH, limit)
+        while True:
+            batch = newest_first(keys, created_at, call_id, cursor).limit(size)
+            rows = (await session.execute(sqlite_batch_saying(batch, saying))).all()
+            found += [row.id for row in rows if row.said]
+            if len(found) >= limit or len(rows) < size:
+                return found[:limit]
+            cursor = newest_first_cursor(rows[-1])  # the next batch: after this one's last call
+            size = min(2 * size, LAST_BATCH)
+
     def _apply(
         self, query: Select[Any], created_at: SortColumn, call_id: SortColumn, metadata: dict[str, str]
     ) -> Select[Any]:
@@ -194,7 +219,7 @@ class CallFilters:
         for key, value in metadata.items():
             query = query.where(metadata_matches(key, value, call_id))
         if self.saying is not None:
-            query = query.where(CallsSaying(call_id, self.saying, per_call=self.saying_per_call))
+            query = query.where(CallsSaying(call_id, self.saying))
         if self.min_longest_silence_seconds is not None or self.min_overlap_seconds is not None:
             query = query.where(analysed(call_id, self.min_longest_silence_seconds, self.min_overlap_seconds))
         return query
@@ -316,8 +341,7 @@ class CallService:
     ) -> tuple[list[Call], str | None]:
         """Newest first, keyset-paginated on ``(created_at, id)``."""
         async with self._db.read() as session:
-            filters = await filters.resolved(session)
-            query = filters.page(limit=limit + 1, cursor=cursor).options(
+            query = (await filters.page_reading(session, limit=limit + 1, cursor=cursor)).options(
                 selectinload(Call.recording), selectinload(Call.analytics)
             )
             calls = (await session.scalars(query)).all()

@@ -28,7 +28,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
-    exists,
     func,
     literal_column,
     select,
@@ -100,7 +99,7 @@ def call_span(call_id: ColumnElement[Any]) -> tuple[ColumnElement[int], ColumnEl
     """The lowest and highest utterance id of the call ``call_id`` (scalar subqueries, correlated)."""
     spoken = UTTERANCE.alias("spoken")
     of_call = spoken.c.call_id == call_id
-    # correlate_except: ``call_id``'s table may be more than one query up (GET /v1/calls' EXISTS probe).
+    # correlate_except: correlated with whichever enclosing query holds ``call_id``'s table.
     return (
         select(func.min(spoken.c.id)).where(of_call).correlate_except(spoken).scalar_subquery(),
         select(func.max(spoken.c.id)).where(of_call).correlate_except(spoken).scalar_subquery(),
@@ -144,7 +143,7 @@ async def plan_each_search(session: AsyncSession) -> None:
         await session.execute(_SEARCH_PLANNING)
 
 
-# SQLite, GET /v1/calls?q=: a query with at least this many matches is checked call by call.
+# SQLite, GET /v1/calls?q=: a query with at least this many matches is checked batch by batch of calls.
 MANY_MATCHES = 10_000
 
 
@@ -155,38 +154,52 @@ async def sqlite_matches_many(session: AsyncSession, query: SearchQuery) -> bool
     return (await session.scalar(select(func.count()).select_from(walk.subquery()))) == MANY_MATCHES
 
 
+def sqlite_batch_saying(batch: Select[Any], query: SearchQuery) -> Select[Any]:
+    """SQLite: the rows of ``batch`` (calls: columns ``id`` and ``created_at``), newest first, each with
+    ``said``: whether the call has an utterance that matches the query.
+
+    For ``GET /v1/calls?q=`` with a query said often: a page is found within a few batches of calls,
+    where listing every match's call (:class:`CallsSaying`) would read them all. One walk of the index
+    over the batch's span of utterance ids (from the lowest to the highest of all its calls) instead
+    of one per call: a walk is a seek into each term's doclist, which costs as much as the walk itself
+    for a call's few utterances (for a phrase of common words, ~0.2 ms a call). The span also covers
+    other calls' utterances spoken meanwhile (calls overlap): their matches are read and dropped.
+    """
+    chosen = batch.cte("batch").prefix_with("MATERIALIZED")  # read once, used three times
+    span = (
+        select(func.min(UTTERANCE.c.id).label("low"), func.max(UTTERANCE.c.id).label("high"))
+        .where(UTTERANCE.c.call_id.in_(select(chosen.c.id)))
+        .cte("span")
+        .prefix_with("MATERIALIZED")  # computed once, not once per bound of the range
+    )
+    columns = SearchColumns(query, sqlite=True)
+    low, high = select(span.c.low).scalar_subquery(), select(span.c.high).scalar_subquery()
+    saying = select(UTTERANCE.c.call_id).select_from(columns.source)
+    saying = saying.where(columns.matches, columns.row_id.between(low, high))
+    # IN an uncorrelated list: the walk runs once, and each call of the batch is looked up in its result.
+    said = chosen.c.id.in_(saying).label("said")
+    return select(chosen.c.id, chosen.c.created_at, said).order_by(chosen.c.created_at.desc(), chosen.c.id.desc())
+
+
 class CallsSaying(ColumnElement[bool]):
     """The call ``call_id`` has an utterance matching the query, for ``GET /v1/calls?q=``.
 
-    Compiled per dialect. By default ``call_id IN (the calls with a matching utterance)``, uncorrelated:
-    each database runs the full-text search once and probes the result, instead of once per call
-    (PostgreSQL also turns it into a semi-join, probing per call when that is cheaper). ``per_call``
-    (SQLite, a query with many matches, see :func:`sqlite_matches_many`): an ``EXISTS`` per call instead
-    — its utterances, each looked up in the full-text index by rowid — since a page of calls then finds
-    its matches within a few calls, where the list of every match would be long to build.
+    ``call_id IN (the calls with a matching utterance)``, uncorrelated: each database runs the
+    full-text search once and probes the result, instead of once per call (PostgreSQL also turns it into
+    a semi-join, probing per call when that is cheaper). SQLite checks a query with many matches batch by
+    batch of calls instead (:func:`sqlite_batch_saying`).
     """
 
     inherit_cache = False  # the query text is rendered as a bound value at compile time
     type = Boolean()
 
-    def __init__(self, call_id: ColumnElement[Any] | Any, query: SearchQuery, *, per_call: bool = False) -> None:
+    def __init__(self, call_id: ColumnElement[Any] | Any, query: SearchQuery) -> None:
         self.call_id = call_id
         self.query = query
-        self.per_call = per_call
 
 
 @compiles(CallsSaying)
 def _calls_saying(element: CallsSaying, compiler: SQLCompiler, **kw: Any) -> str:
-    sqlite = compiler.dialect.name == "sqlite"
-    if sqlite and element.per_call:
-        columns = SearchColumns(element.query, sqlite=True)
-        probe: Select[Any] = select(literal_column("1")).select_from(columns.source)
-        probe = probe.where(
-            columns.matches,
-            _FTS_ROWS.c.rowid.between(*call_span(element.call_id)),
-            UTTERANCE.c.call_id == element.call_id,
-        )
-        return compiler.process(exists(probe), **kw)
-    columns = SearchColumns(element.query, sqlite=sqlite)
+    columns = SearchColumns(element.query, sqlite=compiler.dialect.name == "sqlite")
     matching = select(UTTERANCE.c.call_id).select_from(columns.source).where(columns.matches)
     return compiler.process(element.call_id.in_(matching), **kw)

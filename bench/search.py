@@ -18,7 +18,7 @@ head (``please`` is in about 60 % of utterances, ``account`` in about 8 %), made
 carry ``team`` (10 values) and a unique ``crm`` in their metadata, and five assistants.
 
 Then times ``SearchService.search`` — the service's own statements, in process, without HTTP — for each
-query shape, and ``GET /v1/calls?q=``'s statement (``CallFilters.page``). Per database and shape: p50 and
+query shape, and ``GET /v1/calls?q=``'s statement (``CallFilters.resolved_page``). Per database and shape: p50 and
 p99 in milliseconds, the rows on the page, and the query's total matches (counted once, untimed).
 ``--plans`` prints each shape's statements with their plans (PostgreSQL: ``EXPLAIN (ANALYZE, BUFFERS)``).
 A shape stops after ``--shape-seconds`` if it is slow, with fewer than ``--queries`` samples.
@@ -358,7 +358,7 @@ async def measure(db: Database, corpus: Corpus, args: argparse.Namespace) -> dic
 
         async def listing(query: str = query) -> int:
             async with db.read() as session:
-                listed = await CallFilters(saying=parse_query(query)).page_reading(session, limit=51, cursor=None)
+                listed = await CallFilters(saying=parse_query(query)).resolved_page(session, limit=51, cursor=None)
                 return len((await session.scalars(listed)).all())
 
         total = None

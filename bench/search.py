@@ -18,8 +18,9 @@ head (``please`` is in about 60 % of utterances, ``account`` in about 8 %), made
 carry ``team`` (10 values) and a unique ``crm`` in their metadata, and five assistants.
 
 Then times ``SearchService.search`` — the service's own statements, in process, without HTTP — for each
-query shape, and ``GET /v1/calls?q=``'s statement (``CallFilters.resolved_page``). Per database and shape: p50 and
-p99 in milliseconds, the rows on the page, and the query's total matches (counted once, untimed).
+query shape, and ``GET /v1/calls?q=``'s statements (``CallFilters.resolved_page``). Per database and
+shape: p50 and p99 in milliseconds, the rows on the page, and the query's total matches (counted once,
+untimed).
 ``--plans`` prints each shape's statements with their plans (PostgreSQL: ``EXPLAIN (ANALYZE, BUFFERS)``).
 A shape stops after ``--shape-seconds`` if it is slow, with fewer than ``--queries`` samples.
 """
@@ -251,13 +252,15 @@ def shapes(corpus: Corpus) -> dict[str, Shape]:
 
 
 def call_shapes(corpus: Corpus) -> dict[str, str]:
-    """``GET /v1/calls?q=`` shapes; ``words[90]`` is said about 20,000 times at 2,000,000 utterances,
-    where SQLite switches from listing the matches' calls to checking call by call."""
+    """``GET /v1/calls?q=`` shapes. At 2,000,000 utterances ``words[90]`` is said about 21,000 times,
+    ``words[300]`` 6,400 and ``words[500]`` 3,800: on either side of ``MANY_MATCHES`` (5,000), where SQLite
+    switches from listing the matches' calls to checking the calls batch by batch."""
     return {
         "calls?q= very common word": "please",
         "calls?q= frequent word": "account",
         f"calls?q= word said ~1 % ({corpus.words[90]})": corpus.words[90],
         f"calls?q= mid word ({corpus.words[300]})": corpus.words[300],
+        f"calls?q= word just under 5,000 ({corpus.words[500]})": corpus.words[500],
         "calls?q= common phrase": '"speak to a manager"',
         "calls?q= rare phrase": '"reset link expired"',
     }

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, text
 
+from service.calls import service as calls_service
 from service.db.models import Call, TranscriptUtterance
 from service.fulltext import sql as fulltext_sql
 from tests.search.conftest import Calls
@@ -173,11 +174,11 @@ async def test_pages_neither_skip_nor_repeat_while_utterances_arrive(calls: Call
     assert set(originals) <= set(seen), "every utterance stored before the first page is on a page"
 
 
-@pytest.mark.parametrize("call_by_call", [False, True], ids=["listed", "call-by-call"])
+@pytest.mark.parametrize("batch_by_batch", [False, True], ids=["listed", "batch-by-batch"])
 async def test_calls_whose_transcript_matches(
-    calls: Calls, monkeypatch: pytest.MonkeyPatch, call_by_call: bool
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, batch_by_batch: bool
 ) -> None:
-    if call_by_call:  # SQLite: every query counts as said often, checked call by call (PostgreSQL: the same)
+    if batch_by_batch:  # SQLite: every query counts as said often, checked batch by batch (PostgreSQL: the same)
         monkeypatch.setattr(fulltext_sql, "MANY_MATCHES", 1)
     await calls.start("call-a", team="billing")
     await calls.start("call-b", team="support")
@@ -200,6 +201,59 @@ async def test_calls_whose_transcript_matches(
     response = await calls.client.get("/v1/calls", params={"q": "?!"})
     assert response.status_code == 400
     assert response.json()["type"].endswith("bad-search-query")
+
+
+@pytest.mark.parametrize("interleaved", [True, False], ids=["spoken-together", "one-after-another"])
+async def test_calls_checked_batch_by_batch_are_each_listed_once_newest_first(
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, interleaved: bool
+) -> None:
+    """SQLite checks a query said often batch by batch of calls (here one or two calls a batch, for pages
+    of two): whichever batch and page a call falls in, each call that said it is listed once, in order.
+    The calls say it first, in the middle or last, so a batch must cover every utterance of each of its
+    calls: spoken together (their utterances interleave: a batch's span is mostly other calls') or one
+    after another (mostly its own, but with ``metadata.team``); an erased call, a call that said
+    something else and one that said nothing are left out. PostgreSQL: the same answers."""
+    monkeypatch.setattr(fulltext_sql, "MANY_MATCHES", 1)
+    monkeypatch.setattr(calls_service, "FIRST_BATCH", 1)
+    monkeypatch.setattr(calls_service, "LAST_BATCH", 2)
+    batches: list[Any] = []
+
+    def counted(batch: Any, query: Any) -> Any:
+        batches.append(batch)
+        return fulltext_sql.sqlite_batch_saying(batch, query)
+
+    monkeypatch.setattr(calls_service, "sqlite_batch_saying", counted)
+    names = [f"call-{number}" for number in range(10)]
+    for number, name in enumerate(names):
+        await calls.start(name, team="odd" if number % 2 else "even")
+    says_it_in_turn = {0: 0, 1: 2, 3: 1, 4: 0, 7: 2, 8: 0, 9: 1}  # call number: when it says "refund"
+    turns = [(number, turn) for turn in range(3) for number in range(10)]
+    for number, turn in turns if interleaved else sorted(turns):
+        if number != 6:  # call-6 says nothing at all
+            said = "a refund" if says_it_in_turn.get(number) == turn else "no thanks"
+            await calls.say(names[number], "user", f"{said}, turn {turn}")
+    async with calls.db.write() as session:
+        await session.execute(delete(Call).where(Call.id == "call-4"))
+        newest_first = (await session.scalars(select(Call.id).order_by(Call.created_at.desc(), Call.id.desc()))).all()
+
+    async def listed(**params: str) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        for _ in range(20):
+            page_params = {"q": "refund", "limit": "2", **params, **({"cursor": cursor} if cursor else {})}
+            response = await calls.client.get("/v1/calls", params=page_params)
+            assert response.status_code == 200, response.text
+            seen += [call["id"] for call in response.json()["data"]]
+            cursor = response.json()["nextCursor"]
+            if cursor is None:
+                return seen
+        raise AssertionError("no last page")
+
+    said_it = [name for name in newest_first if name in {"call-0", "call-1", "call-3", "call-7", "call-8", "call-9"}]
+    assert await listed() == said_it
+    assert await listed(**{"metadata.team": "odd"}) == [name for name in said_it if int(name[-1]) % 2]
+    if calls.db.is_sqlite:
+        assert len(batches) >= len(newest_first) // 2, "checked in batches of at most two calls"
 
 
 async def test_bad_queries_are_refused_and_hostile_ones_are_only_words(calls: Calls) -> None:

@@ -74,14 +74,32 @@ def newest_first(
     id_type: Callable[[str], object] = str,
 ) -> SelectT:
     """``query`` ordered newest first on ``(created_at, id)``, after the row ``cursor`` names (no limit)."""
-    if cursor:
-        parts = decode_cursor(cursor)
-        try:
-            last_created_at, last_id = dt.datetime.fromisoformat(parts[0]), parts[1]
-            after = (last_created_at, id_type(str(last_id)))
-        except (IndexError, TypeError, ValueError):
-            raise InvalidQueryError(BAD_CURSOR) from None
-        if last_created_at.tzinfo is None or isinstance(last_id, list | dict):  # ours are UTC, ids scalar
-            raise InvalidQueryError(BAD_CURSOR)
+    after = newest_first_position(cursor, id_type=id_type) if cursor else None
+    return newest_first_after(query, created_at, row_id, after)
+
+
+def newest_first_position(cursor: str, *, id_type: Callable[[str], object] = str) -> tuple[dt.datetime, object]:
+    """The ``(created_at, id)`` of the row a newest-first cursor names."""
+    parts = decode_cursor(cursor)
+    try:
+        last_created_at, last_id = dt.datetime.fromisoformat(parts[0]), parts[1]
+        after = (last_created_at, id_type(str(last_id)))
+    except (IndexError, TypeError, ValueError):
+        raise InvalidQueryError(BAD_CURSOR) from None
+    if last_created_at.tzinfo is None or isinstance(last_id, list | dict):  # ours are UTC, ids scalar
+        raise InvalidQueryError(BAD_CURSOR)
+    return after
+
+
+def newest_first_after(
+    query: SelectT,
+    created_at: ColumnElement[Any] | Any,
+    row_id: ColumnElement[Any] | Any,
+    after: tuple[Any, Any] | ColumnElement[Any] | None,
+) -> SelectT:
+    """``query`` ordered newest first on ``(created_at, id)``, after the row at ``after`` (its values, or
+    a ``tuple_`` of bound parameters for a statement run from several positions), or from the newest
+    (no limit)."""
+    if after is not None:
         query = query.where(tuple_(created_at, row_id) < after)
     return query.order_by(created_at.desc(), row_id.desc())

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Integer, Select, and_, bindparam, exists, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased, selectinload
 
@@ -28,7 +28,16 @@ from service.errors import BadRequestError, InvalidInputError, InvalidQueryError
 from service.fulltext.query import SearchQuery
 from service.fulltext.sql import CallsSaying, plan_each_search, sqlite_batch_saying, sqlite_matches_many
 from service.outbound_urls import UnsafeUrlError, check_webhook_url
-from service.pagination import BAD_CURSOR, decode_cursor, encode_cursor, keyset_page, newest_first, newest_first_cursor
+from service.pagination import (
+    BAD_CURSOR,
+    decode_cursor,
+    encode_cursor,
+    keyset_page,
+    newest_first,
+    newest_first_after,
+    newest_first_cursor,
+    newest_first_position,
+)
 from service.settings import Settings
 from service.vapi.client import VapiClient
 from service.vapi.control import ControlRequest, SayFields
@@ -187,22 +196,35 @@ class CallFilters:
         # The batch is the sort key alone (maintain_column_froms: ``call`` stays the left side of a
         # metadata filter's join).
         keys = query.with_only_columns(call_id.label("id"), created_at.label("created_at"), maintain_column_froms=True)
+        size = bindparam("batch_size", type_=Integer)
+
+        def batches(after: ColumnElement[Any] | None) -> Select[Any]:
+            return sqlite_batch_saying(newest_first_after(keys, created_at, call_id, after).limit(size), saying)
+
+        # A statement run from each batch's position (building it costs as much as running it).
+        after = tuple_(bindparam("after_created_at", type_=created_at.type), bindparam("after_id", type_=call_id.type))
+        position: dict[str, Any] = {}
+        if cursor:
+            position = dict(zip(("after_created_at", "after_id"), newest_first_position(cursor), strict=True))
+        statement = batches(after if cursor else None)
         found: list[str] = []
         # The first batch: twice the page (a query said in most calls fills it from there).
-        size, checked = min(max(FIRST_BATCH, 2 * limit), LAST_BATCH), 0
+        wanted, checked = min(max(FIRST_BATCH, 2 * limit), LAST_BATCH), 0
         while True:
-            batch = newest_first(keys, created_at, call_id, cursor).limit(size)
-            rows = (await session.execute(sqlite_batch_saying(batch, saying))).all()
+            rows = (await session.execute(statement, {"batch_size": wanted, **position})).all()
             found += [row.id for row in rows if row.said]
-            if len(found) >= limit or not rows or rows[-1].checked < size:
+            if len(found) >= limit or not rows or rows[-1].checked < wanted:
                 return found[:limit]
-            cursor = newest_first_cursor(rows[-1])  # the next batch: after this one's last call
-            checked += size
-            # Twice as many calls as the rest of the page needs at the share of calls that said it so far
-            # (none counted as one; a round costs as much as checking a few hundred calls more), and at
-            # least half as many as were checked, so that a query said ever more rarely takes few rounds.
-            wanted = 2 * (limit - len(found)) * checked // max(len(found), 1)
-            size = min(max(FIRST_BATCH, checked // 2, wanted), LAST_BATCH)
+            if not position:  # the first batch started from the newest call
+                statement = batches(after)
+            position = {"after_created_at": rows[-1].created_at, "after_id": rows[-1].id}
+            checked += wanted
+            # What the rest of the page needs at the share of calls that said it so far (none counted as
+            # one), a quarter more: at most four times the calls checked (the share of a small batch is
+            # rough; checking too many costs more than another round), at least half as many (a query
+            # said ever more rarely takes few rounds).
+            needed = 5 * (limit - len(found)) * checked // (4 * max(len(found), 1))
+            wanted = min(max(FIRST_BATCH, checked // 2, min(needed, 4 * checked)), LAST_BATCH)
 
     def _apply(
         self, query: Select[Any], created_at: SortColumn, call_id: SortColumn, metadata: dict[str, str]

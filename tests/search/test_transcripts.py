@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import Engine, delete, event, func, select, text
 
 from service.calls import service as calls_service
 from service.db.models import Call, TranscriptUtterance
@@ -205,7 +205,7 @@ async def test_calls_whose_transcript_matches(
 
 @pytest.mark.parametrize("interleaved", [True, False], ids=["spoken-together", "one-after-another"])
 async def test_calls_checked_batch_by_batch_are_each_listed_once_newest_first(
-    calls: Calls, monkeypatch: pytest.MonkeyPatch, interleaved: bool
+    calls: Calls, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, interleaved: bool
 ) -> None:
     """SQLite checks a query said often batch by batch of calls (here one or two calls a batch, for pages
     of two): whichever batch and page a call falls in, each call that said it is listed once, in order.
@@ -216,13 +216,14 @@ async def test_calls_checked_batch_by_batch_are_each_listed_once_newest_first(
     monkeypatch.setattr(fulltext_sql, "MANY_MATCHES", 1)
     monkeypatch.setattr(calls_service, "FIRST_BATCH", 1)
     monkeypatch.setattr(calls_service, "LAST_BATCH", 2)
-    batches: list[Any] = []
+    batches: list[str] = []
 
-    def counted(batch: Any, query: Any) -> Any:
-        batches.append(batch)
-        return fulltext_sql.sqlite_batch_saying(batch, query)
+    def count_batches(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("WITH batch"):
+            batches.append(statement)
 
-    monkeypatch.setattr(calls_service, "sqlite_batch_saying", counted)
+    event.listen(Engine, "before_cursor_execute", count_batches)
+    request.addfinalizer(lambda: event.remove(Engine, "before_cursor_execute", count_batches))
     names = [f"call-{number}" for number in range(10)]
     for number, name in enumerate(names):
         await calls.start(name, team="odd" if number % 2 else "even")
@@ -254,6 +255,8 @@ async def test_calls_checked_batch_by_batch_are_each_listed_once_newest_first(
     assert await listed(**{"metadata.team": "odd"}) == [name for name in said_it if int(name[-1]) % 2]
     if calls.db.is_sqlite:
         assert len(batches) >= len(newest_first) // 2, "checked in batches of at most two calls"
+    response = await calls.client.get("/v1/calls", params={"q": "refund", "cursor": "not-a-cursor"})
+    assert response.status_code == 400, response.text
 
 
 async def test_bad_queries_are_refused_and_hostile_ones_are_only_words(calls: Calls) -> None:

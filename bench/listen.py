@@ -127,6 +127,60 @@ async def rss_later(child: Child, seconds: float) -> int:
     return child.usage().rss_bytes if child.alive() else 0
 
 
+# -- memory over time (--memory-trace) -----------------------------------------------------------------
+
+MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads")
+
+
+class MemoryTrace:
+    """Samples a process's ``/proc/<pid>/status`` (RSS, peak, anonymous vs file-backed, threads) and its
+    open descriptors (SQLite files, sockets) every ``interval`` seconds into a JSON-lines file, with
+    marks for the phase's moments (placed, ended, finalised): where and when the peak comes."""
+
+    def __init__(self, path: Path, pid: int, interval: float = 0.1) -> None:
+        self.path = path
+        self.pid = pid
+        self.interval = interval
+        self._t0 = time.monotonic()
+        self._out = path.open("w")
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"t": round(time.monotonic() - self._t0, 2)}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in MEMORY_FIELDS:
+                row[key] = int(value.split()[0])  # kB, or a count for Threads
+        sqlite = sockets = 0
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                sqlite += target.endswith(".db")
+                sockets += target.startswith("socket:")
+        row["sqliteFds"], row["sockets"] = sqlite, sockets
+        return row
+
+    def mark(self, what: str) -> None:
+        self._out.write(json.dumps({"t": round(time.monotonic() - self._t0, 2), "mark": what}) + "\n")
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                self._out.write(json.dumps(self.sample()) + "\n")
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="memory-trace")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._out.close()
+        progress(f"memory trace written to {self.path}")
+
+
 # -- machine-wide CPU (to show how contended the 2 cores were) ----------------------------------------
 
 
@@ -548,10 +602,15 @@ async def _run_switchboard(
         return str(response.json()["id"])
 
     spy = await start_py_spy(args, procs, serve)
+    trace = MemoryTrace(args.memory_trace, serve.pid) if args.memory_trace else None
+    if trace is not None:
+        trace.start()
     window.open()
     ramp, concurrency = (0.0, args.calls) if args.burst else (args.ramp_rate, PLACE_CONCURRENCY)
     ids = {call_id for call_id in await place_calls(args.calls, ramp, place, label, concurrency) if call_id}
     mid_rss = asyncio.create_task(rss_later(serve, args.seconds / 2))
+    if trace is not None:
+        trace.mark("placed")
     if refused:
         result.notes.append(f"{len(refused)} calls not placed (not counted below), first: {refused[0]}")
         result.calls = len(ids)
@@ -561,6 +620,8 @@ async def _run_switchboard(
         result.notes.append(f"calls leased per replica after placing: {held}")
     sim_calls = await wait_calls_ended(sim, ids, label, deadline)
     progress(f"{label}: every call ended; waiting for the recordings to be finalised")
+    if trace is not None:
+        trace.mark("ended")
     while True:
         usage_before_poll = serve.usage()
         moment = time.monotonic(), machine_ticks(), sim.child.usage().cpu_seconds
@@ -577,6 +638,9 @@ async def _run_switchboard(
     window.fill(result, baseline_rss=baseline_rss)
     result.mid_rss_bytes = await mid_rss
     result.end_rss_bytes = serve.usage().rss_bytes
+    if trace is not None:
+        trace.mark("finalised")
+        await trace.stop()
     if spy is not None:
         await stop_py_spy(procs, spy, args.py_spy)
     progress(f"{label}: reading {len(ids)} recordings")
@@ -923,6 +987,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--redis",
         default="redis://127.0.0.1:6379/0",
         help="SWITCHBOARD_REDIS_URL of phases with more than one worker (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-trace",
+        type=Path,
+        metavar="FILE",
+        help="sample serve's RSS (and peak, anonymous / file-backed, threads, SQLite descriptors, sockets) every "
+        "100 ms into this JSON-lines file, with marks when the calls are placed, ended and finalised",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database, audio)")
     args = parser.parse_args(argv)

@@ -1,3 +1,4 @@
+import ctypes
 import re
 import subprocess
 import sys
@@ -59,3 +60,42 @@ def test_serve_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> No
     assert "--host HOST address to listen on (default: 127.0.0.1)" in text
     assert "--port PORT port to listen on (default: 8000)" in text
     assert "SWITCHBOARD_*" in text
+
+
+ARENAS_AFTER_THREADS = """
+import ctypes, sys, tempfile, threading
+from service.cli import _one_malloc_arena
+if sys.argv[1] == "one":
+    _one_malloc_arena()
+def work():
+    held = [bytes(2048) for _ in range(200)]  # larger than pymalloc's blocks: from the thread's arena
+threads = [threading.Thread(target=work) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile() as out:
+    stream = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(out.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_info"), reason="glibc's malloc only")
+def test_serve_threads_share_one_malloc_arena() -> None:
+    """Threads get arenas of their own by default (each keeping its own free memory); serve's share one."""
+
+    def arenas(mode: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", ARENAS_AFTER_THREADS, mode], capture_output=True, text=True, check=True
+        )
+        return int(done.stdout)
+
+    assert arenas("default") > 1
+    assert arenas("one") == 1

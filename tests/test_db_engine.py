@@ -130,3 +130,21 @@ async def test_urgent_writers_go_before_ordinary_ones_waiting(sqlite_file: str) 
             await session.execute(text("SELECT 1"))
     finally:
         await db.dispose()
+
+
+async def test_a_burst_of_reads_queues_for_a_fixed_set_of_connections(sqlite_file: str) -> None:
+    """Each SQLite read connection is a thread with its own page cache: a burst of reads (200 ended
+    calls checking their status) waits for one of a few, instead of opening (and later closing) more."""
+    db = Database(sqlite_file)
+    threads: set[int] = set()
+
+    async def read() -> None:
+        async with db.read() as session:
+            threads.add(await sqlite_thread(session))
+            await session.execute(select(Call.id))
+
+    try:
+        await asyncio.gather(*(read() for _ in range(50)))
+    finally:
+        await db.dispose()
+    assert len(threads) <= db_engine.SQLITE_READ_CONNECTIONS

@@ -37,6 +37,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_READ_CONNECTIONS = 5  # reads in flight at once on a SQLite file (the rest wait for a connection)
 CHECKPOINT_EVERY_SECONDS = 1.0
 # JSON columns (event payloads, call documents) through msgspec: ~10x faster than the json module.
 JSON_CODEC: dict[str, Any] = {
@@ -146,7 +147,14 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     if database is not None:
         engine = create_async_engine(url, async_creator=_inline_sqlite_creator(database), **JSON_CODEC)
     else:
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **JSON_CODEC)
+        # Reads of a file: a fixed pool, no overflow. Each aiosqlite connection is a thread of its own
+        # with its own SQLite page cache, schema and malloc arena; the default overflow of 10 opened
+        # (and closed) ten more whenever reads came in a burst, e.g. the ended sessions of 200 calls
+        # checking their call's status together, growing the process by megabytes that it kept. A
+        # burst of reads queues for a connection instead: they take a millisecond each. (In-memory
+        # SQLite keeps SQLAlchemy's pool of one shared connection.)
+        pool = {"pool_size": SQLITE_READ_CONNECTIONS, "max_overflow": 0} if sqlite_file(url) is not None else {}
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool, **JSON_CODEC)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -2,8 +2,19 @@
 
 Frames are gathered in memory for at most a second (or 16 KiB), then handed through a bounded queue to
 a writer task. Taking a frame is synchronous (no task switch per frame); when storage is
-``QUEUE_BATCHES`` seconds behind, the writer asks its caller to stop reading the socket until it catches
+``QUEUE_BATCHES`` batches behind, the writer asks its caller to stop reading the socket until it catches
 up (backpressure reaches the socket, memory stays bounded).
+
+A storage whose appends never wait (local files: ``write_inline``, see
+:class:`~service.recordings.storage.SegmentWriter`) is appended to straight from the gathering buffer,
+at the end of each read of the socket (what one read brought, once it is at least
+:data:`INLINE_MIN_BYTES`) or when a batch fills, while storage works and nothing waits in the queue: no
+copy of the batch, no task switch, no batches queued behind a busy event loop, and nothing held between
+reads. Through a queue, every session held the batches its last read produced until its writer task's
+turn came: when the loop was busiest (a burst of calls placed or ending together), megabytes across the
+process, kept by the allocator afterwards; and the gathering buffer, half a batch on average, was most
+of what a live session held. The queue and its task are made only if an inline append fails: that
+batch, and the ones after it, then go through the queue and its retries like any other.
 
 Storage faults (a full disk, an unreachable bucket) are outages, not the end of the recording: a failed
 write is retried briefly, then with backoff for as long as the call lasts. Meanwhile the queue keeps
@@ -27,7 +38,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from service.metrics import Metrics
-from service.recordings.storage import SegmentWriter, StorageError
+from service.recordings.storage import SegmentWriter, StorageError, inline_writer
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +49,7 @@ log = structlog.get_logger(__name__)
 FLUSH_BYTES = 16 * 1024
 FLUSH_SECONDS = 1.0  # so that a kill -9 loses at most about a second
 QUEUE_BATCHES = 8
+INLINE_MIN_BYTES = 4 * 1024  # a read bringing less (no read interval: a frame per read) waits for more
 WRITE_ATTEMPTS = 3
 RETRY_DELAYS = (0.2, 1.0)
 MAX_PENDING_BYTES = 4 * 1024 * 1024  # ~65 s of 16 kHz stereo held while storage fails
@@ -70,6 +82,7 @@ class RecordingWriter:
         notify: Callable[[str, dict[str, object]], None] | None = None,
     ) -> None:
         self._sink = sink
+        self._inline = inline_writer(sink)
         self._split = split
         self._notify = notify  # timeline events: listen.storage_failed / listen.storage_resumed
         self._pending: deque[bytes] = deque()
@@ -86,17 +99,31 @@ class RecordingWriter:
         self._buffered_frames = 0
         self._digest = hashlib.sha256()
         self._last_flush = time.monotonic()
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_BATCHES)
-        self._task = asyncio.create_task(self._drain(), name=f"writer:{name}")
+        self._name = name
+        self._queue: asyncio.Queue[bytes | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        if self._inline is None:
+            self._start_task()
         self.frames = 0
         self.bytes_received = 0
         self.bytes_written = 0
         self.error: str | None = None
         self._last_error = ""
 
+    def _start_task(self) -> asyncio.Queue[bytes | None]:
+        """The writer task and its queue: from the start for a sink that may have to wait, otherwise
+        from the first batch that could not be appended inline."""
+        if self._queue is None:
+            self._queue = asyncio.Queue(QUEUE_BATCHES)
+            self._task = asyncio.create_task(self._drain(), name=f"writer:{self._name}")
+        return self._queue
+
     def append(self, frame: bytes | bytearray | memoryview) -> None:
         """Take one frame; hand a batch to the writer task when a second or ``FLUSH_BYTES`` has gathered."""
         buffer = self._buffer
+        if not buffer and self._inline is not None:
+            # Runs once the frames of this read are all taken (the socket hands them over in one callback).
+            asyncio.get_running_loop().call_soon(self._read_taken)
         buffer += frame
         self._buffered_frames += 1
         if len(buffer) >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
@@ -107,6 +134,10 @@ class RecordingWriter:
         """Bytes taken so far, handed over or still gathering."""
         return self.bytes_received + len(self._buffer)
 
+    def _read_taken(self) -> None:
+        if len(self._buffer) >= INLINE_MIN_BYTES:
+            self.flush_nowait()
+
     def flush_if_due(self) -> None:
         """Called every second by the session, so that sparse audio is not held back."""
         if self._buffer and time.monotonic() - self._last_flush >= FLUSH_SECONDS:
@@ -115,38 +146,66 @@ class RecordingWriter:
     def flush_nowait(self) -> None:
         """Hand what gathered to the writer task, unless its queue is full (then keep it: backpressure)."""
         self._last_flush = time.monotonic()
-        if not self._buffer:
+        if not self._buffer or self._write_inline():
             return
-        if self._queue.full():
+        queue = self._start_task()
+        if queue.full():
             if not self._blocked:
                 self._blocked = True
                 if self._pressure is not None:
                     self._pressure(True)
             return
-        self._queue.put_nowait(self._take())
+        queue.put_nowait(self._take())
 
     async def flush(self) -> None:
         """Hand over what gathered, waiting for room in the queue if storage is behind."""
         self._last_flush = time.monotonic()
-        if self._buffer:
-            await self._queue.put(self._take())
+        if self._buffer and not self._write_inline():
+            await self._start_task().put(self._take())
+
+    def _write_inline(self) -> bool:
+        """Append what gathered straight from the buffer, if the sink can and nothing is ahead of it in
+        the queue or waiting out a failure (order is kept); False: hand it to the writer task instead."""
+        write = self._inline
+        queue = self._queue
+        if write is None or self._failures or self._pending or self._broken or (queue and not queue.empty()):
+            return False
+        buffer = self._buffer
+        started = time.perf_counter()
+        try:
+            write(buffer)
+        except Exception:
+            self._metrics.storage_write_errors.inc()
+            return False  # the writer task retries it, as any failed batch
+        self._metrics.storage_write_seconds.observe(time.perf_counter() - started)
+        self._digest.update(buffer)
+        self.bytes_written += len(buffer)
+        self._counted(len(buffer))
+        buffer.clear()
+        return True
 
     def _take(self) -> bytes:
         data = bytes(self._buffer)
         self._buffer.clear()
-        self.frames += self._buffered_frames
-        self.bytes_received += len(data)
-        self._metrics.listen_frames.inc(self._buffered_frames)
-        self._metrics.listen_bytes.inc(len(data))
-        self._buffered_frames = 0
+        self._counted(len(data))
         return data
+
+    def _counted(self, size: int) -> None:
+        """A batch of ``size`` bytes left the gathering buffer."""
+        self.frames += self._buffered_frames
+        self.bytes_received += size
+        self._metrics.listen_frames.inc(self._buffered_frames)
+        self._metrics.listen_bytes.inc(size)
+        self._buffered_frames = 0
 
     def _unblock(self) -> None:
         """The writer task took a batch: hand over what waited and let the socket be read again."""
-        if self._blocked and not self._queue.full():
+        queue = self._queue
+        assert queue is not None  # called by the writer task, which has its queue
+        if self._blocked and not queue.full():
             self._blocked = False
             if self._buffer:
-                self._queue.put_nowait(self._take())
+                queue.put_nowait(self._take())
             if self._pressure is not None:
                 self._pressure(False)
 
@@ -178,12 +237,14 @@ class RecordingWriter:
 
     async def _next_batch(self) -> bytes | None:
         """The next batch (None: close asked); b"" when a retry is due before one arrives."""
+        queue = self._queue
+        assert queue is not None  # the writer task runs with its queue
         if not self._failures:  # the common case, a few times a second per call: no timeout to arm
-            data = await self._queue.get()
+            data = await queue.get()
         else:
             try:
                 async with asyncio.timeout(max(0.0, self._retry_at - time.monotonic())):
-                    data = await self._queue.get()
+                    data = await queue.get()
             except TimeoutError:
                 return b""
         if self._blocked:
@@ -237,6 +298,7 @@ class RecordingWriter:
         with contextlib.suppress(Exception):
             await self._sink.close()
         self._sink, self._digest, self.bytes_written, self.dropped_bytes = sink, hashlib.sha256(first), len(first), 0
+        self._inline = inline_writer(sink)
         self._pending.popleft()
         self._pending_bytes -= len(first)
 
@@ -278,10 +340,12 @@ class RecordingWriter:
         """Flush what is buffered, wait for every queued batch, close the sink."""
         try:
             await self.flush()
-            await self._queue.put(None)
-            await self._task
+            if self._queue is not None:
+                await self._queue.put(None)
+            if self._task is not None:
+                await self._task
         finally:
-            if not self._task.done():
+            if self._task is not None and not self._task.done():
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
             await self._sink.close()

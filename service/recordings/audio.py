@@ -126,7 +126,7 @@ def timeline(segments: Sequence[SegmentExtent], *, channels: int, fill_gaps: boo
     return pieces
 
 
-def extract_channel(stereo: bytes, channel: int, channels: int) -> bytes:
+def extract_channel(stereo: bytes | memoryview, channel: int, channels: int) -> bytes:
     """One channel of interleaved s16le frames (``stereo`` holds whole frames)."""
     return memoryview(stereo).cast("h")[channel::channels].tobytes()
 

@@ -65,10 +65,21 @@ class StorageError(Exception):
 
 
 class SegmentWriter(Protocol):
+    """Appends to one segment. A writer whose appends never have to wait (a local file: one write into
+    the page cache) may also offer ``write_inline(data)``, the same append done synchronously, and the
+    recording writer then appends each batch from its own buffer as it fills (see
+    :class:`service.listen.writer.RecordingWriter`); writers without it are written to by a task."""
+
     async def write(self, data: bytes) -> None:
         """Append ``data`` durably enough to survive the process being killed."""
 
     async def close(self) -> None: ...
+
+
+def inline_writer(writer: SegmentWriter) -> Callable[[bytes | bytearray | memoryview], None] | None:
+    """``writer``'s synchronous append (``write_inline``), or None when its appends may have to wait."""
+    write: Callable[[bytes | bytearray | memoryview], None] | None = getattr(writer, "write_inline", None)
+    return write
 
 
 @runtime_checkable
@@ -125,8 +136,11 @@ class _FileWriter:
             raise StorageError(f"cannot open {path} for writing: {exc.strerror}") from exc
 
     async def write(self, data: bytes) -> None:
-        # Writes are batched by the caller (~1 s of audio), so one write into the page cache per
-        # second per call: cheap enough for the event loop, and it survives kill -9.
+        self.write_inline(data)
+
+    def write_inline(self, data: bytes | bytearray | memoryview) -> None:
+        # Writes are batched by the caller (16 KiB of audio, or a second), so a few writes into the page
+        # cache per second per call: cheap enough for the event loop, and it survives kill -9.
         view = memoryview(data)
         try:
             while view:

@@ -38,6 +38,12 @@ from service.vapi.client import VapiClient
 log = structlog.get_logger(__name__)
 
 MAX_ATTEMPTS = 8
+# Downloads in flight. The HTTP client reads a response from the socket as fast as the network
+# delivers it, not as fast as it is written to storage, so on a fast link each download holds hundreds
+# of kilobytes, up to the whole file (1.3 MB for a 20 s call). With 20 calls ending together, four at a
+# time peaked 1.4 MB higher than two (bench/listen.py --burst). Two keep a slow link busy; the copy is
+# a background job with days to finish.
+DOWNLOADS_AT_ONCE = 2
 FIRST_RETRY_SECONDS = 5.0
 MAX_RETRY_SECONDS = 3600.0
 
@@ -107,7 +113,7 @@ class VapiCopyWorker:
         timeout: float = 120.0,
         first_retry_seconds: float = FIRST_RETRY_SECONDS,
         poll_interval: float = 5.0,
-        concurrency: int = 4,
+        concurrency: int = DOWNLOADS_AT_ONCE,
     ) -> None:
         self._db = db
         self._storage = storage

@@ -8,11 +8,12 @@ segment writer whose last write failed, and fails :meth:`check` until each of th
 
 from __future__ import annotations
 
+import functools
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO
 
-from service.recordings.storage import RecordingStorage, SegmentWriter, StorageError
+from service.recordings.storage import RecordingStorage, SegmentWriter, StorageError, inline_writer
 
 
 class _WatchedWriter:
@@ -20,14 +21,32 @@ class _WatchedWriter:
         self._inner = inner
         self._key = key
         self._watch = watch
+        inline = inline_writer(inner)
+        # Offered only when the inner writer has it (see SegmentWriter).
+        self.write_inline: Callable[[bytes | bytearray | memoryview], None] | None = (
+            None if inline is None else functools.partial(self._write_inline, inline)
+        )
 
     async def write(self, data: bytes) -> None:
         try:
             await self._inner.write(data)
         except Exception as exc:
-            self._watch.failing[self] = f"{self._key}: {exc}"[:300]
+            self._failed(exc)
             raise
         self._watch.failing.pop(self, None)
+
+    def _write_inline(
+        self, inline: Callable[[bytes | bytearray | memoryview], None], data: bytes | bytearray | memoryview
+    ) -> None:
+        try:
+            inline(data)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._watch.failing.pop(self, None)
+
+    def _failed(self, exc: Exception) -> None:
+        self._watch.failing[self] = f"{self._key}: {exc}"[:300]
 
     async def close(self) -> None:
         self._watch.failing.pop(self, None)

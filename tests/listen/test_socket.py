@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import itertools
 import time
 import tracemalloc
@@ -234,3 +235,78 @@ async def test_the_writer_holds_no_batch_once_it_is_stored() -> None:
     assert sum(sink.sizes) >= 3 * FLUSH_BYTES
     assert held < FLUSH_BYTES // 2, f"{held} bytes still allocated after every batch was stored"
     await writer.close()
+
+
+class FileLikeSink:
+    """A sink whose appends never wait (like a local file): it offers ``write_inline``."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.digest = hashlib.sha256()  # what was stored (kept as a digest: the test measures memory)
+        self.writes: list[int] = []
+        self.failures = failures  # the first appends that fail (a full disk, then space again)
+
+    def write_inline(self, data: bytes | bytearray | memoryview) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("no space left on device")
+        self.digest.update(data)
+        self.writes.append(len(data))
+
+    async def write(self, data: bytes) -> None:
+        self.write_inline(data)
+
+    async def close(self) -> None:
+        return None
+
+
+def read_of(writer: RecordingWriter, frames: int, first: int = 0) -> None:
+    """What one read of the socket hands over: ``frames`` frames in one callback."""
+    for n in range(first, first + frames):
+        writer.append(bytes([n % 256]) * 1280)
+
+
+async def test_an_inline_sink_gets_each_read_as_it_ends_and_nothing_is_held_between_reads() -> None:
+    """A sink that never waits is appended to from the gathering buffer once the read's frames are all
+    taken: no writer task, no queued copy, and an empty buffer until the next read."""
+    sink = FileLikeSink()
+    writer = RecordingWriter(sink, metrics=Metrics(), name="t")
+    read_of(writer, 10)  # 0.2 s of audio: one read with the default read interval
+    assert sink.writes == [], "not while the read is being handed over"
+    await asyncio.sleep(0)
+    assert sink.writes == [10 * 1280]
+    assert writer.received == writer.bytes_written == 10 * 1280
+    tracemalloc.start()
+    try:
+        read_of(writer, 10, first=10)
+        await asyncio.sleep(0)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2048, f"{held} bytes still allocated once the read was stored"
+    read_of(writer, 2, first=20)  # too little to write alone: it waits for more, or for the second
+    await asyncio.sleep(0)
+    assert sink.writes == [10 * 1280, 10 * 1280]
+    assert writer._task is None, "no writer task while every append worked"
+    await writer.close()
+    expected = hashlib.sha256(b"".join(bytes([n % 256]) * 1280 for n in range(22))).hexdigest()
+    assert sink.digest.hexdigest() == writer.sha256 == expected
+
+
+async def test_a_failed_inline_append_is_retried_through_the_queue_in_order() -> None:
+    sink = FileLikeSink(failures=1)
+    writer = RecordingWriter(sink, metrics=Metrics(), name="t")
+    read_of(writer, 10)
+    await asyncio.sleep(0)
+    assert writer._task is not None, "the batch that failed went to the writer task"
+    read_of(writer, 10, first=10)  # queued behind it, not appended ahead of it
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        while writer.bytes_written < 20 * 1280:
+            await asyncio.sleep(0.01)
+    read_of(writer, 10, first=20)  # caught up: inline again
+    await asyncio.sleep(0)
+    assert writer.bytes_written == 30 * 1280
+    await writer.close()
+    expected = hashlib.sha256(b"".join(bytes([n % 256]) * 1280 for n in range(30))).hexdigest()
+    assert sink.digest.hexdigest() == writer.sha256 == expected
+    assert writer.error is None

@@ -25,7 +25,9 @@ from service.recordings.storage import (
     RecordingStorage,
     StorageError,
     build_storage,
+    inline_writer,
 )
+from service.recordings.watch import WatchedStorage
 from service.settings import ConfigurationError
 from tests.recordings.conftest import S3_BUCKET, S3_SECRET, s3_environment
 from tests.servers import free_port
@@ -65,6 +67,38 @@ async def test_a_reopened_writer_continues_the_segment(storage: RecordingStorage
     await store(storage, "call/0001.pcm", b"after a restart")
     assert await read_all(storage, "call/0001.pcm") == b"first second after a restart"
     assert await storage.size("call/0001.pcm") == 28
+
+
+async def test_local_writers_append_inline_and_a_failing_one_shows_in_readiness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local files offer the synchronous append the recording writer uses (through the readiness
+    watch too); object storage, whose writes wait for a PUT, does not."""
+    watched = WatchedStorage(LocalStorage(tmp_path))
+    writer = await watched.open_writer("call/0001.pcm")
+    write = inline_writer(writer)
+    assert write is not None
+    write(b"first ")
+    write(memoryview(b"second"))
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageError):
+        write(b"lost")
+    with pytest.raises(StorageError, match="1 recording writer"):
+        await watched.check()
+    monkeypatch.undo()
+    write(b" third")
+    await watched.check()
+    await writer.close()
+    assert await read_all(watched, "call/0001.pcm") == b"first second third"
+    objects = ObjectStorage(obstore.store.MemoryStore())
+    try:
+        assert inline_writer(await objects.open_writer("call/0001.pcm")) is None
+    finally:
+        await objects.close()
 
 
 async def test_chunk_objects_are_numbered_in_name_order() -> None:

@@ -28,8 +28,8 @@ class SearchController(Controller):
         summary="Find what was said: final transcript utterances, best match first",
         description=(
             "Every final transcript utterance of every call (from webhooks and listen-socket frames, once "
-            "each). Best match first among the newest 1,000 matches (relevance, then the newest first), then "
-            "among the next older 1,000, and so on: a query matching fewer is ranked whole. "
+            "each). Best match first among the newest 500 matches (relevance, then the newest first), then "
+            "among the next older 500, and so on: a query matching fewer is ranked whole. "
             "`metadata.<key>=<value>` filters on the call's metadata as `GET /v1/calls` does. A query without "
             "words, or too long, is answered with 400."
         ),

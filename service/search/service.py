@@ -54,7 +54,7 @@ _SEGMENT = table_of(RecordingSegment)
 SPEECH_WINDOW_EVENTS = 200
 # How many matches are ranked together, at most: the newest this many, then the next older this many, ...
 # A query matching fewer is ranked whole. Bounds a common word's cost (see README, Search).
-CANDIDATE_WINDOW = 1000
+CANDIDATE_WINDOW = 500
 # PostgreSQL looks for a window's matches in id ranges from the newest down, of at least this many ids,
 # sized by the matches' density so far (four times longer while none; a GIN index knows no order: each
 # range is a bounded scan, through the primary key for a common word or the GIN index for a rarer one,

@@ -339,7 +339,7 @@ class SearchService:
                 await session.execute(sql(f"SET LOCAL {setting} TO DEFAULT"))
             return low - 1
 
-        size = 0
+        size, plan = 0, "ranges"
         if filters.calls is not None:  # the few calls' utterances, all at once
             high = await newest(0, top)
         else:
@@ -348,17 +348,18 @@ class SearchService:
             if high < 0 or probed >= CANDIDATE_WINDOW:
                 pass
             elif probed * DENSE_WALK >= CANDIDATE_WINDOW * walked:  # the rest within DENSE_WALK, likely
-                high = await newest(max(high - DENSE_WALK + 1, 0), high, "key")
+                plan = "key"
             elif probed and probed * (high + 1) <= SPARSE_MATCHES * walked:  # few matches below, likely
                 high = await newest(0, high, "gin")
         while len(found) < CANDIDATE_WINDOW and high >= 0:
             # The next range: long enough for the rest at the density seen so far (with a wide margin
-            # while that is the probe's), or four times longer.
+            # while that is the probe's), or four times longer; through the primary key, at most
+            # DENSE_WALK (a filter joined by hash reads the whole range before it sorts).
             density = len(found) / (top - high)
             margin = 2 if size == 0 else 1.25
             needed = (CANDIDATE_WINDOW - len(found)) / density * margin if density else size * 4
-            size = max(FIRST_RANGE, int(needed))
-            high = await newest(max(high - size + 1, 0), high)
+            size = max(FIRST_RANGE, int(needed)) if plan != "key" else min(DENSE_WALK, int(needed))
+            high = await newest(max(high - size + 1, 0), high, plan)
         if not found:
             return None, found
         return _Window(found[0].id, found[-1].id if len(found) >= CANDIDATE_WINDOW else 0), found

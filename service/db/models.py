@@ -90,9 +90,10 @@ class Call(TimestampedMixin, DefaultBase):
     reported_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
     # Vapi's ``createdAt``: the catch-up (service.calls.catchup) lists Vapi's calls created after the latest.
     vapi_created_at: Mapped[dt.datetime | None] = mapped_column(DateTimeUTC(timezone=True))
-    # At least the id of the call's newest ``transcript_utterance`` (the table's highest id when the
-    # call's latest utterance was indexed, service.search.index); None before its first. Where a search
-    # limited to calls created long ago starts its walk over the matches (service.search.service).
+    # The id of the call's newest ``transcript_utterance`` (0: none), where a search limited to calls
+    # created long ago starts its walk over the matches (service.search.service). None: not known, as
+    # every stored event clears it; settled by the lifecycle sweep once the call is quiet
+    # (service.fulltext.ceilings.settle_ceilings).
     utterance_ceiling: Mapped[int | None] = mapped_column(BigInteger)
 
     # Read-only (recordings are written through their own rows; the foreign key cascades deletes): a
@@ -116,6 +117,13 @@ class Call(TimestampedMixin, DefaultBase):
         Index("ix_call_updated_at", "updated_at"),  # the console's change stream (service/console/feed.py)
         Index("ix_call_ended_at", "ended_at"),  # the retention sweep: calls ended before a cutoff
         Index("ix_call_erasing_until", "erasing_until"),  # the erasure sweep: tombstones left by a crash
+        # The calls whose utterance ceiling is to be settled, by how long they have been quiet.
+        Index(
+            "ix_call_unsettled_ceiling",
+            "updated_at",
+            sqlite_where=text("utterance_ceiling IS NULL"),
+            postgresql_where=text("utterance_ceiling IS NULL"),
+        ),
     )
 
 

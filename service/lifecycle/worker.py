@@ -4,6 +4,8 @@
   ``SWITCHBOARD_RETENTION_SWEEP_SECONDS``, calls past ``SWITCHBOARD_RETENTION`` are erased too. A pass
   claims at most :data:`SWEEP_BATCH` calls (bounded work per pass; a full pass is followed by another
   right away, so a backlog drains without one replica holding a long transaction).
+- **Utterance ceilings**: each pass settles the ``utterance_ceiling`` of calls quiet for a minute
+  (:func:`service.fulltext.ceilings.settle_ceilings`), which transcript search starts from.
 - **Delivery history**: with the retention pass, settled outbound deliveries and forwards older than
   ``SWITCHBOARD_DELIVERY_HISTORY`` are deleted (:mod:`service.lifecycle.history`).
 - **Archiver** (``SWITCHBOARD_ARCHIVE_FORMAT=flac``): finished PCM recordings are archived one at a time.
@@ -22,6 +24,7 @@ from sqlalchemy import func, select
 
 from service.db.engine import Database
 from service.db.models import Recording
+from service.fulltext.ceilings import settle_ceilings
 from service.lifecycle.archive import ArchiveError, Archiver
 from service.lifecycle.erasure import Eraser
 from service.lifecycle.history import purge_settled
@@ -104,6 +107,7 @@ class LifecycleWorker:
                     purged = await purge_settled(self._db, older_than=self._delivery_history)
                     if purged:
                         log.info("delivery history purged", rows=purged)
+                await settle_ceilings(self._db)
                 if erased >= self._batch:
                     wait = 0.0  # a backlog: the next bounded pass right away
                 if due or erased:

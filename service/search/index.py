@@ -7,7 +7,8 @@ A final transcript arrives twice (webhook and listen copy); both carry the same 
 utterance of one source is the n-th of the other, so the row's unique ``(call_id, utterance, ordinal)``
 keeps the first copy and ``ON CONFLICT DO NOTHING`` drops the second, also when two transactions race.
 The full-text index itself follows the table (SQLite: triggers into FTS5; PostgreSQL: an expression
-index); the call's ``utterance_ceiling`` is raised in the same transaction.
+index). A call's ``utterance_ceiling`` is cleared with every event it stores (``NUMBER``) and settled by
+``service.fulltext.ceilings`` once the call has been quiet for a while.
 """
 
 from __future__ import annotations
@@ -38,11 +39,6 @@ _INSERT = text(
     *(bindparam(name, type_=_TABLE.c[name].type) for name in _COLUMNS),
     bindparam("source", type_=_TABLE.c.role.type),
 )
-# The calls' ``utterance_ceiling``: the table's highest id as this transaction sees it, its own rows
-# included, so at least their ids (a copy the upsert dropped raises it a little: harmless, it is a bound).
-_CEILING = text(
-    "UPDATE call SET utterance_ceiling = (SELECT max(id) FROM transcript_utterance) WHERE id = :call_id"
-).bindparams(bindparam("call_id", type_=_TABLE.c.call_id.type))
 
 
 def utterance_row(event: StoredEvent) -> dict[str, Any] | None:
@@ -65,7 +61,6 @@ async def index_utterances(connection: AsyncConnection, events: Sequence[StoredE
     rows = [row for row in map(utterance_row, events) if row is not None]
     if rows:
         await connection.execute(_INSERT, rows)
-        await connection.execute(_CEILING, [{"call_id": call_id} for call_id in sorted({r["call_id"] for r in rows})])
 
 
 class TranscriptIndexer:

@@ -280,6 +280,8 @@ class SearchService:
         # newest of those calls end far below the newest utterance (a date long past).
         newest = await session.scalar(_highest_ceiling(filters.matching_calls(ceilings=True, newest=NEWEST_CALLS)))
         skipped = (await session.scalar(select(func.max(UTTERANCE.c.id))) or 0) - (newest or 0)
+        if skipped < 0:  # a ceiling not known yet among the newest of those calls
+            return filters
         most = min(MANY_CALLS, skipped // SKIPPED_PER_CALL) if SKIPPED_PER_CALL > 0 else MANY_CALLS
         if await _count(session, calls, most) > most:
             return filters
@@ -415,10 +417,14 @@ class SearchService:
         return hits, next_cursor
 
 
+# A ceiling not known yet (None: the call stored events since it was last settled) counts as this.
+_UNKNOWN_CEILING = 2**62
+
+
 def _highest_ceiling(ceilings: Select[Any] | None) -> Select[Any]:
-    """The highest of the ``utterance_ceiling`` that ``ceilings`` selects."""
+    """The highest of the ``utterance_ceiling`` that ``ceilings`` selects (an unknown one: no bound)."""
     assert ceilings is not None
-    return select(func.max(ceilings.subquery().c.utterance_ceiling))
+    return select(func.max(func.coalesce(ceilings.subquery().c.utterance_ceiling, _UNKNOWN_CEILING)))
 
 
 async def _count(session: AsyncSession, query: Select[Any], most: int) -> int:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.db.models import Call, TranscriptUtterance
+from service.fulltext.ceilings import settle_ceilings
 from service.search import service as search_service
 from tests.search.conftest import Calls
 
@@ -133,6 +134,7 @@ async def test_filters_on_many_calls_with_a_common_query_give_what_the_walk_over
     async with calls.db.read() as session:
         created = dict((await session.execute(select(Call.id, Call.created_at))).tuples().all())
     middle = (created["call-2"] + (created["call-3"] - created["call-2"]) / 2).isoformat()
+    assert await settle_ceilings(calls.db, quiet_for=0) == 6  # (else no call's ceiling is known)
     monkeypatch.setattr(search_service, "CANDIDATE_WINDOW", 2)
     monkeypatch.setattr(search_service, "SELECTIVE_UTTERANCES", 0)  # never the few-calls plan
     ceilings: list[int | None] = []
@@ -171,16 +173,29 @@ async def test_filters_on_many_calls_with_a_common_query_give_what_the_walk_over
     assert set(before[:2]) == {"refund said last in call 1", "refund refund refund in call 2 turn 2"}, "newest window"
 
 
-async def test_a_calls_utterance_ceiling_bounds_its_utterances_from_above(calls: Calls) -> None:
+async def test_a_calls_utterance_ceiling_is_settled_once_it_is_quiet_and_cleared_by_its_next_event(
+    calls: Calls,
+) -> None:
     await calls.start("call-a")
     await calls.start("call-b")
+    await calls.start("call-silent")
     await calls.say("call-a", "user", "first")
-    await calls.say("call-a", "user", "a partial one", final=False)  # not indexed: no new ceiling
     await calls.hear("call-a", "assistant", "second")  # the listen journal's path
     await calls.say("call-b", "user", "third")
+
+    async def ceilings() -> dict[str, int | None]:
+        async with calls.db.read() as session:
+            return dict((await session.execute(select(Call.id, Call.utterance_ceiling))).tuples().all())
+
+    assert set((await ceilings()).values()) == {None}, "events stored since: not known"
+    assert await settle_ceilings(calls.db, quiet_for=60) == 0, "not quiet for a minute yet"
+    assert await settle_ceilings(calls.db, quiet_for=0, batch=2) == 3  # two statements
     async with calls.db.read() as session:
         newest = select(TranscriptUtterance.call_id, func.max(TranscriptUtterance.id))
         spoken = dict((await session.execute(newest.group_by(TranscriptUtterance.call_id))).tuples().all())
-        ceilings = dict((await session.execute(select(Call.id, Call.utterance_ceiling))).tuples().all())
-    assert ceilings["call-a"] == spoken["call-a"], "nothing else was indexed in between"
-    assert ceilings["call-a"] < spoken["call-b"] <= (ceilings["call-b"] or 0)
+    assert await ceilings() == {"call-a": spoken["call-a"], "call-b": spoken["call-b"], "call-silent": 0}
+    await calls.say("call-a", "assistant", "a late one")
+    assert (await ceilings())["call-a"] is None, "a new event: not known again"
+    assert (await ceilings())["call-b"] == spoken["call-b"]
+    assert await settle_ceilings(calls.db, quiet_for=0) == 1
+    assert (await ceilings())["call-a"] == spoken["call-a"] + 2  # the late one (after call-b's)

@@ -68,7 +68,7 @@ DENSE_WALK = 40_000
 # ... or, when the probe's density says at most this many matches are older, all of them at once through
 # the GIN index (a heap read each, where a range costs its length through the primary key).
 SPARSE_MATCHES = 10_000
-# The planner setting turned off for each of those walks (only for its statement).
+# The planner setting turned off for each of those walks (while they run).
 _PLAN_SETTINGS = {"key": "enable_bitmapscan", "gin": "enable_seqscan"}
 # The filters on the call (callId, metadata, ...) are applied first when they leave at most this many
 # utterances to check.
@@ -262,11 +262,14 @@ class SearchService:
             )
         return ranked
 
-    async def _narrowed(self, session: AsyncSession, query: SearchQuery, filters: SearchFilters) -> SearchFilters:
+    async def _narrowed(
+        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, newest_id: int
+    ) -> SearchFilters:
         """``filters``, with the calls they allow as a list of ids when those calls hold at most
         ``SELECTIVE_UTTERANCES`` utterances: probing each of those against the query is then cheaper than
         walking the query's matches (a word said in most calls, in one call of interest). With more
-        calls (up to ``MANY_CALLS``), with the ``ceiling`` of those calls' utterances."""
+        calls (up to ``MANY_CALLS``), with the ``ceiling`` of those calls' utterances (``newest_id``: the
+        newest utterance's)."""
         calls = filters.matching_calls()
         if calls is None:
             return filters
@@ -279,7 +282,7 @@ class SearchService:
         # those end costs a column read per call, and the walk then starts there. Worth it when the
         # newest of those calls end far below the newest utterance (a date long past).
         newest = await session.scalar(_highest_ceiling(filters.matching_calls(ceilings=True, newest=NEWEST_CALLS)))
-        skipped = (await session.scalar(select(func.max(UTTERANCE.c.id))) or 0) - (newest or 0)
+        skipped = newest_id - (newest or 0)
         if skipped < 0:  # a ceiling not known yet among the newest of those calls
             return filters
         most = min(MANY_CALLS, skipped // SKIPPED_PER_CALL) if SKIPPED_PER_CALL > 0 else MANY_CALLS
@@ -289,14 +292,10 @@ class SearchService:
         return replace(filters, ceiling=ceiling or 0)
 
     async def _next_window(
-        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int | None, limit: int
+        self, session: AsyncSession, query: SearchQuery, filters: SearchFilters, top: int, limit: int
     ) -> tuple[_Window | None, Sequence[Row[Any]]]:
-        """The window of the ``CANDIDATE_WINDOW`` newest matches at or below ``top`` (at or below the
-        newest utterance, if None; None when nothing matches there), and its ``limit`` best rows."""
-        if top is None:
-            top = await session.scalar(select(func.max(UTTERANCE.c.id)))
-            if top is None:
-                return None, []
+        """The window of the ``CANDIDATE_WINDOW`` newest matches at or below ``top`` (None when nothing
+        matches there), and its ``limit`` best rows."""
         if filters.ceiling is not None:
             top = min(top, filters.ceiling)
         if self._db.is_sqlite:
@@ -326,6 +325,17 @@ class SearchService:
         assert columns.relevance is not None
         matching = self.matching(query, filters, UTTERANCE.c.occurred_at, columns.relevance.label("relevance"))
         found: list[Row[Any]] = []
+        turned_off: str | None = None  # the planner setting in force (_PLAN_SETTINGS), changed only as needed
+
+        async def planned(plan: str) -> None:
+            nonlocal turned_off
+            setting = _PLAN_SETTINGS.get(plan)
+            if setting != turned_off:
+                if turned_off:
+                    await session.execute(sql(f"SET LOCAL {turned_off} TO DEFAULT"))
+                if setting:
+                    await session.execute(sql(f"SET LOCAL {setting} = off"))
+                turned_off = setting
 
         async def newest(low: int, high: int, plan: str = "ranges") -> int:
             """Add the newest matches between ``low`` and ``high``; the id below ``low``."""
@@ -333,12 +343,8 @@ class SearchService:
             # primary key); "key": the primary key's walk, no GIN lookup (which costs a whole entry's).
             row_id = _walk_order(UTTERANCE.c.id, filters) if plan != "gin" else UTTERANCE.c.id + 0
             statement = matching.where(row_id.between(low, high)).order_by(row_id.desc())
-            setting = _PLAN_SETTINGS.get(plan)
-            if setting:
-                await session.execute(sql(f"SET LOCAL {setting} = off"))
+            await planned(plan)
             found.extend((await session.execute(statement.limit(CANDIDATE_WINDOW - len(found)))).all())
-            if setting:
-                await session.execute(sql(f"SET LOCAL {setting} TO DEFAULT"))
             return low - 1
 
         size, plan = 0, "ranges"
@@ -362,6 +368,7 @@ class SearchService:
             needed = (CANDIDATE_WINDOW - len(found)) / density * margin if density else size * 4
             size = max(FIRST_RANGE, int(needed)) if plan != "key" else min(DENSE_WALK, int(needed))
             high = await newest(max(high - size + 1, 0), high, plan)
+        await planned("ranges")  # the rest of the search plans as the planner chooses
         if not found:
             return None, found
         return _Window(found[0].id, found[-1].id if len(found) >= CANDIDATE_WINDOW else 0), found
@@ -381,8 +388,10 @@ class SearchService:
         rows: list[tuple[_Window, Row[Any]]] = []
         async with self._db.read() as session:
             await plan_each_search(session)
-            filters = await self._narrowed(session, query, filters)
-            top = None
+            top = await session.scalar(select(func.max(UTTERANCE.c.id)))
+            if top is None:  # nothing indexed yet
+                return [], None
+            filters = await self._narrowed(session, query, filters, top)
             while True:
                 if window is not None:  # pinned by the cursor
                     found = self.ranked(query, filters, window).subquery("found")

@@ -53,12 +53,14 @@ from service.db.engine import Database
 from service.db.migrate import upgrade
 from service.db.models import Call, CallMetadata, TranscriptUtterance
 from service.db.statements import table_of
+from service.fulltext.ceilings import settle_ceilings
 from service.fulltext.query import parse_query
 from service.fulltext.sql import CallsSaying
 from service.search.service import SearchFilters, SearchService
 
 VOCABULARY = 20_000
 BATCH_CALLS = 2_000
+SETTLE_BATCH = 5_000  # calls whose utterance ceiling is settled per statement once loaded
 HEAD = [
     "please", "the", "to", "i", "you", "a", "and", "my", "it", "is", "account", "for", "that", "order", "can",
     "me", "payment", "of", "help", "this", "number", "card", "call", "refund", "today", "with", "your", "service",
@@ -151,14 +153,6 @@ def call_name(number: int) -> str:
     return f"call-{number:07d}"
 
 
-# Each call's utterance_ceiling (which the service keeps as it indexes): its newest utterance's id.
-CEILINGS = text(
-    "UPDATE call SET utterance_ceiling = newest.id FROM "
-    "(SELECT call_id, max(id) AS id FROM transcript_utterance GROUP BY call_id) AS newest "
-    "WHERE newest.call_id = call.id"
-)
-
-
 def progress(done: int, total: int, started: float) -> None:
     elapsed = time.perf_counter() - started
     print(f"\r  loaded {done:,}/{total:,} calls ({elapsed:.0f} s)", end="", file=sys.stderr, flush=True)
@@ -184,7 +178,8 @@ async def load_sqlite(db: Database, corpus: Corpus) -> None:
         print("  building the FTS5 index", file=sys.stderr, flush=True)
         await session.execute(text("INSERT INTO transcript_fts (transcript_fts) VALUES ('rebuild')"))
         await session.execute(text(trigger))
-        await session.execute(CEILINGS)
+    await settle_ceilings(db, quiet_for=0, batch=SETTLE_BATCH)  # as the lifecycle sweep would
+    async with db.write() as session:
         await session.execute(text("ANALYZE"))
 
 
@@ -208,8 +203,7 @@ async def load_postgresql(db: Database, dsn: str, corpus: Corpus) -> None:
         print("\n  building the GIN index", file=sys.stderr, flush=True)
         await connection.execute("SET maintenance_work_mem = '1GB'")
         await connection.execute(index)
-        async with db.write() as session:
-            await session.execute(CEILINGS)
+        await settle_ceilings(db, quiet_for=0, batch=SETTLE_BATCH)  # as the lifecycle sweep would
         await connection.execute("VACUUM ANALYZE")
     finally:
         await connection.close()

@@ -205,12 +205,11 @@ class ListenSession:
             if disconnected_at is not None:
                 self._metrics.listen_reconnects.inc()
             gap = time.monotonic() - disconnected_at if disconnected_at is not None else None
-            outcome = await self._record(socket, gap_seconds=gap)
+            outcome, disconnected_at = await self._record(socket, gap_seconds=gap)
             if self._stopping.is_set() or self._ended.is_set():
                 break
             if outcome == "closed" and (await self._wait_for_end(END_GRACE_SECONDS) or await self._reconcile_ended()):
                 break
-            disconnected_at = time.monotonic()
             self._journal("listen.disconnected", {"reason": outcome})
             log.info("listen socket lost, reconnecting", call_id=self.call_id, reason=outcome)
         if self._stopping.is_set() and not self._ended.is_set():
@@ -301,10 +300,11 @@ class ListenSession:
                 reason = f"HTTP {status}"
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 reason = type(exc).__name__
-            delay = backoff_delay(attempt)
-            attempt += 1
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return None
+            delay = min(backoff_delay(attempt), remaining)  # the last try comes at the deadline, not before
+            attempt += 1
             if attempt % 5 == 0 and await self._reconcile_ended():
                 return None
             log.info("listen connect failed, retrying", call_id=self.call_id, reason=reason, delay=round(delay, 2))
@@ -321,8 +321,10 @@ class ListenSession:
             pass
         return event.is_set()
 
-    async def _record(self, socket: ListenSocket, *, gap_seconds: float | None) -> Outcome:
-        """Record one connection into a new segment, until it closes (or we stop, or it goes silent)."""
+    async def _record(self, socket: ListenSocket, *, gap_seconds: float | None) -> tuple[Outcome, float]:
+        """Record one connection into a new segment, until it closes (or we stop, or it goes silent).
+        Returns why it ended and when (``time.monotonic()``): the next segment's gap starts then, not
+        after this one's bookkeeping."""
         try:
             segment = await self._persist(
                 lambda: self._recordings.open_segment(
@@ -365,11 +367,12 @@ class ListenSession:
         self._journal("listen.connected", {"segment": segment.index})
         log.info("listening", call_id=self.call_id, segment=segment.index)
         recorder = _Recorder(self, writer, may_set_format=segment.index == 0)
-        idle = False
+        silent_since: float | None = None
         try:
             socket.attach(recorder)
-            idle = await self._watch(socket, writer, recorder)
+            silent_since = await self._watch(socket, writer, recorder)
         finally:
+            ended_at = time.monotonic() if silent_since is None else silent_since
             await socket.close()  # whatever ended the watch, never leave the upstream connection open
             await recorder.settle()
             await writer.close()
@@ -381,19 +384,20 @@ class ListenSession:
                 "close segment",
             )
         if self._stopping.is_set():
-            return "stopped"
-        if idle:
-            return "idle"
-        return "closed" if isinstance(socket.close_exc, ConnectionClosedOK) else "dropped"
+            return "stopped", ended_at
+        if silent_since is not None:
+            return "idle", ended_at
+        return "closed" if isinstance(socket.close_exc, ConnectionClosedOK) else "dropped", ended_at
 
-    async def _watch(self, socket: ListenSocket, writer: RecordingWriter, recorder: _Recorder) -> bool:
+    async def _watch(self, socket: ListenSocket, writer: RecordingWriter, recorder: _Recorder) -> float | None:
         """Once a second until the socket closes or we stop: flush sparse audio, keep the socket alive,
-        and notice a silent one (True: it sent nothing for ``idle_timeout`` after the call was answered)."""
+        and notice a silent one: it sent nothing for ``idle_timeout`` after the call was answered (returns
+        when it was last heard from, to the second; None if it closed or we stop)."""
         loop = asyncio.get_running_loop()
         last_activity, last_count = time.monotonic(), -1
         while not (socket.closed.done() or self._stopping.is_set()):
             self._wakeup = loop.create_future()
-            await asyncio.wait((socket.closed, self._wakeup), timeout=1.0)
+            await asyncio.wait((socket.closed, self._wakeup), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             if socket.closed.done() or self._stopping.is_set():
                 break
             writer.flush_if_due()
@@ -407,9 +411,9 @@ class ListenSession:
                 self._answered = self._answered or writer.received > 0
             elif self._answered and time.monotonic() - last_activity > self._config.idle_timeout:
                 log.warning("listen socket silent, reconnecting", call_id=self.call_id)
-                return True
+                return last_activity
         self._wakeup = None
-        return False
+        return None
 
     def _on_text(self, text: str, may_set_format: bool) -> Coroutine[Any, Any, None] | None:
         """A text frame: journalled; a format announcement also updates the recording (returned)."""

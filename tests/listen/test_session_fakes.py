@@ -4,34 +4,42 @@ the real simulator and storage, so that what the session does is seen without a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx
+import pytest
 
 from service.calls.events import NewEvent
+from service.listen import session as session_module
 from service.listen.relay import LiveRelay
-from service.listen.session import CallTarget, ListenConfig, ListenSession
+from service.listen.session import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, CallTarget, ListenConfig, ListenSession
 from service.metrics import Metrics
 from service.recordings.service import Finalized, OpenSegment
 from service.recordings.storage import build_storage
 from service.simulator import CallScript, SimulatorServer, Utterance, VapiSimulator
+from service.simulator.calls import SimCall
 from service.vapi.client import VapiClient
 
 SCRIPT = CallScript(
     ring_after=0.1, answer_after=0.1, talk_seconds=3.0, turns=(Utterance("user", "Hello there.", at=0.5),)
 )
+LIVE = CallScript(ring_after=0.1, answer_after=0.1, talk_seconds=4.0, turns=())  # in real time: 4 s
 CONFIG = ListenConfig(sample_rate=16_000, channels=2, connect_timeout=5, idle_timeout=5, max_frame_bytes=1 << 20)
 
 
 @dataclass
 class FakeJournal:
     events: list[tuple[str, NewEvent]] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)  # event type -> when it was last added (monotonic)
 
     def add(self, call_id: str, event: NewEvent) -> None:
         self.events.append((call_id, event))
+        self.times[event.type] = time.monotonic()
 
     async def flush(self, call_id: str) -> bool:
         return True
@@ -44,8 +52,10 @@ class FakeJournal:
 class FakeRecordings:
     closed: list[tuple[int, int, str]] = field(default_factory=list)
     finalized: list[str | None] = field(default_factory=list)
+    gaps: list[float | None] = field(default_factory=list)  # each segment's gap_seconds
 
-    async def open_segment(self, call_id: str, **_: Any) -> OpenSegment:
+    async def open_segment(self, call_id: str, *, gap_seconds: float | None, **_: Any) -> OpenSegment:
+        self.gaps.append(gap_seconds)
         index = len(self.closed)
         return OpenSegment(uuid.uuid4(), uuid.uuid4(), index, f"{call_id}/{index:04d}.pcm", 0.0)
 
@@ -55,31 +65,48 @@ class FakeRecordings:
     async def finalize(self, call_id: str, *, error: str | None = None) -> Finalized:
         self.finalized.append(error)
         size = sum(size for _, size, _ in self.closed)
-        return Finalized("completed", size, self.closed[-1][2], [], error, size / 64_000)
+        sha256 = self.closed[-1][2] if self.closed else hashlib.sha256().hexdigest()
+        return Finalized("completed", size, sha256, [], error, size / 64_000)
 
     async def set_format(self, call_id: str, **_: Any) -> bool:
         return False
+
+
+def fake_session(
+    sim: VapiSimulator,
+    call: SimCall,
+    http: httpx.AsyncClient,
+    *,
+    storage: Any = None,
+    config: ListenConfig = CONFIG,
+) -> tuple[ListenSession, FakeJournal, FakeRecordings]:
+    journal, recordings = FakeJournal(), FakeRecordings()
+    session = ListenSession(
+        call.id,
+        db=cast(Any, None),  # never read: the target is given and the end is told
+        storage=storage or build_storage("memory://"),
+        recordings=cast(Any, recordings),
+        vapi=VapiClient(http, base_url=sim.base_url or "", api_key=None, public_key=None, timeout=5),
+        config=config,
+        metrics=Metrics(),
+        relay=LiveRelay(),
+        journal=cast(Any, journal),
+        reconcile=lambda _: _ended(),
+        target=CallTarget(call.listen_url, listen_auth=False, answered=True),
+    )
+    return session, journal, recordings
+
+
+def place(sim: VapiSimulator) -> SimCall:
+    return sim.place_call({"assistantId": "a", "phoneNumberId": "p", "customer": {"number": "+14155550123"}})
 
 
 async def test_a_session_records_a_call_with_fake_bookkeeping() -> None:
     sim = VapiSimulator(pace=4, script=SCRIPT)
     storage = build_storage("memory://")
     async with SimulatorServer(sim), httpx.AsyncClient() as http:
-        call = sim.place_call({"assistantId": "a", "phoneNumberId": "p", "customer": {"number": "+14155550123"}})
-        journal, recordings = FakeJournal(), FakeRecordings()
-        session = ListenSession(
-            call.id,
-            db=cast(Any, None),  # never read: the target is given and the end is told
-            storage=storage,
-            recordings=cast(Any, recordings),
-            vapi=VapiClient(http, base_url=sim.base_url or "", api_key=None, public_key=None, timeout=5),
-            config=CONFIG,
-            metrics=Metrics(),
-            relay=LiveRelay(),
-            journal=cast(Any, journal),
-            reconcile=lambda _: _ended(),
-            target=CallTarget(call.listen_url, listen_auth=False, answered=True),
-        )
+        call = place(sim)
+        session, journal, recordings = fake_session(sim, call, http, storage=storage)
 
         async def end_when_vapi_says_so() -> None:
             await sim.wait_for_status(call.id, "ended", timeout=20)
@@ -107,3 +134,77 @@ async def test_a_session_records_a_call_with_fake_bookkeeping() -> None:
 
 async def _ended() -> str:
     return "ended"
+
+
+async def connected(journal: FakeJournal, segments: int = 1) -> float:
+    """When the session's ``segments``-th connection was made (monotonic)."""
+    async with asyncio.timeout(10):
+        while journal.types().count("listen.connected") < segments:
+            await asyncio.sleep(0.01)
+    return journal.times["listen.connected"]
+
+
+async def test_a_drop_is_noticed_at_once_and_the_gap_starts_with_it() -> None:
+    """The session watches its socket once a second; a drop between two looks must still end the
+    segment at once (the gap is counted from the drop, and reconnecting starts then)."""
+    sim = VapiSimulator(pace=1, script=LIVE)
+    async with SimulatorServer(sim), httpx.AsyncClient() as http:
+        call = place(sim)
+        session, journal, recordings = fake_session(sim, call, http)
+        runner = asyncio.create_task(session.run())
+        try:
+            # Half-way between two of the watch's once-a-second looks.
+            await asyncio.sleep(max(0.0, await connected(journal) + 1.5 - time.monotonic()))
+            sim.refuse_listen(call.id, seconds=0.8)
+            dropped_at = time.monotonic()
+            assert sim.drop_listen(call.id) == 1
+            await connected(journal, segments=2)
+            assert journal.times["listen.disconnected"] - dropped_at < 0.25
+            assert recordings.gaps[0] is None
+            gap = recordings.gaps[1]
+            assert gap is not None
+            assert 0.8 - 0.05 <= gap <= journal.times["listen.connected"] - dropped_at + 0.05
+        finally:
+            session.call_ended()
+            session.stop()
+            await asyncio.wait_for(runner, 10)
+
+
+async def test_stop_hands_the_call_over_at_once() -> None:
+    sim = VapiSimulator(pace=1, script=LIVE)
+    async with SimulatorServer(sim), httpx.AsyncClient() as http:
+        call = place(sim)
+        session, journal, recordings = fake_session(sim, call, http)
+        runner = asyncio.create_task(session.run())
+        await asyncio.sleep(max(0.0, await connected(journal) + 1.5 - time.monotonic()))
+        stopped_at = time.monotonic()
+        session.stop()
+        await asyncio.wait_for(runner, 10)
+        assert time.monotonic() - stopped_at < 0.25
+        assert recordings.finalized == [], "the recording is left open for whoever resumes it"
+        assert len(recordings.closed) == 1
+
+
+async def test_a_refused_socket_is_tried_until_the_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At its longest the backoff's next wait (1.6 s) would pass the 2 s deadline 1.4 s in: the session
+    still tries once more at the deadline rather than give up early."""
+    monkeypatch.setattr(
+        session_module, "backoff_delay", lambda attempt: min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+    )
+    sim = VapiSimulator(pace=1, script=LIVE)
+    async with SimulatorServer(sim), httpx.AsyncClient() as http:
+        call = place(sim)
+        sim.refuse_listen(call.id, seconds=1.6)
+        config = dataclasses.replace(CONFIG, connect_timeout=2)
+        session, journal, recordings = fake_session(sim, call, http, config=config)
+        started = time.monotonic()
+        runner = asyncio.create_task(session.run())
+        try:
+            await connected(journal)
+            assert 1.6 <= time.monotonic() - started < 2.5
+            await sim.wait_for_status(call.id, "ended", timeout=20)
+        finally:
+            session.call_ended()
+            await asyncio.wait_for(runner, 10)
+        assert recordings.finalized == [None]
+        assert recordings.closed[0][1] > 0

@@ -159,7 +159,7 @@ async def test_a_drop_is_noticed_at_once_and_the_gap_starts_with_it() -> None:
             dropped_at = time.monotonic()
             assert sim.drop_listen(call.id) == 1
             await connected(journal, segments=2)
-            assert journal.times["listen.disconnected"] - dropped_at < 0.25
+            assert journal.times["listen.disconnected"] - dropped_at < 0.4  # the old once-a-second look: 0.5
             assert recordings.gaps[0] is None
             gap = recordings.gaps[1]
             assert gap is not None
@@ -180,7 +180,7 @@ async def test_stop_hands_the_call_over_at_once() -> None:
         stopped_at = time.monotonic()
         session.stop()
         await asyncio.wait_for(runner, 10)
-        assert time.monotonic() - stopped_at < 0.25
+        assert time.monotonic() - stopped_at < 0.4
         assert recordings.finalized == [], "the recording is left open for whoever resumes it"
         assert len(recordings.closed) == 1
 

@@ -161,6 +161,7 @@ class RuleEngine:
         self._journaller = TaskOwner("rules-journal")  # closes posted firings, many per transaction
         self._firings = TaskOwner("rule", limit=concurrency)  # one task per firing being delivered
         self._wake = asyncio.Event()
+        self._timer_pass = asyncio.Lock()  # held while the timer claims and starts due firings
         self._dues: list[dt.datetime] = []  # heap: due times this replica scheduled, not yet passed
         self._closing = False
 
@@ -204,11 +205,18 @@ class RuleEngine:
         self._loops.spawn(self._tick(), name="timer")
 
     async def close(self, timeout: float) -> None:
-        """Refuse new work, stop the worker and the timer, let firing tasks finish, cancel the rest,
-        then journal what was posted."""
+        """Refuse new work; within ``timeout``, start what was handed over before (the firings committed
+        with their milestones, the queued milestones, the due firings the timer claimed) and let the
+        firing tasks finish; cancel the rest, then journal what was posted."""
         self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._queue.join()  # the worker has started every queued item's firings
+                await self._timer_pass.acquire()  # the timer's pass has started every firing it claimed
         await self._loops.close()
-        if cancelled := await self._firings.close(timeout):
+        if cancelled := await self._firings.close(max(0.0, deadline - loop.time())):
             log.warning("rule firings cancelled at shutdown", count=cancelled)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -290,6 +298,8 @@ class RuleEngine:
                     await self._process(item)
             except Exception:  # the database may be briefly away; the next batch may work
                 log.exception("rule evaluation failed", call_id=call_id)
+            finally:
+                self._queue.task_done()
 
     async def _process(self, batch: _Batch) -> None:
         """Read the call, evaluate the batch, then record and deliver each firing in an owned task.
@@ -548,14 +558,15 @@ class RuleEngine:
             while self._dues and self._dues[0] <= passed:
                 heapq.heappop(self._dues)
             try:
-                await self.fire_due_timers()
-                now = time.monotonic()
-                if now - last_reload >= RELOAD_EVERY_SECONDS:
-                    last_reload = now
-                    await self.refresh()
-                if now - last_sweep >= SWEEP_EVERY_SECONDS:
-                    last_sweep = now
-                    await self.sweep_stuck()
+                async with self._timer_pass:  # close() lets a pass start what it claimed
+                    await self.fire_due_timers()
+                    now = time.monotonic()
+                    if now - last_reload >= RELOAD_EVERY_SECONDS:
+                        last_reload = now
+                        await self.refresh()
+                    if now - last_sweep >= SWEEP_EVERY_SECONDS:
+                        last_sweep = now
+                        await self.sweep_stuck()
             except Exception as exc:  # the database may be briefly away; timers wait in their rows
                 log.warning("rule timer pass failed", error=type(exc).__name__)
 

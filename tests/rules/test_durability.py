@@ -53,12 +53,24 @@ class ControlRecorder:
 
 
 def make_engine(
-    url: str, recorder: ControlRecorder, rules: list[CompiledRule], *, poll_interval: float = 0.05
+    url: str,
+    recorder: ControlRecorder,
+    rules: list[CompiledRule],
+    *,
+    poll_interval: float = 0.05,
+    concurrency: int = 64,
 ) -> tuple[RuleEngine, Database]:
     db = Database(url)
     http = httpx.AsyncClient(transport=httpx.MockTransport(recorder.handle))
     vapi = VapiClient(http, base_url="http://vapi.test", api_key=None, public_key=None, timeout=5)
-    engine = RuleEngine(db, ControlChannel(db, vapi), Metrics(), file_rules=rules, poll_interval=poll_interval)
+    engine = RuleEngine(
+        db,
+        ControlChannel(db, vapi),
+        Metrics(),
+        file_rules=rules,
+        poll_interval=poll_interval,
+        concurrency=concurrency,
+    )
     return engine, db
 
 
@@ -296,6 +308,36 @@ async def plan_then_fail(db: Database, engine: RuleEngine, call_id: str, events:
         assert call is not None
         await engine.plan(session, call, await append_events(session, call_id, events))
         raise RuntimeError("rolled back")
+
+
+async def test_a_shutdown_delivers_the_firings_handed_over_before_it(database_url: str, db: Database) -> None:
+    """Firings committed with their milestones but still queued, and due firings the timer claimed,
+    while every firing slot is busy: a graceful close delivers them within its grace (they used to stay
+    "firing" and be closed as failed by the next run's sweep, never spoken)."""
+    hello = rule(name="hello", on="call.answered", say="Hello.")
+    later = rule(name="later", on="call.answered", delay="1s", say="Hi.")
+    recorder = ControlRecorder(delay=0.1)
+    engine, engine_db = make_engine(database_url, recorder, [hello, later], concurrency=2)
+    call_ids = await add_calls(db, 6)
+    await schedule(db, "later", call_ids, due=utcnow() - dt.timedelta(seconds=1))
+    try:
+        await engine.start()
+        answered = [NewEvent("switchboard", "call.status_changed", {"from": "ringing", "to": "in-progress"})]
+        for call_id in call_ids:  # what the webhook writer does: plan in its transaction, dispatch after
+            async with engine_db.write() as session:
+                call = await session.get(Call, call_id)
+                assert call is not None
+                planned = await engine.plan(session, call, await append_events(session, call_id, answered))
+            assert planned is not None
+            engine.dispatch(planned)
+        await eventually(lambda: len(recorder.received) >= 1, timeout=5)
+        await engine.close(10)
+    finally:
+        await engine_db.dispose()
+    async with db.read() as session:
+        statuses = sorted((await session.execute(select(RuleFiring.rule_name, RuleFiring.status))).tuples())
+    assert statuses == [("hello", "fired")] * 6 + [("later", "fired")] * 6
+    assert len(recorder.received) == 12
 
 
 async def test_a_webhook_milestone_commits_with_its_firing_and_a_rollback_leaves_neither(

@@ -183,13 +183,17 @@ class ForwardWorker:
         status: int | None = None
         error: str | None = None
         try:
-            response = await self._http.post(
-                forward.url, content=forward.body, headers=forward.headers, timeout=self._timeout
-            )
+            async with asyncio.timeout(self._timeout):  # the whole exchange: httpx's timeout bounds each phase
+                response = await self._http.post(
+                    forward.url, content=forward.body, headers=forward.headers, timeout=self._timeout
+                )
             status = response.status_code
             if not response.is_success:
                 error = f"HTTP {status}: {response.text[:ERROR_EXCERPT]}"
-        except httpx.HTTPError as exc:
+        except TimeoutError:
+            error = f"no answer within {self._timeout:g} s"
+        except Exception as exc:  # also a URL or header value httpx cannot send: settled
+            # like any failed attempt (retried, then abandoned), never left to block the call's next forwards
             error = f"{type(exc).__name__}: {str(exc)[:ERROR_EXCERPT] or 'no answer within the timeout'}"
         now = utcnow()
         if error is None:

@@ -69,15 +69,19 @@ class Relay:
             self._metrics.upstream_relays.labels("no-upstream").inc()
             return _error(message, "no upstream server is configured for this call", upstream=None)
         started = time.perf_counter()
+        timeout = self._settings.forward_timeout_seconds
         try:
-            response = await self._http.post(
-                upstream["url"],
-                content=raw,
-                headers=request_headers(upstream),
-                timeout=self._settings.forward_timeout_seconds,
-            )
-        except httpx.HTTPError as exc:
-            reason = "did not answer in time" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
+            async with asyncio.timeout(timeout):  # the whole exchange: httpx's timeout bounds each phase
+                response = await self._http.post(
+                    upstream["url"], content=raw, headers=request_headers(upstream), timeout=timeout
+                )
+        except Exception as exc:  # any failure is answered to Vapi, which waits for the answer
+            if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+                reason = "did not answer in time"
+            elif isinstance(exc, httpx.HTTPError):
+                reason = "could not be reached"
+            else:  # a URL or header value that cannot be sent (httpx.InvalidURL, UnicodeEncodeError)
+                reason = "cannot be sent this request"
             log.warning("upstream failed a request message", type=kind, error=type(exc).__name__)
             self._metrics.upstream_relays.labels("failed").inc()
             return _error(message, f"the upstream server {reason}", upstream=upstream)

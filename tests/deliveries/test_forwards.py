@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,10 +62,16 @@ async def forwards(db: Database) -> list[UpstreamForward]:
 
 
 @asynccontextmanager
-async def worker(db: Database, policy: RetryPolicy) -> AsyncIterator[ForwardWorker]:
+async def worker(db: Database, policy: RetryPolicy, *, timeout: float = 5) -> AsyncIterator[ForwardWorker]:
     async with httpx.AsyncClient() as http:
         forwarder = ForwardWorker(
-            db, http, headers_of=request_headers, default_upstream=None, policy=policy, timeout=5, poll_interval=0.1
+            db,
+            http,
+            headers_of=request_headers,
+            default_upstream=None,
+            policy=policy,
+            timeout=timeout,
+            poll_interval=0.1,
         )
         await forwarder.start()
         forwarder.wake()
@@ -113,6 +120,56 @@ async def test_an_abandoned_forward_lets_the_next_one_go(db: Database, receiver:
     assert stored[0].last_error is not None
     assert stored[0].last_error.startswith("HTTP 500")
     assert sent(receiver) == [("call-c", 0), ("call-c", 1)]
+
+
+async def test_a_forward_that_cannot_be_sent_is_settled_and_does_not_hold_its_call(
+    db: Database, receiver: Receiver, receiver_url: str
+) -> None:
+    """A header value httpx cannot encode (not ASCII) fails each attempt like an error answer: the forward
+    is retried, then abandoned, and the call's next forward is not held behind it for ever."""
+    await add_calls(db, {"url": receiver_url, "headers": {"X-Tenant": "Zürich"}, "source": "call"}, "call-d")
+    await queue(db, "call-d", count=2)
+
+    async with worker(db, RetryPolicy((0.1,), dt.timedelta(milliseconds=300))):
+        await eventually(lambda: _settled(db), what="every forward settled")
+
+    stored = await forwards(db)
+    assert [f.status for f in stored] == ["abandoned", "abandoned"]
+    assert all(f.last_error is not None and f.last_error.startswith("UnicodeEncodeError") for f in stored)
+    assert receiver.requests == []
+
+
+async def test_an_upstream_that_trickles_its_answer_is_cut_at_the_timeout(db: Database) -> None:
+    """httpx's timeout bounds each phase (connect, each read): an upstream that answers its headers and
+    then each few bytes just inside it would hold the attempt for many times the timeout."""
+    timeout = 0.3
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(timeout * 0.8)
+        answer = b'{"results": []}'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(answer))
+        for start in range(0, len(answer), 4):
+            await asyncio.sleep(timeout * 0.8)
+            writer.write(answer[start : start + 4])
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await add_calls(db, {"url": f"http://127.0.0.1:{port}/", "headers": {}, "source": "call"}, "call-e")
+        await queue(db, "call-e", count=1)
+        async with worker(db, RetryPolicy((60,), dt.timedelta(minutes=5)), timeout=timeout):
+            await eventually(lambda: _attempted(db), what="the first attempt settled")
+    finally:
+        server.close()
+    [stored] = await forwards(db)
+    assert (stored.status, stored.last_error) == ("pending", f"no answer within {timeout:g} s")
+
+
+async def _attempted(db: Database) -> bool:
+    return all(forward.last_error is not None or forward.status != "pending" for forward in await forwards(db))
 
 
 async def _all(db: Database, status: str) -> bool:

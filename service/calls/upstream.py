@@ -148,17 +148,19 @@ class UpstreamResolver:
         cached = self._cache.get(key)
         if cached is not None and cached.until > now:
             return cached.value
-        if (reading := self._reading.get(key)) is not None:  # another request reads it: its answer
-            return await asyncio.shield(reading)  # a waiter cancelled must not cancel the shared answer
-        reading = asyncio.get_running_loop().create_future()
-        self._reading[key] = reading
-        value = None  # what the others get if this read fails: Vapi could not say
+        reading = self._reading.get(key)
+        if reading is None:  # one read per key at a time, in a task of its own: whoever asks next shares
+            reading = self._reading[key] = asyncio.ensure_future(self._read_once(key, fetch, object_id))
+        # A caller that gives up (a relay's deadline) must not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    async def _read_once(
+        self, key: str, fetch: Callable[[str], Awaitable[dict[str, Any]]], object_id: str
+    ) -> dict[str, Any] | None:
         try:
-            value = await self._read(key, fetch, object_id)
+            return await self._read(key, fetch, object_id)
         finally:
             del self._reading[key]
-            reading.set_result(value)
-        return value
 
     async def _read(
         self, key: str, fetch: Callable[[str], Awaitable[dict[str, Any]]], object_id: str

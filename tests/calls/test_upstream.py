@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from service.calls.upstream import UpstreamResolver, request_headers
 from service.settings import Settings
@@ -114,6 +115,33 @@ async def test_a_burst_of_placements_reads_the_assistant_once() -> None:
     assert seen == ["/assistant/a1"]
     assert {upstream["url"] for upstream in found if upstream is not None} == {"https://a/x"}
     assert None not in found
+
+
+async def test_a_caller_that_gives_up_does_not_take_the_shared_read_with_it() -> None:
+    """An inbound assistant lookup under the relay's deadline, and a placement with the same assistant
+    that waits for the same read: the first giving up must not leave the second without its answer."""
+    seen: list[str] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        await asyncio.sleep(0.3)
+        return httpx.Response(200, json={"server": {"url": "https://a/x"}})
+
+    upstreams = UpstreamResolver(vapi_client(slow), Settings(_env_file=None, upstream_cache_seconds=60), Clock())
+
+    async def inbound() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await upstreams.for_assistant_answer({"assistantId": "a1"})
+
+    async def placement() -> dict[str, Any] | None:
+        await asyncio.sleep(0.05)
+        return await upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None)
+
+    _, placed = await asyncio.gather(inbound(), placement())
+    assert placed is not None
+    assert (placed["url"], placed["source"]) == ("https://a/x", "assistant")
+    assert seen == ["/assistant/a1"]
 
 
 async def test_no_upstream_anywhere_is_none() -> None:

@@ -24,6 +24,7 @@ import structlog
 from service.calls.changes import CallChange, CallChanges
 from service.calls.events import NewEvent, StoredEvent, insert_events, number_events_of_calls
 from service.db.engine import Database
+from service.errors import database_unavailable
 from service.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
@@ -76,8 +77,10 @@ class EventJournal:
         self._closed = True
         await self._writer.close()
         self._inflight.clear()
-        for call_id in list(self._pending):
-            await self._write_now(call_id)
+        batch, self._pending = self._pending, {}
+        if batch and (failed := await self._write(batch)):
+            self._pending = {call_id: batch[call_id] for call_id in failed}
+            log.warning("listen events not stored at shutdown", calls=len(failed))
 
     # -- the writer ---------------------------------------------------------------------------------
 
@@ -118,7 +121,7 @@ class EventJournal:
         try:
             await self._transaction(batch)
         except Exception as exc:
-            if len(batch) == 1:
+            if len(batch) == 1 or database_unavailable(exc):  # an outage fails every call alike: wait
                 log.warning("listen events not stored", error=type(exc).__name__)
                 return set(batch)
             failed: set[str] = set()

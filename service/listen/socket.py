@@ -130,11 +130,13 @@ class ListenSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._protocol.receive_eof()  # idempotent: the state becomes CLOSED
-        # Nothing is delivered any more: let go of the handler, which (through the recording writer's
+        # Nothing more arrives: let go of the handler, which (through the recording writer's
         # backpressure callback) refers back to this socket. Without this the cycle keeps every ended
         # session, its writer and its parser until a full collection of the cyclic garbage collector.
+        # Messages that came before a handler was attached stay for attach(), which the session calls
+        # next (they refer to nothing).
         self._handler = None
-        self._early, self._fragments = [], []
+        self._fragments = []
         if self.connection_error is None:
             self.connection_error = exc
         if self._close_timer is not None:
@@ -152,10 +154,12 @@ class ListenSocket(asyncio.Protocol):
 
     def attach(self, handler: FrameHandler) -> None:
         """Deliver messages to ``handler`` from now on (first those that arrived before)."""
-        self._handler = handler
         early, self._early, self._early_bytes = self._early, [], 0
         for message in early:
             _deliver(handler, message)
+        if self.closed.done():  # nothing more will come: hold no reference to it (see connection_lost)
+            return
+        self._handler = handler
         self.resume_reading("early")
 
     def pause_reading(self, reason: str) -> None:

@@ -215,6 +215,8 @@ class RecordingWriter:
             if ending_at is None:
                 if not await self._receive():
                     ending_at = time.monotonic() + CLOSE_RETRY_SECONDS
+                    # One more try within the wait, however far the outage's backoff put the next.
+                    self._retry_at = min(self._retry_at, ending_at)
             elif self._failures:
                 if time.monotonic() >= ending_at:
                     self._give_up()

@@ -17,9 +17,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from websockets.http11 import Response
 
+from service.listen import writer as writer_module
 from service.listen.socket import open_listen_socket
 from service.listen.writer import FLUSH_BYTES, QUEUE_BATCHES, RecordingWriter
 from service.metrics import Metrics
+from service.recordings.storage import StorageError
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -310,3 +312,59 @@ async def test_a_failed_inline_append_is_retried_through_the_queue_in_order() ->
     expected = hashlib.sha256(b"".join(bytes([n % 256]) * 1280 for n in range(30))).hexdigest()
     assert sink.digest.hexdigest() == writer.sha256 == expected
     assert writer.error is None
+
+
+class OutageSink:
+    """Object storage that is unreachable until ``failing`` is cleared."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        if self.failing:
+            raise StorageError("bucket unreachable")
+        self.data += data
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_closing_during_an_outage_tries_storage_once_more_before_giving_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The outage's backoff put the next try 5 s away; storage is back and the call ends: the writer's
+    last wait (CLOSE_RETRY_SECONDS) tries once more instead of sleeping to its end and dropping the audio."""
+    monkeypatch.setattr(writer_module, "OUTAGE_RETRY_SECONDS", (0.05, 5.0))
+    monkeypatch.setattr(writer_module, "CLOSE_RETRY_SECONDS", 0.5)
+    sink = OutageSink()
+    writer = RecordingWriter(sink, metrics=Metrics(), name="t")
+    frames = [bytes([n]) * 640 for n in range(100)]
+    async with asyncio.timeout(10):
+        for frame in frames:
+            writer.append(frame)
+            await asyncio.sleep(0.005)
+        while writer.bytes_written == 0 and writer._failures < 2:  # the next try is 5 s away
+            await asyncio.sleep(0.01)
+        sink.failing = False
+        await writer.close()
+    assert bytes(sink.data) == b"".join(frames)
+    assert writer.error is None
+
+
+async def test_frames_that_came_before_the_handler_are_delivered_even_if_the_socket_closed() -> None:
+    """While the session opens its segment, frames wait in the socket; a call that ends (a normal close)
+    before the handler is attached must not take them along."""
+
+    async def handler(ws: ServerConnection) -> None:
+        for n in range(50):
+            await ws.send(bytes([n]) * 640)
+        await ws.send('{"type": "transcript", "text": "bye"}')
+        await ws.close()
+
+    async with server(handler) as url:
+        socket = await open_listen_socket(url, headers={}, max_size=1 << 20, timeout=5)
+        await asyncio.wait_for(asyncio.shield(socket.closed), 5)
+        collector = Collector()
+        socket.attach(collector)
+    assert collector.messages == [bytes([n]) * 640 for n in range(50)] + ['{"type": "transcript", "text": "bye"}']

@@ -244,6 +244,7 @@ class RecordingService:
         nearly every call); otherwise the segments are read, hashed from storage outside any
         transaction, and the recording is finalised in a second one.
         """
+        await self._close_abandoned(call_id)
         async with self._db.write() as session:
             # The recording is locked before its segments are read: none can be added in between.
             recording = await _lock_recording(session, call_id)
@@ -258,6 +259,49 @@ class RecordingService:
             if recording is None:
                 return None
             return await self._finalized(session, call_id, recording, segments, sha256, error)
+
+    async def _close_abandoned(self, call_id: str) -> None:
+        """Close the segments a session that died left open (a crash, kill -9, a replica lost), at the
+        size found in storage in whole frames, and list what was not heard from their end to the call's
+        end as a gap: a call that ended before anyone adopted it is finalised with the audio it has.
+        Storage is read outside the write transaction; nothing is done when every segment is closed."""
+        async with self._db.read() as session:
+            stale = (
+                await session.execute(
+                    select(RecordingSegment.id, RecordingSegment.storage_key)
+                    .join(Recording, Recording.id == RecordingSegment.recording_id)
+                    .where(Recording.call_id == call_id, RecordingSegment.status == "open")
+                )
+            ).tuples()
+            keys = dict(stale.all())
+        if not keys:
+            return
+        sizes = {segment_id: await self._storage.size(key) for segment_id, key in keys.items()}
+        async with self._db.write() as session:
+            recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
+            ended_at = await session.scalar(select(Call.ended_at).where(Call.id == call_id))
+            if recording is None:
+                return
+            frame, byte_rate = recording.channels * SAMPLE_BYTES, recording.byte_rate
+            closed = [s for s in recording.segments if s.status == "open" and s.id in sizes]
+            for segment in closed:
+                size = sizes[segment.id]
+                segment.bytes, segment.status = size - size % frame, "closed"
+                segment.ended_at = segment.started_at + dt.timedelta(seconds=segment.bytes / byte_rate)
+            if not closed:
+                return
+            last = recording.segments[-1]
+            audio_end = last.started_at + dt.timedelta(seconds=last.bytes / byte_rate)
+            lost = max(0.0, (ended_at - audio_end).total_seconds()) if ended_at is not None else 0.0
+            heard = sum(segment.gap_before_bytes + segment.bytes for segment in recording.segments)
+            recording.gaps = [
+                *recording.gaps,
+                {
+                    "atSeconds": round(heard / byte_rate, 3),
+                    "durationSeconds": round(lost, 3),
+                    "reason": "not recorded (restart or takeover)",
+                },
+            ]
 
     async def _finalized(
         self,

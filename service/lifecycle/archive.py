@@ -36,7 +36,7 @@ import structlog
 from sqlalchemy import func, or_, select, update
 
 from service.db.engine import Database
-from service.db.models import Recording, RecordingSegment, utcnow
+from service.db.models import Call, Recording, RecordingSegment, utcnow
 from service.recordings.audio import SAMPLE_BYTES, SegmentExtent
 from service.recordings.flac import ARCHIVE_NAME, BLOCK_FRAMES, archive_key
 from service.recordings.storage import RecordingStorage, StorageError
@@ -210,10 +210,13 @@ class Archiver:
             raise ArchiveError(f"the uploaded archive has {stored} bytes, not {size}")
 
     async def _mark_archived(self, job: _Job, stored_bytes: int) -> bool:
+        """Point the recording at its archive; False when it went meanwhile, or its call is being erased
+        (the eraser may already have emptied the call's folder: the upload would outlive the erasure)."""
+        being_erased = select(Call.id).where(Call.id == job.call_id, Call.erasing_until.is_not(None)).exists()
         async with self._db.write() as session:
             result = await session.execute(
                 update(Recording)
-                .where(Recording.id == job.recording_id, Recording.format == "pcm")
+                .where(Recording.id == job.recording_id, Recording.format == "pcm", ~being_erased)
                 .values(format="flac", stored_bytes=stored_bytes, archiving_until=None)
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 import soundfile
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select, update
 
 from service.app import create_app
 from service.cli import main
 from service.db.engine import Database
+from service.db.models import Call, Recording, utcnow
 from service.lifecycle.archive import ArchiveError, Archiver
 from service.recordings.flac import archive_key
 from service.recordings.service import RecordingService
@@ -140,6 +142,35 @@ async def test_audio_that_does_not_match_its_checksum_is_never_archived(database
         recording = (await client.get("/v1/calls/call-a/recording")).json()
         assert recording["format"] == "pcm"
         assert len((await client.get("/v1/calls/call-a/recording.pcm")).content) == len(pcm)
+
+
+async def test_an_archive_finished_while_its_call_is_erased_does_not_outlive_the_erasure(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Retention erases the oldest ended calls and the archiver archives the oldest recordings: both
+    can take the same call. The eraser (tombstone, then the call's folder) runs while the FLAC uploads:
+    the archive must go too, not be pointed at by a recording about to be deleted."""
+    storage_url = f"file://{tmp_path}/recordings"
+    await _seed(database_url, storage_url)
+    db, storage = Database(database_url), storage_at(storage_url)
+
+    class ErasedMeanwhile(Archiver):
+        async def _upload(self, path: Path, key: str, size: int) -> None:
+            await super()._upload(path, key, size)
+            async with db.write() as session:  # the eraser's first two steps
+                await session.execute(
+                    update(Call).where(Call.id == "call-a").values(erasing_until=utcnow() + dt.timedelta(minutes=5))
+                )
+            await storage.delete_prefix("call-a")
+
+    try:
+        await ErasedMeanwhile(db, storage).archive_next()
+        assert await storage.keys("call-a") == []
+        async with db.read() as session:
+            assert await session.scalar(select(Recording.format).where(Recording.call_id == "call-a")) == "pcm"
+    finally:
+        await storage.close()
+        await db.dispose()
 
 
 def test_the_archive_command_converts_existing_recordings(

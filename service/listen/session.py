@@ -37,7 +37,7 @@ from service.listen.writer import RecordingWriter
 from service.metrics import Metrics
 from service.outbound_urls import UnsafeUrlError
 from service.recordings.service import RecordingService
-from service.recordings.storage import RecordingStorage
+from service.recordings.storage import RecordingStorage, StorageError
 from service.tasks import TaskOwner
 from service.vapi.client import VapiClient
 
@@ -338,7 +338,7 @@ class ListenSession:
                 ),
                 "open segment",
             )
-            sink = await self._storage.open_writer(segment.key)
+            sink = await self._persist(lambda: self._storage.open_writer(segment.key), "open storage", storage=True)
         except BaseException:
             socket.abort()
             raise
@@ -427,17 +427,24 @@ class ListenSession:
         if await self._recordings.set_format(self.call_id, sample_rate=sample_rate, channels=channels):
             log.info("listen socket announced its format", call_id=self.call_id, rate=sample_rate, channels=channels)
 
-    async def _persist(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
-        """Recording bookkeeping that must reach the database: retried while it is unavailable."""
+    async def _persist(self, operation: Callable[[], Awaitable[T]], what: str, *, storage: bool = False) -> T:
+        """Recording bookkeeping that must reach the database (``storage``: or the recording storage):
+        retried while it is unavailable, for as long as a connection is (the socket holds what arrives)."""
         deadline = time.monotonic() + self._config.connect_timeout
         attempt = 0
         while True:
             try:
                 return await operation()
             except Exception as exc:
-                if not database_unavailable(exc) or time.monotonic() > deadline:
+                if database_unavailable(exc):
+                    away = "database"
+                elif storage and isinstance(exc, StorageError):
+                    away = "storage"
+                else:
                     raise
-                log.warning("database unavailable, retrying", call_id=self.call_id, operation=what)
+                if time.monotonic() > deadline:
+                    raise
+                log.warning(f"{away} unavailable, retrying", call_id=self.call_id, operation=what)
             await asyncio.sleep(0.1 + backoff_delay(attempt))
             attempt += 1
 

@@ -20,7 +20,7 @@ from service.listen.relay import LiveRelay
 from service.listen.session import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, CallTarget, ListenConfig, ListenSession
 from service.metrics import Metrics
 from service.recordings.service import Finalized, OpenSegment
-from service.recordings.storage import build_storage
+from service.recordings.storage import StorageError, build_storage
 from service.simulator import CallScript, SimulatorServer, Utterance, VapiSimulator
 from service.simulator.calls import SimCall
 from service.vapi.client import VapiClient
@@ -208,3 +208,44 @@ async def test_a_refused_socket_is_tried_until_the_connect_timeout(monkeypatch: 
             await asyncio.wait_for(runner, 10)
         assert recordings.finalized == [None]
         assert recordings.closed[0][1] > 0
+
+
+class FlakyStorage:
+    """Memory storage whose ``open_writer`` (a LIST on object storage) fails while ``away``."""
+
+    def __init__(self) -> None:
+        self.inner = build_storage("memory://")
+        self.away = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def open_writer(self, key: str) -> Any:
+        if self.away:
+            raise StorageError(f"list {key} failed: bucket unreachable")
+        return await self.inner.open_writer(key)
+
+
+async def test_storage_away_when_a_connection_opens_its_segment_is_waited_out() -> None:
+    """The socket drops while object storage is briefly unreachable: the reconnection waits for storage
+    (the socket holds what arrives) instead of crashing the session and its recording."""
+    sim = VapiSimulator(pace=1, script=LIVE)
+    storage = FlakyStorage()
+    async with SimulatorServer(sim), httpx.AsyncClient() as http:
+        call = place(sim)
+        session, journal, recordings = fake_session(sim, call, http, storage=storage)
+        runner = asyncio.create_task(session.run())
+        try:
+            await asyncio.sleep(max(0.0, await connected(journal) + 1.0 - time.monotonic()))
+            storage.away = True
+            assert sim.drop_listen(call.id) == 1
+            await asyncio.sleep(0.8)
+            storage.away = False
+            await sim.wait_for_status(call.id, "ended", timeout=20)
+        finally:
+            session.call_ended()
+            await asyncio.wait_for(runner, 10)
+    assert "listen.failed" not in journal.types()
+    assert [index for index, _, _ in recordings.closed] == [0, 1]
+    assert recordings.closed[1][1] > 64_000, "the second connection recorded seconds of audio"
+    assert recordings.finalized == [None]

@@ -104,17 +104,24 @@ class RuleService:
             raise _invalid([error])
         document = {"name": name, **document}
         compiled = await off_loop(COMPILE_TIMEOUT_SECONDS, self._compile, document)
+        try:
+            row, created = await self._store(name, document)
+        except IntegrityError:  # another PUT created it meanwhile (there was no row to lock): replace it
+            row, created = await self._store(name, document)
+        await self._engine.refresh()
+        return RuleView(compiled, "api", row.created_at, row.updated_at), created
+
+    async def _store(self, name: str, document: Mapping[str, Any]) -> tuple[Rule, bool]:
+        """Insert or replace the stored rule ``name``; ``(row, created)``."""
         async with self._db.write() as session:
             row = await session.get(Rule, name, with_for_update=True)
-            created = row is None
             if row is None:
                 row = Rule(name=name, document=dict(document))
                 session.add(row)
-            else:
-                row.document = dict(document)
-                row.updated_at = utcnow()
-        await self._engine.refresh()
-        return RuleView(compiled, "api", row.created_at, row.updated_at), created
+                return row, True
+            row.document = dict(document)
+            row.updated_at = utcnow()
+            return row, False
 
     async def delete_rule(self, name: str) -> None:
         if self._file_rule(name) is not None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from service.apikeys.service import ApiKeyService
 from service.db.engine import Database
+from service.metrics import Metrics
+from service.rules.engine import RuleEngine
+from service.rules.service import RuleService
 from service.settings import ConfigurationError
 from tests.harness import app_client, build_app
 
@@ -63,6 +67,21 @@ async def test_create_get_replace_delete_a_stored_rule(client: AsyncTestClient[A
     assert (await client.delete("/v1/rules/cancel-intent")).status_code == 204
     assert (await client.get("/v1/rules/cancel-intent")).status_code == 404
     assert (await client.delete("/v1/rules/cancel-intent")).status_code == 404
+
+
+async def test_puts_racing_to_create_the_same_rule_all_succeed_one_creates(database_url: str) -> None:
+    """On PostgreSQL the row lock of a PUT locks nothing while the rule does not exist yet: the PUT
+    that loses the insert race replaces the winner's rule instead of failing (a 500)."""
+    db = Database(database_url)
+    engine = RuleEngine(db, cast(Any, None), Metrics(), file_rules=[])
+    rules = RuleService(db, engine)
+    rule = {"on": "call.ringing", "action": {"type": "end-call"}}
+    try:
+        for round_ in range(5):
+            answers = await asyncio.gather(*(rules.put_rule(f"raced-{round_}", rule) for _ in range(4)))
+            assert sorted(created for _, created in answers) == [False, False, False, True]
+    finally:
+        await db.dispose()
 
 
 async def test_file_rules_are_read_only(client: AsyncTestClient[Any]) -> None:

@@ -1,6 +1,7 @@
 """Catching up: calls Vapi created while Switchboard was not listening (down, or its webhooks lost) are
-found by listing Vapi's calls created after the latest ``createdAt`` Switchboard has seen, at start-up and
-then every ``SWITCHBOARD_VAPI_CATCH_UP_SECONDS``, and imported through the call writer (the listen
+found by listing Vapi's calls created after the latest ``createdAt`` the previous round listed (at
+start-up: one interval before the newest call stored), at start-up and then every
+``SWITCHBOARD_VAPI_CATCH_UP_SECONDS``, and imported through the call writer (the listen
 supervisor, subscribed to call changes, listens to those still live).
 
 Listing follows the SDK's ``calls.list`` parameters (vapi-server-sdk 3.0.0), bounds included:
@@ -86,6 +87,10 @@ class CatchUp:
         self._owner = TaskOwner("vapi-catch-up")
         self._stop = asyncio.Event()
         self._walk: Window | None = None  # a backlog's walk cut by MAX_PAGES, for the next round
+        # Where the next round starts: the newest createdAt the rounds listed, not the newest stored
+        # (webhooks store newer calls while an older one's were lost). None: not started yet.
+        self._since: dt.datetime | None = None
+        self._round_newest: dt.datetime | None = None  # of the round (or walk) under way
 
     async def start(self) -> None:
         self._owner.spawn(self._run(), name="timer")
@@ -113,9 +118,17 @@ class CatchUp:
         return latest if latest is not None else utcnow() - FIRST_WINDOW
 
     async def run_once(self) -> int:
-        """List and import the calls created since the last seen ``createdAt`` (or go on with the walk
-        the previous round cut); how many were new."""
-        window: Window | None = self._walk or Window(await self.last_seen())
+        """List and import the calls created since the newest ``createdAt`` the previous rounds listed (or
+        go on with the walk the previous round cut); how many were new.
+
+        The first round starts one interval before the newest call stored: a call whose webhooks were
+        lost after the last round before a stop is older than the calls webhooks stored since."""
+        if self._walk is not None:
+            window: Window | None = self._walk
+        elif self._since is not None:
+            window = Window(self._since)
+        else:
+            window = Window(await self.last_seen() - dt.timedelta(seconds=self._interval))
         self._walk = None
         imported = 0
         for _ in range(MAX_PAGES):
@@ -124,11 +137,20 @@ class CatchUp:
                 created_at_ge=window.since, created_at_le=window.before, limit=self._page_size
             )
             imported += await self._import(page)
-            window = window.after(page, self._page_size)
-            if window is None:
+            self._note_newest(page)
+            since, window = window.since, window.after(page, self._page_size)
+            if window is None:  # the round is complete: the next starts from the newest it listed
+                self._since = since if self._round_newest is None else max(since, self._round_newest)
+                self._round_newest = None
                 return imported
         self._walk = window
         return imported
+
+    def _note_newest(self, page: list[dict[str, Any]]) -> None:
+        for item in page:
+            moment = parse_timestamp(item.get("createdAt"))
+            if moment is not None and (self._round_newest is None or moment > self._round_newest):
+                self._round_newest = moment
 
     async def _import(self, page: list[dict[str, Any]]) -> int:
         """Store the calls of ``page`` Switchboard does not know yet (nor erased), in one writer transaction."""

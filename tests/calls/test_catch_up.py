@@ -4,6 +4,7 @@ imported through the call writer."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,34 @@ async def test_a_backlog_longer_than_a_round_is_walked_on_by_the_next_round(
         finally:
             await db.dispose()
     assert stored == set(placed)
+
+
+async def test_a_call_whose_webhooks_were_lost_is_found_though_a_newer_one_was_stored(database_url: str) -> None:
+    """Call A's webhooks were lost; B, created just after, reached Switchboard as usual. Rounds must not
+    start from the newest call stored (B), neither at start-up nor on the timer, or A is never found."""
+    sim = VapiSimulator(api_key=VAPI_KEY, pace=8, script=SCRIPT)
+    async with SimulatorServer(sim) as simulator:
+        db = Database(database_url)
+        try:
+            async with httpx.AsyncClient() as http:
+                vapi = VapiClient(http, base_url=simulator.base_url, api_key=VAPI_KEY, public_key=None, timeout=5)
+                for round_ in ("start-up", "timer"):
+                    catch_up = CatchUp(db, CallWriter(db, CallChanges()), vapi, interval=3600, page_size=3)
+                    if round_ == "timer":
+                        assert await catch_up.run_once() == 0, "a first round, before A and B"
+                    [lost] = await _placed_elsewhere(simulator, 1)
+                    await asyncio.sleep(0.01)  # B is created a few milliseconds after A
+                    [stored] = await _placed_elsewhere(simulator, 1)
+                    async with db.write() as session:  # what B's webhooks stored
+                        created = sim.calls[stored].to_vapi()["createdAt"].replace("Z", "+00:00")
+                        session.add(
+                            Call(id=stored, status="queued", vapi_created_at=dt.datetime.fromisoformat(created))
+                        )
+                    assert await catch_up.run_once() == 1, round_
+                    async with db.read() as session:
+                        assert await session.get(Call, lost) is not None, round_
+        finally:
+            await db.dispose()
 
 
 def _page(*calls: tuple[str, str]) -> list[dict[str, Any]]:

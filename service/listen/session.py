@@ -138,6 +138,7 @@ class ListenSession:
         self._reconcile = reconcile
         self._ended = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._told = asyncio.Event()  # call_ended() or stop(): ends whatever the session waits for
         self._answered = False
         self._storage_error: str | None = None
         self.journal = journal
@@ -147,6 +148,7 @@ class ListenSession:
     def call_ended(self) -> None:
         """Vapi reported the end: stop reconnecting."""
         self._ended.set()
+        self._told.set()
 
     @property
     def ended(self) -> bool:
@@ -159,6 +161,7 @@ class ListenSession:
     def stop(self) -> None:
         """Shutdown or lost lease: close the socket now and leave the recording for whoever resumes it."""
         self._stopping.set()
+        self._told.set()
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -202,13 +205,18 @@ class ListenSession:
                     break
                 error = f"could not connect to the listen socket within {self._config.connect_timeout:g} s"
                 break
+            if self._stopping.is_set():  # stopped during the handshake: the call is left to whoever resumes it
+                socket.abort()
+                break
             if disconnected_at is not None:
                 self._metrics.listen_reconnects.inc()
             gap = time.monotonic() - disconnected_at if disconnected_at is not None else None
             outcome, disconnected_at = await self._record(socket, gap_seconds=gap)
             if self._stopping.is_set() or self._ended.is_set():
                 break
-            if outcome == "closed" and (await self._wait_for_end(END_GRACE_SECONDS) or await self._reconcile_ended()):
+            if outcome == "closed" and (
+                await self._wait_for_end(END_GRACE_SECONDS) or self._stopping.is_set() or await self._reconcile_ended()
+            ):
                 break
             self._journal("listen.disconnected", {"reason": outcome})
             log.info("listen socket lost, reconnecting", call_id=self.call_id, reason=outcome)
@@ -262,8 +270,9 @@ class ListenSession:
     async def _wait_for_end(self, seconds: float) -> bool:
         """Wait for the end webhook: on this replica it sets ``_ended``; one read of the call at the end
         of the wait sees it if another replica took it (no polling: every call ends this way)."""
-        if await self._wait(self._ended, seconds):
-            return True
+        await self._wait(self._told, seconds)
+        if self._ended.is_set() or self._stopping.is_set():
+            return self._ended.is_set()
         try:
             async with self._db.read() as session:
                 status = await session.scalar(select(Call.status).where(Call.id == self.call_id))
@@ -308,7 +317,7 @@ class ListenSession:
             if attempt % 5 == 0 and await self._reconcile_ended():
                 return None
             log.info("listen connect failed, retrying", call_id=self.call_id, reason=reason, delay=round(delay, 2))
-            await self._wait(self._stopping, delay)
+            await self._wait(self._told, delay)
         return None
 
     @staticmethod

@@ -249,3 +249,43 @@ async def test_storage_away_when_a_connection_opens_its_segment_is_waited_out() 
     assert [index for index, _, _ in recordings.closed] == [0, 1]
     assert recordings.closed[1][1] > 64_000, "the second connection recorded seconds of audio"
     assert recordings.finalized == [None]
+
+
+async def test_stop_during_the_wait_for_the_end_webhook_hands_over_at_once() -> None:
+    """A normal close without the end webhook: the session waits a grace for it (then asks Vapi); a
+    shutdown meanwhile must not wait out the grace."""
+    sim = VapiSimulator(pace=1, script=LIVE)
+    async with SimulatorServer(sim), httpx.AsyncClient() as http:
+        call = place(sim)
+        session, journal, recordings = fake_session(sim, call, http)
+        runner = asyncio.create_task(session.run())
+        await asyncio.sleep(max(0.0, await connected(journal) + 1.0 - time.monotonic()))
+        assert sim.drop_listen(call.id, close_code=1000) == 1
+        await asyncio.sleep(0.5)  # closed, waiting for the end webhook
+        stopped_at = time.monotonic()
+        session.stop()
+        await asyncio.wait_for(runner, 10)
+        assert time.monotonic() - stopped_at < 0.4
+        assert recordings.finalized == []
+
+
+async def test_the_end_of_the_call_ends_the_reconnection_backoff_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reconnecting with the backoff at its longest, the end webhook arrives: the recording is finalised
+    then, not after the backoff's wait."""
+    monkeypatch.setattr(
+        session_module, "backoff_delay", lambda attempt: min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+    )
+    sim = VapiSimulator(pace=1, script=LIVE)
+    async with SimulatorServer(sim), httpx.AsyncClient() as http:
+        call = place(sim)
+        session, journal, recordings = fake_session(sim, call, http)
+        runner = asyncio.create_task(session.run())
+        await asyncio.sleep(max(0.0, await connected(journal) + 0.5 - time.monotonic()))
+        sim.refuse_listen(call.id, seconds=30)
+        assert sim.drop_listen(call.id) == 1
+        await asyncio.sleep(1.7)  # refused at 0, 0.2, 0.6 and 1.4 s: now in a 1.6 s wait
+        ended_at = time.monotonic()
+        session.call_ended()
+        await asyncio.wait_for(runner, 10)
+        assert time.monotonic() - ended_at < 0.4
+        assert recordings.finalized == [None]

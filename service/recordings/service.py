@@ -81,6 +81,14 @@ async def _lock_recording(session: AsyncSession, call_id: str) -> Any:
     return (await session.execute(query, {"call_id": call_id})).one_or_none()
 
 
+class _StaleSegments(Exception):  # a signal to read storage first, not an error
+    """Segments left open by a dead session, whose sizes must be read from storage first."""
+
+    def __init__(self, keys: dict[uuid.UUID, str]) -> None:
+        super().__init__(f"{len(keys)} segments left open")
+        self.keys = keys
+
+
 @dataclass(frozen=True, slots=True)
 class OpenSegment:
     recording_id: uuid.UUID
@@ -136,6 +144,26 @@ class RecordingService:
         Segments still ``open`` belong to a session that died (the caller holds the call's lease): they
         are closed at the size storage holds, cut to whole frames.
         """
+        sizes: dict[uuid.UUID, int] = {}  # of segments left open, read from storage outside the transaction
+        while True:
+            try:
+                return await self._open_segment(
+                    call_id, sample_rate, channels, gap_seconds, gap_reason, gap_bytes, sizes
+                )
+            except _StaleSegments as stale:  # rolled back: storage is not read under the write lock
+                for segment_id, stale_key in stale.keys.items():
+                    sizes[segment_id] = await self._storage.size(stale_key)
+
+    async def _open_segment(
+        self,
+        call_id: str,
+        sample_rate: int,
+        channels: int,
+        gap_seconds: float | None,
+        gap_reason: str,
+        gap_bytes: int | None,
+        sizes: dict[uuid.UUID, int],
+    ) -> OpenSegment:
         async with self._db.write() as session:
             # The first connection of a call (nearly every session): two inserts, no ORM.
             now, recording_id, segment_id, key = utcnow(), uuid7(), uuid7(), segment_key(call_id, 0)
@@ -173,8 +201,11 @@ class RecordingService:
                 segments = list(recording.segments)
             byte_rate = recording.byte_rate
             frame = recording.channels * SAMPLE_BYTES
-            for stale in (segment for segment in segments if segment.status == "open"):
-                size = await self._storage.size(stale.storage_key)
+            stale_segments = [segment for segment in segments if segment.status == "open"]
+            if unknown := {s.id: s.storage_key for s in stale_segments if s.id not in sizes}:
+                raise _StaleSegments(unknown)
+            for stale in stale_segments:
+                size = sizes[stale.id]
                 stale.bytes, stale.status = size - size % frame, "closed"
                 stale.ended_at = stale.started_at + dt.timedelta(seconds=stale.bytes / byte_rate)
             # After a restart or takeover some audio was surely lost, even when the estimate says none.

@@ -8,6 +8,8 @@ import dataclasses
 import hashlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -144,70 +146,96 @@ async def connected(journal: FakeJournal, segments: int = 1) -> float:
     return journal.times["listen.connected"]
 
 
+@dataclass
+class Live:
+    """A session running against a live simulated call (real time)."""
+
+    sim: VapiSimulator
+    call: SimCall
+    session: ListenSession
+    journal: FakeJournal
+    recordings: FakeRecordings
+    runner: asyncio.Task[None]
+
+    async def connected_for(self, seconds: float) -> None:
+        """Wait until the first connection has been open ``seconds``."""
+        await asyncio.sleep(max(0.0, await connected(self.journal) + seconds - time.monotonic()))
+
+    async def ended_by(self, tell: Callable[[], None]) -> float:
+        """``tell`` the session (stop, the call's end); how long until it returned."""
+        told_at = time.monotonic()
+        tell()
+        await asyncio.wait_for(self.runner, 10)
+        return time.monotonic() - told_at
+
+
+@asynccontextmanager
+async def live_session(
+    *,
+    storage: Any = None,
+    config: ListenConfig = CONFIG,
+    before: Callable[[VapiSimulator, SimCall], None] | None = None,
+) -> AsyncIterator[Live]:
+    """A 4 s call at real pace and its session, started (``before`` runs first); ended and stopped after."""
+    sim = VapiSimulator(pace=1, script=LIVE)
+    async with SimulatorServer(sim), httpx.AsyncClient() as http:
+        call = place(sim)
+        if before is not None:
+            before(sim, call)
+        session, journal, recordings = fake_session(sim, call, http, storage=storage, config=config)
+        live = Live(sim, call, session, journal, recordings, asyncio.create_task(session.run()))
+        try:
+            yield live
+        finally:
+            if not live.runner.done():
+                session.call_ended()
+                session.stop()
+            await asyncio.wait_for(live.runner, 10)
+
+
+def longest_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reconnection wait at the top of its jitter: 0.2, 0.4, 0.8, 1.6 s..."""
+    monkeypatch.setattr(
+        session_module, "backoff_delay", lambda attempt: min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+    )
+
+
 async def test_a_drop_is_noticed_at_once_and_the_gap_starts_with_it() -> None:
     """The session watches its socket once a second; a drop between two looks must still end the
     segment at once (the gap is counted from the drop, and reconnecting starts then)."""
-    sim = VapiSimulator(pace=1, script=LIVE)
-    async with SimulatorServer(sim), httpx.AsyncClient() as http:
-        call = place(sim)
-        session, journal, recordings = fake_session(sim, call, http)
-        runner = asyncio.create_task(session.run())
-        try:
-            # Half-way between two of the watch's once-a-second looks.
-            await asyncio.sleep(max(0.0, await connected(journal) + 1.5 - time.monotonic()))
-            sim.refuse_listen(call.id, seconds=0.8)
-            dropped_at = time.monotonic()
-            assert sim.drop_listen(call.id) == 1
-            await connected(journal, segments=2)
-            assert journal.times["listen.disconnected"] - dropped_at < 0.4  # the old once-a-second look: 0.5
-            assert recordings.gaps[0] is None
-            gap = recordings.gaps[1]
-            assert gap is not None
-            assert 0.8 - 0.05 <= gap <= journal.times["listen.connected"] - dropped_at + 0.05
-        finally:
-            session.call_ended()
-            session.stop()
-            await asyncio.wait_for(runner, 10)
+    async with live_session() as live:
+        await live.connected_for(1.5)  # half-way between two of the watch's once-a-second looks
+        live.sim.refuse_listen(live.call.id, seconds=0.8)
+        dropped_at = time.monotonic()
+        assert live.sim.drop_listen(live.call.id) == 1
+        await connected(live.journal, segments=2)
+        times, gaps = live.journal.times, live.recordings.gaps
+        assert times["listen.disconnected"] - dropped_at < 0.4  # the old once-a-second look: 0.5
+        assert gaps[0] is None
+        assert gaps[1] is not None
+        assert 0.8 - 0.05 <= gaps[1] <= times["listen.connected"] - dropped_at + 0.05
 
 
 async def test_stop_hands_the_call_over_at_once() -> None:
-    sim = VapiSimulator(pace=1, script=LIVE)
-    async with SimulatorServer(sim), httpx.AsyncClient() as http:
-        call = place(sim)
-        session, journal, recordings = fake_session(sim, call, http)
-        runner = asyncio.create_task(session.run())
-        await asyncio.sleep(max(0.0, await connected(journal) + 1.5 - time.monotonic()))
-        stopped_at = time.monotonic()
-        session.stop()
-        await asyncio.wait_for(runner, 10)
-        assert time.monotonic() - stopped_at < 0.4
-        assert recordings.finalized == [], "the recording is left open for whoever resumes it"
-        assert len(recordings.closed) == 1
+    async with live_session() as live:
+        await live.connected_for(1.5)
+        assert await live.ended_by(live.session.stop) < 0.4
+        assert live.recordings.finalized == [], "the recording is left open for whoever resumes it"
+        assert len(live.recordings.closed) == 1
 
 
 async def test_a_refused_socket_is_tried_until_the_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """At its longest the backoff's next wait (1.6 s) would pass the 2 s deadline 1.4 s in: the session
     still tries once more at the deadline rather than give up early."""
-    monkeypatch.setattr(
-        session_module, "backoff_delay", lambda attempt: min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
-    )
-    sim = VapiSimulator(pace=1, script=LIVE)
-    async with SimulatorServer(sim), httpx.AsyncClient() as http:
-        call = place(sim)
-        sim.refuse_listen(call.id, seconds=1.6)
-        config = dataclasses.replace(CONFIG, connect_timeout=2)
-        session, journal, recordings = fake_session(sim, call, http, config=config)
-        started = time.monotonic()
-        runner = asyncio.create_task(session.run())
-        try:
-            await connected(journal)
-            assert 1.6 <= time.monotonic() - started < 2.5
-            await sim.wait_for_status(call.id, "ended", timeout=20)
-        finally:
-            session.call_ended()
-            await asyncio.wait_for(runner, 10)
-        assert recordings.finalized == [None]
-        assert recordings.closed[0][1] > 0
+    longest_backoff(monkeypatch)
+    started = time.monotonic()
+    config = dataclasses.replace(CONFIG, connect_timeout=2)
+    async with live_session(config=config, before=lambda sim, call: sim.refuse_listen(call.id, seconds=1.6)) as live:
+        await connected(live.journal)
+        assert 1.6 <= time.monotonic() - started < 2.5
+        await live.sim.wait_for_status(live.call.id, "ended", timeout=20)
+    assert live.recordings.finalized == [None]
+    assert live.recordings.closed[0][1] > 0
 
 
 class FlakyStorage:
@@ -229,63 +257,39 @@ class FlakyStorage:
 async def test_storage_away_when_a_connection_opens_its_segment_is_waited_out() -> None:
     """The socket drops while object storage is briefly unreachable: the reconnection waits for storage
     (the socket holds what arrives) instead of crashing the session and its recording."""
-    sim = VapiSimulator(pace=1, script=LIVE)
     storage = FlakyStorage()
-    async with SimulatorServer(sim), httpx.AsyncClient() as http:
-        call = place(sim)
-        session, journal, recordings = fake_session(sim, call, http, storage=storage)
-        runner = asyncio.create_task(session.run())
-        try:
-            await asyncio.sleep(max(0.0, await connected(journal) + 1.0 - time.monotonic()))
-            storage.away = True
-            assert sim.drop_listen(call.id) == 1
-            await asyncio.sleep(0.8)
-            storage.away = False
-            await sim.wait_for_status(call.id, "ended", timeout=20)
-        finally:
-            session.call_ended()
-            await asyncio.wait_for(runner, 10)
-    assert "listen.failed" not in journal.types()
-    assert [index for index, _, _ in recordings.closed] == [0, 1]
-    assert recordings.closed[1][1] > 64_000, "the second connection recorded seconds of audio"
-    assert recordings.finalized == [None]
+    async with live_session(storage=storage) as live:
+        await live.connected_for(1.0)
+        storage.away = True
+        assert live.sim.drop_listen(live.call.id) == 1
+        await asyncio.sleep(0.8)
+        storage.away = False
+        await live.sim.wait_for_status(live.call.id, "ended", timeout=20)
+    assert "listen.failed" not in live.journal.types()
+    assert [index for index, _, _ in live.recordings.closed] == [0, 1]
+    assert live.recordings.closed[1][1] > 64_000, "the second connection recorded seconds of audio"
+    assert live.recordings.finalized == [None]
 
 
 async def test_stop_during_the_wait_for_the_end_webhook_hands_over_at_once() -> None:
     """A normal close without the end webhook: the session waits a grace for it (then asks Vapi); a
     shutdown meanwhile must not wait out the grace."""
-    sim = VapiSimulator(pace=1, script=LIVE)
-    async with SimulatorServer(sim), httpx.AsyncClient() as http:
-        call = place(sim)
-        session, journal, recordings = fake_session(sim, call, http)
-        runner = asyncio.create_task(session.run())
-        await asyncio.sleep(max(0.0, await connected(journal) + 1.0 - time.monotonic()))
-        assert sim.drop_listen(call.id, close_code=1000) == 1
+    async with live_session() as live:
+        await live.connected_for(1.0)
+        assert live.sim.drop_listen(live.call.id, close_code=1000) == 1
         await asyncio.sleep(0.5)  # closed, waiting for the end webhook
-        stopped_at = time.monotonic()
-        session.stop()
-        await asyncio.wait_for(runner, 10)
-        assert time.monotonic() - stopped_at < 0.4
-        assert recordings.finalized == []
+        assert await live.ended_by(live.session.stop) < 0.4
+        assert live.recordings.finalized == []
 
 
 async def test_the_end_of_the_call_ends_the_reconnection_backoff_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reconnecting with the backoff at its longest, the end webhook arrives: the recording is finalised
     then, not after the backoff's wait."""
-    monkeypatch.setattr(
-        session_module, "backoff_delay", lambda attempt: min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
-    )
-    sim = VapiSimulator(pace=1, script=LIVE)
-    async with SimulatorServer(sim), httpx.AsyncClient() as http:
-        call = place(sim)
-        session, journal, recordings = fake_session(sim, call, http)
-        runner = asyncio.create_task(session.run())
-        await asyncio.sleep(max(0.0, await connected(journal) + 0.5 - time.monotonic()))
-        sim.refuse_listen(call.id, seconds=30)
-        assert sim.drop_listen(call.id) == 1
+    longest_backoff(monkeypatch)
+    async with live_session() as live:
+        await live.connected_for(0.5)
+        live.sim.refuse_listen(live.call.id, seconds=30)
+        assert live.sim.drop_listen(live.call.id) == 1
         await asyncio.sleep(1.7)  # refused at 0, 0.2, 0.6 and 1.4 s: now in a 1.6 s wait
-        ended_at = time.monotonic()
-        session.call_ended()
-        await asyncio.wait_for(runner, 10)
-        assert time.monotonic() - ended_at < 0.4
-        assert recordings.finalized == [None]
+        assert await live.ended_by(live.session.call_ended) < 0.4
+        assert live.recordings.finalized == [None]

@@ -227,6 +227,13 @@ class VapiCopyWorker:
 
     async def _fetch(self, url: str, headers: dict[str, str], key: str) -> tuple[int, str, str | None]:
         """Stream ``url`` into ``key`` (replacing a partial earlier attempt); size, SHA-256, content type."""
+        try:
+            async with asyncio.timeout(self._timeout):  # the whole download: httpx's timeout bounds each read
+                return await self._stream_into(url, headers, key)
+        except TimeoutError:  # within the claim's lease (two tries of the timeout): never two at once
+            raise DownloadError(f"GET {urlsplit(url).path} did not finish within {self._timeout:g} s") from None
+
+    async def _stream_into(self, url: str, headers: dict[str, str], key: str) -> tuple[int, str, str | None]:
         digest = hashlib.sha256()
         size = 0
         async with self._http.stream(

@@ -4,15 +4,23 @@ the stereo recording into its storage, byte for byte, with retries that survive 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import httpx
+import pytest
 
 from service.recordings.audio import Piece, wav_header
 from service.recordings.fill import Placed, find_alignment, parse_wav_header, stitched_pieces
-from service.recordings.vapi_copy import copy_key, retry_delay, stereo_url
+from service.recordings.storage import build_storage
+from service.recordings.vapi_copy import DownloadError, VapiCopyWorker, copy_key, retry_delay, stereo_url
 from service.simulator import CallScript, SimulatorServer, VapiSimulator
 from service.simulator.audio import FRAME_BYTES
+from service.vapi.client import VapiClient
 from tests.conftest import VAPI_KEY
 from tests.harness import SHORT_SCRIPT, Stack, eventually, running_stack, running_switchboard
 
@@ -165,3 +173,31 @@ def test_the_segments_are_stitched_on_vapi_s_timeline() -> None:
     audio = bytes(400) + window + bytes(400)
     assert find_alignment(audio, (0, window), probe_at=100, block=4) == 300
     assert find_alignment(audio + window, (0, window), probe_at=0, block=4) is None, "found twice: ambiguous"
+
+
+async def test_a_download_that_trickles_is_cut_at_the_timeout() -> None:
+    """httpx's timeout bounds each read: a server sending a few bytes just inside it would hold a
+    download (and its claim) far past the lease, and another claim would download it alongside."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: audio/wav\r\ncontent-length: 4000\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1000):
+                writer.write(b"RIFF")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    storage = build_storage("memory://")
+    async with httpx.AsyncClient() as http:
+        vapi = VapiClient(http, base_url="http://vapi.test", api_key=VAPI_KEY, public_key=None, timeout=5)
+        worker = VapiCopyWorker(cast(Any, None), storage, http, vapi, allow_private=True, timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match=r"did not finish within 0.5 s") as raised:
+            await worker._fetch(f"http://127.0.0.1:{port}/recording.wav", {}, copy_key("c1"))
+        assert time.monotonic() - started < 1.5
+        assert not raised.value.expired, "retried later, not sent to Vapi's endpoint instead"
+    server.close()
+    await storage.close()

@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 SessionFactory = Callable[[str, LiveRelay, CallTarget | None], ListenSession]
 CRASH_BACKOFF_SECONDS = 2.0  # doubled per crash of the same call, up to the cap
 CRASH_BACKOFF_CAP_SECONDS = 300.0
+HEALTHY_SECONDS = 60.0  # a session that ran this long before it crashed starts the backoff over
 MAX_CRASHES_AFTER_END = 1  # a call that ended gets this many more attempts (to finalise) after a crash
 
 
@@ -144,6 +145,7 @@ class ListenSupervisor:
     async def _run(self, call_id: str, leased: bool, target: CallTarget | None) -> None:
         acquired = leased
         session: ListenSession | None = None
+        started = time.monotonic()
         try:
             acquired = acquired or await self._leases.acquire(call_id)
             if not acquired or self._closing:
@@ -157,7 +159,8 @@ class ListenSupervisor:
         except Exception:
             # One session's crash never touches another: reported (the session journals it too), slot freed.
             log.exception("listen session crashed", call_id=call_id)
-            self._crashed(call_id, ended=session.ended if session is not None else False)
+            ended = session.ended if session is not None else False
+            self._crashed(call_id, ended=ended, ran_for=time.monotonic() - started)
         else:
             self._crashes.pop(call_id, None)
         finally:
@@ -175,9 +178,13 @@ class ListenSupervisor:
         crashes = self._crashes.get(call_id)
         return crashes is not None and (crashes.given_up or time.monotonic() < crashes.retry_at)
 
-    def _crashed(self, call_id: str, *, ended: bool) -> None:
-        """Back off before the call's next session; after the call ended, give up (no loop forever)."""
+    def _crashed(self, call_id: str, *, ended: bool, ran_for: float) -> None:
+        """Back off before the call's next session (doubling per crash, unless the session ran a while:
+        then it is a new failure, not the same one again); after the call ended, give up (no loop
+        forever)."""
         crashes = self._crashes.setdefault(call_id, _Crashes())
+        if ran_for >= HEALTHY_SECONDS:
+            crashes.count = 0
         crashes.count += 1
         crashes.retry_at = time.monotonic() + min(
             CRASH_BACKOFF_CAP_SECONDS, CRASH_BACKOFF_SECONDS * 2 ** (crashes.count - 1)

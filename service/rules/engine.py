@@ -37,7 +37,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.calls import status as call_status
@@ -151,7 +151,7 @@ class RuleEngine:
         self._file_rules = tuple(file_rules)
         self._api_rules: dict[str, CompiledRule] = {}
         self._book = RuleBook(self._file_rules)
-        self._fingerprint: tuple[int, dt.datetime | None] | None = None
+        self._fingerprint: tuple[tuple[str, dt.datetime], ...] | None = None  # each stored rule's stamp
         self._poll_interval = poll_interval
         self._inject_attempts = inject_attempts
         self._clock = clock
@@ -178,8 +178,10 @@ class RuleEngine:
     async def refresh(self) -> None:
         """Reload the rules stored through the API if the table changed (cheap when it did not)."""
         async with self._db.read() as session:
-            count, latest = (await session.execute(select(func.count(), func.max(Rule.updated_at)))).one()
-            if (count, latest) == self._fingerprint:
+            # Every rule's stamp, not the newest one: replicas' clocks differ, and an update stamped
+            # before the newest would otherwise go unseen everywhere (the rules table is small).
+            stamps = tuple((await session.execute(select(Rule.name, Rule.updated_at).order_by(Rule.name))).tuples())
+            if stamps == self._fingerprint:
                 return
             rows = list((await session.scalars(select(Rule))).all())
         api_rules: dict[str, CompiledRule] = {}
@@ -194,7 +196,7 @@ class RuleEngine:
                 api_rules[compiled.name] = compiled
         self._api_rules = api_rules
         self._book = RuleBook([*self._file_rules, *api_rules.values()])
-        self._fingerprint = (count, latest)
+        self._fingerprint = stamps
         log.info("rules loaded", file=len(self._file_rules), api=len(api_rules))
 
     # -- lifecycle -----------------------------------------------------------------------------------

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import update
 
 from service.apikeys.service import ApiKeyService
 from service.db.engine import Database
+from service.db.models import Rule
 from service.metrics import Metrics
 from service.rules.engine import RuleEngine
 from service.rules.service import RuleService
@@ -80,6 +83,35 @@ async def test_puts_racing_to_create_the_same_rule_all_succeed_one_creates(datab
         for round_ in range(5):
             answers = await asyncio.gather(*(rules.put_rule(f"raced-{round_}", rule) for _ in range(4)))
             assert sorted(created for _, created in answers) == [False, False, False, True]
+    finally:
+        await db.dispose()
+
+
+async def test_an_update_stamped_before_the_newest_rule_is_still_loaded(database_url: str) -> None:
+    """Replicas' clocks differ: a rule updated by a replica whose clock is behind gets a stamp older than
+    another rule's. Every engine must still load it."""
+    db = Database(database_url)
+    engine = RuleEngine(db, cast(Any, None), Metrics(), file_rules=[])
+    now = dt.datetime.now(dt.UTC)
+    try:
+        async with db.write() as session:
+            for name, minutes in (("older", 10), ("newer", 1)):
+                document = {"name": name, "on": "call.ringing", "say": "Hello."}
+                stamp = now - dt.timedelta(minutes=minutes)
+                session.add(Rule(name=name, document=document, created_at=stamp, updated_at=stamp))
+        await engine.refresh()
+        assert engine.book.rules["older"].action.content == "Hello."  # type: ignore[union-attr]
+        async with db.write() as session:  # another replica, 5 minutes behind, updates "older"
+            await session.execute(
+                update(Rule)
+                .where(Rule.name == "older")
+                .values(
+                    document={"name": "older", "on": "call.ringing", "say": "Bonjour."},
+                    updated_at=now - dt.timedelta(minutes=5),
+                )
+            )
+        await engine.refresh()
+        assert engine.book.rules["older"].action.content == "Bonjour."  # type: ignore[union-attr]
     finally:
         await db.dispose()
 

@@ -41,5 +41,6 @@ async def test_an_outage_costs_one_transaction_per_pass_not_one_per_call() -> No
         assert db.attempts == 1
         assert journal.pending("call-000") == 1, "the events wait for the database"
     finally:
+        before_close = db.attempts
         await journal.close()
-    assert db.attempts == 2, "and one last transaction for them all at shutdown"
+    assert db.attempts - before_close == 1, "and one last transaction for them all at shutdown"

@@ -46,8 +46,13 @@ async def test_the_crash_backoff_doubles_for_repeated_crashes_and_starts_over_af
         metrics=Metrics(),
         maintain_interval=60,
     )
-    waits = []
+    counts, backoffs = [], []
     for _ in range(4):
+        before = time.monotonic()
         await supervisor._run("c1", True, None)
-        waits.append(round(supervisor._crashes["c1"].retry_at - time.monotonic()))
-    assert waits == [2, 4, 2, 4], "the third session ran a while: its crash is a first one again"
+        after, crashes = time.monotonic(), supervisor._crashes["c1"]
+        counts.append(crashes.count)
+        backoffs.append((crashes.retry_at - after, crashes.retry_at - before))  # it crashed in between
+    assert counts == [1, 2, 1, 2], "the third session ran a while: its crash is a first one again"
+    for (shortest, longest), seconds in zip(backoffs, (2, 4, 2, 4), strict=True):
+        assert shortest <= seconds <= longest

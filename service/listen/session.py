@@ -13,6 +13,7 @@ the journal (bounded) and are written when the database is back.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import random
 import time
@@ -27,7 +28,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidS
 from service.calls import status as call_status
 from service.calls.events import NewEvent
 from service.db.engine import Database
-from service.db.models import Call
+from service.db.models import Call, utcnow
 from service.errors import database_unavailable
 from service.listen.journal import EventJournal
 from service.listen.relay import LiveRelay
@@ -211,7 +212,7 @@ class ListenSession:
             if disconnected_at is not None:
                 self._metrics.listen_reconnects.inc()
             gap = time.monotonic() - disconnected_at if disconnected_at is not None else None
-            outcome, disconnected_at = await self._record(socket, gap_seconds=gap)
+            outcome, disconnected_at = await self._record(socket, gap_seconds=gap, connected_at=utcnow())
             if self._stopping.is_set() or self._ended.is_set():
                 break
             if outcome == "closed" and (
@@ -330,7 +331,9 @@ class ListenSession:
             pass
         return event.is_set()
 
-    async def _record(self, socket: ListenSocket, *, gap_seconds: float | None) -> tuple[Outcome, float]:
+    async def _record(
+        self, socket: ListenSocket, *, gap_seconds: float | None, connected_at: dt.datetime
+    ) -> tuple[Outcome, float]:
         """Record one connection into a new segment, until it closes (or we stop, or it goes silent).
         Returns why it ended and when (``time.monotonic()``): the next segment's gap starts then, not
         after this one's bookkeeping."""
@@ -344,6 +347,7 @@ class ListenSession:
                     gap_reason="listen socket dropped"
                     if gap_seconds is not None
                     else "not recorded (restart or takeover)",
+                    started_at=connected_at,  # its audio flows from now, however long the write takes
                 ),
                 "open segment",
             )

@@ -134,8 +134,12 @@ class RecordingService:
         gap_seconds: float | None,
         gap_reason: str,
         gap_bytes: int | None = None,
+        started_at: dt.datetime | None = None,
     ) -> OpenSegment:
         """Start a new segment (one per listen connection), recording the gap that precedes it.
+
+        ``started_at``: when the segment's audio began (its connection opened; now if not given). The
+        write may come later, under load: offsets into the recording count from this moment.
 
         ``gap_bytes`` gives the gap exactly (audio a storage outage dropped) and wins over ``gap_seconds``.
 
@@ -148,7 +152,7 @@ class RecordingService:
         while True:
             try:
                 return await self._open_segment(
-                    call_id, sample_rate, channels, gap_seconds, gap_reason, gap_bytes, sizes
+                    call_id, sample_rate, channels, gap_seconds, gap_reason, gap_bytes, started_at, sizes
                 )
             except _StaleSegments as stale:  # rolled back: storage is not read under the write lock
                 for segment_id, stale_key in stale.keys.items():
@@ -162,11 +166,13 @@ class RecordingService:
         gap_seconds: float | None,
         gap_reason: str,
         gap_bytes: int | None,
+        started_at: dt.datetime | None,
         sizes: dict[uuid.UUID, int],
     ) -> OpenSegment:
         async with self._db.write() as session:
             # The first connection of a call (nearly every session): two inserts, no ORM.
             now, recording_id, segment_id, key = utcnow(), uuid7(), uuid7(), segment_key(call_id, 0)
+            started = started_at or now
             first = await session.execute(
                 sql.INSERT_RECORDING,
                 {
@@ -178,7 +184,7 @@ class RecordingService:
                     "channels": channels,
                     "bytes": 0,
                     "gaps": [],
-                    "started_at": now,
+                    "started_at": started,
                     "created_at": now,
                     "updated_at": now,
                 },
@@ -186,14 +192,20 @@ class RecordingService:
             if first.rowcount:  # type: ignore[attr-defined]  # a CursorResult for inserts
                 await session.execute(
                     sql.INSERT_SEGMENT,
-                    {"id": segment_id, "recording_id": recording_id, "index": 0, "storage_key": key, "started_at": now},
+                    {
+                        "id": segment_id,
+                        "recording_id": recording_id,
+                        "index": 0,
+                        "storage_key": key,
+                        "started_at": started,
+                    },
                 )
                 return OpenSegment(recording_id, segment_id, 0, key, 0.0)
             recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
             segments: list[RecordingSegment] = []
             if recording is None:
                 recording = Recording(
-                    call_id=call_id, sample_rate=sample_rate, channels=channels, started_at=utcnow(), gaps=[]
+                    call_id=call_id, sample_rate=sample_rate, channels=channels, started_at=started, gaps=[]
                 )
                 session.add(recording)
                 await session.flush()
@@ -213,7 +225,7 @@ class RecordingService:
             if segments and gap_seconds is None and gap_bytes is None:
                 last = segments[-1]
                 audio_end = last.started_at + dt.timedelta(seconds=last.bytes / byte_rate)
-                gap_seconds = max(0.0, (utcnow() - audio_end).total_seconds())
+                gap_seconds = max(0.0, (started - audio_end).total_seconds())
             if gap_bytes is not None:
                 unknown_gap, gap_bytes = False, gap_bytes // frame * frame
             else:
@@ -234,6 +246,7 @@ class RecordingService:
                 index=index,
                 storage_key=segment_key(call_id, index),
                 gap_before_bytes=gap_bytes,
+                started_at=started,
             )
             session.add(segment)
             recording.status = "recording"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import hashlib
 import time
 import uuid
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from service.calls.events import NewEvent
+from service.db.models import utcnow
 from service.listen import session as session_module
 from service.listen.relay import LiveRelay
 from service.listen.session import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, CallTarget, ListenConfig, ListenSession
@@ -55,9 +57,15 @@ class FakeRecordings:
     closed: list[tuple[int, int, str]] = field(default_factory=list)
     finalized: list[str | None] = field(default_factory=list)
     gaps: list[float | None] = field(default_factory=list)  # each segment's gap_seconds
+    starts: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)  # (started_at, written at)
+    write_seconds: float = 0.0  # how long the segment's row takes to write (a busy database)
 
-    async def open_segment(self, call_id: str, *, gap_seconds: float | None, **_: Any) -> OpenSegment:
+    async def open_segment(
+        self, call_id: str, *, gap_seconds: float | None, started_at: dt.datetime, **_: Any
+    ) -> OpenSegment:
         self.gaps.append(gap_seconds)
+        await asyncio.sleep(self.write_seconds)
+        self.starts.append((started_at, utcnow()))
         index = len(self.closed)
         return OpenSegment(uuid.uuid4(), uuid.uuid4(), index, f"{call_id}/{index:04d}.pcm", 0.0)
 
@@ -293,3 +301,13 @@ async def test_the_end_of_the_call_ends_the_reconnection_backoff_at_once(monkeyp
         await asyncio.sleep(1.7)  # refused at 0, 0.2, 0.6 and 1.4 s: now in a 1.6 s wait
         assert await live.ended_by(live.session.call_ended) < 0.4
         assert live.recordings.finalized == [None]
+
+
+async def test_a_segment_starts_when_its_connection_opened_not_when_its_row_was_written() -> None:
+    """Offsets into the recording count from a segment's start: a write delayed by a busy database must
+    not move it (audio flows, held by the socket, from the moment the connection opened)."""
+    async with live_session() as live:
+        live.recordings.write_seconds = 0.4
+        await live.connected_for(0.5)
+        [(started_at, written_at)] = live.recordings.starts
+        assert (written_at - started_at).total_seconds() >= 0.4

@@ -63,6 +63,8 @@ class SegmentRow(NamedTuple):
     storage_key: str
     bytes: int
     sha256: str | None
+    id: uuid.UUID
+    status: str
 
 
 async def _segments_of(session: AsyncSession, call_id: str) -> list[SegmentRow]:
@@ -79,6 +81,25 @@ async def _lock_recording(session: AsyncSession, call_id: str) -> Any:
     """The call's recording row (id, gaps, format), locked on PostgreSQL; None without a recording."""
     query = sql.LOCK_RECORDING if is_postgresql(session) else sql.RECORDING_OF
     return (await session.execute(query, {"call_id": call_id})).one_or_none()
+
+
+def _close_at_stored_size(segment: RecordingSegment, size: int, *, frame: int, byte_rate: int) -> None:
+    """Close a segment a dead session left open at the size storage holds, cut to whole frames."""
+    segment.bytes, segment.status = size - size % frame, "closed"
+    segment.ended_at = _audio_end(segment, byte_rate)
+
+
+def _audio_end(segment: RecordingSegment, byte_rate: int) -> dt.datetime:
+    """When the segment's audio ends on the call's clock."""
+    return segment.started_at + dt.timedelta(seconds=segment.bytes / byte_rate)
+
+
+def _add_gap(recording: Recording, seconds: float, reason: str) -> None:
+    """List a gap after the audio and gaps of the recording's segments so far."""
+    byte_rate = recording.byte_rate
+    heard = sum(segment.gap_before_bytes + segment.bytes for segment in recording.segments)
+    gap = {"atSeconds": round(heard / byte_rate, 3), "durationSeconds": round(seconds, 3), "reason": reason}
+    recording.gaps = [*recording.gaps, gap]
 
 
 class _StaleSegments(Exception):  # a signal to read storage first, not an error
@@ -217,29 +238,17 @@ class RecordingService:
             if unknown := {s.id: s.storage_key for s in stale_segments if s.id not in sizes}:
                 raise _StaleSegments(unknown)
             for stale in stale_segments:
-                size = sizes[stale.id]
-                stale.bytes, stale.status = size - size % frame, "closed"
-                stale.ended_at = stale.started_at + dt.timedelta(seconds=stale.bytes / byte_rate)
+                _close_at_stored_size(stale, sizes[stale.id], frame=frame, byte_rate=byte_rate)
             # After a restart or takeover some audio was surely lost, even when the estimate says none.
             unknown_gap = gap_seconds is None
             if segments and gap_seconds is None and gap_bytes is None:
-                last = segments[-1]
-                audio_end = last.started_at + dt.timedelta(seconds=last.bytes / byte_rate)
-                gap_seconds = max(0.0, (started - audio_end).total_seconds())
+                gap_seconds = max(0.0, (started - _audio_end(segments[-1], byte_rate)).total_seconds())
             if gap_bytes is not None:
                 unknown_gap, gap_bytes = False, gap_bytes // frame * frame
             else:
                 gap_bytes = int((gap_seconds or 0.0) * byte_rate) // frame * frame if segments else 0
             if segments and (gap_bytes or unknown_gap):
-                timeline_bytes = sum(s.gap_before_bytes + s.bytes for s in segments)
-                recording.gaps = [
-                    *recording.gaps,
-                    {
-                        "atSeconds": round(timeline_bytes / byte_rate, 3),
-                        "durationSeconds": round(gap_bytes / byte_rate, 3),
-                        "reason": gap_reason,
-                    },
-                ]
+                _add_gap(recording, gap_bytes / byte_rate, gap_reason)
             index = len(segments)
             segment = RecordingSegment(
                 recording_id=recording.id,
@@ -288,15 +297,19 @@ class RecordingService:
         nearly every call); otherwise the segments are read, hashed from storage outside any
         transaction, and the recording is finalised in a second one.
         """
-        await self._close_abandoned(call_id)
         async with self._db.write() as session:
             # The recording is locked before its segments are read: none can be added in between.
             recording = await _lock_recording(session, call_id)
             if recording is None:
                 return None
             segments = await _segments_of(session, call_id)
-            if (known := _known_checksum(segments)) is not None:
+            abandoned = {segment.id: segment.storage_key for segment in segments if segment.status == "open"}
+            if not abandoned and (known := _known_checksum(segments)) is not None:
                 return await self._finalized(session, call_id, recording, segments, known, error)
+        if abandoned:  # left open by a session that died: closed at their stored size first
+            await self._close_abandoned(call_id, abandoned)
+            async with self._db.read() as session:
+                segments = await _segments_of(session, call_id)
         sha256 = await self._checksum(segments)  # may read stored audio: outside the write transaction
         async with self._db.write() as session:
             recording = await _lock_recording(session, call_id)
@@ -304,22 +317,11 @@ class RecordingService:
                 return None
             return await self._finalized(session, call_id, recording, segments, sha256, error)
 
-    async def _close_abandoned(self, call_id: str) -> None:
-        """Close the segments a session that died left open (a crash, kill -9, a replica lost), at the
-        size found in storage in whole frames, and list what was not heard from their end to the call's
-        end as a gap: a call that ended before anyone adopted it is finalised with the audio it has.
-        Storage is read outside the write transaction; nothing is done when every segment is closed."""
-        async with self._db.read() as session:
-            stale = (
-                await session.execute(
-                    select(RecordingSegment.id, RecordingSegment.storage_key)
-                    .join(Recording, Recording.id == RecordingSegment.recording_id)
-                    .where(Recording.call_id == call_id, RecordingSegment.status == "open")
-                )
-            ).tuples()
-            keys = dict(stale.all())
-        if not keys:
-            return
+    async def _close_abandoned(self, call_id: str, keys: dict[uuid.UUID, str]) -> None:
+        """Close the segments (id: storage key) a session that died left open (a crash, kill -9, a
+        replica lost) at their stored size, and list what was not heard from their end to the call's end
+        as a gap: a call that ended before anyone adopted it is finalised with the audio it has. Storage
+        is read outside the write transaction."""
         sizes = {segment_id: await self._storage.size(key) for segment_id, key in keys.items()}
         async with self._db.write() as session:
             recording = await session.scalar(select(Recording).where(Recording.call_id == call_id).with_for_update())
@@ -329,23 +331,12 @@ class RecordingService:
             frame, byte_rate = recording.channels * SAMPLE_BYTES, recording.byte_rate
             closed = [s for s in recording.segments if s.status == "open" and s.id in sizes]
             for segment in closed:
-                size = sizes[segment.id]
-                segment.bytes, segment.status = size - size % frame, "closed"
-                segment.ended_at = segment.started_at + dt.timedelta(seconds=segment.bytes / byte_rate)
+                _close_at_stored_size(segment, sizes[segment.id], frame=frame, byte_rate=byte_rate)
             if not closed:
                 return
-            last = recording.segments[-1]
-            audio_end = last.started_at + dt.timedelta(seconds=last.bytes / byte_rate)
+            audio_end = _audio_end(recording.segments[-1], byte_rate)
             lost = max(0.0, (ended_at - audio_end).total_seconds()) if ended_at is not None else 0.0
-            heard = sum(segment.gap_before_bytes + segment.bytes for segment in recording.segments)
-            recording.gaps = [
-                *recording.gaps,
-                {
-                    "atSeconds": round(heard / byte_rate, 3),
-                    "durationSeconds": round(lost, 3),
-                    "reason": "not recorded (restart or takeover)",
-                },
-            ]
+            _add_gap(recording, lost, "not recorded (restart or takeover)")
 
     async def _finalized(
         self,

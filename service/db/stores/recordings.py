@@ -14,7 +14,7 @@ INSERT_RECORDING = insert_ignoring_conflicts(RECORDING, (*NEW_RECORDING, "create
 INSERT_SEGMENT = insert(SEGMENT)
 CLOSE_SEGMENT = update(SEGMENT).where(SEGMENT.c.id == bindparam("segment_id"))  # SET: the other parameters
 SEGMENTS_OF = (
-    select(SEGMENT.c.storage_key, SEGMENT.c.bytes, SEGMENT.c.sha256)
+    select(SEGMENT.c.storage_key, SEGMENT.c.bytes, SEGMENT.c.sha256, SEGMENT.c.id, SEGMENT.c.status)
     .join(RECORDING, RECORDING.c.id == SEGMENT.c.recording_id)
     .where(RECORDING.c.call_id == bindparam("call_id"))
     .order_by(SEGMENT.c.index)

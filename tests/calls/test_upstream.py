@@ -99,16 +99,22 @@ async def test_an_unknown_assistant_is_cached_as_one_and_a_failure_is_not() -> N
     assert failures == ["/assistant/a1", "/assistant/a1"]
 
 
-async def test_a_burst_of_placements_reads_the_assistant_once() -> None:
-    """Calls placed at the same moment with one assistant wait for one read of it (not one each)."""
-    seen: list[str] = []
+def slow_assistant(seen: list[str], *, seconds: float) -> UpstreamResolver:
+    """A resolver whose Vapi takes ``seconds`` to answer each read (its paths go to ``seen``) with an
+    assistant whose server is ``https://a/x``."""
 
     async def slow(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.path)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(seconds)
         return httpx.Response(200, json={"server": {"url": "https://a/x"}})
 
-    upstreams = UpstreamResolver(vapi_client(slow), Settings(_env_file=None, upstream_cache_seconds=60), Clock())
+    return UpstreamResolver(vapi_client(slow), Settings(_env_file=None, upstream_cache_seconds=60), Clock())
+
+
+async def test_a_burst_of_placements_reads_the_assistant_once() -> None:
+    """Calls placed at the same moment with one assistant wait for one read of it (not one each)."""
+    seen: list[str] = []
+    upstreams = slow_assistant(seen, seconds=0.05)
     found = await asyncio.gather(
         *(upstreams.for_outbound({}, assistant_id="a1", phone_number_id=None) for _ in range(20))
     )
@@ -121,13 +127,7 @@ async def test_a_caller_that_gives_up_does_not_take_the_shared_read_with_it() ->
     """An inbound assistant lookup under the relay's deadline, and a placement with the same assistant
     that waits for the same read: the first giving up must not leave the second without its answer."""
     seen: list[str] = []
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        seen.append(request.url.path)
-        await asyncio.sleep(0.3)
-        return httpx.Response(200, json={"server": {"url": "https://a/x"}})
-
-    upstreams = UpstreamResolver(vapi_client(slow), Settings(_env_file=None, upstream_cache_seconds=60), Clock())
+    upstreams = slow_assistant(seen, seconds=0.3)
 
     async def inbound() -> None:
         with pytest.raises(TimeoutError):
